@@ -1,0 +1,21 @@
+#!/bin/sh
+# Installs the real programs the tests drive, from Debian's packages, when they are missing:
+# Chromium (browser tests), redis-server (scale-out tests), coturn (TURN tests), ffmpeg (ffprobe).
+# Needs root (or passwordless sudo); otherwise it says what to install and the tests that need
+# them skip (outside CI) or fail (CI=true).
+set -eu
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v turnserver >/dev/null 2>&1 || missing="$missing coturn"
+command -v ffprobe >/dev/null 2>&1 || missing="$missing ffmpeg"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
+  echo "install-system-deps: missing$missing; install them with apt-get (needs root)" >&2; exit 0
+fi
+echo "install-system-deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+# coturn's package starts nothing by default; the tests start their own on free ports.

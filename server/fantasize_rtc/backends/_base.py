@@ -1,0 +1,139 @@
+"""The backend interface and the value objects that cross it."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..rooms import PeerInfo, RoomSnapshot
+
+__all__ = ["Backend", "DeliveryReport", "DeliverySink", "Envelope", "JoinOutcome", "LeaveOutcome", "UndeliveredNotice"]
+
+
+class Envelope:
+    """One message on its way to peers: the dict, its JSON text (encoded once), who sent it."""
+
+    __slots__ = ("from_peer_id", "message", "text", "ts")
+
+    def __init__(self, message: dict[str, Any], text: str, ts: int, from_peer_id: str | None = None) -> None:
+        self.message = message
+        self.text = text
+        self.ts = ts
+        self.from_peer_id = from_peer_id
+
+
+class DeliverySink(Protocol):
+    """What a backend calls to hand a message to a peer's live channel in this process."""
+
+    async def push_local(self, room_id: str, peer_id: str, envelope: Envelope) -> bool:
+        """True when a live channel took it; False when the peer has none here."""
+        ...
+
+    def has_local(self, room_id: str, peer_id: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JoinOutcome:
+    peer: PeerInfo
+    token: str
+    room: RoomSnapshot
+    #: Set when this join created the room.
+    room_created: bool = False
+    #: Set when the join replaced a live peer with the same id (it keeps its token).
+    replaced: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveOutcome:
+    peer: PeerInfo
+    room_id: str
+    #: Members still in the room (to be told), not counting server peers.
+    remaining: tuple[str, ...]
+    room_closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    delivered: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+    #: Recipients whose outbox was full: the message was not kept for them.
+    dropped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class UndeliveredNotice:
+    """A queued message that expired before its recipient picked it up."""
+
+    room_id: str
+    to_peer_id: str
+    envelope: Envelope
+
+
+class Backend(abc.ABC):
+    """Room state and cross-process delivery. Every method may be called concurrently.
+
+    Rules (capacity, id taken, recipients) are the core's (:mod:`fantasize_rtc.rooms`); a backend
+    applies them atomically for its storage.
+    """
+
+    name: str = "backend"
+
+    async def start(self, sink: DeliverySink) -> None:
+        """Begin; ``sink`` delivers to live channels of this process."""
+
+    async def close(self) -> None:
+        """Stop; safe to call twice."""
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": self.name, "ok": True}
+
+    @abc.abstractmethod
+    async def create_room(self, room_id: str, max_peers: int, metadata: dict[str, Any], now: int,
+                          *, max_rooms: int) -> RoomSnapshot: ...
+
+    @abc.abstractmethod
+    async def join(self, room_id: str, peer_id: str, metadata: dict[str, Any], now: int, *, token: str,
+                   proof: str | None, trusted: bool, default_max_peers: int, max_rooms: int,
+                   max_peers: int) -> JoinOutcome:
+        """Add a peer, creating the room when needed. Raises RoomFull, PeerIdTaken, CapacityExceeded."""
+
+    @abc.abstractmethod
+    async def leave(self, room_id: str, peer_id: str) -> LeaveOutcome | None:
+        """Remove a peer (and the room when it empties). None if it was already gone."""
+
+    @abc.abstractmethod
+    async def touch(self, room_id: str, peer_id: str, now: int) -> int: ...
+
+    @abc.abstractmethod
+    async def snapshot(self, room_id: str) -> RoomSnapshot: ...
+
+    @abc.abstractmethod
+    async def resolve(self, token: str) -> tuple[str, str]:
+        """The (room_id, peer_id) a token belongs to; raises Unauthorized."""
+
+    @abc.abstractmethod
+    async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def deliver(self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int,
+                      now: int) -> DeliveryReport: ...
+
+    @abc.abstractmethod
+    async def take_outbox(self, room_id: str, peer_id: str) -> list[Envelope]: ...
+
+    @abc.abstractmethod
+    async def expired_peers(self, now: int, timeout_ms: int) -> list[tuple[str, str]]: ...
+
+    @abc.abstractmethod
+    async def expire_outboxes(self, now: int, ttl_ms: int) -> list[UndeliveredNotice]: ...
+
+    @abc.abstractmethod
+    async def add_server_peer(self, room_id: str, peer_id: str, now: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def remove_server_peer(self, room_id: str, peer_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def counts(self) -> tuple[int, int]:
+        """(rooms, peers) held."""

@@ -1,0 +1,149 @@
+"""The embedded default backend: rooms in this process's memory."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from ..errors import CapacityExceeded, RoomExists, RoomNotFound, Unauthorized
+from ..rooms import Room, RoomSnapshot
+from ._base import Backend, DeliveryReport, DeliverySink, Envelope, JoinOutcome, LeaveOutcome, UndeliveredNotice
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend(Backend):
+    """Rooms, tokens and outboxes in dicts. Single process; every operation is atomic because
+    none of them awaits between reading and writing state."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, Room] = {}
+        self._tokens: dict[str, tuple[str, str]] = {}
+        self._outboxes: dict[tuple[str, str], deque[Envelope]] = {}
+        self._peer_count = 0
+        self._sink: DeliverySink | None = None
+
+    async def start(self, sink: DeliverySink) -> None:
+        self._sink = sink
+
+    async def close(self) -> None:
+        self._outboxes.clear()
+
+    def _room(self, room_id: str) -> Room:
+        room = self._rooms.get(room_id)
+        if room is None:
+            raise RoomNotFound(f"Room {room_id!r} does not exist.")
+        return room
+
+    async def create_room(self, room_id: str, max_peers: int, metadata: dict[str, Any], now: int,
+                          *, max_rooms: int) -> RoomSnapshot:
+        if room_id in self._rooms:
+            raise RoomExists(f"Room {room_id!r} already exists.")
+        if len(self._rooms) >= max_rooms:
+            raise CapacityExceeded(f"The server holds its maximum of {max_rooms} rooms.")
+        room = self._rooms[room_id] = Room(room_id, max_peers, metadata, now)
+        return room.snapshot()
+
+    async def join(self, room_id: str, peer_id: str, metadata: dict[str, Any], now: int, *, token: str,
+                   proof: str | None, trusted: bool, default_max_peers: int, max_rooms: int,
+                   max_peers: int) -> JoinOutcome:
+        room = self._rooms.get(room_id)
+        created = room is None
+        if room is None:
+            if len(self._rooms) >= max_rooms:
+                raise CapacityExceeded(f"The server holds its maximum of {max_rooms} rooms.")
+            room = Room(room_id, default_max_peers, {}, now)
+        elif peer_id not in room and self._peer_count >= max_peers:
+            raise CapacityExceeded(f"The server holds its maximum of {max_peers} peers.")
+        if created and self._peer_count >= max_peers:
+            raise CapacityExceeded(f"The server holds its maximum of {max_peers} peers.")
+        result = room.join(peer_id, metadata, now, token=token, proof=proof, trusted=trusted)
+        if created:
+            self._rooms[room_id] = room
+        if result.replaced_token is None:
+            self._peer_count += 1
+        elif result.replaced_token != result.token:
+            self._tokens.pop(result.replaced_token, None)
+        self._tokens[result.token] = (room_id, peer_id)
+        return JoinOutcome(result.peer, result.token, room.snapshot(), created, result.replaced_token is not None)
+
+    async def leave(self, room_id: str, peer_id: str) -> LeaveOutcome | None:
+        room = self._rooms.get(room_id)
+        if room is None or peer_id not in room:
+            return None
+        token = room.token_of(peer_id)
+        info = room.leave(peer_id)
+        self._peer_count -= 1
+        if token is not None:
+            self._tokens.pop(token, None)
+        self._outboxes.pop((room_id, peer_id), None)
+        closed = room.empty
+        if closed:
+            del self._rooms[room_id]
+        return LeaveOutcome(info, room_id, tuple(room.peer_ids()), closed)
+
+    async def touch(self, room_id: str, peer_id: str, now: int) -> int:
+        return self._room(room_id).touch(peer_id, now)
+
+    async def snapshot(self, room_id: str) -> RoomSnapshot:
+        return self._room(room_id).snapshot()
+
+    async def resolve(self, token: str) -> tuple[str, str]:
+        found = self._tokens.get(token)
+        if found is None:
+            raise Unauthorized("Unknown or expired token: connect again.")
+        return found
+
+    async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]:
+        return self._room(room_id).recipients(from_peer_id, to)
+
+    async def deliver(self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int,
+                      now: int) -> DeliveryReport:
+        report = DeliveryReport()
+        sink = self._sink
+        for peer_id in peer_ids:
+            if sink is not None and await sink.push_local(room_id, peer_id, envelope):
+                report.delivered.append(peer_id)
+                continue
+            room = self._rooms.get(room_id)
+            if room is None or peer_id not in room:
+                continue  # left while we were delivering
+            box = self._outboxes.get((room_id, peer_id))
+            if box is None:
+                box = self._outboxes[(room_id, peer_id)] = deque()
+            if len(box) >= outbox_max:
+                report.dropped.append(peer_id)
+            else:
+                box.append(envelope)
+                report.queued.append(peer_id)
+        return report
+
+    async def take_outbox(self, room_id: str, peer_id: str) -> list[Envelope]:
+        box = self._outboxes.pop((room_id, peer_id), None)
+        return list(box) if box else []
+
+    async def expired_peers(self, now: int, timeout_ms: int) -> list[tuple[str, str]]:
+        return [(rid, pid) for rid, room in self._rooms.items() for pid in room.expired(now, timeout_ms)]
+
+    async def expire_outboxes(self, now: int, ttl_ms: int) -> list[UndeliveredNotice]:
+        notices: list[UndeliveredNotice] = []
+        deadline = now - ttl_ms
+        for key, box in list(self._outboxes.items()):
+            while box and box[0].ts < deadline:
+                notices.append(UndeliveredNotice(key[0], key[1], box.popleft()))
+            if not box:
+                del self._outboxes[key]
+        return notices
+
+    async def add_server_peer(self, room_id: str, peer_id: str, now: int) -> bool:
+        room = self._rooms.get(room_id)
+        return room.add_server_peer(peer_id, now) if room else False
+
+    async def remove_server_peer(self, room_id: str, peer_id: str) -> bool:
+        room = self._rooms.get(room_id)
+        return room.remove_server_peer(peer_id) if room else False
+
+    async def counts(self) -> tuple[int, int]:
+        return len(self._rooms), self._peer_count

@@ -1,0 +1,182 @@
+"""``fantasize-rtc``: run the server (``serve``) or check a running one (``selftest``).
+
+Every ``serve`` flag can also come from an environment variable ``FANTASIZE_RTC_<FLAG>``
+(e.g. ``FANTASIZE_RTC_PORT=9000``); a flag on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import IceServer, RtcConfig
+
+__all__ = ["main"]
+
+log = logging.getLogger("fantasize_rtc")
+
+ENV_PREFIX = "FANTASIZE_RTC_"
+
+# (flag, config field or None, type, default, help, repeatable)
+_SERVE_FLAGS: list[tuple[str, str | None, Any, Any, str, bool]] = [
+    ("host", None, str, "127.0.0.1", "Address to listen on (0.0.0.0 for every interface).", False),
+    ("port", None, int, 8080, "Port to listen on (0 picks a free one).", False),
+    ("ice-server", "ice_servers", str, None,
+     "ICE server handed to browsers and used by the server's own peers: stun:host:port or "
+     "turn:user:pass@host:port?transport=udp. Repeat for several; env: comma-separated.", True),
+    ("max-peers-per-room", "max_peers_per_room", int, 8, "Peers a room admits.", False),
+    ("heartbeat-interval-ms", "heartbeat_interval_ms", int, 30_000, "How often peers should heartbeat.", False),
+    ("peer-timeout-ms", "peer_timeout_ms", int, None,
+     "Silence after which a peer is reaped (default 2.5 x the heartbeat interval).", False),
+    ("auth-secret", "auth_secret", str, None,
+     "HS256 secret: connect then requires a JWT with claims room, sub (peer id) and exp.", False),
+    ("cors-origin", "cors_origins", str, None,
+     "Origin allowed to call the API from a browser (repeatable; * for any). Off by default.", True),
+    ("admin-key", "admin_key", str, None,
+     "Bearer key for operators: snapshots of any room, every media session and recording.", False),
+    ("recordings-dir", "recordings_dir", str, "./recordings", "Folder for recordings.", False),
+    ("max-media-sessions", "max_media_sessions", int, 32, "Concurrent server-side media sessions.", False),
+    ("max-session-seconds", "max_session_seconds", int, 3600, "Longest media session.", False),
+    ("max-recording-bytes", "max_recording_bytes", int, 512 * 1024 * 1024, "Largest single recording.", False),
+    ("turn-secret", "turn_secret", str, None,
+     "TURN shared secret (coturn use-auth-secret): mint time-limited TURN credentials.", False),
+    ("turn-ttl-seconds", "turn_ttl_seconds", int, 86_400, "Lifetime of minted TURN credentials.", False),
+    ("redis-url", "redis_url", str, None,
+     "Share rooms across processes through Redis (redis://host:port/db). Needs the [redis] extra.", False),
+    ("log-level", None, str, "info", "debug, info, warning or error.", False),
+]
+
+
+def _env_default(flag: str, kind: Any, default: Any, repeatable: bool) -> Any:
+    raw = os.environ.get(ENV_PREFIX + flag.upper().replace("-", "_"))
+    if raw is None:
+        return default
+    if repeatable:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return kind(raw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fantasize-rtc",
+        description="WebRTC signaling rooms and a real WebRTC peer (echo, record, probe, play) on aiohttp + aiortc.",
+        epilog="Run 'fantasize-rtc serve' and open the URL it prints.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve", help="run the server with its demo page",
+        description="Run the signaling server, the server's own WebRTC peers and the demo page. "
+                    f"Each flag may also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT).",
+    )
+    for flag, _field, kind, default, text, repeatable in _SERVE_FLAGS:
+        env = ENV_PREFIX + flag.upper().replace("-", "_")
+        value = _env_default(flag, kind, default, repeatable)
+        shown = "" if default is None else f" (default: {default})"
+        serve.add_argument(f"--{flag}", type=kind, default=value, action="append" if repeatable else "store",
+                           help=f"{text}{shown} [env {env}]")
+    _add_selftest(sub)
+    return parser
+
+
+def _add_selftest(sub: Any) -> None:
+    try:
+        from .selftest import add_parser  # noqa: PLC0415
+    except ModuleNotFoundError:
+        return
+    add_parser(sub)
+
+
+def config_from_args(args: argparse.Namespace) -> RtcConfig:
+    values: dict[str, Any] = {}
+    for flag, field, _kind, _default, _text, repeatable in _SERVE_FLAGS:
+        if field is None:
+            continue
+        value = getattr(args, flag.replace("-", "_"))
+        if value is None:
+            continue
+        if repeatable:
+            value = tuple(value)
+            if field == "ice_servers":
+                value = tuple(IceServer.parse(v) for v in value)
+        values[field] = value
+    return RtcConfig(**values)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if level.lower() != "debug":
+        for noisy in ("aioice", "aiortc", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
+    from aiohttp import web  # noqa: PLC0415
+
+    from .web import create_app  # noqa: PLC0415
+
+    app = create_app(config=config)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = args.port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    host = args.host if args.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    log.info("fantasize-rtc %s serving on http://%s:%s/ - open it in a browser", __version__, host, port)
+    if config.ice_servers:
+        log.info("ICE servers: %s", ", ".join(u for s in config.ice_servers for u in s.urls))
+    else:
+        log.info("ICE servers: none configured (host candidates only; fine on one machine or LAN)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down: closing sessions and sockets")
+    finally:
+        await runner.cleanup()
+        log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "serve":
+        try:
+            config = config_from_args(args)
+        except Exception as exc:  # a bad flag value: say which, no traceback
+            parser.error(str(exc))
+        configure_logging(args.log_level)
+        try:
+            asyncio.run(serve(args, config))
+        except OSError as exc:
+            log.error("could not start: %s", exc)
+            return 1
+        return 0
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    return int(handler(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Server configuration: one frozen dataclass, with every default documented in the README."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from .errors import InvalidRequest
+
+__all__ = ["IceServer", "RtcConfig"]
+
+_ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """One entry of ``iceServers``: URLs plus optional TURN credentials."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> IceServer:
+        """Parse ``stun:host:port`` or ``turn:user:pass@host:port?transport=udp``.
+
+        Credentials may be percent-encoded. The credential part is taken off the URL that
+        browsers receive and moved to ``username`` / ``credential``.
+        """
+        text = text.strip()
+        scheme = next((s for s in _ICE_SCHEMES if text.lower().startswith(s)), None)
+        if scheme is None:
+            raise InvalidRequest(f"ICE server URL must start with one of {', '.join(_ICE_SCHEMES)}: {text!r}")
+        rest = text[len(scheme) :]
+        username = credential = None
+        if "@" in rest:
+            creds, rest = rest.rsplit("@", 1)
+            user, sep, password = creds.partition(":")
+            if not sep or not user:
+                raise InvalidRequest(f"ICE server credentials must be user:password@host: {text!r}")
+            username, credential = unquote(user), unquote(password)
+        if not rest:
+            raise InvalidRequest(f"ICE server URL has no host: {text!r}")
+        return cls(urls=(scheme + rest,), username=username, credential=credential)
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RtcConfig:
+    """Everything the server can be told. Times are milliseconds unless the name says otherwise.
+
+    ``peer_timeout_ms`` defaults to 2.5 x ``heartbeat_interval_ms``: a peer may miss one heartbeat
+    and be late with the next before it is reaped.
+    """
+
+    ice_servers: tuple[IceServer, ...] = ()
+    max_peers_per_room: int = 8
+    heartbeat_interval_ms: int = 30_000
+    peer_timeout_ms: int = 0  # 0 -> 2.5 x heartbeat_interval_ms
+    auth_secret: str | None = None
+    admin_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+
+    # Limits (README "Limits").
+    max_body_bytes: int = 64 * 1024
+    max_frame_bytes: int = 64 * 1024
+    max_signal_bytes: int = 48 * 1024
+    max_metadata_bytes: int = 4 * 1024
+    max_json_depth: int = 32
+    rate_limit_per_sec: float = 50.0  # 0 disables
+    rate_limit_burst: int = 200
+    max_rooms: int = 10_000
+    max_peers: int = 50_000
+    outbox_max: int = 256
+    outbox_ttl_ms: int = 0  # 0 -> peer_timeout_ms
+    poll_max_wait_ms: int = 30_000
+
+    # Media (the server as a WebRTC peer).
+    recordings_dir: str = "./recordings"
+    max_media_sessions: int = 32
+    max_sessions_per_peer: int = 4
+    max_session_seconds: int = 3600
+    max_recording_bytes: int = 512 * 1024 * 1024
+    recordings_quota_bytes: int = 5 * 1024 * 1024 * 1024
+    turn_secret: str | None = None
+    turn_ttl_seconds: int = 86_400
+
+    # Scale-out.
+    redis_url: str | None = None
+
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.peer_timeout_ms <= 0:
+            object.__setattr__(self, "peer_timeout_ms", int(self.heartbeat_interval_ms * 2.5))
+        if self.outbox_ttl_ms <= 0:
+            object.__setattr__(self, "outbox_ttl_ms", self.peer_timeout_ms)
+        ice = tuple(IceServer.parse(s) if isinstance(s, str) else s for s in self.ice_servers)
+        object.__setattr__(self, "ice_servers", ice)
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        for name in ("max_peers_per_room", "heartbeat_interval_ms", "max_body_bytes", "max_frame_bytes",
+                     "max_signal_bytes", "max_rooms", "max_peers", "outbox_max"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    def replace(self, **changes: Any) -> RtcConfig:
+        """A copy with ``changes`` applied; derived defaults are recomputed."""
+        if "heartbeat_interval_ms" in changes and "peer_timeout_ms" not in changes:
+            changes["peer_timeout_ms"] = 0
+        if "peer_timeout_ms" in changes and "outbox_ttl_ms" not in changes:
+            changes["outbox_ttl_ms"] = 0
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def reaper_interval_ms(self) -> int:
+        """How often the reaper looks for silent peers: a quarter of the timeout, 50 ms to 5 s."""
+        return max(50, min(self.peer_timeout_ms // 4, 5_000))

@@ -1,0 +1,168 @@
+"""The error tree. Every error a client can cause is an :class:`RtcError`.
+
+::
+
+    RtcError (code, status)
+    ├── InvalidRequest          400 invalid_request
+    ├── Unauthorized            401 unauthorized
+    ├── Forbidden               403 forbidden
+    ├── NotFound                404 not_found
+    │   ├── RoomNotFound        404 room_not_found
+    │   ├── PeerNotFound        404 peer_not_found
+    │   ├── SessionNotFound     404 session_not_found
+    │   └── RecordingNotFound   404 recording_not_found
+    ├── MethodNotAllowed        405 method_not_allowed
+    ├── Conflict                409 conflict
+    │   ├── PeerIdTaken         409 peer_id_taken
+    │   ├── RoomFull            409 room_full
+    │   └── RoomExists          409 room_exists
+    ├── PayloadTooLarge         413 payload_too_large
+    ├── UnsupportedMediaType    415 unsupported_media_type
+    ├── RateLimited             429 rate_limited
+    └── CapacityExceeded        503 capacity_exceeded (retry_after seconds)
+
+Transports map an error to ``{"error": {"code", "message"}}`` with its status (HTTP)
+or to an ``{"type": "error"}`` frame (WebSocket). This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "CapacityExceeded",
+    "Conflict",
+    "Forbidden",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "PeerIdTaken",
+    "PeerNotFound",
+    "RateLimited",
+    "RecordingNotFound",
+    "RoomExists",
+    "RoomFull",
+    "RoomNotFound",
+    "RtcError",
+    "SessionNotFound",
+    "Unauthorized",
+    "UnsupportedMediaType",
+]
+
+
+class RtcError(Exception):
+    """Base of every client-facing error: a machine ``code``, an HTTP ``status``, a sentence."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    default_message: ClassVar[str] = "Internal server error."
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or self.default_message
+        self.details = details
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        body.update(self.details)
+        return {"error": body}
+
+
+class InvalidRequest(RtcError):
+    code = "invalid_request"
+    status = 400
+    default_message = "The request is not valid."
+
+
+class Unauthorized(RtcError):
+    code = "unauthorized"
+    status = 401
+    default_message = "A valid token is required."
+
+
+class Forbidden(RtcError):
+    code = "forbidden"
+    status = 403
+    default_message = "This token may not do that."
+
+
+class NotFound(RtcError):
+    code = "not_found"
+    status = 404
+    default_message = "Not found."
+
+
+class RoomNotFound(NotFound):
+    code = "room_not_found"
+    default_message = "No such room."
+
+
+class PeerNotFound(NotFound):
+    code = "peer_not_found"
+    default_message = "No such peer in this room."
+
+
+class SessionNotFound(NotFound):
+    code = "session_not_found"
+    default_message = "No such media session."
+
+
+class RecordingNotFound(NotFound):
+    code = "recording_not_found"
+    default_message = "No such recording."
+
+
+class MethodNotAllowed(RtcError):
+    code = "method_not_allowed"
+    status = 405
+    default_message = "Method not allowed on this route."
+
+
+class Conflict(RtcError):
+    code = "conflict"
+    status = 409
+    default_message = "Conflict."
+
+
+class PeerIdTaken(Conflict):
+    code = "peer_id_taken"
+    default_message = "That peer id is already connected in this room."
+
+
+class RoomFull(Conflict):
+    code = "room_full"
+    default_message = "The room is full."
+
+
+class RoomExists(Conflict):
+    code = "room_exists"
+    default_message = "A room with that id already exists."
+
+
+class PayloadTooLarge(RtcError):
+    code = "payload_too_large"
+    status = 413
+    default_message = "The payload is too large."
+
+
+class UnsupportedMediaType(RtcError):
+    code = "unsupported_media_type"
+    status = 415
+    default_message = "Unsupported content type."
+
+
+class RateLimited(RtcError):
+    code = "rate_limited"
+    status = 429
+    default_message = "Too many messages; slow down."
+
+
+class CapacityExceeded(RtcError):
+    code = "capacity_exceeded"
+    status = 503
+    default_message = "The server is at capacity; try again later."
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 5, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after

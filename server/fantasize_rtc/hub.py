@@ -1,0 +1,130 @@
+"""The delivery hub: this process's live channels (WebSockets, waiting polls) and server peers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from .backends import Envelope
+
+__all__ = ["Channel", "Hub", "PollChannel", "ServerPeerHandler"]
+
+log = logging.getLogger(__name__)
+
+#: Receives every message addressed to a server peer: (room_id, to_server_peer_id, message).
+ServerPeerHandler = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+
+
+class Channel(Protocol):
+    """A live way to reach one peer now."""
+
+    kind: str
+
+    async def send(self, text: str) -> bool:
+        """Send one message; False if the channel is gone (the message was not taken)."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class PollChannel:
+    """A long-poll request waiting for its first message; it takes exactly one batch."""
+
+    kind = "poll"
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+
+    async def send(self, text: str) -> bool:
+        if self._future.done():
+            return False
+        self._future.set_result([text])
+        return True
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self._future.done():
+            self._future.set_result([])
+
+    async def wait(self, timeout: float) -> list[str]:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._future), timeout)
+        except asyncio.TimeoutError:
+            if self._future.done():  # a message raced the timeout: keep it
+                return self._future.result()
+            self._future.cancel()
+            return []
+
+
+class Hub:
+    """Maps (room, peer) to the channel that reaches it in this process."""
+
+    def __init__(self) -> None:
+        self._channels: dict[tuple[str, str], Channel] = {}
+        self._server_peers: dict[str, ServerPeerHandler] = {}
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def attach(self, room_id: str, peer_id: str, channel: Channel) -> Channel | None:
+        """Make ``channel`` the live one for the peer; returns the one it replaces."""
+        key = (room_id, peer_id)
+        old = self._channels.get(key)
+        self._channels[key] = channel
+        return old if old is not channel else None
+
+    def detach(self, room_id: str, peer_id: str, channel: Channel | None = None) -> Channel | None:
+        key = (room_id, peer_id)
+        current = self._channels.get(key)
+        if current is None or (channel is not None and current is not channel):
+            return None
+        del self._channels[key]
+        return current
+
+    def channel(self, room_id: str, peer_id: str) -> Channel | None:
+        return self._channels.get((room_id, peer_id))
+
+    def has_local(self, room_id: str, peer_id: str) -> bool:
+        return (room_id, peer_id) in self._channels or peer_id in self._server_peers
+
+    async def push_local(self, room_id: str, peer_id: str, envelope: Envelope) -> bool:
+        channel = self._channels.get((room_id, peer_id))
+        if channel is not None:
+            if await channel.send(envelope.text):
+                if channel.kind == "poll":
+                    self.detach(room_id, peer_id, channel)
+                return True
+            self.detach(room_id, peer_id, channel)
+            return False
+        handler = self._server_peers.get(peer_id)
+        if handler is not None:
+            try:
+                await handler(room_id, peer_id, envelope.message)
+            except Exception:  # a server peer's bug must not break the sender's relay
+                log.exception("server peer %s failed on a message in room %s", peer_id, room_id)
+            return True
+        return False
+
+    # -- server peers ---------------------------------------------------------------------------
+
+    def register_server_peer(self, peer_id: str, handler: ServerPeerHandler) -> None:
+        self._server_peers[peer_id] = handler
+
+    def unregister_server_peer(self, peer_id: str) -> None:
+        self._server_peers.pop(peer_id, None)
+
+    def server_peer_ids(self) -> list[str]:
+        return list(self._server_peers)
+
+    def server_peer(self, peer_id: str) -> ServerPeerHandler | None:
+        return self._server_peers.get(peer_id)
+
+    async def close_all(self, code: int, reason: str) -> None:
+        channels = list(self._channels.values())
+        self._channels.clear()
+        for channel in channels:
+            try:
+                await channel.close(code, reason)
+            except Exception:  # closing is best effort at shutdown
+                log.debug("closing a channel failed", exc_info=True)

@@ -1,0 +1,181 @@
+"""Wire protocol v1: id rules, request validation and the messages the server sends.
+
+Pure and synchronous; imports only the standard library. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .errors import InvalidRequest, PayloadTooLarge
+
+__all__ = [
+    "KNOWN_SIGNAL_TYPES",
+    "SERVER_PEER_PREFIX",
+    "Signal",
+    "check_json_depth",
+    "dumps",
+    "encoded_size",
+    "is_server_peer",
+    "validate_id",
+    "validate_metadata",
+    "validate_signal",
+]
+
+PROTOCOL_VERSION: Final = 1
+SERVER_PEER_PREFIX: Final = "@"
+_ID_RE: Final = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+_SERVER_ID_RE: Final = re.compile(r"@[A-Za-z0-9._~-]{1,63}")
+_TYPE_RE: Final = re.compile(r"[A-Za-z0-9:._-]{1,64}")
+KNOWN_SIGNAL_TYPES: Final = frozenset({"offer", "answer", "candidate", "bye"})
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON as the server sends it."""
+    return _encoder.encode(obj)
+
+
+def encoded_size(obj: Any) -> int:
+    return len(dumps(obj).encode())
+
+
+def is_server_peer(peer_id: str) -> bool:
+    return peer_id.startswith(SERVER_PEER_PREFIX)
+
+
+def validate_id(value: Any, field: str, *, allow_server: bool = False) -> str:
+    """Return ``value`` if it is a valid room or peer id, else raise :class:`InvalidRequest`."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a string.")
+    if _ID_RE.fullmatch(value):
+        return value
+    if value.startswith(SERVER_PEER_PREFIX):
+        if allow_server and _SERVER_ID_RE.fullmatch(value):
+            return value
+        raise InvalidRequest(f"{field} may not start with '@': those ids are reserved for the server's own peers.")
+    raise InvalidRequest(f"{field} must be 1 to 64 characters of A-Z a-z 0-9 . _ ~ -.")
+
+
+def check_json_depth(obj: Any, limit: int, field: str) -> None:
+    """Refuse JSON nested deeper than ``limit`` (iteratively: deep input cannot blow the stack)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value  # type: ignore[assignment]
+        else:
+            continue
+        if depth > limit:
+            raise InvalidRequest(f"{field} is nested deeper than {limit} levels.")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def validate_metadata(value: Any, *, max_bytes: int, max_depth: int, field: str = "metadata") -> dict[str, Any]:
+    """Metadata is an optional JSON object, bounded in size and depth."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field} must be a JSON object.")
+    check_json_depth(value, max_depth, field)
+    if encoded_size(value) > max_bytes:
+        raise PayloadTooLarge(f"{field} is larger than {max_bytes} bytes.")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """``{type, payload, to?}``: what a peer asks the server to relay."""
+
+    type: str
+    payload: Any
+    to: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "payload": self.payload}
+        if self.to is not None:
+            out["to"] = self.to
+        return out
+
+
+def _require_sdp(payload: Any, kind: str) -> None:
+    if not isinstance(payload, dict) or not isinstance(payload.get("sdp"), str):
+        raise InvalidRequest(f"An {kind} signal's payload must be an object with an 'sdp' string.")
+
+
+def _require_candidate(payload: Any) -> None:
+    if payload is None:
+        return  # end of candidates
+    if not isinstance(payload, dict) or not isinstance(payload.get("candidate"), str):
+        raise InvalidRequest("A candidate signal's payload must be {candidate, sdpMid, sdpMLineIndex} or null.")
+    mid = payload.get("sdpMid")
+    index = payload.get("sdpMLineIndex")
+    if mid is not None and not isinstance(mid, str):
+        raise InvalidRequest("candidate.sdpMid must be a string or null.")
+    if index is not None and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
+        raise InvalidRequest("candidate.sdpMLineIndex must be a non-negative integer or null.")
+
+
+def validate_signal(value: Any, *, max_depth: int = 32) -> Signal:
+    """Check a ``Signal`` object from a client. Size is checked once, when it is encoded."""
+    if isinstance(value, Signal):
+        return value
+    if not isinstance(value, dict):
+        raise InvalidRequest("signal must be an object {type, payload, to?}.")
+    kind = value.get("type")
+    if not isinstance(kind, str) or not _TYPE_RE.fullmatch(kind):
+        raise InvalidRequest("signal.type must be a string of 1 to 64 characters of A-Z a-z 0-9 : . _ -.")
+    payload = value.get("payload")
+    if kind == "offer" or kind == "answer":
+        _require_sdp(payload, kind)
+    elif kind == "candidate":
+        _require_candidate(payload)
+    elif payload is not None:
+        check_json_depth(payload, max_depth, "signal.payload")
+    to = value.get("to")
+    if to is not None:
+        to = validate_id(to, "signal.to", allow_server=True)
+    return Signal(kind, payload, to)
+
+
+# -- messages from the server -------------------------------------------------------------------
+
+
+def signal_message(room_id: str, from_peer_id: str, signal: Signal, ts: int) -> dict[str, Any]:
+    return {"type": "signal", "roomId": room_id, "fromPeerId": from_peer_id, "signal": signal.to_wire(), "ts": ts}
+
+
+def peer_connected_message(room_id: str, peer: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "peer:connected", "roomId": room_id, "peer": peer}
+
+
+def peer_disconnected_message(room_id: str, peer_id: str, reason: str) -> dict[str, Any]:
+    return {"type": "peer:disconnected", "roomId": room_id, "peerId": peer_id, "reason": reason}
+
+
+def error_message(code: str, message: str, **details: Any) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    error.update(details)
+    return {"type": "error", "error": error}
+
+
+def require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    return body
+
+
+def parse_json(data: bytes | str, *, max_depth: int) -> Any:
+    """Parse client JSON; any malformed or absurdly nested input is an :class:`InvalidRequest`."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest("The body is not valid JSON.") from exc
+    check_json_depth(value, max_depth + 4, "body")
+    return value

@@ -1,0 +1,495 @@
+"""The facade: ``create_rtc_server(config) -> RtcServer``, the seed library's API in Python.
+
+Usable with no web framework at all::
+
+    async with create_rtc_server(max_peers_per_room=4) as rtc:
+        @rtc.on("signal")
+        def on_signal(event): print(event.from_peer_id, event.signal.type)
+
+        alice = await rtc.connect_peer("demo-room", "alice")
+        await rtc.connect_peer("demo-room", "bob")
+        await rtc.relay("demo-room", "alice", {"type": "offer", "payload": {"sdp": "..."}})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from . import events as ev
+from .auth import mint_turn_credentials, new_peer_token, verify_connect_jwt
+from .backends import Backend, Envelope, LeaveOutcome, create_backend
+from .config import IceServer, RtcConfig
+from .errors import InvalidRequest, PayloadTooLarge, PeerNotFound, RateLimited, RtcError, Unauthorized
+from .hub import Channel, Hub, PollChannel, ServerPeerHandler
+from .protocol import (
+    Signal,
+    dumps,
+    error_message,
+    is_server_peer,
+    peer_connected_message,
+    peer_disconnected_message,
+    signal_message,
+    validate_id,
+    validate_metadata,
+    validate_signal,
+)
+from .ratelimit import TokenBucket
+from .rooms import PeerInfo, RoomSnapshot
+
+__all__ = ["Connect", "RelayResult", "RtcServer", "create_rtc_server"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any], Any]
+H = TypeVar("H", bound=Handler)
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """The answer to ``connect_peer``: who you are, your token, how to reach the others."""
+
+    room_id: str
+    peer_id: str
+    token: str
+    ice_servers: tuple[IceServer, ...]
+    heartbeat_interval_ms: int
+    peer_timeout_ms: int
+    peers: tuple[PeerInfo, ...]
+    room: RoomSnapshot
+    replaced: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "roomId": self.room_id,
+            "peerId": self.peer_id,
+            "token": self.token,
+            "iceServers": [s.to_wire() for s in self.ice_servers],
+            "heartbeatIntervalMs": self.heartbeat_interval_ms,
+            "peerTimeoutMs": self.peer_timeout_ms,
+            "peers": [p.to_wire() for p in self.peers],
+            "room": self.room.summary(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RelayResult:
+    delivered: tuple[str, ...]
+    queued: tuple[str, ...]
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def listeners_notified(self) -> int:
+        return len(self.delivered) + len(self.queued)
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "listenersNotified": self.listeners_notified,
+            "delivered": list(self.delivered),
+            "queued": list(self.queued),
+        }
+        if self.dropped:
+            out["dropped"] = list(self.dropped)
+        return out
+
+
+class RtcServer:
+    """Rooms, peers, relays and events. Create with :func:`create_rtc_server`.
+
+    Start it with ``await rtc.start()`` (or ``async with``) to run the heartbeat reaper; the
+    aiohttp app does that for you.
+    """
+
+    def __init__(self, config: RtcConfig, *, backend: Backend | None = None, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or wall_clock_ms
+        self.backend: Backend = backend or create_backend(config.redis_url)
+        self.hub = Hub()
+        self._handlers: dict[str, list[Handler]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self.backend.start(self.hub)
+        self._reaper = asyncio.create_task(self._reap_forever(), name="fantasize-rtc-reaper")
+        log.info("rtc server started (backend=%s, peer timeout %d ms)", self.backend.name, self.config.peer_timeout_ms)
+
+    async def close(self) -> None:
+        """Stop the reaper, close live channels, wait for handler tasks. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        await self.hub.close_all(1001, "server shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.backend.close()
+        log.info("rtc server closed")
+
+    async def __aenter__(self) -> RtcServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- events ---------------------------------------------------------------------------------
+
+    @overload
+    def on(self, event: str) -> Callable[[H], H]: ...
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+
+    def on(self, event: str, handler: H | None = None) -> H | Callable[[H], H]:
+        """Subscribe to an event; works as ``rtc.on("signal", fn)`` and as ``@rtc.on("signal")``.
+
+        Handlers may be sync or async. Async ones run as tasks the server owns. A handler that
+        raises is logged and never affects the relay or the other handlers.
+        """
+        if handler is None:
+            def decorator(fn: H) -> H:
+                self._handlers.setdefault(event, []).append(fn)
+                return fn
+            return decorator
+        self._handlers.setdefault(event, []).append(handler)
+        return handler
+
+    def off(self, event: str, handler: Handler) -> None:
+        handlers = self._handlers.get(event, [])
+        if handler in handlers:
+            handlers.remove(handler)
+
+    def has_listeners(self, event: str) -> bool:
+        return bool(self._handlers.get(event))
+
+    def emit(self, event: str, payload: Any) -> None:
+        for handler in tuple(self._handlers.get(event, ())):
+            try:
+                result = handler(payload)
+            except Exception:
+                log.exception("handler %r for %s raised", handler, event)
+                continue
+            if inspect.isawaitable(result):
+                self.spawn(self._run_handler(event, handler, result))
+
+    async def _run_handler(self, event: str, handler: Handler, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler %r for %s raised", handler, event)
+
+    def spawn(self, coro: Awaitable[Any], name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the server owns (cancelled and awaited by :meth:`close`)."""
+        task = asyncio.ensure_future(coro)
+        if name:
+            task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- the seed's API -------------------------------------------------------------------------
+
+    def ice_servers_for(self, peer_id: str) -> tuple[IceServer, ...]:
+        """The configured ICE servers; TURN entries without credentials get minted ones when a
+        TURN shared secret is configured."""
+        secret = self.config.turn_secret
+        if not secret:
+            return self.config.ice_servers
+        out = []
+        for server in self.config.ice_servers:
+            if server.username is None and any(u.lower().startswith("turn") for u in server.urls):
+                user, password = mint_turn_credentials(secret, peer_id, self.config.turn_ttl_seconds,
+                                                       self.clock() // 1000)
+                server = IceServer(server.urls, user, password)
+            out.append(server)
+        return tuple(out)
+
+    async def create_room(self, room_id: str, *, max_peers: int | None = None,
+                          metadata: dict[str, Any] | None = None) -> RoomSnapshot:
+        """Create an empty room. Raises RoomExists if it is there already."""
+        room_id = validate_id(room_id, "roomId")
+        if max_peers is None:
+            max_peers = self.config.max_peers_per_room
+        if not isinstance(max_peers, int) or isinstance(max_peers, bool) or not 1 <= max_peers <= 1000:
+            raise InvalidRequest("maxPeers must be an integer from 1 to 1000.")
+        metadata = validate_metadata(metadata, max_bytes=self.config.max_metadata_bytes,
+                                     max_depth=self.config.max_json_depth)
+        snapshot = await self.backend.create_room(room_id, max_peers, metadata, self.clock(),
+                                                  max_rooms=self.config.max_rooms)
+        log.info("room %s created (max %d peers)", room_id, max_peers)
+        self.emit(ev.ROOM_CREATED, ev.RoomCreated(snapshot))
+        return snapshot
+
+    async def connect_peer(self, room_id: str, peer_id: str | None = None, metadata: dict[str, Any] | None = None,
+                           *, proof: str | None = None, auth_token: str | None = None) -> Connect:
+        """Join ``peer_id`` (generated when None) to ``room_id``, creating the room when needed.
+
+        ``proof`` is the peer's earlier token: with it, a taken id is replaced (the old channel is
+        closed with reason ``replaced``) instead of refused. ``auth_token`` is the connect JWT when
+        the server has an ``auth_secret``.
+        """
+        room_id = validate_id(room_id, "roomId")
+        if peer_id is not None:
+            peer_id = validate_id(peer_id, "peerId")
+        trusted = False
+        if self.config.auth_secret:
+            peer_id = validate_id(verify_connect_jwt(auth_token, self.config.auth_secret, room_id, peer_id), "sub")
+            trusted = True
+        if peer_id is None:
+            peer_id = "peer-" + new_peer_token()[:12].replace("_", "x").replace("-", "x")
+        metadata = validate_metadata(metadata, max_bytes=self.config.max_metadata_bytes,
+                                     max_depth=self.config.max_json_depth)
+        now = self.clock()
+        outcome = await self.backend.join(
+            room_id, peer_id, metadata, now, token=new_peer_token(), proof=proof, trusted=trusted,
+            default_max_peers=self.config.max_peers_per_room, max_rooms=self.config.max_rooms,
+            max_peers=self.config.max_peers,
+        )
+        if outcome.room_created:
+            log.info("room %s created by peer %s", room_id, peer_id)
+            self.emit(ev.ROOM_CREATED, ev.RoomCreated(outcome.room))
+        others = [p.peer_id for p in outcome.room.peers if p.peer_id != peer_id and not is_server_peer(p.peer_id)]
+        if outcome.replaced:
+            log.info("peer %s in room %s reconnected; old channel replaced", peer_id, room_id)
+            old = self.hub.detach(room_id, peer_id)
+            if old is not None:
+                await old.close(4001, "replaced")
+            await self._broadcast(room_id, others, peer_disconnected_message(room_id, peer_id, "replaced"))
+            self.emit(ev.PEER_DISCONNECTED, ev.PeerDisconnected(room_id, peer_id, "replaced"))
+        log.info("peer %s connected to room %s (%d peers)", peer_id, room_id, len(others) + 1)
+        await self._broadcast(room_id, others, peer_connected_message(room_id, outcome.peer.to_wire()))
+        self.emit(ev.PEER_CONNECTED, ev.PeerConnected(room_id, outcome.peer))
+        return Connect(
+            room_id=room_id,
+            peer_id=peer_id,
+            token=outcome.token,
+            ice_servers=self.ice_servers_for(peer_id),
+            heartbeat_interval_ms=self.config.heartbeat_interval_ms,
+            peer_timeout_ms=self.config.peer_timeout_ms,
+            peers=tuple(p for p in outcome.room.peers if p.peer_id != peer_id),
+            room=outcome.room,
+            replaced=outcome.replaced,
+        )
+
+    async def heartbeat(self, room_id: str, peer_id: str) -> int:
+        """Mark the peer alive; returns its last-seen time (ms)."""
+        last_seen = await self.backend.touch(room_id, peer_id, self.clock())
+        if self.has_listeners(ev.PEER_HEARTBEAT):
+            self.emit(ev.PEER_HEARTBEAT, ev.PeerHeartbeat(room_id, peer_id, last_seen))
+        return last_seen
+
+    async def relay(self, room_id: str, from_peer_id: str, signal: Signal | dict[str, Any]) -> RelayResult:
+        """Send ``signal`` from a member to ``signal.to`` or to every other member.
+
+        Delivered means a live channel took it; queued means it waits in the recipient's outbox.
+        """
+        sig = validate_signal(signal, max_depth=self.config.max_json_depth)
+        now = self.clock()
+        if self.config.rate_limit_per_sec > 0 and not self._take_token(room_id, from_peer_id, now):
+            raise RateLimited(f"Peer {from_peer_id!r} is sending faster than {self.config.rate_limit_per_sec:g} messages/s.")
+        message = signal_message(room_id, from_peer_id, sig, now)
+        text = dumps(message)
+        if len(text) > self.config.max_signal_bytes and len(text.encode()) > self.config.max_signal_bytes:
+            raise PayloadTooLarge(f"The signal is larger than {self.config.max_signal_bytes} bytes.")
+        envelope = Envelope(message, text, now, from_peer_id)
+        to = sig.to
+        if to is not None and is_server_peer(to):
+            await self.backend.recipients(room_id, from_peer_id, None)  # sender must be a member
+            if self.hub.server_peer(to) is None:
+                raise PeerNotFound(f"This server has no server peer {to!r}.")
+            await self.hub.push_local(room_id, to, envelope)
+            result = RelayResult((to,), ())
+        else:
+            recipients = await self.backend.recipients(room_id, from_peer_id, to)
+            report = await self.backend.deliver(room_id, recipients, envelope,
+                                                outbox_max=self.config.outbox_max, now=now)
+            result = RelayResult(tuple(report.delivered), tuple(report.queued), tuple(report.dropped))
+        if self.has_listeners(ev.SIGNAL):
+            self.emit(ev.SIGNAL, ev.SignalRelayed(room_id, from_peer_id, sig, now, result.delivered, result.queued))
+        return result
+
+    async def disconnect_peer(self, room_id: str, peer_id: str, reason: str = "left") -> bool:
+        """Remove a peer; tells the room and closes the room when it empties. False if absent."""
+        outcome = await self.backend.leave(room_id, peer_id)
+        if outcome is None:
+            return False
+        await self._after_leave(outcome, reason)
+        return True
+
+    async def get_room_snapshot(self, room_id: str) -> RoomSnapshot:
+        return await self.backend.snapshot(room_id)
+
+    async def authenticate(self, token: str | None) -> tuple[str, str]:
+        """The (room_id, peer_id) a peer token stands for; raises Unauthorized."""
+        if not token:
+            raise Unauthorized("A peer token is required: send Authorization: Bearer <token> from connect.")
+        return await self.backend.resolve(token)
+
+    # -- channels -------------------------------------------------------------------------------
+
+    async def attach_channel(self, room_id: str, peer_id: str, channel: Channel) -> None:
+        """Make ``channel`` the peer's live channel and flush its outbox into it."""
+        old = self.hub.attach(room_id, peer_id, channel)
+        if old is not None:
+            await old.close(4001, "replaced by a newer connection")
+        for envelope in await self.backend.take_outbox(room_id, peer_id):
+            if not await channel.send(envelope.text):
+                break
+
+    def detach_channel(self, room_id: str, peer_id: str, channel: Channel) -> None:
+        self.hub.detach(room_id, peer_id, channel)
+
+    async def poll(self, room_id: str, peer_id: str, wait_ms: int) -> list[str]:
+        """Long-poll: queued messages now, or the first one to arrive within ``wait_ms``."""
+        await self.heartbeat(room_id, peer_id)
+        waiting = await self.backend.take_outbox(room_id, peer_id)
+        if waiting or wait_ms <= 0:
+            return [e.text for e in waiting]
+        channel = PollChannel()
+        old = self.hub.attach(room_id, peer_id, channel)
+        if old is not None:
+            await old.close(4001, "replaced by a newer poll")
+        try:
+            return await channel.wait(min(wait_ms, self.config.poll_max_wait_ms) / 1000)
+        finally:
+            self.hub.detach(room_id, peer_id, channel)
+
+    async def send_to_peer(self, room_id: str, peer_id: str, message: dict[str, Any]) -> bool:
+        """Push a server message to one peer (channel or outbox); False if it is not a member."""
+        now = self.clock()
+        try:
+            report = await self.backend.deliver(room_id, [peer_id], Envelope(message, dumps(message), now),
+                                                outbox_max=self.config.outbox_max, now=now)
+        except RtcError:
+            return False
+        return bool(report.delivered or report.queued)
+
+    # -- server peers (the media layer's hooks) -------------------------------------------------
+
+    def register_server_peer(self, peer_id: str, handler: ServerPeerHandler) -> None:
+        """Route every signal ``to`` ``peer_id`` (an ``@`` id) in any room to ``handler``."""
+        self.hub.register_server_peer(validate_id(peer_id, "peerId", allow_server=True), handler)
+
+    def unregister_server_peer(self, peer_id: str) -> None:
+        self.hub.unregister_server_peer(peer_id)
+
+    async def add_server_peer(self, room_id: str, peer_id: str) -> bool:
+        """List a server peer in a room's snapshot while one of its sessions lives there."""
+        return await self.backend.add_server_peer(room_id, peer_id, self.clock())
+
+    async def remove_server_peer(self, room_id: str, peer_id: str) -> bool:
+        return await self.backend.remove_server_peer(room_id, peer_id)
+
+    async def signal_from_server_peer(self, room_id: str, server_peer_id: str, to_peer_id: str,
+                                      signal: Signal | dict[str, Any]) -> bool:
+        """Send a signal from a server peer to one member."""
+        sig = validate_signal(signal)
+        return await self.send_to_peer(room_id, to_peer_id, signal_message(room_id, server_peer_id, sig, self.clock()))
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _take_token(self, room_id: str, peer_id: str, now: int) -> bool:
+        key = (room_id, peer_id)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.config.rate_limit_per_sec, self.config.rate_limit_burst, now)
+        return bucket.take(now)
+
+    async def _broadcast(self, room_id: str, peer_ids: list[str] | tuple[str, ...], message: dict[str, Any]) -> None:
+        if not peer_ids:
+            return
+        now = self.clock()
+        await self.backend.deliver(room_id, list(peer_ids), Envelope(message, dumps(message), now),
+                                   outbox_max=self.config.outbox_max, now=now)
+
+    async def _after_leave(self, outcome: LeaveOutcome, reason: str) -> None:
+        room_id, peer_id = outcome.room_id, outcome.peer.peer_id
+        self._buckets.pop((room_id, peer_id), None)
+        channel = self.hub.detach(room_id, peer_id)
+        if channel is not None:
+            await channel.close(1000 if reason == "left" else 4000, reason)
+        log.info("peer %s left room %s (%s)", peer_id, room_id, reason)
+        message = peer_disconnected_message(room_id, peer_id, reason)
+        await self._broadcast(room_id, outcome.remaining, message)
+        await self._tell_server_peers(room_id, message)
+        self.emit(ev.PEER_DISCONNECTED, ev.PeerDisconnected(room_id, peer_id, reason))
+        if outcome.room_closed:
+            log.info("room %s closed (empty)", room_id)
+            self.emit(ev.ROOM_CLOSED, ev.RoomClosed(room_id))
+
+    async def _tell_server_peers(self, room_id: str, message: dict[str, Any]) -> None:
+        """Server peers hear of departures so they can end the sessions the peer owned."""
+        for server_peer_id in self.hub.server_peer_ids():
+            await self.hub.push_local(room_id, server_peer_id, Envelope(message, "", 0))
+
+    async def reap(self) -> int:
+        """One reaper pass: drop silent peers and expired outbox items. Returns peers reaped."""
+        now = self.clock()
+        reaped = 0
+        for room_id, peer_id in await self.backend.expired_peers(now, self.config.peer_timeout_ms):
+            channel = self.hub.channel(room_id, peer_id)
+            if channel is not None and channel.kind == "poll":
+                continue  # a waiting long-poll is liveness
+            outcome = await self.backend.leave(room_id, peer_id)
+            if outcome is not None:  # another process may have reaped it first
+                reaped += 1
+                log.info("peer %s in room %s timed out after %d ms of silence", peer_id, room_id,
+                         self.config.peer_timeout_ms)
+                await self._after_leave(outcome, "timeout")
+        for notice in await self.backend.expire_outboxes(now, self.config.outbox_ttl_ms):
+            sender = notice.envelope.from_peer_id
+            if sender is None:
+                continue
+            log.info("message from %s to %s in room %s expired undelivered", sender, notice.to_peer_id, notice.room_id)
+            await self.send_to_peer(notice.room_id, sender, error_message(
+                "undelivered", f"A message to {notice.to_peer_id} expired before it was picked up.",
+                peerId=notice.to_peer_id, ts=notice.envelope.ts))
+        return reaped
+
+    async def _reap_forever(self) -> None:
+        interval = self.config.reaper_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reap()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reaper pass failed; trying again in %.2f s", interval)
+
+    async def stats(self) -> dict[str, Any]:
+        rooms, peers = await self.backend.counts()
+        return {"rooms": rooms, "peers": peers, "channels": len(self.hub)}
+
+
+def create_rtc_server(config: RtcConfig | None = None, *, backend: Backend | None = None,
+                      clock: Clock | None = None, **overrides: Any) -> RtcServer:
+    """Make an :class:`RtcServer`. ``overrides`` are :class:`RtcConfig` fields, e.g.
+    ``create_rtc_server(max_peers_per_room=4, ice_servers=["stun:stun.example.org"])``."""
+    config = config or RtcConfig()
+    if overrides:
+        config = config.replace(**overrides)
+    return RtcServer(config, backend=backend, clock=clock)

@@ -1,0 +1,409 @@
+"""aiohttp transport: the routes of docs/protocol.md over the facade.
+
+``create_app(rtc=None, config=None)`` returns an :class:`aiohttp.web.Application`; mount it as a
+sub-app or run it (``fantasize-rtc serve`` does). Errors become ``{"error": {code, message}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from . import __version__
+from ._resources import static_dir
+from .config import RtcConfig
+from .errors import (
+    Forbidden,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RtcError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from .protocol import dumps, error_message, parse_json, require_object, validate_id
+from .server import RtcServer, create_rtc_server
+
+__all__ = ["ADMIN_KEY", "RTC_KEY", "WebSocketChannel", "create_app", "json_response", "read_json",
+           "require_admin_or_token", "token_from_request"]
+
+log = logging.getLogger(__name__)
+
+RTC_KEY = web.AppKey("rtc", RtcServer)
+SOCKETS_KEY = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
+STARTED_KEY = web.AppKey("started_at", float)
+ADMIN_KEY = web.AppKey("admin_key", str)
+
+_HTTP_CODES = {
+    400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed,
+    413: PayloadTooLarge, 415: UnsupportedMediaType, 429: RateLimited,
+}
+_COOKIE_PREFIX = "rtc!"
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(err: RtcError) -> web.Response:
+    headers = {}
+    retry_after = getattr(err, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return json_response(err.to_dict(), status=err.status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RtcError as err:
+        return error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        cls = _HTTP_CODES.get(exc.status)
+        err = cls(exc.reason + ".") if cls else InvalidRequest(exc.reason + ".")
+        response = json_response(err.to_dict(), status=exc.status)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"error": {"code": "internal_error", "message": "Internal server error."}}, status=500)
+
+
+def cors_middleware(origins: tuple[str, ...]) -> Any:
+    allow_all = "*" in origins
+    allowed = frozenset(origins)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        ok = origin is not None and (allow_all or origin in allowed)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            if not ok:
+                return json_response(Forbidden("Origin not allowed.").to_dict(), status=403)
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        if ok and origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After"
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware
+
+
+# -- request helpers -----------------------------------------------------------------------------
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object: 415 unless JSON, 413 when too large, 400 when malformed."""
+    ctype = request.content_type
+    if request.body_exists and ctype not in ("application/json", "application/octet-stream") and not ctype.endswith("+json"):
+        raise UnsupportedMediaType("Send the body as application/json.")
+    data = await request.read()
+    if not data:
+        raise InvalidRequest("The body must be a JSON object.")
+    return require_object(parse_json(data, max_depth=request.app[RTC_KEY].config.max_json_depth))
+
+
+def token_from_request(request: web.Request, room_id: str | None = None, peer_id: str | None = None) -> str | None:
+    """Bearer header, then ``?token=``, then the connect cookie for (room, peer)."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    token = request.query.get("token")
+    if token:
+        return token
+    if room_id and peer_id:
+        return request.cookies.get(_cookie_name(room_id, peer_id))
+    return None
+
+
+def _cookie_name(room_id: str, peer_id: str) -> str:
+    return f"{_COOKIE_PREFIX}{room_id}!{peer_id}"
+
+
+def _optional_id(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    return None if value is None else validate_id(value, field)
+
+
+async def _peer_from(request: web.Request, body: dict[str, Any], peer_field: str) -> tuple[str, str]:
+    """Authenticate the caller; the ids in the body, when present, must be the token's."""
+    rtc = request.app[RTC_KEY]
+    room_id = _optional_id(body, "roomId")
+    peer_id = _optional_id(body, peer_field)
+    room, peer = await rtc.authenticate(token_from_request(request, room_id, peer_id))
+    if (room_id is not None and room_id != room) or (peer_id is not None and peer_id != peer):
+        raise Forbidden(f"This token belongs to peer {peer!r} in room {room!r}.")
+    return room, peer
+
+
+def _is_admin(request: web.Request) -> bool:
+    key = request.app.get(ADMIN_KEY)
+    given = token_from_request(request)
+    return bool(key and given and hmac.compare_digest(key.encode(), given.encode()))
+
+
+async def require_admin_or_token(request: web.Request) -> tuple[str, str] | None:
+    """None for the admin key, else the (room, peer) of the caller's peer token."""
+    if _is_admin(request):
+        return None
+    return await request.app[RTC_KEY].authenticate(token_from_request(request))
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/rtc/connect")
+async def connect(request: web.Request) -> web.Response:
+    rtc = request.app[RTC_KEY]
+    body = await read_json(request)
+    room_id = validate_id(body.get("roomId"), "roomId")
+    peer_id = _optional_id(body, "peerId")
+    bearer = token_from_request(request, room_id, peer_id) if peer_id else token_from_request(request)
+    jwt_token = body.get("authToken") if isinstance(body.get("authToken"), str) else None
+    if rtc.config.auth_secret and jwt_token is None and bearer and bearer.count(".") == 2:
+        jwt_token, bearer = bearer, None
+    result = await rtc.connect_peer(room_id, peer_id, body.get("metadata"), proof=bearer, auth_token=jwt_token)
+    response = json_response(result.to_wire())
+    response.set_cookie(_cookie_name(result.room_id, result.peer_id), result.token, path="/rtc",
+                        httponly=True, samesite="Strict", secure=request.secure)
+    return response
+
+
+@routes.post("/rtc/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    room_id, peer_id = await _peer_from(request, await read_json(request), "peerId")
+    last_seen = await request.app[RTC_KEY].heartbeat(room_id, peer_id)
+    return json_response({"lastSeen": last_seen})
+
+
+@routes.post("/rtc/signal")
+async def signal(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    room_id, peer_id = await _peer_from(request, body, "fromPeerId")
+    if "signal" not in body:
+        raise InvalidRequest("signal is required: {type, payload, to?}.")
+    result = await request.app[RTC_KEY].relay(room_id, peer_id, body["signal"])
+    return json_response(result.to_wire())
+
+
+@routes.post("/rtc/disconnect")
+async def disconnect(request: web.Request) -> web.Response:
+    room_id, peer_id = await _peer_from(request, await read_json(request), "peerId")
+    await request.app[RTC_KEY].disconnect_peer(room_id, peer_id, "left")
+    response = json_response({"disconnected": True})
+    response.del_cookie(_cookie_name(room_id, peer_id), path="/rtc")
+    return response
+
+
+@routes.get("/rtc/rooms/{roomId}")
+async def room_snapshot(request: web.Request) -> web.Response:
+    room_id = validate_id(request.match_info["roomId"], "roomId")
+    caller = await require_admin_or_token(request)
+    if caller is not None and caller[0] != room_id:
+        raise Forbidden("Only members of a room (or the admin key) may see its snapshot.")
+    snapshot = await request.app[RTC_KEY].get_room_snapshot(room_id)
+    return json_response(snapshot.to_wire())
+
+
+@routes.get("/rtc/poll")
+async def poll(request: web.Request) -> web.Response:
+    rtc = request.app[RTC_KEY]
+    room_id, peer_id = await rtc.authenticate(token_from_request(request))
+    try:
+        wait_ms = int(request.query.get("waitMs", "25000"))
+    except ValueError as exc:
+        raise InvalidRequest("waitMs must be an integer number of milliseconds.") from exc
+    if not 0 <= wait_ms <= 120_000:
+        raise InvalidRequest("waitMs must be from 0 to 120000.")
+    texts = await rtc.poll(room_id, peer_id, wait_ms)
+    return web.Response(text='{"messages":[' + ",".join(texts) + "]}", content_type="application/json")
+
+
+class WebSocketChannel:
+    """A peer's WebSocket as a hub channel."""
+
+    kind = "ws"
+    __slots__ = ("ws",)
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, text: str) -> bool:
+        if self.ws.closed:
+            return False
+        try:
+            await self.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+
+@routes.get("/rtc/ws")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    rtc = request.app[RTC_KEY]
+    room_id, peer_id = await rtc.authenticate(token_from_request(request))
+    ws = web.WebSocketResponse(max_msg_size=rtc.config.max_frame_bytes, heartbeat=None)
+    await ws.prepare(request)
+    request.app[SOCKETS_KEY].add(ws)
+    channel = WebSocketChannel(ws)
+    log.info("peer %s in room %s opened a WebSocket", peer_id, room_id)
+    try:
+        await rtc.attach_channel(room_id, peer_id, channel)
+        await _serve_socket(rtc, ws, room_id, peer_id)
+    finally:
+        rtc.detach_channel(room_id, peer_id, channel)
+        if not ws.closed:
+            await ws.close()
+        log.info("peer %s in room %s closed its WebSocket (code %s)", peer_id, room_id, ws.close_code)
+    return ws
+
+
+async def _serve_socket(rtc: RtcServer, ws: web.WebSocketResponse, room_id: str, peer_id: str) -> None:
+    last_touch = 0.0
+    max_depth = rtc.config.max_json_depth
+    async for msg in ws:
+        if msg.type is not WSMsgType.TEXT:
+            if msg.type is WSMsgType.BINARY:
+                await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not supported")
+            break
+        now = time.monotonic()
+        try:
+            if now - last_touch >= 1.0:  # any frame is liveness; touch at most once a second
+                last_touch = now
+                await rtc.heartbeat(room_id, peer_id)
+            frame = require_object(parse_json(msg.data, max_depth=max_depth))
+            kind = frame.get("type")
+            if kind == "signal":
+                if "signal" not in frame:
+                    raise InvalidRequest("A signal frame needs a signal: {type, payload, to?}.")
+                result = await rtc.relay(room_id, peer_id, frame["signal"])
+                if "id" in frame:
+                    await ws.send_str(dumps({"type": "ack", "id": frame["id"], **result.to_wire()}))
+            elif kind == "heartbeat":
+                if "id" in frame:
+                    await ws.send_str(dumps({"type": "ack", "id": frame["id"]}))
+            elif kind == "disconnect":
+                await rtc.disconnect_peer(room_id, peer_id, "left")
+                break
+            else:
+                raise InvalidRequest("Unknown frame type: expected signal, heartbeat or disconnect.")
+        except RateLimited as err:
+            await ws.send_str(dumps(error_message(err.code, err.message)))
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"rate limited")
+            break
+        except RtcError as err:
+            error = error_message(err.code, err.message, **err.details)
+            if isinstance(frame_id := _frame_id(msg.data), (str, int)):
+                error["id"] = frame_id
+            await ws.send_str(dumps(error))
+
+
+def _frame_id(data: str) -> Any:
+    try:
+        frame = parse_json(data, max_depth=4)
+    except RtcError:
+        return None
+    return frame.get("id") if isinstance(frame, dict) else None
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    rtc = request.app[RTC_KEY]
+    health = rtc.backend.health()
+    return json_response({
+        "status": "ok" if health.get("ok", True) else "degraded",
+        "version": __version__,
+        "uptimeMs": int((time.monotonic() - request.app[STARTED_KEY]) * 1000),
+        **(await rtc.stats()),
+        "backend": health,
+    }, status=200 if health.get("ok", True) else 503)
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+def create_app(rtc: RtcServer | None = None, config: RtcConfig | None = None, *, media: bool = True,
+               static: bool = True) -> web.Application:
+    """The aiohttp application: signaling routes, WebSocket, long-poll, health, the demo page,
+    and (``media=True``) the server's own WebRTC peers.
+
+    Pass ``rtc`` to share one facade with your own code; otherwise one is made from ``config``.
+    The app starts the facade on startup and, when it made it, closes it on cleanup.
+    """
+    owns_rtc = rtc is None
+    if rtc is None:
+        rtc = create_rtc_server(config)
+    config = rtc.config
+    middlewares: list[Any] = [error_middleware]
+    if config.cors_origins:
+        middlewares.insert(0, cors_middleware(config.cors_origins))
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
+    app[RTC_KEY] = rtc
+    app[SOCKETS_KEY] = weakref.WeakSet()
+    app[STARTED_KEY] = time.monotonic()
+    if config.admin_key:
+        app[ADMIN_KEY] = config.admin_key
+    app.add_routes(routes)
+
+    async def rtc_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await rtc.start()
+        yield
+        if owns_rtc:
+            await rtc.close()
+
+    async def close_sockets(app: web.Application) -> None:
+        for ws in list(app[SOCKETS_KEY]):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+    app.cleanup_ctx.append(rtc_lifecycle)
+    app.on_shutdown.append(close_sockets)
+    if media:
+        _setup_media(app)
+    if static:
+        app.router.add_get("/", index)
+        app.router.add_static("/static/", static_dir(), append_version=False)
+    return app
+
+
+def _setup_media(app: web.Application) -> None:
+    # The media layer sits below this one (it needs aiortc); it plugs its routes in here, lazily,
+    # so signaling-only users never import aiortc.
+    try:
+        from .media import setup_media  # noqa: PLC0415
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.media":
+            raise
+        return
+    setup_media(app)
