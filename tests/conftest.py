@@ -40,4 +40,5 @@ async def rtc(config: RtcConfig) -> AsyncIterator[RtcServer]:
 @pytest.fixture
 async def client(aiohttp_client: Any, config: RtcConfig) -> TestClient:  # type: ignore[type-arg]
     """A real aiohttp server on a free port with the full app, and a client for it."""
-    return await aiohttp_client(create_app(config=config))
+    test_client: TestClient = await aiohttp_client(create_app(config=config))  # type: ignore[type-arg]
+    return test_client

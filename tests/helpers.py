@@ -18,8 +18,9 @@ T = TypeVar("T")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01,
-                   message: str = "condition") -> Any:
+async def wait_for(
+    predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01, message: str = "condition"
+) -> Any:
     """Poll ``predicate`` (sync or async) until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -33,8 +34,9 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval:
         await asyncio.sleep(interval)
 
 
-def wait_for_sync(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01,
-                  message: str = "condition") -> Any:
+def wait_for_sync(
+    predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01, message: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

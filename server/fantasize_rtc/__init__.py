@@ -37,7 +37,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from .web import create_app  # noqa: PLC0415 - keeps aiohttp out of core imports
+        from .web import create_app
 
         return create_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,28 +28,70 @@ ENV_PREFIX = "FANTASIZE_RTC_"
 _SERVE_FLAGS: list[tuple[str, str | None, Any, Any, str, bool]] = [
     ("host", None, str, "127.0.0.1", "Address to listen on (0.0.0.0 for every interface).", False),
     ("port", None, int, 8080, "Port to listen on (0 picks a free one).", False),
-    ("ice-server", "ice_servers", str, None,
-     "ICE server handed to browsers and used by the server's own peers: stun:host:port or "
-     "turn:user:pass@host:port?transport=udp. Repeat for several; env: comma-separated.", True),
+    (
+        "ice-server",
+        "ice_servers",
+        str,
+        None,
+        "ICE server handed to browsers and used by the server's own peers: stun:host:port or "
+        "turn:user:pass@host:port?transport=udp. Repeat for several; env: comma-separated.",
+        True,
+    ),
     ("max-peers-per-room", "max_peers_per_room", int, 8, "Peers a room admits.", False),
     ("heartbeat-interval-ms", "heartbeat_interval_ms", int, 30_000, "How often peers should heartbeat.", False),
-    ("peer-timeout-ms", "peer_timeout_ms", int, None,
-     "Silence after which a peer is reaped (default 2.5 x the heartbeat interval).", False),
-    ("auth-secret", "auth_secret", str, None,
-     "HS256 secret: connect then requires a JWT with claims room, sub (peer id) and exp.", False),
-    ("cors-origin", "cors_origins", str, None,
-     "Origin allowed to call the API from a browser (repeatable; * for any). Off by default.", True),
-    ("admin-key", "admin_key", str, None,
-     "Bearer key for operators: snapshots of any room, every media session and recording.", False),
+    (
+        "peer-timeout-ms",
+        "peer_timeout_ms",
+        int,
+        None,
+        "Silence after which a peer is reaped (default 2.5 x the heartbeat interval).",
+        False,
+    ),
+    (
+        "auth-secret",
+        "auth_secret",
+        str,
+        None,
+        "HS256 secret: connect then requires a JWT with claims room, sub (peer id) and exp.",
+        False,
+    ),
+    (
+        "cors-origin",
+        "cors_origins",
+        str,
+        None,
+        "Origin allowed to call the API from a browser (repeatable; * for any). Off by default.",
+        True,
+    ),
+    (
+        "admin-key",
+        "admin_key",
+        str,
+        None,
+        "Bearer key for operators: snapshots of any room, every media session and recording.",
+        False,
+    ),
     ("recordings-dir", "recordings_dir", str, "./recordings", "Folder for recordings.", False),
     ("max-media-sessions", "max_media_sessions", int, 32, "Concurrent server-side media sessions.", False),
     ("max-session-seconds", "max_session_seconds", int, 3600, "Longest media session.", False),
     ("max-recording-bytes", "max_recording_bytes", int, 512 * 1024 * 1024, "Largest single recording.", False),
-    ("turn-secret", "turn_secret", str, None,
-     "TURN shared secret (coturn use-auth-secret): mint time-limited TURN credentials.", False),
+    (
+        "turn-secret",
+        "turn_secret",
+        str,
+        None,
+        "TURN shared secret (coturn use-auth-secret): mint time-limited TURN credentials.",
+        False,
+    ),
     ("turn-ttl-seconds", "turn_ttl_seconds", int, 86_400, "Lifetime of minted TURN credentials.", False),
-    ("redis-url", "redis_url", str, None,
-     "Share rooms across processes through Redis (redis://host:port/db). Needs the [redis] extra.", False),
+    (
+        "redis-url",
+        "redis_url",
+        str,
+        None,
+        "Share rooms across processes through Redis (redis://host:port/db). Needs the [redis] extra.",
+        False,
+    ),
     ("log-level", None, str, "info", "debug, info, warning or error.", False),
 ]
 
@@ -72,23 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = sub.add_parser(
-        "serve", help="run the server with its demo page",
+        "serve",
+        help="run the server with its demo page",
         description="Run the signaling server, the server's own WebRTC peers and the demo page. "
-                    f"Each flag may also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT).",
+        f"Each flag may also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT).",
     )
     for flag, _field, kind, default, text, repeatable in _SERVE_FLAGS:
         env = ENV_PREFIX + flag.upper().replace("-", "_")
         value = _env_default(flag, kind, default, repeatable)
         shown = "" if default is None else f" (default: {default})"
-        serve.add_argument(f"--{flag}", type=kind, default=value, action="append" if repeatable else "store",
-                           help=f"{text}{shown} [env {env}]")
+        serve.add_argument(
+            f"--{flag}",
+            type=kind,
+            default=value,
+            action="append" if repeatable else "store",
+            help=f"{text}{shown} [env {env}]",
+        )
     _add_selftest(sub)
     return parser
 
 
 def _add_selftest(sub: Any) -> None:
     try:
-        from .selftest import add_parser  # noqa: PLC0415
+        from .selftest import add_parser  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ModuleNotFoundError:
         return
     add_parser(sub)
@@ -122,9 +170,9 @@ def configure_logging(level: str) -> None:
 
 
 async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
-    from aiohttp import web  # noqa: PLC0415
+    from aiohttp import web
 
-    from .web import create_app  # noqa: PLC0415
+    from .web import create_app
 
     app = create_app(config=config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)

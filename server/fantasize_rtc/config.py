@@ -107,8 +107,16 @@ class RtcConfig:
         ice = tuple(IceServer.parse(s) if isinstance(s, str) else s for s in self.ice_servers)
         object.__setattr__(self, "ice_servers", ice)
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
-        for name in ("max_peers_per_room", "heartbeat_interval_ms", "max_body_bytes", "max_frame_bytes",
-                     "max_signal_bytes", "max_rooms", "max_peers", "outbox_max"):
+        for name in (
+            "max_peers_per_room",
+            "heartbeat_interval_ms",
+            "max_body_bytes",
+            "max_frame_bytes",
+            "max_signal_bytes",
+            "max_rooms",
+            "max_peers",
+            "outbox_max",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 

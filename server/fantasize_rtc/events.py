@@ -31,9 +31,7 @@ PEER_HEARTBEAT: Final = "peer:heartbeat"
 SIGNAL: Final = "signal"
 
 #: Signaling events, plus media events (``media:*``, ``recording:*``) emitted by the media layer.
-EVENT_NAMES: Final = frozenset(
-    {ROOM_CREATED, ROOM_CLOSED, PEER_CONNECTED, PEER_DISCONNECTED, PEER_HEARTBEAT, SIGNAL}
-)
+EVENT_NAMES: Final = frozenset({ROOM_CREATED, ROOM_CLOSED, PEER_CONNECTED, PEER_DISCONNECTED, PEER_HEARTBEAT, SIGNAL})
 
 #: Why a peer left: it asked, it went silent, or the same peer connected again.
 REASONS: Final = ("left", "timeout", "replaced")

@@ -132,7 +132,7 @@ def validate_signal(value: Any, *, max_depth: int = 32) -> Signal:
     if not isinstance(kind, str) or not _TYPE_RE.fullmatch(kind):
         raise InvalidRequest("signal.type must be a string of 1 to 64 characters of A-Z a-z 0-9 : . _ -.")
     payload = value.get("payload")
-    if kind == "offer" or kind == "answer":
+    if kind in {"offer", "answer"}:
         _require_sdp(payload, kind)
     elif kind == "candidate":
         _require_candidate(payload)

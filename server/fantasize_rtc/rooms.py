@@ -109,8 +109,16 @@ class Room:
         peer = self._peers.get(peer_id)
         return peer.token if peer else None
 
-    def join(self, peer_id: str, metadata: dict[str, Any], now: int, *, token: str,
-             proof: str | None = None, trusted: bool = False) -> JoinResult:
+    def join(
+        self,
+        peer_id: str,
+        metadata: dict[str, Any],
+        now: int,
+        *,
+        token: str,
+        proof: str | None = None,
+        trusted: bool = False,
+    ) -> JoinResult:
         """Add a peer. A taken id may be replaced only with that peer's token (``proof``) or
         when the caller vouches for the identity (``trusted``, e.g. a verified JWT ``sub``)."""
         existing = self._peers.get(peer_id)
@@ -136,8 +144,7 @@ class Room:
         peer = self._peers.get(peer_id)
         if peer is None:
             raise PeerNotFound(f"Peer {peer_id!r} is not in room {self.room_id!r}.")
-        if now > peer.last_seen:
-            peer.last_seen = now
+        peer.last_seen = max(peer.last_seen, now)
         return peer.last_seen
 
     def expired(self, now: int, timeout_ms: int) -> list[str]:

@@ -168,9 +168,11 @@ class RtcServer:
         raises is logged and never affects the relay or the other handlers.
         """
         if handler is None:
+
             def decorator(fn: H) -> H:
                 self._handlers.setdefault(event, []).append(fn)
                 return fn
+
             return decorator
         self._handlers.setdefault(event, []).append(handler)
         return handler
@@ -221,30 +223,42 @@ class RtcServer:
         out = []
         for server in self.config.ice_servers:
             if server.username is None and any(u.lower().startswith("turn") for u in server.urls):
-                user, password = mint_turn_credentials(secret, peer_id, self.config.turn_ttl_seconds,
-                                                       self.clock() // 1000)
-                server = IceServer(server.urls, user, password)
-            out.append(server)
+                user, password = mint_turn_credentials(
+                    secret, peer_id, self.config.turn_ttl_seconds, self.clock() // 1000
+                )
+                out.append(IceServer(server.urls, user, password))
+            else:
+                out.append(server)
         return tuple(out)
 
-    async def create_room(self, room_id: str, *, max_peers: int | None = None,
-                          metadata: dict[str, Any] | None = None) -> RoomSnapshot:
+    async def create_room(
+        self, room_id: str, *, max_peers: int | None = None, metadata: dict[str, Any] | None = None
+    ) -> RoomSnapshot:
         """Create an empty room. Raises RoomExists if it is there already."""
         room_id = validate_id(room_id, "roomId")
         if max_peers is None:
             max_peers = self.config.max_peers_per_room
         if not isinstance(max_peers, int) or isinstance(max_peers, bool) or not 1 <= max_peers <= 1000:
             raise InvalidRequest("maxPeers must be an integer from 1 to 1000.")
-        metadata = validate_metadata(metadata, max_bytes=self.config.max_metadata_bytes,
-                                     max_depth=self.config.max_json_depth)
-        snapshot = await self.backend.create_room(room_id, max_peers, metadata, self.clock(),
-                                                  max_rooms=self.config.max_rooms)
+        metadata = validate_metadata(
+            metadata, max_bytes=self.config.max_metadata_bytes, max_depth=self.config.max_json_depth
+        )
+        snapshot = await self.backend.create_room(
+            room_id, max_peers, metadata, self.clock(), max_rooms=self.config.max_rooms
+        )
         log.info("room %s created (max %d peers)", room_id, max_peers)
         self.emit(ev.ROOM_CREATED, ev.RoomCreated(snapshot))
         return snapshot
 
-    async def connect_peer(self, room_id: str, peer_id: str | None = None, metadata: dict[str, Any] | None = None,
-                           *, proof: str | None = None, auth_token: str | None = None) -> Connect:
+    async def connect_peer(
+        self,
+        room_id: str,
+        peer_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        proof: str | None = None,
+        auth_token: str | None = None,
+    ) -> Connect:
         """Join ``peer_id`` (generated when None) to ``room_id``, creating the room when needed.
 
         ``proof`` is the peer's earlier token: with it, a taken id is replaced (the old channel is
@@ -260,12 +274,20 @@ class RtcServer:
             trusted = True
         if peer_id is None:
             peer_id = "peer-" + new_peer_token()[:12].replace("_", "x").replace("-", "x")
-        metadata = validate_metadata(metadata, max_bytes=self.config.max_metadata_bytes,
-                                     max_depth=self.config.max_json_depth)
+        metadata = validate_metadata(
+            metadata, max_bytes=self.config.max_metadata_bytes, max_depth=self.config.max_json_depth
+        )
         now = self.clock()
         outcome = await self.backend.join(
-            room_id, peer_id, metadata, now, token=new_peer_token(), proof=proof, trusted=trusted,
-            default_max_peers=self.config.max_peers_per_room, max_rooms=self.config.max_rooms,
+            room_id,
+            peer_id,
+            metadata,
+            now,
+            token=new_peer_token(),
+            proof=proof,
+            trusted=trusted,
+            default_max_peers=self.config.max_peers_per_room,
+            max_rooms=self.config.max_rooms,
             max_peers=self.config.max_peers,
         )
         if outcome.room_created:
@@ -309,7 +331,8 @@ class RtcServer:
         sig = validate_signal(signal, max_depth=self.config.max_json_depth)
         now = self.clock()
         if self.config.rate_limit_per_sec > 0 and not self._take_token(room_id, from_peer_id, now):
-            raise RateLimited(f"Peer {from_peer_id!r} is sending faster than {self.config.rate_limit_per_sec:g} messages/s.")
+            limit = self.config.rate_limit_per_sec
+            raise RateLimited(f"Peer {from_peer_id!r} is sending faster than {limit:g} messages/s.")
         message = signal_message(room_id, from_peer_id, sig, now)
         text = dumps(message)
         if len(text) > self.config.max_signal_bytes and len(text.encode()) > self.config.max_signal_bytes:
@@ -324,8 +347,9 @@ class RtcServer:
             result = RelayResult((to,), ())
         else:
             recipients = await self.backend.recipients(room_id, from_peer_id, to)
-            report = await self.backend.deliver(room_id, recipients, envelope,
-                                                outbox_max=self.config.outbox_max, now=now)
+            report = await self.backend.deliver(
+                room_id, recipients, envelope, outbox_max=self.config.outbox_max, now=now
+            )
             result = RelayResult(tuple(report.delivered), tuple(report.queued), tuple(report.dropped))
         if self.has_listeners(ev.SIGNAL):
             self.emit(ev.SIGNAL, ev.SignalRelayed(room_id, from_peer_id, sig, now, result.delivered, result.queued))
@@ -381,8 +405,9 @@ class RtcServer:
         """Push a server message to one peer (channel or outbox); False if it is not a member."""
         now = self.clock()
         try:
-            report = await self.backend.deliver(room_id, [peer_id], Envelope(message, dumps(message), now),
-                                                outbox_max=self.config.outbox_max, now=now)
+            report = await self.backend.deliver(
+                room_id, [peer_id], Envelope(message, dumps(message), now), outbox_max=self.config.outbox_max, now=now
+            )
         except RtcError:
             return False
         return bool(report.delivered or report.queued)
@@ -403,8 +428,9 @@ class RtcServer:
     async def remove_server_peer(self, room_id: str, peer_id: str) -> bool:
         return await self.backend.remove_server_peer(room_id, peer_id)
 
-    async def signal_from_server_peer(self, room_id: str, server_peer_id: str, to_peer_id: str,
-                                      signal: Signal | dict[str, Any]) -> bool:
+    async def signal_from_server_peer(
+        self, room_id: str, server_peer_id: str, to_peer_id: str, signal: Signal | dict[str, Any]
+    ) -> bool:
         """Send a signal from a server peer to one member."""
         sig = validate_signal(signal)
         return await self.send_to_peer(room_id, to_peer_id, signal_message(room_id, server_peer_id, sig, self.clock()))
@@ -422,8 +448,9 @@ class RtcServer:
         if not peer_ids:
             return
         now = self.clock()
-        await self.backend.deliver(room_id, list(peer_ids), Envelope(message, dumps(message), now),
-                                   outbox_max=self.config.outbox_max, now=now)
+        await self.backend.deliver(
+            room_id, list(peer_ids), Envelope(message, dumps(message), now), outbox_max=self.config.outbox_max, now=now
+        )
 
     async def _after_leave(self, outcome: LeaveOutcome, reason: str) -> None:
         room_id, peer_id = outcome.room_id, outcome.peer.peer_id
@@ -456,17 +483,25 @@ class RtcServer:
             outcome = await self.backend.leave(room_id, peer_id)
             if outcome is not None:  # another process may have reaped it first
                 reaped += 1
-                log.info("peer %s in room %s timed out after %d ms of silence", peer_id, room_id,
-                         self.config.peer_timeout_ms)
+                log.info(
+                    "peer %s in room %s timed out after %d ms of silence", peer_id, room_id, self.config.peer_timeout_ms
+                )
                 await self._after_leave(outcome, "timeout")
         for notice in await self.backend.expire_outboxes(now, self.config.outbox_ttl_ms):
             sender = notice.envelope.from_peer_id
             if sender is None:
                 continue
             log.info("message from %s to %s in room %s expired undelivered", sender, notice.to_peer_id, notice.room_id)
-            await self.send_to_peer(notice.room_id, sender, error_message(
-                "undelivered", f"A message to {notice.to_peer_id} expired before it was picked up.",
-                peerId=notice.to_peer_id, ts=notice.envelope.ts))
+            await self.send_to_peer(
+                notice.room_id,
+                sender,
+                error_message(
+                    "undelivered",
+                    f"A message to {notice.to_peer_id} expired before it was picked up.",
+                    peerId=notice.to_peer_id,
+                    ts=notice.envelope.ts,
+                ),
+            )
         return reaped
 
     async def _reap_forever(self) -> None:
@@ -485,8 +520,9 @@ class RtcServer:
         return {"rooms": rooms, "peers": peers, "channels": len(self.hub)}
 
 
-def create_rtc_server(config: RtcConfig | None = None, *, backend: Backend | None = None,
-                      clock: Clock | None = None, **overrides: Any) -> RtcServer:
+def create_rtc_server(
+    config: RtcConfig | None = None, *, backend: Backend | None = None, clock: Clock | None = None, **overrides: Any
+) -> RtcServer:
     """Make an :class:`RtcServer`. ``overrides`` are :class:`RtcConfig` fields, e.g.
     ``create_rtc_server(max_peers_per_room=4, ice_servers=["stun:stun.example.org"])``."""
     config = config or RtcConfig()

@@ -33,21 +33,38 @@ from .errors import (
 from .protocol import dumps, error_message, parse_json, require_object, validate_id
 from .server import RtcServer, create_rtc_server
 
-__all__ = ["ADMIN_KEY", "RTC_KEY", "WebSocketChannel", "create_app", "json_response", "read_json",
-           "require_admin_or_token", "token_from_request"]
+__all__ = [
+    "ADMIN_KEY",
+    "RTC_KEY",
+    "WebSocketChannel",
+    "create_app",
+    "json_response",
+    "read_json",
+    "require_admin_or_token",
+    "token_from_request",
+]
 
 log = logging.getLogger(__name__)
 
 RTC_KEY = web.AppKey("rtc", RtcServer)
-SOCKETS_KEY = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
+SOCKETS_KEY: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets")
 STARTED_KEY = web.AppKey("started_at", float)
 ADMIN_KEY = web.AppKey("admin_key", str)
 
 _HTTP_CODES = {
-    400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed,
-    413: PayloadTooLarge, 415: UnsupportedMediaType, 429: RateLimited,
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    429: RateLimited,
 }
 _COOKIE_PREFIX = "rtc!"
+# Missing content type (curl -d sends form type; fetch with a string sends text/plain) is refused
+# on purpose: a cross-site form can send text/plain without a CORS preflight.
+_JSON_TYPES = ("application/json",)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -63,8 +80,9 @@ def error_response(err: RtcError) -> web.Response:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                           ) -> web.StreamResponse:
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except RtcError as err:
@@ -72,9 +90,8 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        cls = _HTTP_CODES.get(exc.status)
-        err = cls(exc.reason + ".") if cls else InvalidRequest(exc.reason + ".")
-        response = json_response(err.to_dict(), status=exc.status)
+        cls = _HTTP_CODES.get(exc.status, InvalidRequest)
+        response = json_response(cls(exc.reason + ".").to_dict(), status=exc.status)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
@@ -90,8 +107,9 @@ def cors_middleware(origins: tuple[str, ...]) -> Any:
     allowed = frozenset(origins)
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         ok = origin is not None and (allow_all or origin in allowed)
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
@@ -118,7 +136,7 @@ def cors_middleware(origins: tuple[str, ...]) -> Any:
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object: 415 unless JSON, 413 when too large, 400 when malformed."""
     ctype = request.content_type
-    if request.body_exists and ctype not in ("application/json", "application/octet-stream") and not ctype.endswith("+json"):
+    if request.body_exists and ctype not in _JSON_TYPES and not ctype.endswith("+json"):
         raise UnsupportedMediaType("Send the body as application/json.")
     data = await request.read()
     if not data:
@@ -189,8 +207,14 @@ async def connect(request: web.Request) -> web.Response:
         jwt_token, bearer = bearer, None
     result = await rtc.connect_peer(room_id, peer_id, body.get("metadata"), proof=bearer, auth_token=jwt_token)
     response = json_response(result.to_wire())
-    response.set_cookie(_cookie_name(result.room_id, result.peer_id), result.token, path="/rtc",
-                        httponly=True, samesite="Strict", secure=request.secure)
+    response.set_cookie(
+        _cookie_name(result.room_id, result.peer_id),
+        result.token,
+        path="/rtc",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+    )
     return response
 
 
@@ -338,13 +362,16 @@ def _frame_id(data: str) -> Any:
 async def healthz(request: web.Request) -> web.Response:
     rtc = request.app[RTC_KEY]
     health = rtc.backend.health()
-    return json_response({
-        "status": "ok" if health.get("ok", True) else "degraded",
-        "version": __version__,
-        "uptimeMs": int((time.monotonic() - request.app[STARTED_KEY]) * 1000),
-        **(await rtc.stats()),
-        "backend": health,
-    }, status=200 if health.get("ok", True) else 503)
+    return json_response(
+        {
+            "status": "ok" if health.get("ok", True) else "degraded",
+            "version": __version__,
+            "uptimeMs": int((time.monotonic() - request.app[STARTED_KEY]) * 1000),
+            **(await rtc.stats()),
+            "backend": health,
+        },
+        status=200 if health.get("ok", True) else 503,
+    )
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -354,8 +381,9 @@ async def index(request: web.Request) -> web.FileResponse:
 # -- the app -------------------------------------------------------------------------------------
 
 
-def create_app(rtc: RtcServer | None = None, config: RtcConfig | None = None, *, media: bool = True,
-               static: bool = True) -> web.Application:
+def create_app(
+    rtc: RtcServer | None = None, config: RtcConfig | None = None, *, media: bool = True, static: bool = True
+) -> web.Application:
     """The aiohttp application: signaling routes, WebSocket, long-poll, health, the demo page,
     and (``media=True``) the server's own WebRTC peers.
 
@@ -371,7 +399,8 @@ def create_app(rtc: RtcServer | None = None, config: RtcConfig | None = None, *,
         middlewares.insert(0, cors_middleware(config.cors_origins))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[RTC_KEY] = rtc
-    app[SOCKETS_KEY] = weakref.WeakSet()
+    sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+    app[SOCKETS_KEY] = sockets
     app[STARTED_KEY] = time.monotonic()
     if config.admin_key:
         app[ADMIN_KEY] = config.admin_key
@@ -401,7 +430,7 @@ def _setup_media(app: web.Application) -> None:
     # The media layer sits below this one (it needs aiortc); it plugs its routes in here, lazily,
     # so signaling-only users never import aiortc.
     try:
-        from .media import setup_media  # noqa: PLC0415
+        from .media import setup_media  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}.media":
             raise

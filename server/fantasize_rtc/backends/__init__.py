@@ -27,9 +27,8 @@ def create_backend(redis_url: str | None = None, **options: object) -> Backend:
     if not redis_url:
         return MemoryBackend()
     try:
-        from .redis import RedisBackend  # noqa: PLC0415 - optional dependency, imported lazily
+        from .redis import RedisBackend  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise RuntimeError(
-            "The Redis backend needs redis-py: pip install 'fantasize-rtc-server[redis]'"
-        ) from exc
-    return RedisBackend(redis_url, **options)  # type: ignore[arg-type]
+        raise RuntimeError("The Redis backend needs redis-py: pip install 'fantasize-rtc-server[redis]'") from exc
+    backend: Backend = RedisBackend(redis_url, **options)  # type: ignore[arg-type]
+    return backend

@@ -89,13 +89,25 @@ class Backend(abc.ABC):
         return {"backend": self.name, "ok": True}
 
     @abc.abstractmethod
-    async def create_room(self, room_id: str, max_peers: int, metadata: dict[str, Any], now: int,
-                          *, max_rooms: int) -> RoomSnapshot: ...
+    async def create_room(
+        self, room_id: str, max_peers: int, metadata: dict[str, Any], now: int, *, max_rooms: int
+    ) -> RoomSnapshot: ...
 
     @abc.abstractmethod
-    async def join(self, room_id: str, peer_id: str, metadata: dict[str, Any], now: int, *, token: str,
-                   proof: str | None, trusted: bool, default_max_peers: int, max_rooms: int,
-                   max_peers: int) -> JoinOutcome:
+    async def join(
+        self,
+        room_id: str,
+        peer_id: str,
+        metadata: dict[str, Any],
+        now: int,
+        *,
+        token: str,
+        proof: str | None,
+        trusted: bool,
+        default_max_peers: int,
+        max_rooms: int,
+        max_peers: int,
+    ) -> JoinOutcome:
         """Add a peer, creating the room when needed. Raises RoomFull, PeerIdTaken, CapacityExceeded."""
 
     @abc.abstractmethod
@@ -116,8 +128,9 @@ class Backend(abc.ABC):
     async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]: ...
 
     @abc.abstractmethod
-    async def deliver(self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int,
-                      now: int) -> DeliveryReport: ...
+    async def deliver(
+        self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int, now: int
+    ) -> DeliveryReport: ...
 
     @abc.abstractmethod
     async def take_outbox(self, room_id: str, peer_id: str) -> list[Envelope]: ...

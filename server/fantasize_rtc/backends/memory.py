@@ -37,8 +37,9 @@ class MemoryBackend(Backend):
             raise RoomNotFound(f"Room {room_id!r} does not exist.")
         return room
 
-    async def create_room(self, room_id: str, max_peers: int, metadata: dict[str, Any], now: int,
-                          *, max_rooms: int) -> RoomSnapshot:
+    async def create_room(
+        self, room_id: str, max_peers: int, metadata: dict[str, Any], now: int, *, max_rooms: int
+    ) -> RoomSnapshot:
         if room_id in self._rooms:
             raise RoomExists(f"Room {room_id!r} already exists.")
         if len(self._rooms) >= max_rooms:
@@ -46,9 +47,20 @@ class MemoryBackend(Backend):
         room = self._rooms[room_id] = Room(room_id, max_peers, metadata, now)
         return room.snapshot()
 
-    async def join(self, room_id: str, peer_id: str, metadata: dict[str, Any], now: int, *, token: str,
-                   proof: str | None, trusted: bool, default_max_peers: int, max_rooms: int,
-                   max_peers: int) -> JoinOutcome:
+    async def join(
+        self,
+        room_id: str,
+        peer_id: str,
+        metadata: dict[str, Any],
+        now: int,
+        *,
+        token: str,
+        proof: str | None,
+        trusted: bool,
+        default_max_peers: int,
+        max_rooms: int,
+        max_peers: int,
+    ) -> JoinOutcome:
         room = self._rooms.get(room_id)
         created = room is None
         if room is None:
@@ -99,8 +111,9 @@ class MemoryBackend(Backend):
     async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]:
         return self._room(room_id).recipients(from_peer_id, to)
 
-    async def deliver(self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int,
-                      now: int) -> DeliveryReport:
+    async def deliver(
+        self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int, now: int
+    ) -> DeliveryReport:
         report = DeliveryReport()
         sink = self._sink
         for peer_id in peer_ids:
