@@ -400,7 +400,7 @@ def create_app(
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[RTC_KEY] = rtc
     sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
-    app[SOCKETS_KEY] = sockets
+    app[SOCKETS_KEY] = sockets  # type: ignore[index]  # aiohttp types AppKey values invariantly
     app[STARTED_KEY] = time.monotonic()
     if config.admin_key:
         app[ADMIN_KEY] = config.admin_key
