@@ -400,7 +400,7 @@ def create_app(
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[RTC_KEY] = rtc
     sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
-    app[SOCKETS_KEY] = sockets  # type: ignore[index]  # aiohttp types AppKey values invariantly
+    app[SOCKETS_KEY] = sockets
     app[STARTED_KEY] = time.monotonic()
     if config.admin_key:
         app[ADMIN_KEY] = config.admin_key
@@ -413,7 +413,8 @@ def create_app(
             await rtc.close()
 
     async def close_sockets(app: web.Application) -> None:
-        for ws in list(app[SOCKETS_KEY]):
+        sockets = app[SOCKETS_KEY]
+        for ws in list(sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
     app.cleanup_ctx.append(rtc_lifecycle)
