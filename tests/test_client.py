@@ -1,0 +1,225 @@
+"""RtcClient against the real aiohttp app on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from fantasize_rtc import RtcConfig, errors
+from fantasize_rtc.client import ConnectionLost, RtcClient, ServerError, error_from_response
+from fantasize_rtc.web import RTC_KEY, create_app
+from tests.helpers import wait_for
+
+Factory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def serve(aiohttp_server: Any, config: RtcConfig) -> Factory:
+    """Start the full app (optionally with config changes) on a free port; returns its base URL."""
+
+    async def start(app: web.Application | None = None, **changes: Any) -> str:
+        app = app or create_app(config=config.replace(**changes), media=False, static=False)
+        server = await aiohttp_server(app)
+        return str(server.make_url("")).rstrip("/")
+
+    return start
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Callable[..., RtcClient]]:
+    made: list[RtcClient] = []
+
+    def make(url: str, **kwargs: Any) -> RtcClient:
+        made.append(RtcClient(url, **kwargs))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+async def test_two_peers_relay_over_websocket(serve: Factory, clients: Callable[..., RtcClient]) -> None:
+    url = await serve()
+    alice, bob = clients(url), clients(url)
+    info = await alice.connect("demo-room", "alice", {"name": "Alice"})
+    assert info["peerId"] == "alice" and info["token"] and info["peers"] == []
+    await wait_for(lambda: alice.channel == "ws", message="alice's WebSocket")
+    bob_info = await bob.connect("demo-room", "bob")
+    assert [p["peerId"] for p in bob_info["peers"]] == ["alice"]
+
+    joined = await alice.next_message(timeout=5)
+    assert joined["type"] == "peer:connected" and joined["peer"]["peerId"] == "bob"
+
+    result = await alice.signal({"type": "offer", "payload": {"sdp": "v=0"}}, to="bob")
+    assert result["listenersNotified"] == 1 and result["delivered"] + result["queued"] == ["bob"]
+    message = await bob.next_message(timeout=5)
+    assert message["type"] == "signal" and message["fromPeerId"] == "alice"
+    assert message["signal"] == {"type": "offer", "payload": {"sdp": "v=0"}, "to": "bob"}
+
+    snapshot = await bob.snapshot()
+    assert sorted(p["peerId"] for p in snapshot["peers"]) == ["alice", "bob"]
+    assert await bob.heartbeat() > 0
+
+    assert await bob.disconnect() is True
+    left = await alice.next_message(timeout=5)
+    assert left == {"type": "peer:disconnected", "roomId": "demo-room", "peerId": "bob", "reason": "left"}
+    assert [m async for m in bob.messages()] == []  # bob's stream is over
+    assert bob.closed_reason == "left"
+
+
+async def test_seed_call_style(serve: Factory, clients: Callable[..., RtcClient]) -> None:
+    url = await serve()
+    client = clients(url, auto_heartbeat=False)
+    await client.connect("demo-room", "alice", listen=False)
+    await client.connect("demo-room", "bob", listen=False)
+    result = await client.signal("demo-room", "alice", {"type": "candidate", "payload": None, "to": "bob"})
+    assert result["listenersNotified"] == 1
+    assert await client.heartbeat("demo-room", "alice") > 0
+    # the client's current peer is bob, whose outbox holds alice's candidate
+    message = await client.next_message(timeout=5)
+    assert message["fromPeerId"] == "alice" and message["signal"]["type"] == "candidate"
+    with pytest.raises(errors.Unauthorized):  # this client never connected carol
+        await client.heartbeat("demo-room", "carol")
+    assert await client.disconnect("demo-room", "alice") is True
+
+
+async def test_long_poll_transport(serve: Factory, clients: Callable[..., RtcClient]) -> None:
+    url = await serve()
+    alice, bob = clients(url, transport="poll", poll_wait_ms=2000), clients(url)
+    await alice.connect("room", "alice")
+    await wait_for(lambda: alice.channel == "poll", message="alice polling")
+    await bob.connect("room", "bob")
+    assert (await alice.next_message(timeout=5))["type"] == "peer:connected"
+    for n in range(3):
+        await bob.signal({"type": "note", "payload": {"n": n}})
+    got = [(await alice.next_message(timeout=5))["signal"]["payload"]["n"] for _ in range(3)]
+    assert got == [0, 1, 2]
+
+
+async def test_falls_back_to_long_poll_when_websocket_is_refused(
+    serve: Factory, clients: Callable[..., RtcClient], config: RtcConfig
+) -> None:
+    app = create_app(config=config, media=False, static=False)
+
+    @web.middleware
+    async def no_upgrades(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path == "/rtc/ws":  # like a proxy that does not pass WebSocket upgrades
+            return web.Response(status=400, text="no websockets here")
+        return await handler(request)
+
+    app.middlewares.append(no_upgrades)
+    url = await serve(app)
+    alice, bob = clients(url, poll_wait_ms=2000), clients(url)
+    await alice.connect("room", "alice")
+    await wait_for(lambda: alice.channel == "poll", message="fallback to long-poll")
+    await bob.connect("room", "bob")
+    await bob.signal({"type": "hello", "payload": "hi"}, to="alice")
+    kinds = [(await alice.next_message(timeout=5))["type"] for _ in range(2)]
+    assert kinds == ["peer:connected", "signal"]
+
+
+async def test_reconnects_after_the_socket_drops(
+    serve: Factory, clients: Callable[..., RtcClient], config: RtcConfig, aiohttp_server: Any
+) -> None:
+    app = create_app(config=config, media=False, static=False)
+    url = await serve(app)
+    rtc = app[RTC_KEY]
+    alice, bob = clients(url), clients(url)
+    await alice.connect("room", "alice")
+    await bob.connect("room", "bob")
+    channel = await wait_for(lambda: rtc.hub.channel("room", "alice"), message="alice's channel")
+    await channel.close(1001, "going away")  # the server drops the socket; the peer stays
+    await wait_for(lambda: rtc.hub.channel("room", "alice") not in (None, channel), message="reconnected socket")
+    await bob.signal({"type": "after", "payload": 1}, to="alice")
+    kinds = [(await alice.next_message(timeout=5))["type"] for _ in range(2)]
+    assert kinds == ["peer:connected", "signal"]
+
+
+async def test_reaped_peer_ends_the_stream_with_connection_lost(
+    serve: Factory, clients: Callable[..., RtcClient]
+) -> None:
+    url = await serve(heartbeat_interval_ms=100)
+    client = clients(url, auto_heartbeat=False)
+    await client.connect("room", "sleepy")
+    with pytest.raises(ConnectionLost):
+        async for _ in client.messages():
+            pass
+    assert client.closed_reason == "connection_lost"
+
+
+async def test_auto_heartbeat_keeps_the_peer(
+    serve: Factory, clients: Callable[..., RtcClient], config: RtcConfig
+) -> None:
+    app = create_app(config=config.replace(heartbeat_interval_ms=100), media=False, static=False)
+    url = await serve(app)
+    beats: list[Any] = []
+    app[RTC_KEY].on("peer:heartbeat", beats.append)
+    client = clients(url, transport="poll", poll_wait_ms=50)
+    await client.connect("room", "awake")
+    # well past the 250 ms timeout, several reaper passes have run and found it alive
+    await wait_for(lambda: len([b for b in beats if b.peer_id == "awake"]) >= 12, timeout=20, message="heartbeats")
+    assert [p["peerId"] for p in (await client.snapshot())["peers"]] == ["awake"]
+
+
+async def test_reconnect_same_peer_replaces_and_keeps_working(
+    serve: Factory, clients: Callable[..., RtcClient]
+) -> None:
+    url = await serve()
+    alice, bob = clients(url), clients(url)
+    await alice.connect("room", "alice")
+    first_token = alice.token
+    await alice.connect("room", "alice")  # proves itself with the old token: replaced, not refused
+    assert alice.token is not None and first_token is not None
+    await bob.connect("room", "bob")
+    await bob.signal({"type": "x", "payload": None}, to="alice")
+    kinds = [(await alice.next_message(timeout=5))["type"] for _ in range(2)]
+    assert kinds == ["peer:connected", "signal"]
+
+
+async def test_server_errors_are_typed(serve: Factory, clients: Callable[..., RtcClient]) -> None:
+    url = await serve(max_peers_per_room=1)
+    alice, bob = clients(url), clients(url)
+    await alice.connect("small", "alice", listen=False)
+    with pytest.raises(errors.RoomFull) as full:
+        await bob.connect("small", "bob")
+    assert full.value.code == "room_full" and full.value.status == 409
+    with pytest.raises(errors.PeerIdTaken):
+        await bob.connect("small", "alice")
+    with pytest.raises(errors.InvalidRequest):
+        await bob.connect("no spaces allowed")
+    with pytest.raises(errors.InvalidRequest):
+        await alice.signal({"type": "offer", "payload": {}})  # an offer needs an sdp
+    with pytest.raises(errors.Unauthorized):
+        await bob.snapshot("small")
+    with pytest.raises(RuntimeError):
+        await bob.signal({"type": "x"})  # bob never connected
+
+
+def test_error_from_response_mapping() -> None:
+    err = error_from_response(503, {"error": {"code": "capacity_exceeded", "message": "busy"}}, "7")
+    assert isinstance(err, errors.CapacityExceeded) and err.retry_after == 7 and err.message == "busy"
+    err = error_from_response(404, {"error": {"code": "session_not_found", "message": "gone"}})
+    assert isinstance(err, errors.SessionNotFound) and isinstance(err, errors.NotFound)
+    err = error_from_response(418, {"error": {"code": "teapot", "message": "short and stout", "extra": 1}})
+    assert isinstance(err, ServerError) and err.code == "teapot" and err.status == 418
+    assert err.details == {"extra": 1}
+    err = error_from_response(502, None)  # a proxy's HTML error page
+    assert isinstance(err, ServerError) and err.status == 502
+    assert isinstance(error_from_response(429, "nope", "2"), errors.RateLimited)
+
+
+async def test_close_leaves_no_tasks(serve: Factory) -> None:
+    url = await serve()
+    before = asyncio.all_tasks()
+    async with RtcClient(url) as client:
+        await client.connect("room", "alice")
+        await wait_for(lambda: client.channel == "ws", message="socket")
+    assert client.closed_reason == "closed"
+    leftover = [t for t in asyncio.all_tasks() - before if not t.done() and "rtc-client" in t.get_name()]
+    assert leftover == []
