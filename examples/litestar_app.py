@@ -1,0 +1,106 @@
+"""The seed's three signaling routes on Litestar, calling the fantasize-rtc facade.
+
+Run it (needs ``pip install 'fantasize-rtc-server[examples]'``)::
+
+    python examples/litestar_app.py --port 8000
+
+Same bodies and auth rule as the seed: connect answers with a ``token`` and sets it as an
+HttpOnly cookie; heartbeat and signal need the bearer token or that cookie.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from litestar import Litestar, Request, Response, post
+from litestar.datastructures import Cookie
+from litestar.exceptions import ValidationException
+
+from fantasize_rtc import RtcError, create_rtc_server
+from fantasize_rtc.errors import Forbidden, InvalidRequest
+
+rtc = create_rtc_server(max_peers_per_room=8)
+
+
+def cookie_name(room_id: str, peer_id: str) -> str:
+    return f"rtc!{room_id}!{peer_id}"
+
+
+def token_of(request: Request[Any, Any, Any], room_id: Any, peer_id: Any) -> str | None:
+    """The bearer token, else the cookie connect set for this room and peer."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.cookies.get(cookie_name(room_id, peer_id)) if peer_id else None
+
+
+async def authorize(request: Request[Any, Any, Any], room_id: Any, peer_id: Any) -> None:
+    """A peer may only act as itself: the token must belong to (room_id, peer_id)."""
+    if await rtc.authenticate(token_of(request, room_id, peer_id)) != (room_id, peer_id):
+        raise Forbidden("This token belongs to another peer.")
+
+
+@post("/rtc/connect", status_code=200)
+async def connect(data: dict[str, Any], request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    room_id: Any = data.get("roomId")  # the facade validates ids and answers 400
+    peer_id: Any = data.get("peerId")
+    result = await rtc.connect_peer(
+        room_id,
+        peer_id,
+        data.get("metadata"),
+        proof=token_of(request, room_id, peer_id),
+    )
+    cookie = Cookie(
+        key=cookie_name(result.room_id, result.peer_id),
+        value=result.token,
+        path="/rtc",
+        httponly=True,
+        samesite="strict",
+    )
+    return Response(result.to_wire(), cookies=[cookie])
+
+
+@post("/rtc/heartbeat", status_code=200)
+async def heartbeat(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
+    await authorize(request, data.get("roomId"), data.get("peerId"))
+    return {"lastSeen": await rtc.heartbeat(data["roomId"], data["peerId"])}
+
+
+@post("/rtc/signal", status_code=200)
+async def signal(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[str, Any]:
+    await authorize(request, data.get("roomId"), data.get("fromPeerId"))
+    result = await rtc.relay(data["roomId"], data["fromPeerId"], data.get("signal", {}))
+    return result.to_wire()
+
+
+def rtc_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if not isinstance(exc, RtcError):  # Litestar's own 400 for a body that is not a JSON object
+        exc = InvalidRequest("The body must be a JSON object.")
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return Response(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    async with rtc:  # starts the heartbeat reaper; closes every channel on shutdown
+        yield
+
+
+app = Litestar(
+    route_handlers=[connect, heartbeat, signal],
+    exception_handlers={RtcError: rtc_error, ValidationException: rtc_error},
+    lifespan=[lifespan],
+)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    uvicorn.run(app, host=args.host, port=args.port)

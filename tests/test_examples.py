@@ -1,0 +1,175 @@
+"""Every example in examples/ runs as ``python examples/<file>.py`` against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from fantasize_rtc.client import RtcClient
+from tests.helpers import free_port, wait_for
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@asynccontextmanager
+async def running(script: str, *args: str, ready_path: str = "/rtc/heartbeat") -> AsyncIterator[str]:
+    """Start ``examples/<script> --port N`` and yield its base URL once it answers; stop it after."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / script),
+        "--port",
+        str(port),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=_env(),
+    )
+    url = f"http://127.0.0.1:{port}"
+    output = b""
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def answers() -> bool:
+                if proc.returncode is not None:
+                    raise AssertionError(f"{script} exited with {proc.returncode}")
+                try:
+                    async with session.post(url + ready_path, json={}) as response:
+                        return response.status < 500
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_for(answers, timeout=30, interval=0.1, message=f"{script} to listen")
+        yield url
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        output, _ = await asyncio.wait_for(proc.communicate(), 15)
+        text = output.decode(errors="replace")
+        assert "Traceback" not in text, text
+        assert proc.returncode in (0, -15), text  # clean shutdown on SIGTERM
+
+
+def _jar() -> aiohttp.CookieJar:
+    return aiohttp.CookieJar(unsafe=True)  # keep cookies from 127.0.0.1, like a browser would
+
+
+@pytest.mark.parametrize("script", ["fastapi_app.py", "starlette_app.py", "litestar_app.py"])
+async def test_framework_example_serves_the_seed_routes(script: str) -> None:
+    async with (
+        running(script) as url,
+        aiohttp.ClientSession(cookie_jar=_jar()) as alice,
+        aiohttp.ClientSession(cookie_jar=_jar()) as bob,
+        aiohttp.ClientSession() as stranger,
+    ):
+
+        async def post(session: aiohttp.ClientSession, path: str, body: Any, **kw: Any) -> tuple[int, Any]:
+            async with session.post(url + path, json=body, **kw) as response:
+                return response.status, await response.json(content_type=None)
+
+        # The seed's bodies, exactly; alice sends no token at all: the connect cookie carries it.
+        status, info = await post(alice, "/rtc/connect", {"roomId": "demo-room", "peerId": "alice"})
+        assert status == 200, info
+        assert info["peerId"] == "alice" and info["token"] and info["peers"] == []
+        status, bob_info = await post(bob, "/rtc/connect", {"roomId": "demo-room", "peerId": "bob"})
+        assert status == 200 and [p["peerId"] for p in bob_info["peers"]] == ["alice"]
+
+        status, beat = await post(alice, "/rtc/heartbeat", {"roomId": "demo-room", "peerId": "alice"})
+        assert status == 200 and beat["lastSeen"] > 0
+
+        offer = {"type": "offer", "payload": {"sdp": "v=0"}, "to": "bob"}
+        status, relayed = await post(
+            alice, "/rtc/signal", {"roomId": "demo-room", "fromPeerId": "alice", "signal": offer}
+        )
+        assert status == 200, relayed
+        assert relayed == {"listenersNotified": 1, "delivered": [], "queued": ["bob"]}
+
+        # bob uses the bearer token instead of the cookie
+        bearer = {"Authorization": f"Bearer {bob_info['token']}"}
+        status, relayed = await post(
+            stranger,
+            "/rtc/signal",
+            {"roomId": "demo-room", "fromPeerId": "bob", "signal": {"type": "bye", "payload": None}},
+            headers=bearer,
+        )
+        assert status == 200 and relayed["listenersNotified"] == 1
+
+        # refusals keep the server's error shape
+        status, err = await post(stranger, "/rtc/heartbeat", {"roomId": "demo-room", "peerId": "alice"})
+        assert status == 401 and err["error"]["code"] == "unauthorized"
+        status, err = await post(
+            stranger, "/rtc/signal", {"roomId": "demo-room", "fromPeerId": "alice", "signal": offer}, headers=bearer
+        )
+        assert status == 403 and err["error"]["code"] == "forbidden"  # bob cannot send as alice
+        status, err = await post(stranger, "/rtc/connect", {"roomId": "demo-room", "peerId": "bob"})
+        assert status == 409 and err["error"]["code"] == "peer_id_taken"
+        status, err = await post(stranger, "/rtc/connect", {"roomId": "bad room"})
+        assert status == 400 and err["error"]["code"] == "invalid_request"
+        status, err = await post(stranger, "/rtc/connect", ["not", "an", "object"])
+        assert status == 400 and err["error"]["code"] == "invalid_request"
+        status, err = await post(
+            alice,
+            "/rtc/signal",
+            {"roomId": "demo-room", "fromPeerId": "alice", "signal": {"type": "offer", "payload": {}}},
+        )
+        assert status == 400 and err["error"]["code"] == "invalid_request"
+
+        # the seed-style RtcClient works against the framework app too
+        async with RtcClient(url, transport="poll") as client:
+            await client.connect("demo-room", "carol", listen=False)
+            assert (await client.signal({"type": "hi", "payload": 1}, to="alice"))["queued"] == ["alice"]
+            assert await client.heartbeat("demo-room", "carol") > 0
+
+
+async def test_aiohttp_embed_mounts_the_routes_next_to_its_own() -> None:
+    async with running("aiohttp_embed.py", ready_path="/realtime/rtc/heartbeat") as url:
+        async with aiohttp.ClientSession() as session, session.get(url + "/") as response:
+            assert response.status == 200 and "fantasize-rtc" in await response.text()
+        async with RtcClient(url + "/realtime") as alice, RtcClient(url + "/realtime") as bob:
+            await alice.connect("embedded", "alice")
+            await wait_for(lambda: alice.channel == "ws", message="websocket through the sub-app")
+            await bob.connect("embedded", "bob")
+            await bob.signal({"type": "hello", "payload": "hi"}, to="alice")
+            kinds = [(await alice.next_message(timeout=10))["type"] for _ in range(2)]
+            assert kinds == ["peer:connected", "signal"]
+        async with aiohttp.ClientSession() as session, session.get(url + "/stats") as response:
+            stats = await response.json()
+            assert response.status == 200 and stats["rooms"] >= 0
+
+
+def _run(script: str, *args: str, timeout: float = 60) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output, output
+    return proc.stdout
+
+
+def test_events_quick_start() -> None:
+    out = _run("events.py")
+    assert "peer:connected alice" in out and "peer:connected bob" in out
+    assert "signal alice -> bob offer" in out
+    assert "relayed to 1 listener(s)" in out
+    assert "peer:disconnected bob (left)" in out
