@@ -455,12 +455,12 @@ class RtcServer:
     async def _after_leave(self, outcome: LeaveOutcome, reason: str) -> None:
         room_id, peer_id = outcome.room_id, outcome.peer.peer_id
         self._buckets.pop((room_id, peer_id), None)
-        channel = self.hub.detach(room_id, peer_id)
-        if channel is not None:
-            await channel.close(1000 if reason == "left" else 4000, reason)
         log.info("peer %s left room %s (%s)", peer_id, room_id, reason)
         message = peer_disconnected_message(room_id, peer_id, reason)
         await self._broadcast(room_id, outcome.remaining, message)
+        channel = self.hub.detach(room_id, peer_id)
+        if channel is not None:
+            await channel.close(1000 if reason == "left" else 4000, reason)
         await self._tell_server_peers(room_id, message)
         self.emit(ev.PEER_DISCONNECTED, ev.PeerDisconnected(room_id, peer_id, reason))
         if outcome.room_closed:

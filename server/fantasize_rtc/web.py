@@ -62,6 +62,7 @@ _HTTP_CODES = {
     429: RateLimited,
 }
 _COOKIE_PREFIX = "rtc!"
+_CLOSE_TIMEOUT = 2.0  # seconds a client gets to answer our close frame
 # Missing content type (curl -d sends form type; fetch with a string sends text/plain) is refused
 # on purpose: a cross-site form can send text/plain without a CORS preflight.
 _JSON_TYPES = ("application/json",)
@@ -272,10 +273,11 @@ class WebSocketChannel:
     """A peer's WebSocket as a hub channel."""
 
     kind = "ws"
-    __slots__ = ("ws",)
+    __slots__ = ("closing", "ws")
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
+        self.closing: asyncio.Task[bool] | None = None
 
     async def send(self, text: str) -> bool:
         if self.ws.closed:
@@ -287,14 +289,18 @@ class WebSocketChannel:
         return True
 
     async def close(self, code: int, reason: str) -> None:
-        await self.ws.close(code=code, message=reason.encode()[:120])
+        # The close handshake waits for the client's reply; whoever closes (the reaper, another
+        # peer's connect) must not wait on a slow or hostile client, so it runs as a task that the
+        # socket's own handler awaits before it returns.
+        if self.closing is None and not self.ws.closed:
+            self.closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()[:120]))
 
 
 @routes.get("/rtc/ws")
 async def websocket(request: web.Request) -> web.StreamResponse:
     rtc = request.app[RTC_KEY]
     room_id, peer_id = await rtc.authenticate(token_from_request(request))
-    ws = web.WebSocketResponse(max_msg_size=rtc.config.max_frame_bytes, heartbeat=None)
+    ws = web.WebSocketResponse(max_msg_size=rtc.config.max_frame_bytes, timeout=_CLOSE_TIMEOUT)
     await ws.prepare(request)
     request.app[SOCKETS_KEY].add(ws)
     channel = WebSocketChannel(ws)
@@ -304,6 +310,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await _serve_socket(rtc, ws, room_id, peer_id)
     finally:
         rtc.detach_channel(room_id, peer_id, channel)
+        if channel.closing is not None:
+            await asyncio.gather(channel.closing, return_exceptions=True)
         if not ws.closed:
             await ws.close()
         log.info("peer %s in room %s closed its WebSocket (code %s)", peer_id, room_id, ws.close_code)

@@ -1,0 +1,200 @@
+"""The real server as a user runs it: ``fantasize-rtc serve`` in a subprocess on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.helpers import free_port, wait_for, wait_for_sync
+
+OFFER = {"type": "offer", "payload": {"sdp": "v=0\r\n"}}
+ANSWER = {"type": "answer", "payload": {"sdp": "v=0\r\n"}}
+CANDIDATE = {
+    "type": "candidate",
+    "payload": {"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0},
+}
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[str], url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "FANTASIZE_RTC_PEER_TIMEOUT_MS": "1500", "FANTASIZE_RTC_ADMIN_KEY": "admin-secret"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fantasize_rtc",
+                "serve",
+                "--port",
+                str(port),
+                "--heartbeat-interval-ms",
+                "500",
+                "--recordings-dir",
+                str(tmp_path / "rec"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+    try:
+        match = wait_for_sync(
+            lambda: re.search(r"serving on (http://\S+)", log.read_text()),
+            timeout=30,
+            message="the server to log its URL",
+        )
+        yield Served(proc, match.group(1), log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log.read_text()
+    assert "stopped" in log.read_text()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _connect(http: aiohttp.ClientSession, url: str, room: str, peer: str) -> dict[str, Any]:
+    async with http.post(url + "rtc/connect", json={"roomId": room, "peerId": peer}) as resp:
+        assert resp.status == 200
+        data: dict[str, Any] = await resp.json()
+        return data
+
+
+def test_help_explains_every_flag() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "fantasize_rtc", "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for flag in (
+        "--host",
+        "--port",
+        "--ice-server",
+        "--max-peers-per-room",
+        "--heartbeat-interval-ms",
+        "--peer-timeout-ms",
+        "--auth-secret",
+        "--cors-origin",
+        "--admin-key",
+        "--log-level",
+    ):
+        assert flag in out
+    assert "FANTASIZE_RTC_PORT" in out
+    top = subprocess.run([sys.executable, "-m", "fantasize_rtc", "--help"], capture_output=True, text=True, check=True)
+    assert "serve" in top.stdout
+
+
+def test_bad_flag_value_is_a_clear_error() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "fantasize_rtc", "serve", "--ice-server", "http://nope"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "ICE server URL must start with" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_two_ws_peers_and_two_poll_peers_through_the_real_server(
+    served: Served, http: aiohttp.ClientSession
+) -> None:
+    url = served.url
+    alice = await _connect(http, url, "call", "alice")
+    ws_alice = await http.ws_connect(f"{url}rtc/ws?token={alice['token']}")
+    bob = await _connect(http, url, "call", "bob")
+    ws_bob = await http.ws_connect(f"{url}rtc/ws?token={bob['token']}")
+    assert (await ws_alice.receive_json(timeout=5))["peer"]["peerId"] == "bob"
+
+    # WebSocket pair: targeted offer, answer back, trickled candidates both ways.
+    await ws_alice.send_json({"type": "signal", "signal": {**OFFER, "to": "bob"}})
+    assert (await ws_bob.receive_json(timeout=5))["signal"]["type"] == "offer"
+    await ws_bob.send_json({"type": "signal", "signal": {**ANSWER, "to": "alice"}})
+    assert (await ws_alice.receive_json(timeout=5))["signal"]["type"] == "answer"
+    await ws_bob.send_json({"type": "signal", "signal": {**CANDIDATE, "to": "alice"}})
+    await ws_alice.send_json({"type": "signal", "signal": {**CANDIDATE, "to": "bob"}})
+    assert (await ws_alice.receive_json(timeout=5))["signal"] == {**CANDIDATE, "to": "alice"}
+    assert (await ws_bob.receive_json(timeout=5))["signal"] == {**CANDIDATE, "to": "bob"}
+
+    # HTTP + long-poll pair in the same room.
+    carol = await _connect(http, url, "call", "carol")
+    dave = await _connect(http, url, "call", "dave")
+    for ws in (ws_alice, ws_bob):
+        assert [(await ws.receive_json(timeout=5))["peer"]["peerId"] for _ in range(2)] == ["carol", "dave"]
+
+    async def poll(peer: dict[str, Any], wait_ms: int = 3000) -> list[dict[str, Any]]:
+        async with http.get(url + "rtc/poll", params={"token": peer["token"], "waitMs": str(wait_ms)}) as resp:
+            assert resp.status == 200
+            messages: list[dict[str, Any]] = (await resp.json())["messages"]
+            return messages
+
+    assert [m["peer"]["peerId"] for m in await poll(carol)] == ["dave"]
+    carol_auth = {"Authorization": f"Bearer {carol['token']}"}
+    dave_auth = {"Authorization": f"Bearer {dave['token']}"}
+    # broadcast from carol over HTTP: every other member gets it, live or queued
+    async with http.post(
+        url + "rtc/signal", json={"roomId": "call", "fromPeerId": "carol", "signal": OFFER}, headers=carol_auth
+    ) as resp:
+        result = await resp.json()
+    assert sorted(result["delivered"]) == ["alice", "bob"] and result["queued"] == ["dave"]
+    for ws in (ws_alice, ws_bob):
+        got = await ws.receive_json(timeout=5)
+        assert (got["fromPeerId"], got["signal"]["type"]) == ("carol", "offer")
+    dave_msgs = await poll(dave)
+    assert [m.get("signal", {}).get("type") for m in dave_msgs] == ["offer"]
+    waiting = asyncio.ensure_future(poll(carol, 10_000))
+    async with http.post(url + "rtc/signal", json={"signal": {**ANSWER, "to": "carol"}}, headers=dave_auth) as resp:
+        assert resp.status == 200
+    assert (await waiting)[0]["signal"]["type"] == "answer"
+
+    # Everyone but dave keeps heartbeating; dave goes silent and is reaped (timeout 1.5 s).
+    async def keep_alive() -> None:
+        while True:
+            for ws in (ws_alice, ws_bob):
+                await ws.send_json({"type": "heartbeat"})
+            async with http.post(url + "rtc/heartbeat", json={"roomId": "call", "peerId": "carol"}, headers=carol_auth):
+                pass
+            await asyncio.sleep(0.3)  # a heartbeat cadence, not a wait for a result
+
+    beat = asyncio.ensure_future(keep_alive())
+    try:
+
+        async def dave_gone() -> bool:
+            msg = await ws_alice.receive_json(timeout=10)
+            return bool(msg["type"] == "peer:disconnected" and msg["peerId"] == "dave" and msg["reason"] == "timeout")
+
+        await wait_for(dave_gone, timeout=15, message="dave to be reaped")
+    finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+    async with http.get(url + "rtc/rooms/call", headers={"Authorization": "Bearer admin-secret"}) as resp:
+        assert [p["peerId"] for p in (await resp.json())["peers"]] == ["alice", "bob", "carol"]
+
+    await ws_bob.send_json({"type": "disconnect"})
+    left = await ws_alice.receive_json(timeout=5)
+    assert (left["type"], left["peerId"], left["reason"]) == ("peer:disconnected", "bob", "left")
+    await ws_alice.close()
+    assert "peer dave in room call timed out" in served.output()
