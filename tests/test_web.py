@@ -482,3 +482,48 @@ async def test_bad_input_table(
     assert body["error"]["code"] == code and body["error"]["message"]
     assert "Traceback" not in text
     assert await _state(client) == before
+
+
+BAD_WS: list[tuple[str, str | bytes, str | None]] = [
+    # (case, frame, error code; None: the socket is closed instead)
+    ("invalid json", "{nope", "invalid_request"),
+    ("not an object", "[1, 2]", "invalid_request"),
+    ("unknown frame type", '{"type": "teleport"}', "invalid_request"),
+    ("missing type", '{"signal": {"type": "bye"}}', "invalid_request"),
+    ("signal without signal", '{"type": "signal"}', "invalid_request"),
+    ("signal not an object", '{"type": "signal", "signal": 5}', "invalid_request"),
+    ("offer without sdp", '{"type": "signal", "signal": {"type": "offer", "payload": {}}}', "invalid_request"),
+    ("to unknown peer", '{"type": "signal", "signal": {"type": "bye", "to": "zed"}}', "peer_not_found"),
+    ("to reserved nobody", '{"type": "signal", "signal": {"type": "bye", "to": "@zed"}}', "peer_not_found"),
+    (
+        "deep nesting",
+        '{"type": "signal", "signal": {"type": "x", "payload": ' + "[" * 80 + "]" * 80 + "}}",
+        "invalid_request",
+    ),
+    ("binary frame", b"\x00\x01", None),
+]
+
+
+@pytest.mark.parametrize(("case", "frame", "code"), BAD_WS, ids=[c[0] for c in BAD_WS])
+async def test_bad_websocket_frames(
+    seeded: tuple[TestClient, dict[str, Any]], case: str, frame: str | bytes, code: str | None
+) -> None:
+    client, alice = seeded
+    ws = await client.ws_connect(f"/rtc/ws?token={alice['token']}")
+    assert (await ws.receive_json(timeout=5))["type"] == "peer:connected"  # bob, from the outbox
+    before = await _state(client)
+    if isinstance(frame, bytes):
+        await ws.send_bytes(frame)
+    else:
+        await ws.send_str(frame)
+    if code is None:
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1003
+    else:
+        error = await ws.receive_json(timeout=5)
+        assert error["type"] == "error" and error["error"]["code"] == code and error["error"]["message"]
+        # the socket keeps serving after a refused frame
+        await ws.send_json({"type": "heartbeat", "id": "still-there"})
+        assert await ws.receive_json(timeout=5) == {"type": "ack", "id": "still-there"}
+    assert await _state(client) == before
+    await ws.close()
