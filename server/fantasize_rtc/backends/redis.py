@@ -1,0 +1,602 @@
+"""The Redis backend: several server processes acting as one.
+
+Rooms, peers, tokens, last-seen times and outboxes live in Redis; every rule that reads and then
+writes shared state runs in one Lua script (:mod:`._redis_scripts`), so capacity and id checks are
+atomic across processes. Messages cross processes by pub/sub: each process subscribes to its own
+channel and keeps a *presence* entry (peer -> process) for every peer whose live channel
+(WebSocket or waiting long-poll) it holds. A message for a peer with no live channel anywhere, or
+whose holder is gone (nobody listens on its channel any more), goes to the peer's outbox in Redis,
+ordered by a per-peer sequence number, and is drained when the peer attaches a channel on any
+process.
+
+When Redis is unreachable every call fails fast with :class:`CapacityExceeded` (503) while a
+background task reconnects with backoff; :meth:`RedisBackend.health` says so.
+
+This is the only module that imports ``redis`` (the ``[redis]`` extra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import CapacityExceeded, PeerIdTaken, PeerNotFound, RoomExists, RoomFull, RoomNotFound, Unauthorized
+from ..rooms import PeerInfo, RoomSnapshot
+from . import _redis_scripts as scripts
+from ._base import Backend, DeliveryReport, DeliverySink, Envelope, JoinOutcome, LeaveOutcome, UndeliveredNotice
+
+__all__ = ["RedisBackend"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Key = tuple[str, str]
+
+#: Errors that mean "Redis is not reachable right now" (BusyLoadingError is a ConnectionError).
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class _Pending:
+    """Messages held back for a peer while its outbox is being drained, so nothing newer
+    overtakes what waited in the outbox."""
+
+    __slots__ = ("items", "users")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, Envelope]] = []  # (seq or "", envelope)
+        self.users = 0
+
+
+class RedisBackend(Backend):
+    """Room state in Redis, delivery across processes by pub/sub.
+
+    ``url`` is a ``redis://`` URL. Options: ``prefix`` (key namespace, default ``frtc:``; servers
+    that should act as one use the same), ``socket_timeout`` and ``connect_timeout`` (seconds; a
+    request never waits longer for Redis), ``refresh_interval`` (seconds between presence
+    refreshes), ``process_ttl`` (seconds a process counts as alive after its last refresh),
+    ``max_backoff`` (seconds between reconnect attempts at most), ``process_id``.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "frtc:",
+        socket_timeout: float = 2.0,
+        connect_timeout: float = 1.0,
+        refresh_interval: float = 1.0,
+        process_ttl: float = 5.0,
+        max_backoff: float = 2.0,
+        process_id: str | None = None,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.process_id = process_id or f"{os.getpid()}-{uuid.uuid4().hex[:10]}"
+        self._socket_timeout = socket_timeout
+        self._connect_timeout = connect_timeout
+        self._refresh_interval = refresh_interval
+        self._process_ttl_ms = int(process_ttl * 1000)
+        self._max_backoff = max_backoff
+        self._channel = f"{prefix}ch:{self.process_id}"
+        self._client: aioredis.Redis | None = None
+        self._sink: DeliverySink | None = None
+        self._scripts: dict[str, Any] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._up = False
+        self._subscribed = False
+        self._last_error: str | None = None
+        self._wake = asyncio.Event()
+        #: Peers whose presence this process claimed (it held their live channel then).
+        self._local: set[Key] = set()
+        self._pending: dict[Key, _Pending] = {}
+        #: Key expiry of outboxes: a safety net; the reaper expires items by their timestamp.
+        self._outbox_key_ttl_ms = 600_000
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, sink: DeliverySink) -> None:
+        self._sink = sink
+        self._client = aioredis.Redis.from_url(
+            self.url,
+            decode_responses=True,
+            socket_timeout=self._socket_timeout,
+            socket_connect_timeout=self._connect_timeout,
+            # Requests fail fast; the monitor reconnects with backoff instead of each call retrying.
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        for name in (
+            "ADD_SERVER_PEER",
+            "CLAIM",
+            "CREATE_ROOM",
+            "DELIVER",
+            "EXPIRE_OUTBOXES",
+            "JOIN",
+            "LEAVE",
+            "RECIPIENTS",
+            "SNAPSHOT",
+            "TOUCH",
+        ):
+            self._scripts[name] = self._client.register_script(getattr(scripts, name))
+        try:
+            await self._refresh()
+            self._set_up(True)
+        except _UNREACHABLE as exc:
+            self._set_down(exc)
+        self._tasks = [
+            asyncio.create_task(self._listen_forever(), name=f"redis-listen-{self.process_id}"),
+            asyncio.create_task(self._refresh_forever(), name=f"redis-refresh-{self.process_id}"),
+        ]
+        log.info(
+            "redis backend started: process %s, prefix %r, %s",
+            self.process_id,
+            self.prefix,
+            "connected" if self._up else "Redis unreachable, retrying",
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        client = self._client
+        if client is not None:
+            if self._up:
+                # Leave cleanly: others stop routing here at once instead of after the TTL.
+                with contextlib.suppress(RedisError, OSError):
+                    releases = [part for key in self._local for part in key]
+                    await self._script("CLAIM", self.process_id, "", len(self._local), *releases)
+                    await client.delete(f"{self.prefix}proc:{self.process_id}")
+            await client.aclose()
+        self._local.clear()
+        self._pending.clear()
+        log.info("redis backend closed: process %s", self.process_id)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "ok": self._up,
+            "redis": "up" if self._up else "down",
+            "subscribed": self._subscribed,
+            "process": self.process_id,
+            **({"error": self._last_error} if not self._up and self._last_error else {}),
+        }
+
+    def _set_up(self, up: bool) -> None:
+        if up and not self._up:
+            log.info("redis reachable again at %s (process %s)", self._safe_url(), self.process_id)
+            self._last_error = None
+        self._up = up
+
+    def _set_down(self, exc: BaseException) -> None:
+        if self._up:
+            log.warning("redis unreachable at %s (process %s): %s", self._safe_url(), self.process_id, exc)
+        self._up = False
+        self._last_error = str(exc) or type(exc).__name__
+        self._wake.set()
+
+    def _safe_url(self) -> str:
+        return self.url.split("@")[-1]
+
+    def _unavailable(self) -> CapacityExceeded:
+        return CapacityExceeded("The shared state store (Redis) is unreachable; try again shortly.", retry_after=1)
+
+    async def _guard(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis call; fail fast with 503 while Redis is down."""
+        if not self._up or self._client is None:
+            raise self._unavailable()
+        try:
+            return await make()
+        except _UNREACHABLE as exc:
+            self._set_down(exc)
+            raise self._unavailable() from exc
+
+    async def _script(self, name: str, *args: Any) -> Any:
+        return await self._scripts[name](args=(self.prefix, *args))
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        return await self._guard(lambda: self._script(name, *args))
+
+    # -- background tasks -----------------------------------------------------------------------
+
+    async def _refresh_forever(self) -> None:
+        backoff = 0.05
+        while True:
+            timeout = self._refresh_interval if self._up else backoff
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            try:
+                await self._refresh()
+                self._set_up(True)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except _UNREACHABLE as exc:
+                self._set_down(exc)
+                backoff = min(self._max_backoff, backoff * 2) * (0.8 + 0.4 * random.random())
+            except Exception:
+                log.exception("presence refresh failed (process %s)", self.process_id)
+
+    async def _refresh(self) -> None:
+        """Mark this process alive, re-claim the peers whose channels it holds and drain their
+        outboxes into them (this repairs what went to an outbox while Redis or our subscription
+        was down), and release the peers it no longer holds."""
+        sink = self._sink
+        if sink is None or self._client is None:
+            return
+        held = [key for key in self._local if sink.has_local(*key)]
+        held_set = set(held)
+        released = [key for key in self._local if key not in held_set]
+        await self._claim_and_drain(held, ttl=str(self._process_ttl_ms), releases=released)
+        self._local.difference_update(released)
+
+    async def _claim_and_drain(self, keys: list[Key], *, ttl: str = "", releases: list[Key] | None = None) -> None:
+        """Claim presence for ``keys``, drain their outboxes and push what waited into the local
+        channels; messages arriving meanwhile are held behind them."""
+        releases = releases or []
+        for key in keys:
+            self._hold(key)
+        args: list[str] = [self.process_id, ttl, str(len(releases))]
+        for key in releases:
+            args.extend(key)
+        for key in keys:
+            args.extend(key)
+        try:
+            raw = await self._script("CLAIM", *args)
+        except asyncio.CancelledError:
+            for key in keys:
+                self._release_hold(key)
+            raise
+        except Exception:
+            for key in keys:
+                await self._push_in_order(key, self._release_hold(key))
+            raise
+        for key, items in zip(keys, raw, strict=True):
+            waited = [_parse_item(item) for item in items]
+            await self._push_in_order(key, waited + self._release_hold(key))
+
+    async def _push_in_order(self, key: Key, items: list[tuple[str, Envelope]]) -> None:
+        sink = self._sink
+        assert sink is not None
+        for index, (_seq, env) in enumerate(items):
+            if not await sink.push_local(key[0], key[1], env):
+                for seq2, env2 in items[index:]:
+                    await self._requeue(key, seq2, env2)
+                return
+
+    async def _listen_forever(self) -> None:
+        backoff = 0.05
+        while True:
+            client = self._client
+            assert client is not None
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                self._subscribed = True
+                # What was published while we were not listening went to outboxes: re-drain now.
+                self._wake.set()
+                backoff = 0.05
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if message is not None and message.get("type") == "message":
+                        await self._on_message(cast(str, message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except _UNREACHABLE as exc:
+                if self._subscribed:
+                    log.warning("redis subscription lost (process %s): %s", self.process_id, exc)
+                self._set_down(exc)
+            except Exception:
+                log.exception("redis listener failed (process %s)", self.process_id)
+            finally:
+                self._subscribed = False
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff)
+            backoff = min(self._max_backoff, backoff * 2) * (0.8 + 0.4 * random.random())
+
+    async def _on_message(self, data: str) -> None:
+        room_id, peer_id, seq, body = data.split("\t", 3)
+        envelope = _parse_body(body)
+        key = (room_id, peer_id)
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.items.append((seq, envelope))
+            return
+        assert self._sink is not None
+        if not await self._sink.push_local(room_id, peer_id, envelope):
+            # Our channel for the peer closed since it was claimed: back to its outbox, in order.
+            await self._requeue(key, seq, envelope)
+
+    async def _requeue(self, key: Key, seq: str, envelope: Envelope) -> None:
+        try:
+            await self._script(
+                "DELIVER",
+                key[0],
+                self.process_id,
+                "1000000",
+                _body(envelope),
+                str(self._outbox_key_ttl_ms),
+                key[1],
+                seq,
+            )
+        except _UNREACHABLE as exc:
+            self._set_down(exc)
+            log.warning("message to %s in room %s lost: redis unreachable while re-queuing", key[1], key[0])
+
+    # -- pending holds --------------------------------------------------------------------------
+
+    def _hold(self, key: Key) -> None:
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = _Pending()
+        pending.users += 1
+
+    def _release_hold(self, key: Key) -> list[tuple[str, Envelope]]:
+        pending = self._pending.get(key)
+        if pending is None:
+            return []
+        items, pending.items = pending.items, []
+        pending.users -= 1
+        if pending.users <= 0:
+            del self._pending[key]
+        return items
+
+    # -- rooms and peers ------------------------------------------------------------------------
+
+    async def create_room(
+        self, room_id: str, max_peers: int, metadata: dict[str, Any], now: int, *, max_rooms: int
+    ) -> RoomSnapshot:
+        res = await self._call("CREATE_ROOM", room_id, max_peers, json.dumps(metadata), now, max_rooms)
+        if res[0] == "exists":
+            raise RoomExists(f"Room {room_id!r} already exists.")
+        if res[0] == "capacity_rooms":
+            raise CapacityExceeded(f"The server holds its maximum of {max_rooms} rooms.")
+        return _snapshot(room_id, res[1])
+
+    async def join(
+        self,
+        room_id: str,
+        peer_id: str,
+        metadata: dict[str, Any],
+        now: int,
+        *,
+        token: str,
+        proof: str | None,
+        trusted: bool,
+        default_max_peers: int,
+        max_rooms: int,
+        max_peers: int,
+    ) -> JoinOutcome:
+        res = await self._call(
+            "JOIN",
+            room_id,
+            peer_id,
+            json.dumps(metadata),
+            now,
+            token,
+            proof or "",
+            "1" if trusted else "0",
+            default_max_peers,
+            max_rooms,
+            max_peers,
+        )
+        status = res[0]
+        if status == "capacity_rooms":
+            raise CapacityExceeded(f"The server holds its maximum of {max_rooms} rooms.")
+        if status == "capacity_peers":
+            raise CapacityExceeded(f"The server holds its maximum of {max_peers} peers.")
+        if status == "taken":
+            raise PeerIdTaken(f"Peer id {peer_id!r} is already connected in room {room_id!r}.")
+        if status == "full":
+            raise RoomFull(f"Room {room_id!r} is full ({res[1]} peers).")
+        snapshot = _snapshot(room_id, res[4])
+        peer = next(p for p in snapshot.peers if p.peer_id == peer_id)
+        replaced = bool(res[2])
+        holder = res[5] if len(res) > 5 else None
+        if replaced and holder and holder != self.process_id:
+            log.info("peer %s in room %s replaced; its old channel is on process %s", peer_id, room_id, holder)
+        return JoinOutcome(peer, res[3], snapshot, bool(res[1]), replaced)
+
+    async def leave(self, room_id: str, peer_id: str) -> LeaveOutcome | None:
+        res = await self._call("LEAVE", room_id, peer_id)
+        if res is None:
+            return None
+        record, seen, closed, remaining = res
+        self._local.discard((room_id, peer_id))
+        info = _peer_info(peer_id, record, seen)
+        return LeaveOutcome(info, room_id, tuple(remaining), bool(closed))
+
+    async def touch(self, room_id: str, peer_id: str, now: int) -> int:
+        res = await self._call("TOUCH", room_id, peer_id, now)
+        if res[0] == "room":
+            raise RoomNotFound(f"Room {room_id!r} does not exist.")
+        if res[0] == "peer":
+            raise PeerNotFound(f"Peer {peer_id!r} is not in room {room_id!r}.")
+        return int(float(res[1]))
+
+    async def snapshot(self, room_id: str) -> RoomSnapshot:
+        res = await self._call("SNAPSHOT", room_id)
+        if res is None:
+            raise RoomNotFound(f"Room {room_id!r} does not exist.")
+        return _snapshot(room_id, res)
+
+    async def resolve(self, token: str) -> tuple[str, str]:
+        client = self._client
+        found = await self._guard(lambda: cast(Awaitable[str | None], client.hget(f"{self.prefix}tokens", token)))  # type: ignore[union-attr]
+        if not found:
+            raise Unauthorized("Unknown or expired token: connect again.")
+        room_id, _, peer_id = found.partition("/")
+        return room_id, peer_id
+
+    async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]:
+        res = await self._call("RECIPIENTS", room_id, from_peer_id, to or "")
+        if res[0] == "room":
+            raise RoomNotFound(f"Room {room_id!r} does not exist.")
+        if res[0] == "peer":
+            raise PeerNotFound(f"Peer {res[1]!r} is not in room {room_id!r}.")
+        return list(res[1])
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    async def deliver(
+        self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int, now: int
+    ) -> DeliveryReport:
+        report = DeliveryReport()
+        sink = self._sink
+        remote: list[str] = []
+        for peer_id in peer_ids:
+            pending = self._pending.get((room_id, peer_id))
+            if pending is not None:  # its outbox is being drained here: line up behind it
+                pending.items.append(("", envelope))
+                report.delivered.append(peer_id)
+            elif sink is not None and await sink.push_local(room_id, peer_id, envelope):
+                report.delivered.append(peer_id)
+            else:
+                remote.append(peer_id)
+        if not remote:
+            return report
+        args: list[Any] = [room_id, self.process_id, outbox_max, _body(envelope), self._outbox_key_ttl_ms]
+        for peer_id in remote:
+            args.extend((peer_id, ""))
+        statuses = await self._call("DELIVER", *args)
+        for peer_id, status in zip(remote, statuses, strict=True):
+            if status == 1:
+                report.delivered.append(peer_id)
+            elif status == 2:
+                report.queued.append(peer_id)
+            elif status == 3:
+                report.dropped.append(peer_id)
+        return report
+
+    async def take_outbox(self, room_id: str, peer_id: str) -> list[Envelope]:
+        """Drain the outbox and claim the peer for this process: the caller is about to attach
+        (or has attached) its live channel here, so later messages are published to us."""
+        key = (room_id, peer_id)
+        if not self._up:
+            raise self._unavailable()
+        self._hold(key)
+        try:
+            raw = await self._guard(lambda: self._script("CLAIM", self.process_id, "", "0", room_id, peer_id))
+        except asyncio.CancelledError:
+            self._release_hold(key)
+            raise
+        except Exception:
+            await self._push_in_order(key, self._release_hold(key))
+            raise
+        self._local.add(key)
+        waited = [env for _, env in map(_parse_item, raw[0])]
+        return waited + [env for _, env in self._release_hold(key)]
+
+    async def expired_peers(self, now: int, timeout_ms: int) -> list[tuple[str, str]]:
+        if not self._up:
+            return []  # the reaper retries on its next pass; no log spam while Redis is down
+        client = self._client
+        members = await self._guard(
+            lambda: cast(
+                Awaitable[list[str]],
+                client.zrangebyscore(  # type: ignore[union-attr]
+                    f"{self.prefix}seen", "-inf", f"({now - timeout_ms}", start=0, num=1000
+                ),
+            )
+        )
+        out = []
+        for member in members:
+            room_id, _, peer_id = member.partition("/")
+            out.append((room_id, peer_id))
+        return out
+
+    async def expire_outboxes(self, now: int, ttl_ms: int) -> list[UndeliveredNotice]:
+        self._outbox_key_ttl_ms = max(60_000, 2 * ttl_ms + 10_000)
+        if not self._up:
+            return []
+        res = await self._call("EXPIRE_OUTBOXES", now - ttl_ms, 1000)
+        notices: list[UndeliveredNotice] = []
+        for i in range(0, len(res), 2):
+            room_id, _, peer_id = res[i].partition("/")
+            for item in res[i + 1]:
+                _, envelope = _parse_item(item)
+                notices.append(UndeliveredNotice(room_id, peer_id, envelope))
+        return notices
+
+    async def add_server_peer(self, room_id: str, peer_id: str, now: int) -> bool:
+        return bool(await self._call("ADD_SERVER_PEER", room_id, peer_id, self.process_id, now))
+
+    async def remove_server_peer(self, room_id: str, peer_id: str) -> bool:
+        client = self._client
+        removed = await self._guard(
+            lambda: cast(
+                Awaitable[int],
+                client.hdel(  # type: ignore[union-attr]
+                    f"{self.prefix}srv:{room_id}", f"{peer_id}|{self.process_id}"
+                ),
+            )
+        )
+        return bool(removed)
+
+    async def counts(self) -> tuple[int, int]:
+        client = self._client
+        assert client is not None
+
+        async def both() -> tuple[int, int]:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.scard(f"{self.prefix}rooms")
+                pipe.get(f"{self.prefix}npeers")
+                rooms, peers = await pipe.execute()
+            return int(rooms), int(peers or 0)
+
+        return await self._guard(both)
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+
+def _body(envelope: Envelope) -> str:
+    return f"{envelope.ts}\t{envelope.from_peer_id or ''}\t{envelope.text}"
+
+
+def _parse_body(body: str) -> Envelope:
+    ts, from_peer_id, text = body.split("\t", 2)
+    return Envelope(json.loads(text), text, int(ts), from_peer_id or None)
+
+
+def _parse_item(item: str) -> tuple[str, Envelope]:
+    seq, body = item.split("\t", 1)
+    return seq, _parse_body(body)
+
+
+def _peer_info(peer_id: str, record: str, seen: str) -> PeerInfo:
+    _token, connected_at, metadata = record.split("\t", 2)
+    return PeerInfo(peer_id, json.loads(metadata), int(connected_at), int(float(seen)))
+
+
+def _snapshot(room_id: str, raw: list[Any]) -> RoomSnapshot:
+    max_peers, metadata, created_at, peers_flat, servers_flat = raw
+    peers = [_peer_info(peers_flat[i], peers_flat[i + 1], peers_flat[i + 2]) for i in range(0, len(peers_flat), 3)]
+    peers.sort(key=lambda p: (p.connected_at, p.peer_id))
+    listed: dict[str, int] = {}
+    for i in range(0, len(servers_flat), 2):
+        at = int(servers_flat[i + 1])
+        listed[servers_flat[i]] = min(at, listed.get(servers_flat[i], at))
+    peers.extend(PeerInfo(pid, {"server": True}, at, at) for pid, at in sorted(listed.items()))
+    return RoomSnapshot(room_id, int(max_peers), json.loads(metadata or "{}"), int(created_at), tuple(peers))
