@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from fantasize_rtc import RtcConfig, errors
-from fantasize_rtc.client import ConnectionLost, RtcClient, ServerError, error_from_response
+from fantasize_rtc.client import ConnectionLost, RtcClient, ServerError, error_from_response, split_candidates
 from fantasize_rtc.web import RTC_KEY, create_app
 from tests.helpers import wait_for
 
@@ -223,3 +223,20 @@ async def test_close_leaves_no_tasks(serve: Factory) -> None:
     assert client.closed_reason == "closed"
     leftover = [t for t in asyncio.all_tasks() - before if not t.done() and "rtc-client" in t.get_name()]
     assert leftover == []
+
+
+def test_split_candidates_keeps_the_sdp_and_lists_candidates() -> None:
+    sdp = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n"
+        "a=candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host\r\na=end-of-candidates\r\n"
+        "m=application 9 DTLS/SCTP 5000\r\na=mid:1\r\n"
+        "a=candidate:2 1 udp 2130706431 10.0.0.2 5001 typ host\r\n"
+    )
+    stripped, candidates = split_candidates(sdp)
+    assert "a=candidate" not in stripped and "end-of-candidates" not in stripped
+    assert stripped.endswith("a=mid:1\r\n") and "m=application" in stripped
+    assert candidates == [
+        {"candidate": "candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0},
+        {"candidate": "candidate:2 1 udp 2130706431 10.0.0.2 5001 typ host", "sdpMid": "1", "sdpMLineIndex": 1},
+    ]

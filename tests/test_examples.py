@@ -14,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fantasize_rtc import RtcConfig
 from fantasize_rtc.client import RtcClient
+from fantasize_rtc.web import RTC_KEY, create_app
 from tests.helpers import free_port, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -173,3 +175,44 @@ def test_events_quick_start() -> None:
     assert "signal alice -> bob offer" in out
     assert "relayed to 1 listener(s)" in out
     assert "peer:disconnected bob (left)" in out
+
+
+async def _run_against(url: str, script: str, *args: str, timeout: float = 90) -> str:
+    """Run an example as a subprocess while this loop keeps serving the in-process server."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / script),
+        url,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=_env(),
+    )
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = output.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text, text
+    return text
+
+
+async def test_two_peers_negotiate_p2p_through_the_server(aiohttp_server: Any, config: RtcConfig) -> None:
+    app = create_app(config=config, media=False, static=False)
+    signals: list[Any] = []
+    app[RTC_KEY].on("signal", signals.append)
+    server = await aiohttp_server(app)
+    out = await _run_against(str(server.make_url("")).rstrip("/"), "two_peers.py", "--frames", "20")
+    assert "alice: connection connected, got 'hello from bob' and" in out
+    assert "bob: connection connected, got 'hello from alice' and" in out
+    kinds = [(s.from_peer_id, s.signal.type) for s in signals]
+    assert ("alice", "offer") in kinds and ("bob", "answer") in kinds
+    # both sides trickled: candidates with a payload, then the end-of-candidates null
+    for peer in ("alice", "bob"):
+        candidates = [s.signal.payload for s in signals if s.from_peer_id == peer and s.signal.type == "candidate"]
+        assert len(candidates) >= 2 and candidates[-1] is None and candidates[0]["candidate"].startswith("candidate:")
+    offer = next(s for s in signals if s.signal.type == "offer")
+    assert "a=candidate" not in offer.signal.payload["sdp"]

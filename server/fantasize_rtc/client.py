@@ -34,7 +34,7 @@ import aiohttp
 from . import errors
 from .errors import RtcError, Unauthorized
 
-__all__ = ["ConnectionLost", "RtcClient", "ServerError", "error_from_response"]
+__all__ = ["ConnectionLost", "RtcClient", "ServerError", "error_from_response", "split_candidates"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,30 @@ def _int_or(value: str | None, default: int) -> int:
         return int(value) if value is not None else default
     except ValueError:
         return default
+
+
+def split_candidates(sdp: str) -> tuple[str, list[dict[str, Any]]]:
+    """Take the ``a=candidate`` lines out of an SDP, for trickling them as ``candidate`` signals.
+
+    aiortc gathers every candidate before its description is ready; a client that wants to
+    trickle (as browsers do) sends the SDP without them, then each payload
+    ``{candidate, sdpMid, sdpMLineIndex}``, then ``None`` for end of candidates.
+    """
+    kept: list[str] = []
+    found: list[tuple[int, str]] = []
+    mids: dict[int, str] = {}
+    index = -1
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            index += 1
+        elif line.startswith("a=mid:"):
+            mids[index] = line[len("a=mid:") :]
+        if line.startswith("a=candidate:"):
+            found.append((index, line[len("a=") :]))
+        elif line != "a=end-of-candidates":
+            kept.append(line)
+    candidates = [{"candidate": text, "sdpMid": mids.get(i), "sdpMLineIndex": i} for i, text in found]
+    return "\r\n".join(kept) + "\r\n", candidates
 
 
 class RtcClient:
