@@ -1,0 +1,65 @@
+"""The server as a WebRTC peer: echo, record, probe and play sessions, and WHIP ingest.
+
+This is the only package that imports aiortc and PyAV. ``fantasize_rtc.web.create_app`` calls
+:func:`setup_media` (unless ``media=False``), which adds the routes ``POST /rtc/offer``,
+``GET/DELETE /rtc/sessions/{id}``, ``GET /rtc/recordings``, ``GET/DELETE /rtc/recordings/{id}``,
+``POST /whip`` and ``DELETE /whip/{id}``, registers the server peers ``@echo @record @probe
+@play`` on the facade, and closes every session (finalizing recordings) on app cleanup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ..web import RTC_KEY
+from .events import MEDIA_CLOSED, MEDIA_CONNECTED, RECORDING_SAVED, MediaClosed, MediaConnected, RecordingSaved
+from .keys import MEDIA_KEY
+from .manager import MODES, SERVER_PEERS, MediaManager
+from .recordings import FORMATS, RecordingInfo, RecordingStore
+from .routes import routes
+from .session import MediaSession, Owner, SessionOptions
+from .whip import routes as whip_routes
+
+__all__ = [
+    "FORMATS",
+    "MEDIA_CLOSED",
+    "MEDIA_CONNECTED",
+    "MEDIA_KEY",
+    "MODES",
+    "RECORDING_SAVED",
+    "SERVER_PEERS",
+    "MediaClosed",
+    "MediaConnected",
+    "MediaManager",
+    "MediaSession",
+    "Owner",
+    "RecordingInfo",
+    "RecordingSaved",
+    "RecordingStore",
+    "SessionOptions",
+    "setup_media",
+]
+
+
+def setup_media(app: web.Application) -> MediaManager:
+    """Plug the media layer into an app made by :func:`fantasize_rtc.web.create_app`."""
+    rtc = app[RTC_KEY]
+    manager = MediaManager(rtc)
+    app[MEDIA_KEY] = manager
+    app.add_routes(routes)
+    app.add_routes(whip_routes)
+    for peer_id in SERVER_PEERS:
+        rtc.register_server_peer(peer_id, manager.on_server_peer_message)
+
+    async def media_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        yield
+        # Runs before the facade closes (cleanup_ctx unwinds in reverse): sessions end and
+        # recordings are finalized while rooms and channels still exist.
+        for peer_id in SERVER_PEERS:
+            rtc.unregister_server_peer(peer_id)
+        await manager.close()
+
+    app.cleanup_ctx.append(media_lifecycle)
+    return manager

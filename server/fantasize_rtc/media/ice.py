@@ -1,0 +1,131 @@
+"""ICE glue: configured servers -> aiortc configuration, trickled candidates, the selected pair."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.sdp import candidate_from_sdp
+
+from ..config import IceServer
+from ..errors import InvalidRequest
+
+__all__ = ["CandidateInfo", "PairInfo", "parse_candidate", "rtc_configuration", "selected_pair", "stun_rtt_ms"]
+
+log = logging.getLogger(__name__)
+
+
+def rtc_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration:
+    """aiortc configuration for the given servers.
+
+    An empty list stays empty: aiortc would otherwise add a public STUN server and wait for it.
+    """
+    return RTCConfiguration(
+        iceServers=[RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in servers]
+    )
+
+
+def parse_candidate(payload: Any) -> Any:
+    """A trickled ``{candidate, sdpMid, sdpMLineIndex}`` as an aiortc candidate (None = end)."""
+    if payload is None:
+        return None
+    text = payload.get("candidate") if isinstance(payload, dict) else None
+    if not isinstance(text, str):
+        raise InvalidRequest("A candidate needs a 'candidate' string.")
+    if text == "":
+        return None  # browsers send an empty candidate as end-of-candidates
+    if text.startswith("candidate:"):
+        text = text[len("candidate:") :]
+    try:
+        candidate = candidate_from_sdp(text)
+    except (ValueError, IndexError) as exc:
+        raise InvalidRequest("The candidate line could not be parsed.") from exc
+    candidate.sdpMid = payload.get("sdpMid")
+    candidate.sdpMLineIndex = payload.get("sdpMLineIndex")
+    if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+        raise InvalidRequest("A candidate needs sdpMid or sdpMLineIndex.")
+    return candidate
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateInfo:
+    type: str  # host, srflx, prflx, relay
+    protocol: str  # udp, tcp
+    address: str
+    port: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "protocol": self.protocol, "address": self.address, "port": self.port}
+
+
+@dataclass(frozen=True, slots=True)
+class PairInfo:
+    local: CandidateInfo
+    remote: CandidateInfo
+
+    @property
+    def relayed(self) -> bool:
+        return "relay" in (self.local.type, self.remote.type)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"local": self.local.to_wire(), "remote": self.remote.to_wire()}
+
+
+def _ice_transports(pc: RTCPeerConnection) -> list[RTCIceTransport]:
+    transports: list[RTCIceTransport] = []
+    for transceiver in pc.getTransceivers():
+        ice = transceiver.receiver.transport.transport
+        if ice not in transports:
+            transports.append(ice)
+    if pc.sctp is not None and pc.sctp.transport.transport not in transports:
+        transports.append(pc.sctp.transport.transport)
+    return transports
+
+
+def _nominated(pc: RTCPeerConnection) -> Any:
+    # aiortc does not expose the selected pair; aioice keeps it on the connection (bundled media
+    # share one transport, so the first nominated pair is the one).
+    for ice in _ice_transports(pc):
+        nominated = getattr(ice._connection, "_nominated", {})
+        for pair in nominated.values():
+            return ice._connection, pair
+    return None, None
+
+
+def selected_pair(pc: RTCPeerConnection) -> PairInfo | None:
+    """The candidate pair ICE nominated, or None before ICE completes."""
+    _, pair = _nominated(pc)
+    if pair is None:
+        return None
+    local, remote = pair.local_candidate, pair.remote_candidate
+    return PairInfo(
+        CandidateInfo(local.type, local.transport.lower(), local.host, local.port),
+        CandidateInfo(remote.type, remote.transport.lower(), remote.host, remote.port),
+    )
+
+
+async def stun_rtt_ms(pc: RTCPeerConnection, timeout: float = 2.0) -> float | None:
+    """Round trip of one STUN binding request on the selected pair (a consent check), in ms."""
+    connection, pair = _nominated(pc)
+    if pair is None or connection.remote_password is None:
+        return None
+    try:
+        request = connection.build_request(pair, nominate=False)
+        start = time.perf_counter()
+        await asyncio.wait_for(
+            pair.protocol.request(
+                request, pair.remote_addr, integrity_key=connection.remote_password.encode("utf8"), retransmissions=0
+            ),
+            timeout,
+        )
+        return (time.perf_counter() - start) * 1000
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # a lost check or a closing transport: no sample this time
+        log.debug("STUN round-trip check failed", exc_info=True)
+        return None

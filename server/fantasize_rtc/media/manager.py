@@ -1,0 +1,324 @@
+"""The media manager: admits, indexes and ends every server-side media session of this process.
+
+It also is the handler of the server peers ``@echo @record @probe @play``: offers, trickled
+candidates and ``bye`` signalled to them arrive here, and so does every ``peer:disconnected`` so
+the sessions a departed peer owned end with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CapacityExceeded, InvalidRequest, RateLimited, RtcError, SessionNotFound
+from ..protocol import error_message
+from .recordings import FORMATS, RecordingStore
+from .session import MediaSession, Mode, Notify, Owner, SessionOptions, new_session_id
+
+if TYPE_CHECKING:
+    from ..server import RtcServer
+
+__all__ = ["MODES", "SERVER_PEERS", "MediaManager", "parse_options"]
+
+log = logging.getLogger(__name__)
+
+
+def _echo() -> Mode:
+    from .echo import EchoMode
+
+    return EchoMode()
+
+
+#: Mode name -> factory. The server peer of a mode is ``"@" + name``.
+MODES: dict[str, Callable[[], Mode]] = {"echo": _echo}
+SERVER_PEERS = tuple("@" + name for name in MODES)
+
+#: Reports of ended sessions stay readable this long (the newest 256 of them).
+ENDED_KEEP = 256
+
+
+def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{key} must be true or false.")
+    return value
+
+
+def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(f"{key} must be a number.")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{key} must be from {low:g} to {high:g}.")
+    return float(value)
+
+
+def parse_options(body: dict[str, Any], max_session_seconds: float) -> SessionOptions:
+    """Options of an offer request (JSON body, signaled offer payload, or WHIP query string)."""
+    fmt = body.get("format", "webm")
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise InvalidRequest(f"format must be one of {', '.join(FORMATS)}.")
+    audio, video = _bool(body, "audio", True), _bool(body, "video", True)
+    width = int(_number(body, "width", 640, 16, 1920))
+    height = int(_number(body, "height", 480, 16, 1080))
+    return SessionOptions(
+        audio=audio,
+        video=video,
+        format=fmt,
+        max_seconds=_number(body, "maxSeconds", max_session_seconds, 0.1, max_session_seconds),
+        probe_seconds=_number(body, "probeSeconds", 3.0, 0.2, 60.0),
+        width=width - width % 2,
+        height=height - height % 2,
+        fps=int(_number(body, "fps", 30, 1, 30)),
+    )
+
+
+def check_offer_sdp(sdp: Any, limit: int) -> str:
+    """Cheap checks before any socket is opened: a string, not too large, shaped like SDP."""
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise InvalidRequest("sdp must be a non-empty string (the offer's SDP).")
+    if len(sdp) > limit and len(sdp.encode()) > limit:
+        raise InvalidRequest(f"The SDP is larger than {limit} bytes.")
+    if not sdp.lstrip().startswith("v=0"):
+        raise InvalidRequest("The SDP must start with 'v=0'.")
+    if "\nm=" not in sdp:
+        raise InvalidRequest("The SDP offers no media or data section ('m=' line).")
+    return sdp
+
+
+class MediaManager:
+    """Sessions of this process, their limits, and the server peers' signaling."""
+
+    def __init__(self, rtc: RtcServer) -> None:
+        self.rtc = rtc
+        self.config = rtc.config
+        self.store = RecordingStore(Path(self.config.recordings_dir))
+        self._sessions: dict[str, MediaSession] = {}
+        self._ended: OrderedDict[str, tuple[Owner | None, dict[str, Any]]] = OrderedDict()
+        self._signaling: dict[tuple[str, str, str], MediaSession] = {}
+        self._listed: dict[tuple[str, str], int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def sessions(self) -> list[MediaSession]:
+        return list(self._sessions.values())
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """A task the manager owns (awaited by :meth:`close`)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("media task failed", exc_info=task.exception())
+
+    def get(self, session_id: str) -> tuple[Owner | None, MediaSession | None, dict[str, Any]]:
+        """(owner, live session or None, report) of a live or recently ended session."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            return session.owner, session, session.report()
+        ended = self._ended.get(session_id)
+        if ended is None:
+            raise SessionNotFound(f"No media session {session_id[:64]!r} (or it ended long ago).")
+        return ended[0], None, ended[1]
+
+    def owned_by(self, owner: Owner) -> list[MediaSession]:
+        return [s for s in self._sessions.values() if s.owner == owner]
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        mode: str,
+        sdp: Any,
+        options: SessionOptions,
+        owner: Owner | None,
+        via: str,
+        notify: Notify | None = None,
+    ) -> MediaSession:
+        """Validate and admit a session. Synchronous on purpose: every check happens before any
+        peer connection (and so any socket) exists, and the slot is taken before the next await."""
+        factory = MODES.get(mode) if isinstance(mode, str) else None
+        if factory is None:
+            raise InvalidRequest(f"mode must be one of {', '.join(MODES)}.")
+        check_offer_sdp(sdp, self.config.max_signal_bytes)
+        if self._closing:
+            raise CapacityExceeded("The server is shutting down; try another one.", retry_after=5)
+        limit = self.config.max_media_sessions
+        if len(self._sessions) >= limit:
+            log.warning("media session refused: all %d sessions in use", limit)
+            raise CapacityExceeded(f"All {limit} media sessions are in use; try again later.", retry_after=5)
+        if owner is not None and len(self.owned_by(owner)) >= self.config.max_sessions_per_peer:
+            raise RateLimited(
+                f"Peer {owner.peer_id!r} already has {self.config.max_sessions_per_peer} media sessions; end one first."
+            )
+        if mode == "record":
+            self.store.check_quota(self.config.recordings_quota_bytes)
+        session = MediaSession(
+            self,
+            session_id=new_session_id(),
+            mode=factory(),
+            options=options,
+            owner=owner,
+            via=via,
+            server_peer_id="@" + mode,
+            ice_servers=self.rtc.ice_servers_for(owner.peer_id if owner else "@" + mode),
+            notify=notify,
+        )
+        self._sessions[session.id] = session
+        return session
+
+    async def start(self, session: MediaSession, sdp: str) -> str:
+        """Answer the session's offer; on any failure the session is closed and the error raised."""
+        try:
+            answer = await session.accept(sdp)
+        except BaseException:
+            await session.close("rejected")
+            raise
+        if session.owner is not None and not session.closed:
+            await self._list(session)
+        return answer
+
+    async def open(
+        self, *, mode: str, sdp: Any, options: SessionOptions, owner: Owner | None, via: str
+    ) -> tuple[MediaSession, str]:
+        """``create`` + ``start``: the one-round-trip path of ``POST /rtc/offer`` and WHIP."""
+        session = self.create(mode=mode, sdp=sdp, options=options, owner=owner, via=via)
+        return session, await self.start(session, sdp)
+
+    async def _list(self, session: MediaSession) -> None:
+        # While a member's session lives, its server peer shows up in the room snapshot.
+        assert session.owner is not None
+        key = (session.owner.room_id, session.server_peer_id)
+        self._listed[key] = self._listed.get(key, 0) + 1
+        session.listed = True
+        if self._listed[key] == 1:
+            await self.rtc.add_server_peer(*key)
+
+    async def release(self, session: MediaSession) -> None:
+        """Called once by a closing session: free its slot and indexes, keep its report."""
+        self._sessions.pop(session.id, None)
+        if session.owner is not None:
+            key3 = (session.owner.room_id, session.owner.peer_id, session.server_peer_id)
+            if self._signaling.get(key3) is session:
+                del self._signaling[key3]
+        self._ended[session.id] = (session.owner, session.report())
+        while len(self._ended) > ENDED_KEEP:
+            self._ended.popitem(last=False)
+        if session.listed and session.owner is not None:
+            key = (session.owner.room_id, session.server_peer_id)
+            self._listed[key] -= 1
+            if self._listed[key] <= 0:
+                del self._listed[key]
+                try:
+                    await self.rtc.remove_server_peer(*key)
+                except Exception:  # the room may be gone already; the listing went with it
+                    log.debug("unlisting %s from room %s failed", key[1], key[0], exc_info=True)
+
+    # -- the server peers ------------------------------------------------------------------------
+
+    async def on_server_peer_message(self, room_id: str, server_peer_id: str, message: dict[str, Any]) -> None:
+        """Hub handler for ``@echo @record @probe @play`` (see :meth:`RtcServer.register_server_peer`)."""
+        kind = message.get("type")
+        if kind == "peer:disconnected":
+            owner = Owner(room_id, str(message.get("peerId")))
+            reason = f"owner_{message.get('reason', 'left')}"
+            for owned in self.owned_by(owner):
+                if owned.server_peer_id == server_peer_id:
+                    log.info("%s: owner gone (%s)", owned.label, reason)
+                    self.spawn(owned.close(reason))
+            return
+        if kind != "signal":
+            return
+        signal = message.get("signal") or {}
+        owner = Owner(room_id, str(message.get("fromPeerId")))
+        key = (room_id, owner.peer_id, server_peer_id)
+        stype, payload = signal.get("type"), signal.get("payload")
+        session: MediaSession | None
+        if stype == "offer":
+            old = self._signaling.pop(key, None)
+            if old is not None:
+                await old.close("renegotiated")
+            try:
+                body = payload if isinstance(payload, dict) else {}
+                session = self.create(
+                    mode=server_peer_id[1:],
+                    sdp=body.get("sdp"),
+                    options=parse_options(body, self.config.max_session_seconds),
+                    owner=owner,
+                    via="signaling",
+                    notify=self._notifier(owner, server_peer_id),
+                )
+            except RtcError as err:
+                await self._tell_error(owner, server_peer_id, err)
+                return
+            self._signaling[key] = session
+            self.spawn(self._answer(session, body["sdp"]))
+        elif stype == "candidate":
+            session = self._signaling.get(key)
+            if session is None:
+                return  # late candidates of an ended session are harmless
+            try:
+                await session.add_candidate(payload)
+            except RtcError as err:
+                await self._tell_error(owner, server_peer_id, err)
+        elif stype == "bye":
+            session = self._signaling.get(key)
+            if session is not None:
+                self.spawn(session.close("bye"))
+        else:
+            log.debug("%s in room %s: ignored %r signal from %s", server_peer_id, room_id, stype, owner.peer_id)
+
+    async def _answer(self, session: MediaSession, sdp: str) -> None:
+        assert session.owner is not None
+        try:
+            answer = await self.start(session, sdp)
+        except RtcError as err:
+            await self._tell_error(session.owner, session.server_peer_id, err)
+            return
+        await self.rtc.signal_from_server_peer(
+            session.owner.room_id,
+            session.server_peer_id,
+            session.owner.peer_id,
+            {"type": "answer", "payload": {"sdp": answer, "sessionId": session.id}},
+        )
+
+    def _notifier(self, owner: Owner, server_peer_id: str) -> Notify:
+        async def notify(signal: dict[str, Any]) -> None:
+            await self.rtc.signal_from_server_peer(owner.room_id, server_peer_id, owner.peer_id, signal)
+
+        return notify
+
+    async def _tell_error(self, owner: Owner, server_peer_id: str, err: RtcError) -> None:
+        log.info(
+            "%s refused an offer from peer %s in room %s: %s", server_peer_id, owner.peer_id, owner.room_id, err.message
+        )
+        await self.rtc.send_to_peer(
+            owner.room_id, owner.peer_id, error_message(err.code, err.message, fromPeerId=server_peer_id)
+        )
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every session (finalizing recordings), then wait for the manager's tasks."""
+        self._closing = True
+        sessions = list(self._sessions.values())
+        if sessions:
+            log.info("closing %d media sessions for shutdown", len(sessions))
+        await asyncio.gather(*(s.close("shutdown") for s in sessions), return_exceptions=True)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,138 @@
+"""HTTP routes of the media layer: one-round-trip offers, session reports, recordings.
+
+Who may do what (docs/media.md, "Access"):
+
+- a session opened with a peer token belongs to that (room, peer): only a token of that peer, or
+  the admin key, reads or ends it and reads, downloads or deletes its recording;
+- an anonymous session (no token) is reachable by anyone who holds its unguessable ``sessionId``
+  (its recording by its id, which contains the session id), and by the admin key;
+- ``GET /rtc/recordings`` lists the caller's own recordings (a peer token) or all (admin key).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..errors import Forbidden, InvalidRequest, Unauthorized
+from ..web import json_response, read_json, require_admin_or_token, token_from_request
+from .keys import MEDIA_KEY
+from .manager import parse_options
+from .recordings import FORMATS
+from .session import Owner
+
+__all__ = ["Caller", "caller_of", "check_access", "routes"]
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: the admin, a room member, or nobody in particular (no token)."""
+
+    admin: bool = False
+    owner: Owner | None = None
+
+
+async def caller_of(request: web.Request) -> Caller:
+    """No token -> anonymous; a token must be valid (401 otherwise): the admin key or a peer token."""
+    if token_from_request(request) is None:
+        return Caller()
+    who = await require_admin_or_token(request)
+    return Caller(admin=True) if who is None else Caller(owner=Owner(*who))
+
+
+def check_access(caller: Caller, owner: Owner | None, what: str) -> None:
+    """Owned things: their owner or the admin. Anonymous things: whoever holds their id."""
+    if caller.admin or owner is None:
+        return
+    if caller.owner is None:
+        raise Unauthorized(f"This {what} belongs to a room member: send that peer's token or the admin key.")
+    if caller.owner != owner:
+        raise Forbidden(f"This {what} belongs to another peer.")
+
+
+@routes.post("/rtc/offer")
+async def offer(request: web.Request) -> web.Response:
+    """``{sdp, type: "offer", mode?, roomId?, ...options}`` -> ``{sdp, type: "answer", sessionId}``."""
+    manager = request.app[MEDIA_KEY]
+    body = await read_json(request)
+    if body.get("type", "offer") != "offer":
+        raise InvalidRequest("type must be 'offer': the server answers offers, it does not take answers.")
+    caller = await caller_of(request)
+    room_id = body.get("roomId")
+    if room_id is not None:
+        if caller.owner is None and not caller.admin:
+            raise Unauthorized("roomId needs the peer's token (Authorization: Bearer <token>).")
+        if caller.owner is not None and room_id != caller.owner.room_id:
+            raise Forbidden(f"This token belongs to room {caller.owner.room_id!r}.")
+    mode = body.get("mode", "echo")
+    options = parse_options(body, manager.config.max_session_seconds)
+    session, answer = await manager.open(
+        mode=mode, sdp=body.get("sdp"), options=options, owner=caller.owner, via="http"
+    )
+    return json_response({"sdp": answer, "type": "answer", "sessionId": session.id})
+
+
+@routes.get("/rtc/sessions/{sessionId}")
+async def get_session(request: web.Request) -> web.Response:
+    manager = request.app[MEDIA_KEY]
+    owner, session, report = manager.get(request.match_info["sessionId"])
+    check_access(await caller_of(request), owner, "session")
+    if session is not None and not session.closed:
+        await session.refresh_stats()
+        report = session.report()
+    return json_response(report)
+
+
+@routes.delete("/rtc/sessions/{sessionId}")
+async def delete_session(request: web.Request) -> web.Response:
+    manager = request.app[MEDIA_KEY]
+    owner, session, _ = manager.get(request.match_info["sessionId"])
+    check_access(await caller_of(request), owner, "session")
+    if session is not None:
+        await session.close("deleted")
+    return json_response({"closed": True})
+
+
+@routes.get("/rtc/recordings")
+async def list_recordings(request: web.Request) -> web.Response:
+    manager = request.app[MEDIA_KEY]
+    caller = await caller_of(request)
+    if not caller.admin and caller.owner is None:
+        raise Unauthorized("Listing recordings needs a peer token (your own) or the admin key (all).")
+    items = manager.store.list()
+    if not caller.admin:
+        items = [i for i in items if Owner(i.room_id or "", i.peer_id or "") == caller.owner]
+    return json_response({"recordings": [i.to_wire() for i in items]})
+
+
+def _owner_of(room_id: str | None, peer_id: str | None) -> Owner | None:
+    return Owner(room_id, peer_id) if room_id and peer_id else None
+
+
+@routes.get("/rtc/recordings/{recordingId}")
+async def download_recording(request: web.Request) -> web.StreamResponse:
+    manager = request.app[MEDIA_KEY]
+    info = manager.store.get(request.match_info["recordingId"])
+    check_access(await caller_of(request), _owner_of(info.room_id, info.peer_id), "recording")
+    fmt = FORMATS.get(info.format)
+    headers = {
+        "Content-Type": fmt.content_type if fmt else "application/octet-stream",
+        "Content-Disposition": f'attachment; filename="{info.file}"',
+        "Cache-Control": "private, no-store",
+    }
+    return web.FileResponse(manager.store.path_of(info), headers=headers)
+
+
+@routes.delete("/rtc/recordings/{recordingId}")
+async def delete_recording(request: web.Request) -> web.Response:
+    manager = request.app[MEDIA_KEY]
+    info = manager.store.get(request.match_info["recordingId"])
+    check_access(await caller_of(request), _owner_of(info.room_id, info.peer_id), "recording")
+    manager.store.delete(info)
+    return json_response({"deleted": True})

@@ -1,0 +1,525 @@
+"""One server-side WebRTC session: an aiortc peer connection, its mode, and its strict lifecycle.
+
+States: ``new -> connecting -> connected -> closing -> closed`` (``connecting`` may go straight
+to ``closing``). Every state change goes through :meth:`MediaSession._set_state`, which logs
+``old -> new``. :meth:`MediaSession.close` is idempotent: whatever ends a session (bye, DELETE,
+ICE/DTLS failure, owner gone, max duration, shutdown) runs the same path, which finalizes the mode
+(e.g. the recording), closes the peer connection and releases the session's slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from ..config import IceServer
+from ..errors import InvalidRequest, RtcError
+from .events import MEDIA_CLOSED, MEDIA_CONNECTED, MediaClosed, MediaConnected
+from .ice import PairInfo, parse_candidate, rtc_configuration, selected_pair
+from .verdict import verdict
+
+if TYPE_CHECKING:
+    from .manager import MediaManager
+
+__all__ = ["MediaSession", "Mode", "Owner", "SessionOptions", "new_session_id", "skip_backlog"]
+
+log = logging.getLogger(__name__)
+
+#: How often a live session checks its deadlines and limits (and refreshes its stats).
+TICK_SECONDS = 0.5
+#: A session that has not connected this long after its answer is closed (``connect_timeout``).
+CONNECT_TIMEOUT_SECONDS = 30.0
+#: pc.close() normally takes milliseconds; never let one stuck transport hold up shutdown.
+CLOSE_TIMEOUT_SECONDS = 10.0
+
+
+def new_session_id() -> str:
+    """An unguessable id: for anonymous sessions it is the capability to read and end them."""
+    return secrets.token_urlsafe(18)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The room member a session belongs to (sessions opened with a peer token or by signaling)."""
+
+    room_id: str
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """What the client asked for in its offer request (validated by the manager)."""
+
+    audio: bool = True
+    video: bool = True
+    format: str = "webm"
+    max_seconds: float = 3600.0
+    probe_seconds: float = 3.0
+    width: int = 640
+    height: int = 480
+    fps: int = 30
+
+
+def skip_backlog(track: MediaStreamTrack, keep: int) -> int:
+    """Drop all but ``keep`` frames waiting in a received track's queue; returns how many went.
+
+    aiortc decodes received media in a thread into an unbounded queue. When a consumer (an
+    encoder) is slower than real time, stale frames would pile up without bound; for live media
+    the newest frames are the ones worth keeping. An end-of-stream marker is never dropped.
+    """
+    queue: asyncio.Queue[Any] | None = getattr(track, "_queue", None)
+    if queue is None:
+        return 0
+    dropped = 0
+    while queue.qsize() > keep:
+        item = queue.get_nowait()
+        if item is None:  # end of stream: put it back so the next recv() ends the track
+            queue.put_nowait(None)
+            break
+        dropped += 1
+    return dropped
+
+
+class Mode:
+    """What a session does with media. Subclasses override the hooks they need.
+
+    Every received track must be consumed: the default :meth:`on_track` drains it.
+    """
+
+    name: ClassVar[str] = ""
+
+    def on_track(self, session: MediaSession, track: MediaStreamTrack) -> None:
+        session.drain(track)
+
+    def on_datachannel(self, session: MediaSession, channel: RTCDataChannel) -> None:
+        """Default: nothing to say on it (messages are dropped by the emitter)."""
+
+    async def after_remote_description(self, session: MediaSession) -> None:
+        """Called once the offer is applied and every received track was seen, before the answer."""
+
+    async def on_connected(self, session: MediaSession) -> None:
+        """Called once when media can flow."""
+
+    async def tick(self, session: MediaSession) -> str | None:
+        """Called every :data:`TICK_SECONDS` while connected; return a reason to end the session."""
+        return None
+
+    async def close(self, session: MediaSession, reason: str) -> None:
+        """Finalize (stop recorders, ...). Called once, before the peer connection closes."""
+
+    def report(self) -> dict[str, Any]:
+        """Mode-specific fields for the session report."""
+        return {}
+
+
+Notify = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class MediaSession:
+    """A server-side peer connection in one mode. Created and owned by :class:`MediaManager`."""
+
+    def __init__(
+        self,
+        manager: MediaManager,
+        *,
+        session_id: str,
+        mode: Mode,
+        options: SessionOptions,
+        owner: Owner | None,
+        via: str,
+        server_peer_id: str,
+        ice_servers: tuple[IceServer, ...],
+        notify: Notify | None = None,
+    ) -> None:
+        self.manager = manager
+        self.id = session_id
+        self.mode = mode
+        self.options = options
+        self.owner = owner
+        self.via = via  # "http", "signaling" or "whip"
+        self.server_peer_id = server_peer_id
+        self.notify = notify
+        self.state = "new"
+        self.close_reason: str | None = None
+        self.created_at = _wall_ms()
+        self.connected_at: int | None = None
+        self.closed_at: int | None = None
+        self.frames = {"audio": 0, "video": 0}
+        self.frames_sent = {"audio": 0, "video": 0}
+        self.data_messages = 0
+        self.pair: PairInfo | None = None
+        self.listed = False  # the manager listed our server peer in the owner's room
+        self.last_stats: dict[str, Any] = {}
+        self._ice_servers = ice_servers
+        self._pc: RTCPeerConnection | None = None
+        self._t0 = time.monotonic()
+        self._marks: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending_candidates: list[Any] = []
+        self._remote_set = False
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._stats_lock = asyncio.Lock()
+
+    # -- identity --------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"<MediaSession {self.id[:8]} {self.mode.name} {self.state}>"
+
+    @property
+    def label(self) -> str:
+        """For log lines: session, mode, and the owner's room/peer when there is one."""
+        who = f" room {self.owner.room_id} peer {self.owner.peer_id}" if self.owner else " anonymous"
+        return f"session {self.id[:8]} ({self.mode.name},{who})"
+
+    @property
+    def pc(self) -> RTCPeerConnection | None:
+        return self._pc
+
+    @property
+    def connected(self) -> bool:
+        return self.connected_at is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def elapsed_ms(self, mark: str | None = None) -> int | None:
+        if mark is None:
+            return int((time.monotonic() - self._t0) * 1000)
+        at = self._marks.get(mark)
+        return None if at is None else int((at - self._t0) * 1000)
+
+    def _mark(self, name: str) -> None:
+        self._marks.setdefault(name, time.monotonic())
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        log.info("%s: %s -> %s", self.label, self.state, state)
+        self.state = state
+
+    # -- tasks -----------------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task this session owns: cancelled and awaited by :meth:`close`."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"media-{self.id[:8]}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: task %s failed", self.label, task.get_name(), exc_info=task.exception())
+
+    def drain(self, track: MediaStreamTrack) -> None:
+        """Consume a received track nobody else reads, counting its frames."""
+        self.spawn(self._drain(track), f"drain-{track.kind}")
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        kind = track.kind
+        while True:
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
+            self.frames[kind] = self.frames.get(kind, 0) + 1
+
+    # -- negotiation -----------------------------------------------------------------------------
+
+    async def accept(self, offer_sdp: str) -> str:
+        """Apply the client's offer and return the answer SDP (all server candidates included)."""
+        self._set_state("connecting")
+        self._mark("offer")
+        pc = self._pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_connection_state)
+        pc.on("iceconnectionstatechange", self._on_ice_state)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except RtcError:
+            raise
+        except Exception as exc:  # aiortc raises many types for bad SDP; none is the server's fault
+            raise InvalidRequest(f"The offer could not be applied: {_describe(exc)}") from exc
+        self._remote_set = True
+        await self.mode.after_remote_description(self)
+        for candidate in self._pending_candidates:
+            await self._add_candidate(candidate)
+        self._pending_candidates.clear()
+        try:
+            answer = await pc.createAnswer()
+            self._mark("gathering")
+            await pc.setLocalDescription(answer)
+        except Exception as exc:
+            if self._closing:
+                raise
+            raise InvalidRequest(f"No answer could be made for this offer: {_describe(exc)}") from exc
+        self._mark("answer")
+        self.spawn(self._watch(), "watchdog")
+        log.info("%s: answered in %d ms", self.label, self.elapsed_ms("answer") or 0)
+        return str(pc.localDescription.sdp)
+
+    async def add_candidate(self, payload: Any) -> None:
+        """A trickled remote candidate (``None`` = end of candidates); queued until the offer is in."""
+        candidate = parse_candidate(payload)
+        if not self._remote_set:
+            self._pending_candidates.append(candidate)
+            return
+        await self._add_candidate(candidate)
+
+    async def _add_candidate(self, candidate: Any) -> None:
+        if self._pc is None or self._closing:
+            return
+        try:
+            await self._pc.addIceCandidate(candidate)
+        except Exception as exc:  # an unusable candidate is the client's problem, never fatal
+            log.info("%s: ignored a remote candidate: %s", self.label, _describe(exc))
+
+    # -- aiortc events (sync handlers: the emitter would run coroutines as tasks nobody owns) ----
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        log.info("%s: receiving %s track", self.label, track.kind)
+        try:
+            self.mode.on_track(self, track)
+        except Exception:
+            log.exception("%s: mode failed on a %s track; draining it", self.label, track.kind)
+            self.drain(track)
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        log.info("%s: data channel %r opened", self.label, channel.label)
+        try:
+            self.mode.on_datachannel(self, channel)
+        except Exception:
+            log.exception("%s: mode failed on data channel %r", self.label, channel.label)
+
+    def _on_ice_state(self) -> None:
+        if self._pc is None:
+            return
+        state = self._pc.iceConnectionState
+        if state == "checking":
+            self._mark("ice_checking")
+        elif state == "completed":
+            self._mark("ice_connected")
+
+    def _on_connection_state(self) -> None:
+        if self._pc is None or self._closing:
+            return
+        state = self._pc.connectionState
+        if state == "connected" and not self.connected:
+            self._mark("connected")
+            self.connected_at = _wall_ms()
+            self.pair = selected_pair(self._pc)
+            self._set_state("connected")
+            connect_ms = self.elapsed_ms("connected") or 0
+            self.manager.rtc.emit(
+                MEDIA_CONNECTED, MediaConnected(self.id, self.mode.name, *self._owner_ids(), connect_ms)
+            )
+            self.spawn(self.mode.on_connected(self), "on-connected")
+        elif state == "failed":
+            reason = "ice_failed" if self._pc.iceConnectionState == "failed" else "dtls_failed"
+            self.manager.spawn(self.close(reason))
+        elif state == "closed":
+            self.manager.spawn(self.close("peer_closed"))
+
+    def _owner_ids(self) -> tuple[str | None, str | None]:
+        return (self.owner.room_id, self.owner.peer_id) if self.owner else (None, None)
+
+    # -- deadlines -------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        connect_deadline = time.monotonic() + CONNECT_TIMEOUT_SECONDS
+        end_deadline = self._t0 + self.options.max_seconds
+        while not self._closing:
+            await asyncio.sleep(TICK_SECONDS)
+            now = time.monotonic()
+            reason: str | None = None
+            if now >= end_deadline:
+                reason = "max_duration"
+            elif not self.connected and now >= connect_deadline:
+                reason = "connect_timeout"
+            elif self.connected:
+                reason = await self.mode.tick(self)
+            if reason is not None:
+                self.manager.spawn(self.close(reason))
+                return
+
+    # -- stats and report ------------------------------------------------------------------------
+
+    async def refresh_stats(self) -> dict[str, Any]:
+        """Read the peer connection's counters into :attr:`last_stats` (kept after close)."""
+        pc = self._pc
+        if pc is None or self.closed:
+            return self.last_stats
+        async with self._stats_lock:
+            try:
+                self.last_stats = await _collect_stats(pc)
+            except Exception:  # stats are best effort: a transport may be closing under us
+                log.debug("%s: stats failed", self.label, exc_info=True)
+            if self.pair is None and self.connected:
+                self.pair = selected_pair(pc)
+        return self.last_stats
+
+    def timings(self) -> dict[str, int | None]:
+        def between(a: str, b: str) -> int | None:
+            if a in self._marks and b in self._marks:
+                return int((self._marks[b] - self._marks[a]) * 1000)
+            return None
+
+        return {
+            "iceGatheringMs": between("gathering", "answer"),
+            "iceConnectionMs": between("answer", "ice_connected"),
+            "dtlsMs": between("ice_connected", "connected"),
+            "connectMs": between("offer", "connected"),
+        }
+
+    def verdict(self) -> str:
+        return verdict(
+            state=self.state,
+            close_reason=self.close_reason,
+            pair=self.pair,
+            connect_ms=self.timings()["connectMs"],
+            connect_timeout_s=CONNECT_TIMEOUT_SECONDS,
+        )
+
+    def report(self) -> dict[str, Any]:
+        """The session report served by ``GET /rtc/sessions/{id}`` (and sent by the probe)."""
+        pc = self._pc
+        room_id, peer_id = self._owner_ids()
+        end = self.closed_at or _wall_ms()
+        return {
+            "sessionId": self.id,
+            "mode": self.mode.name,
+            "via": self.via,
+            "state": self.state,
+            "closeReason": self.close_reason,
+            "roomId": room_id,
+            "peerId": peer_id,
+            "createdAt": self.created_at,
+            "connectedAt": self.connected_at,
+            "closedAt": self.closed_at,
+            "durationMs": end - self.created_at,
+            "connectionState": pc.connectionState if pc is not None else "new",
+            "iceConnectionState": pc.iceConnectionState if pc is not None else "new",
+            "timings": self.timings(),
+            "candidatePair": self.pair.to_wire() if self.pair else None,
+            "stats": {
+                **self.last_stats,
+                "framesReceived": dict(self.frames),
+                "framesSent": dict(self.frames_sent),
+                "dataMessages": self.data_messages,
+            },
+            "verdict": self.verdict(),
+            **self.mode.report(),
+        }
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    async def close(self, reason: str) -> None:
+        """End the session for ``reason``; safe to call twice and from any task."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self.close_reason = reason
+        self._set_state("closing")
+        try:
+            await self.refresh_stats_before_close()
+            await self._cancel_tasks()
+            try:
+                await self.mode.close(self, reason)
+            except Exception:
+                log.exception("%s: finalizing the %s mode failed", self.label, self.mode.name)
+            await self._close_pc()
+        finally:
+            self.closed_at = _wall_ms()
+            self._set_state("closed")
+            self._closed.set()
+            log.info("%s: closed (%s) after %d ms", self.label, reason, self.closed_at - self.created_at)
+            await self.manager.release(self)
+            self.manager.rtc.emit(
+                MEDIA_CLOSED,
+                MediaClosed(self.id, self.mode.name, *self._owner_ids(), reason, self.closed_at - self.created_at),
+            )
+
+    async def refresh_stats_before_close(self) -> None:
+        if self._pc is not None and self._remote_set:
+            try:
+                await asyncio.wait_for(self.refresh_stats(), 2.0)
+            except (asyncio.TimeoutError, Exception):
+                log.debug("%s: final stats unavailable", self.label)
+
+    async def _cancel_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _close_pc(self) -> None:
+        pc = self._pc
+        if pc is None:
+            return
+        try:
+            await asyncio.wait_for(pc.close(), CLOSE_TIMEOUT_SECONDS)
+        except Exception:
+            log.exception("%s: closing the peer connection failed", self.label)
+        # drain tasks end when their tracks end, which pc.close() causes; wait for the stragglers
+        await self._cancel_tasks()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return text or type(exc).__name__
+
+
+async def _collect_stats(pc: RTCPeerConnection) -> dict[str, Any]:
+    report = await pc.getStats()
+    inbound = {"packetsReceived": 0, "packetsLost": 0}
+    outbound = {"packetsSent": 0, "bytesSent": 0}
+    rtts: list[float] = []
+    for stat in report.values():
+        kind = getattr(stat, "type", "")
+        if kind == "inbound-rtp":
+            inbound["packetsReceived"] += stat.packetsReceived
+            inbound["packetsLost"] += max(0, stat.packetsLost)
+        elif kind == "outbound-rtp":
+            outbound["packetsSent"] += stat.packetsSent
+            outbound["bytesSent"] += stat.bytesSent
+        elif kind == "remote-inbound-rtp" and stat.roundTripTime:
+            rtts.append(stat.roundTripTime * 1000)
+    transport: dict[str, int] = {"bytesReceived": 0, "bytesSent": 0, "transportPacketsReceived": 0}
+    seen: set[int] = set()
+    dtls_list = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        dtls_list.append(pc.sctp.transport)
+    for dtls in dtls_list:
+        if id(dtls) in seen:
+            continue
+        seen.add(id(dtls))
+        for stat in dtls._get_stats().values():  # aiortc keeps transport counters private
+            if getattr(stat, "type", "") == "transport":
+                transport["bytesReceived"] += stat.bytesReceived
+                transport["bytesSent"] += stat.bytesSent
+                transport["transportPacketsReceived"] += stat.packetsReceived
+    total = inbound["packetsReceived"] + inbound["packetsLost"]
+    return {
+        **inbound,
+        **outbound,
+        **transport,
+        "lossPercent": round(100.0 * inbound["packetsLost"] / total, 2) if total else 0.0,
+        "rtcpRttMs": round(sum(rtts) / len(rtts), 1) if rtts else None,
+    }
