@@ -92,6 +92,14 @@ _SERVE_FLAGS: list[tuple[str, str | None, Any, Any, str, bool]] = [
         "Share rooms across processes through Redis (redis://host:port/db). Needs the [redis] extra.",
         False,
     ),
+    (
+        "rate-limit-per-sec",
+        "rate_limit_per_sec",
+        float,
+        None,
+        "Signals per second one peer may send (burst 200); 0 turns the limit off. (default: 50)",
+        False,
+    ),
     ("log-level", None, str, "info", "debug, info, warning or error.", False),
 ]
 
