@@ -1,0 +1,93 @@
+"""``fantasize-rtc selftest URL`` as a subprocess against a real server this test starts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from fantasize_rtc import RtcConfig
+from fantasize_rtc.cli import build_parser
+from fantasize_rtc.selftest import CHECKS, CheckResult, format_table
+from fantasize_rtc.web import RTC_KEY, create_app
+from tests.helpers import free_port
+
+
+async def selftest(*args: str, timeout: float = 120) -> tuple[int, str, str]:
+    """Run the real command while this event loop keeps serving the test's server."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fantasize_rtc",
+        "selftest",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def start(aiohttp_server: Any, config: RtcConfig, **kwargs: Any) -> tuple[str, Any]:
+    app = create_app(config=config, static=False, **kwargs)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/"), app
+
+
+async def test_signaling_checks_pass_and_leave_nothing_behind(aiohttp_server: Any, config: RtcConfig) -> None:
+    url, app = await start(aiohttp_server, config)
+    code, out, err = await selftest(url, "--json", "--only", "health", "--only", "signaling", "--only", "relay")
+    report = json.loads(out)
+    assert code == 0, (out, err)
+    assert report["ok"] is True and [c["name"] for c in report["checks"]] == ["health", "signaling", "relay"]
+    assert all(c["ok"] and c["ms"] >= 0 for c in report["checks"])
+    relay = report["checks"][2]["detail"]
+    assert "WebSocket" in relay and "long-poll" in relay
+    assert "[1/3] health" in err and "[3/3] relay" in err  # the progress line
+    rtc = app[RTC_KEY]
+    assert (await rtc.stats())["peers"] == 0  # every selftest peer disconnected
+
+
+async def test_media_checks_fail_clearly_without_media(aiohttp_server: Any, config: RtcConfig) -> None:
+    url, _ = await start(aiohttp_server, config, media=False)
+    code, out, _err = await selftest(url, "--only", "echo", "--only", "record", "--timeout", "15")
+    assert code == 1, out
+    lines = out.splitlines()
+    assert lines[0].split() == ["check", "result", "time", "detail"]
+    echo = next(line for line in lines if line.startswith("echo"))
+    record = next(line for line in lines if line.startswith("record"))
+    assert "FAIL" in echo and "peer_not_found" in echo and "@echo" in echo
+    assert "FAIL" in record and "no media routes" in record
+    assert lines[-1] == f"0/2 checks passed against {url}"
+
+
+async def test_unreachable_server_fails_fast() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, out, _ = await selftest(url, "--json", "--only", "health", "--only", "signaling", "--timeout", "10")
+    report = json.loads(out)
+    assert code == 1 and report["ok"] is False
+    assert all(not c["ok"] for c in report["checks"])
+    assert "ClientConnectorError" in report["checks"][0]["detail"] or "connect" in report["checks"][0]["detail"]
+
+
+def test_unknown_check_is_a_usage_error(capsys: Any) -> None:
+    args = build_parser().parse_args(["selftest", "http://127.0.0.1:1", "--only", "nonsense"])
+    assert args.handler(args) == 2
+    assert "unknown check(s): nonsense" in capsys.readouterr().err
+
+
+def test_parser_and_table() -> None:
+    args = build_parser().parse_args(["selftest", "http://x", "--json", "--skip", "play"])
+    assert args.handler is not None and args.json and args.skip == ["play"]
+    table = format_table("http://x", [CheckResult("health", True, 3, "ok"), CheckResult("echo", False, 20, "no")])
+    assert "health  pass" in table and "echo    FAIL" in table and table.endswith("1/2 checks passed against http://x")
+    assert CHECKS[0] == "health"
