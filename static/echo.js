@@ -1,0 +1,95 @@
+// The Echo panel: camera and microphone to the server's @echo peer and back, with live stats.
+
+import { attach } from "./media.js";
+import { openServerSession } from "./server-session.js";
+import { StatsView } from "./stats.js";
+import { $, describeError, log, setStatus } from "./ui.js";
+
+export class EchoPanel {
+  /**
+   * @param {import("./rtc-client.js").RtcClient} lab
+   * @param {import("./media.js").LocalMedia} media
+   */
+  constructor(lab, media) {
+    this.lab = lab;
+    this.media = media;
+    this.session = null;
+    this.local = null;
+    this.stats = null;
+    this.starting = false;
+    $("echo-start").addEventListener("click", () => this.start());
+    $("echo-stop").addEventListener("click", () => this.stop());
+    $("echo-hear").addEventListener("change", (ev) => {
+      $("echo-remote").muted = !ev.target.checked;
+    });
+  }
+
+  get pc() {
+    return this.session?.pc ?? null;
+  }
+
+  async start() {
+    if (this.session || this.starting) return;
+    this.starting = true;
+    const status = $("echo-status");
+    $("echo-start").disabled = true;
+    $("echo-stop").disabled = false;
+    setStatus(status, "connecting", "Opening your camera and microphone");
+    try {
+      this.local = await this.media.open();
+      attach($("echo-local"), this.local.stream);
+      setStatus(status, "connecting", "Connecting to the server's echo peer");
+      const remote = new MediaStream();
+      this.session = await openServerSession(this.lab, "@echo", {
+        stream: this.local.stream,
+        onTrack: (track) => {
+          remote.addTrack(track);
+          attach($("echo-remote"), remote);
+        },
+        onState: (state) => this.onState(state),
+      });
+      this.session.link.on("bye", ({ reason }) => this.finish("idle", `The server ended the echo (${reason}).`));
+      this.stats = new StatsView(this.session.pc, $("echo-stats"));
+      if (this.session.pc.connectionState === "connected") this.onState("connected");
+    } catch (err) {
+      this.finish("failed", `Echo failed: ${describeError(err)}`);
+    } finally {
+      this.starting = false;
+    }
+  }
+
+  onState(state) {
+    const status = $("echo-status");
+    const source = this.local?.kind === "generated" ? "the generated test pattern" : "your camera";
+    if (state === "connected") {
+      setStatus(status, "connected", `Echoing: ${source} goes to the server and comes back on the right.`);
+    } else if (state === "disconnected") {
+      setStatus(status, "connecting", "The connection was interrupted; waiting for it to recover");
+    } else if (state === "failed") {
+      this.finish("failed", "The connection to the server failed: no network path worked (a TURN server may be needed).");
+    }
+  }
+
+  stop() {
+    if (!this.session && !this.starting) return;
+    this.session?.link.hangUp("stopped");
+    this.finish("idle", "Stopped.");
+    log("page", "@echo: stopped");
+  }
+
+  finish(state, text) {
+    this.stats?.stop();
+    this.stats = null;
+    this.session?.link.close();
+    this.session = null;
+    this.local?.stop();
+    this.local = null;
+    attach($("echo-local"), null);
+    attach($("echo-remote"), null);
+    $("echo-stats").replaceChildren();
+    $("echo-start").disabled = false;
+    $("echo-stop").disabled = true;
+    setStatus($("echo-status"), state, text);
+    if (state === "failed") log("error", text);
+  }
+}

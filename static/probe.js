@@ -1,0 +1,192 @@
+// The Connectivity test panel: a session with the server's @probe peer, and its report in words.
+
+import { generatedStream } from "./media.js";
+import { openServerSession } from "./server-session.js";
+import { summarizeStats } from "./stats.js";
+import { $, describeError, el, formatMs, log, setStatus } from "./ui.js";
+
+const REPORT_TIMEOUT_MS = 20000;
+
+const TYPE_WORDS = {
+  host: "its own network address",
+  srflx: "its public address as seen through a router (found with STUN)",
+  prflx: "an address discovered during the connection checks (behind NAT)",
+  relay: "a TURN relay server",
+};
+
+/** A sentence for people about how the two ends found each other. */
+export function explainPair(local, remote) {
+  const types = new Set([local, remote]);
+  if (types.has("relay")) {
+    return "Your browser could reach the server only through a TURN relay. It works, but every packet takes a "
+      + "detour through the relay; strict firewalls or networks that block UDP cause this.";
+  }
+  if (types.has("srflx") || types.has("prflx")) {
+    return "Your browser reached the server through your router's public address. That is a direct connection, "
+      + "as fast as it gets across the internet, and the normal case for home and office networks.";
+  }
+  if (types.has("host")) {
+    return "Your browser reached the server directly on its own network address: nothing in between, the best case "
+      + "(usual when both are on the same machine or local network).";
+  }
+  return "";
+}
+
+export class ProbePanel {
+  /** @param {import("./rtc-client.js").RtcClient} lab */
+  constructor(lab) {
+    this.lab = lab;
+    this.session = null;
+    this.source = null;
+    this.running = false;
+    /** @type {object|null} the last report from the server */
+    this.report = null;
+    $("probe-start").addEventListener("click", () => this.run());
+  }
+
+  get pc() {
+    return this.session?.pc ?? null;
+  }
+
+  async run() {
+    if (this.running) return;
+    this.running = true;
+    this.report = null;
+    $("probe-start").disabled = true;
+    $("probe-result").hidden = true;
+    const relayOnly = $("probe-relay").checked;
+    const status = $("probe-status");
+    const gathered = { host: 0, srflx: 0, prflx: 0, relay: 0 };
+    const t0 = performance.now();
+    setStatus(status, "connecting", relayOnly ? "Testing (relay only)" : "Testing");
+    let reportSignal = null;
+    try {
+      // A generated source: testing the network should not need camera permission.
+      this.source = generatedStream("connectivity test");
+      let connectedAt = null;
+      this.session = await openServerSession(this.lab, "@probe", {
+        stream: this.source.stream,
+        dataChannel: true,
+        relayOnly,
+        onState: (state) => {
+          if (state === "connected" && connectedAt === null) {
+            connectedAt = performance.now();
+            setStatus(status, "connecting", `Connected in ${formatMs(connectedAt - t0)}; measuring`);
+          }
+        },
+      });
+      const { pc, link, channel } = this.session;
+      pc.addEventListener("icecandidate", (ev) => {
+        if (ev.candidate?.type) gathered[ev.candidate.type] = (gathered[ev.candidate.type] ?? 0) + 1;
+      });
+      // Candidates gathered before we listened are in the local description already.
+      for (const line of (pc.localDescription?.sdp ?? "").split("\n")) {
+        const m = / typ (host|srflx|prflx|relay)/.exec(line);
+        if (m) gathered[m[1]] += 1;
+      }
+      reportSignal = new Promise((resolve) => {
+        const off = this.lab.on("signal", (msg) => {
+          if (msg.fromPeerId === "@probe" && msg.signal.type === "report") {
+            off();
+            resolve(msg.signal.payload);
+          }
+        });
+        channel?.addEventListener("message", (ev) => {
+          try {
+            const data = JSON.parse(ev.data);
+            if (data && data.verdict) resolve(data.report ?? data);
+          } catch {
+            // not a report
+          }
+        });
+        link.on("closed", () => off());
+      });
+      const report = await this.waitForReport(reportSignal);
+      const browser = summarizeStats(await pc.getStats());
+      this.report = report;
+      this.render(report, browser, gathered, connectedAt === null ? null : connectedAt - t0, relayOnly);
+      const failed = !report || /^failed|^closed before/.test(report.verdict ?? "");
+      setStatus(status, failed ? "failed" : "connected", failed ? "The test could not connect." : "Test finished.");
+      log("page", `@probe: ${report?.verdict ?? "no report"}`);
+    } catch (err) {
+      setStatus(status, "failed", `The test failed: ${describeError(err)}`);
+      log("error", `@probe: ${describeError(err)}`);
+    } finally {
+      this.session?.link.hangUp("done");
+      this.session = null;
+      this.source?.stop();
+      this.source = null;
+      this.running = false;
+      $("probe-start").disabled = false;
+    }
+  }
+
+  /** The report: pushed by the server (signal or data channel), else read from the session. */
+  async waitForReport(pushed) {
+    const sessionId = this.session.sessionId;
+    const deadline = performance.now() + REPORT_TIMEOUT_MS;
+    let last = null;
+    while (performance.now() < deadline) {
+      const early = await Promise.race([pushed, new Promise((r) => setTimeout(() => r(null), 700))]);
+      if (early) return early;
+      if (sessionId) {
+        try {
+          last = await this.lab.request("GET", `/rtc/sessions/${encodeURIComponent(sessionId)}`);
+          if (last.probe?.done || last.state === "closed" || last.state === "closing" || last.probeDone) return last;
+        } catch (err) {
+          log("error", `@probe: could not read the report: ${describeError(err)}`);
+        }
+      }
+      if (this.session.pc.connectionState === "failed") break;
+    }
+    return last;
+  }
+
+  render(report, browser, gathered, browserConnectMs, relayOnly) {
+    const verdict = report?.verdict ?? "failed: no report from the server";
+    const pair = report?.candidatePair;
+    const localType = pair?.remote?.type ?? browser.localCandidateType; // the server's remote is the browser
+    const serverType = pair?.local?.type ?? browser.remoteCandidateType;
+    let outcome = "direct";
+    if (/^failed|^closed before/.test(verdict)) outcome = "failed";
+    else if (localType === "relay" || serverType === "relay") outcome = "relay";
+    const v = $("probe-verdict");
+    v.dataset.outcome = outcome;
+    v.textContent = verdict.charAt(0).toUpperCase() + verdict.slice(1) + ".";
+    $("probe-explain").textContent = outcome === "failed"
+      ? "No network path between your browser and the server worked. A firewall probably blocks UDP; a TURN "
+        + "server reachable over TCP or TLS on port 443 usually fixes that."
+      : explainPair(localType, serverType);
+    const rows = [];
+    const add = (name, value) => {
+      if (value !== null && value !== undefined && value !== "") rows.push(el("dt", { text: name }), el("dd", { text: value }));
+    };
+    if (pair) {
+      add("Candidate pair", `${pair.remote.type} (your browser) ↔ ${pair.local.type} (server), ${pair.local.protocol.toUpperCase()}`);
+      add("Your browser used", `${TYPE_WORDS[pair.remote.type] ?? pair.remote.type}: ${pair.remote.address}:${pair.remote.port}`);
+      add("The server used", `${TYPE_WORDS[pair.local.type] ?? pair.local.type}: ${pair.local.address}:${pair.local.port}`);
+    } else if (browser.localCandidateType) {
+      add("Candidate pair", `${browser.localCandidateType} (your browser) ↔ ${browser.remoteCandidateType} (server), ${(browser.protocol ?? "").toUpperCase()}`);
+    }
+    const t = report?.timings ?? {};
+    add("Time to connect (browser)", browserConnectMs === null ? null : formatMs(browserConnectMs));
+    add("Time to connect (server)", t.connectMs === null || t.connectMs === undefined ? null : formatMs(t.connectMs));
+    add("Connectivity checks (ICE)", t.iceConnectionMs === null || t.iceConnectionMs === undefined ? null : formatMs(t.iceConnectionMs));
+    add("Encryption handshake (DTLS)", t.dtlsMs === null || t.dtlsMs === undefined ? null : formatMs(t.dtlsMs));
+    const rtt = report?.rttMs ?? report?.probe?.rttMs ?? report?.stats?.rtcpRttMs ?? browser.rttMs;
+    add("Round trip", rtt === null || rtt === undefined ? null : formatMs(rtt));
+    const s = report?.stats;
+    if (s) {
+      const frames = s.framesReceived ? Object.entries(s.framesReceived).map(([k, n]) => `${n} ${k}`).join(", ") : "";
+      add("The server received", `${s.packetsReceived ?? 0} packets${frames ? ` (${frames} frames)` : ""}, ${s.bytesReceived ?? 0} bytes`);
+      if (typeof s.lossPercent === "number") add("Packet loss", `${s.lossPercent.toFixed(1)} %`);
+    }
+    const kinds = Object.entries(gathered).filter(([, n]) => n > 0).map(([k, n]) => `${n} ${k}`);
+    add("Your browser's candidates", kinds.length ? kinds.join(", ") : "none");
+    add("ICE servers offered", this.lab.iceServers.length
+      ? this.lab.iceServers.map((s) => [].concat(s.urls).join(" ")).join("; ") : "none (direct connections only)");
+    if (relayOnly) add("Mode", "relay only (TURN)");
+    $("probe-details").replaceChildren(...rows);
+    $("probe-result").hidden = false;
+  }
+}

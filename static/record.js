@@ -1,0 +1,187 @@
+// The Record panel: send media to the server's @record peer, which writes it to a file; list,
+// play, download and delete your recordings.
+
+import { attach } from "./media.js";
+import { openServerSession } from "./server-session.js";
+import { $, describeError, el, formatBytes, formatDuration, log, setStatus } from "./ui.js";
+
+const SAVE_TIMEOUT_MS = 20000;
+
+export class RecordPanel {
+  /**
+   * @param {import("./rtc-client.js").RtcClient} lab
+   * @param {import("./media.js").LocalMedia} media
+   */
+  constructor(lab, media) {
+    this.lab = lab;
+    this.media = media;
+    this.session = null;
+    this.local = null;
+    this.timer = null;
+    this.startedAt = 0;
+    this.starting = false;
+    /** @type {object[]} the last list the server gave */
+    this.recordings = [];
+    $("record-start").addEventListener("click", () => this.start());
+    $("record-stop").addEventListener("click", () => this.stop());
+    $("record-refresh").addEventListener("click", () => this.refresh());
+  }
+
+  get pc() {
+    return this.session?.pc ?? null;
+  }
+
+  async start() {
+    if (this.session || this.starting) return;
+    this.starting = true;
+    const status = $("record-status");
+    $("record-start").disabled = true;
+    $("record-stop").disabled = false;
+    setStatus(status, "connecting", "Opening your camera and microphone");
+    try {
+      this.local = await this.media.open();
+      attach($("record-local"), this.local.stream);
+      setStatus(status, "connecting", "Connecting to the server's recorder");
+      this.session = await openServerSession(this.lab, "@record", {
+        stream: this.local.stream,
+        onState: (state) => this.onState(state),
+      });
+      this.session.link.on("bye", ({ reason }) => this.serverEnded(reason));
+      if (this.session.pc.connectionState === "connected") this.onState("connected");
+    } catch (err) {
+      this.cleanup();
+      setStatus(status, "failed", `Recording failed: ${describeError(err)}`);
+      log("error", `@record: ${describeError(err)}`);
+    } finally {
+      this.starting = false;
+    }
+  }
+
+  onState(state) {
+    if (!this.session) return;
+    if (state === "connected" && !this.timer) {
+      this.startedAt = performance.now();
+      const tick = () => {
+        const seconds = (performance.now() - this.startedAt) / 1000;
+        setStatus($("record-status"), "connected", `Recording: ${formatDuration(seconds)}. Press Stop to save it.`);
+      };
+      tick();
+      this.timer = setInterval(tick, 500);
+    } else if (state === "failed") {
+      this.cleanup();
+      setStatus($("record-status"), "failed", "The connection to the recorder failed: no network path worked.");
+    }
+  }
+
+  async stop() {
+    const session = this.session;
+    if (!session) return;
+    const seconds = this.timer ? (performance.now() - this.startedAt) / 1000 : 0;
+    session.link.hangUp("stopped"); // the server finalizes the file when it gets the bye
+    this.cleanup();
+    setStatus($("record-status"), "connecting", `Saving the ${formatDuration(seconds)} recording`);
+    log("page", "@record: stopped; waiting for the file");
+    await this.waitForSaved(session.sessionId, seconds);
+  }
+
+  serverEnded(reason) {
+    const session = this.session;
+    this.cleanup();
+    setStatus($("record-status"), "connecting", `The server ended the recording (${reason}); saving it`);
+    this.waitForSaved(session?.sessionId ?? null, 0);
+  }
+
+  async waitForSaved(sessionId, seconds) {
+    const deadline = performance.now() + SAVE_TIMEOUT_MS;
+    const known = new Set(this.recordings.map((r) => r.id));
+    while (performance.now() < deadline) {
+      await this.refresh();
+      const saved = this.recordings.find((r) => (sessionId && r.sessionId === sessionId) || (!sessionId && !known.has(r.id)));
+      if (saved) {
+        setStatus($("record-status"), "connected",
+          `Saved: ${formatDuration(saved.duration ?? seconds)}, ${formatBytes(saved.size)}. It is at the top of the list below.`);
+        this.highlight(saved.id);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    setStatus($("record-status"), "failed", "The server did not list the recording in time; press Refresh in a moment.");
+  }
+
+  cleanup() {
+    clearInterval(this.timer);
+    this.timer = null;
+    this.session?.link.close();
+    this.session = null;
+    this.local?.stop();
+    this.local = null;
+    attach($("record-local"), null);
+    $("record-start").disabled = false;
+    $("record-stop").disabled = true;
+  }
+
+  async refresh() {
+    if (this.lab.state !== "connected") return;
+    let reply;
+    try {
+      reply = await this.lab.request("GET", "/rtc/recordings");
+    } catch (err) {
+      log("error", `Could not list recordings: ${describeError(err)}`);
+      return;
+    }
+    const list = Array.isArray(reply) ? reply : reply?.recordings ?? [];
+    list.sort((a, b) => (b.createdAt ?? b.created ?? 0) - (a.createdAt ?? a.created ?? 0));
+    this.recordings = list;
+    this.render();
+  }
+
+  render() {
+    const body = $("record-list");
+    if (this.recordings.length === 0) {
+      body.replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: "5", text: "No recordings yet." })));
+      return;
+    }
+    body.replaceChildren(...this.recordings.map((rec) => {
+      const created = new Date(rec.createdAt ?? rec.created ?? Date.now());
+      const url = this.lab.urlWithToken(`/rtc/recordings/${encodeURIComponent(rec.id)}`);
+      const label = created.toLocaleString();
+      return el("tr", { "data-recording-id": rec.id },
+        el("td", {}, el("time", { datetime: created.toISOString(), text: label })),
+        el("td", { text: formatDuration(rec.duration ?? rec.durationS) }),
+        el("td", { text: formatBytes(rec.size) }),
+        el("td", { text: (rec.codecs ?? []).join(", ") || "–" }),
+        el("td", { class: "act" },
+          el("button", { class: "small", type: "button", text: "Play", "aria-label": `Play the recording of ${label}`, onclick: () => this.play(rec, url, label) }),
+          el("a", { class: "button", href: url, download: rec.filename ?? `${rec.id}.webm`, text: "Download", "aria-label": `Download the recording of ${label}` }),
+          el("button", { class: "small", type: "button", text: "Delete", "aria-label": `Delete the recording of ${label}`, onclick: () => this.remove(rec) })));
+    }));
+  }
+
+  play(rec, url, label) {
+    const player = $("record-player");
+    player.src = url;
+    player.play().catch(() => {});
+    $("record-player-caption").textContent = `Playing the recording of ${label}`;
+    this.highlight(rec.id);
+  }
+
+  highlight(id) {
+    for (const row of $("record-list").querySelectorAll("tr")) row.classList.toggle("playing", row.dataset.recordingId === id);
+  }
+
+  async remove(rec) {
+    try {
+      await this.lab.request("DELETE", `/rtc/recordings/${encodeURIComponent(rec.id)}`);
+      log("page", `Deleted recording ${rec.id}`);
+    } catch (err) {
+      log("error", `Could not delete the recording: ${describeError(err)}`);
+    }
+    const player = $("record-player");
+    if (player.src.includes(encodeURIComponent(rec.id))) {
+      player.removeAttribute("src");
+      player.load();
+      $("record-player-caption").textContent = "Pick a recording to play it here";
+    }
+    await this.refresh();
+  }
+}

@@ -1,0 +1,855 @@
+/**
+ * The fantasize-rtc browser client: one small ES module, no dependencies, no build step.
+ *
+ * It speaks wire protocol v1 of fantasize-rtc-server (see PROTOCOL.md): it joins a room, keeps
+ * the peer alive with heartbeats, receives messages over a WebSocket (or a long-poll when
+ * WebSockets do not get through), reconnects by itself, and relays signals to the other peers
+ * and to the server's own peers (`@echo`, `@record`, `@probe`, `@play`).
+ *
+ * ```js
+ * import { RtcClient, PeerLink } from "/static/rtc-client.js";
+ *
+ * const client = new RtcClient();               // same origin; or new RtcClient({ baseUrl })
+ * const me = await client.connect("demo-room", "alice", { name: "Alice" });
+ * client.on("peer:connected", (msg) => console.log("joined:", msg.peer.peerId));
+ * client.on("signal", (msg) => console.log(msg.fromPeerId, "sent", msg.signal.type));
+ *
+ * const pc = new RTCPeerConnection({ iceServers: client.iceServers });
+ * stream.getTracks().forEach((t) => pc.addTrack(t, stream));
+ * const link = new PeerLink(client, "bob", pc);  // trickle ICE both ways through the server
+ * await link.call();                              // offer -> bob, resolves when his answer is applied
+ * ...
+ * await link.hangUp();                            // `bye` to bob, closes pc
+ * await client.disconnect();
+ * ```
+ *
+ * @module rtc-client
+ */
+
+const DEFAULT_REQUEST_TIMEOUT_MS = 10000;
+const POLL_WAIT_MS = 25000;
+const MAX_BACKOFF_MS = 8000;
+
+/** An error the server (or the network) gave; `code` is the protocol's snake_case code. */
+export class RtcError extends Error {
+  /**
+   * @param {string} code machine code, e.g. `room_full`, `unauthorized`, `network_error`
+   * @param {string} message a sentence for people
+   * @param {number} [status] HTTP status, 0 when the server was not reached
+   * @param {number|null} [retryAfter] seconds, from `Retry-After`
+   */
+  constructor(code, message, status = 0, retryAfter = null) {
+    super(message);
+    this.name = "RtcError";
+    this.code = code;
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/**
+ * @typedef {object} PeerInfo
+ * @property {string} peerId
+ * @property {object|null} metadata
+ * @property {number} connectedAt ms since the epoch
+ * @property {number} lastSeen ms since the epoch
+ */
+
+/**
+ * @typedef {object} ConnectResult the server's answer to `POST /rtc/connect`
+ * @property {string} roomId
+ * @property {string} peerId
+ * @property {string} token secret to this peer
+ * @property {RTCIceServer[]} iceServers pass these to `new RTCPeerConnection`
+ * @property {number} heartbeatIntervalMs
+ * @property {number} peerTimeoutMs
+ * @property {PeerInfo[]} peers the other peers in the room
+ * @property {{roomId: string, maxPeers: number, metadata: object|null}} room
+ */
+
+/**
+ * @typedef {object} Signal
+ * @property {string} type `offer`, `answer`, `candidate`, `bye` or your own
+ * @property {*} [payload]
+ * @property {string} [to] one peer; without it, every other peer in the room
+ */
+
+/**
+ * Connection states, in `client.state` and in the `state` event:
+ * `idle` (never connected), `connecting`, `connected`, `reconnecting` (lost the server, trying
+ * again by itself; `detail.error` says why), `closed` (after `disconnect()`), `failed`
+ * (will not retry: another connection took this peer id, or the first connect was refused).
+ * @typedef {"idle"|"connecting"|"connected"|"reconnecting"|"closed"|"failed"} ClientState
+ */
+
+function delay(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}
+
+/** A tiny event emitter: `on(name, fn)` returns the function that unsubscribes. */
+class Emitter {
+  constructor() {
+    /** @type {Map<string, Set<Function>>} */
+    this._handlers = new Map();
+  }
+
+  /**
+   * Listen to an event; returns a function that stops listening.
+   * @param {string} event
+   * @param {(data: any) => void} fn
+   * @returns {() => void}
+   */
+  on(event, fn) {
+    if (!this._handlers.has(event)) this._handlers.set(event, new Set());
+    this._handlers.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+
+  /** Listen once. @param {string} event @param {(data: any) => void} fn @returns {() => void} */
+  once(event, fn) {
+    const off = this.on(event, (data) => {
+      off();
+      fn(data);
+    });
+    return off;
+  }
+
+  /** @param {string} event @param {Function} fn */
+  off(event, fn) {
+    this._handlers.get(event)?.delete(fn);
+  }
+
+  /** @param {string} event @param {*} data */
+  emit(event, data) {
+    for (const fn of [...(this._handlers.get(event) ?? [])]) {
+      try {
+        fn(data);
+      } catch (err) {
+        // A broken listener must not stop the others or the client's own loop.
+        console.error(`rtc-client: a "${event}" listener threw`, err);
+      }
+    }
+  }
+}
+
+/**
+ * A peer in one room of a fantasize-rtc server.
+ *
+ * Events (`client.on(name, fn)`):
+ * - `signal` `{type: "signal", roomId, fromPeerId, signal, ts}`: a signal for this peer
+ * - `peer:connected` `{roomId, peer: PeerInfo}`, `peer:disconnected` `{roomId, peerId, reason}`
+ * - `peers` `PeerInfo[]`: the room's member list changed (also after a reconnect)
+ * - `state` `{state, previous, error?, attempt?, retryInMs?}`: see {@link ClientState}
+ * - `reconnected` `{attempt, rejoined}`: back after a loss; `rejoined` when the server had
+ *   forgotten this peer (e.g. it restarted) and the client joined again
+ * - `error` `{code, message}`: the server refused a frame that had no waiting caller
+ * - `message`: every message from the server, raw; `sent`: every message to it (for logs)
+ */
+export class RtcClient extends Emitter {
+  /**
+   * @param {object} [options]
+   * @param {string} [options.baseUrl] server origin and path prefix, e.g. `https://rtc.example.org`;
+   *   default: the page's own origin
+   * @param {"auto"|"websocket"|"poll"} [options.transport] `auto` (default): WebSocket, and
+   *   long-poll when a WebSocket cannot be opened but HTTP works
+   * @param {string} [options.authToken] the connect JWT, for servers started with `--auth-secret`
+   * @param {number} [options.requestTimeoutMs] per HTTP request (default 10000)
+   * @param {boolean} [options.reconnect] reconnect by itself after a loss (default true)
+   */
+  constructor(options = {}) {
+    super();
+    this.baseUrl = (options.baseUrl ?? "").replace(/\/+$/, "");
+    this.transportPreference = options.transport ?? "auto";
+    this.authToken = options.authToken ?? null;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    this.autoReconnect = options.reconnect ?? true;
+    /** @type {ClientState} */
+    this.state = "idle";
+    /** @type {"websocket"|"poll"|null} how messages arrive right now */
+    this.transport = null;
+    /** @type {string|null} */ this.roomId = null;
+    /** @type {string|null} */ this.peerId = null;
+    /** @type {string|null} */ this.token = null;
+    /** @type {RTCIceServer[]} */ this.iceServers = [];
+    /** @type {ConnectResult|null} */ this.info = null;
+    /** @type {Map<string, PeerInfo>} the other members of the room */
+    this.peers = new Map();
+    this.metadata = null;
+    this._ws = null;
+    this._pending = new Map();
+    this._nextId = 1;
+    this._heartbeatTimer = null;
+    this._life = null; // AbortController of the current connection; aborted by disconnect()
+    this._wsWorks = null; // null: untested, true: a WebSocket opened once, false: fell back to poll
+    this._reconnecting = null;
+  }
+
+  // -- public API ------------------------------------------------------------------------------
+
+  /**
+   * Join `roomId` (created when it does not exist) and start receiving messages.
+   * @param {string} roomId 1-64 characters of `A-Z a-z 0-9 . _ ~ -`
+   * @param {string} [peerId] your id in the room; the server makes one up when absent
+   * @param {object} [metadata] shown to the other peers (e.g. `{name: "Alice"}`)
+   * @returns {Promise<ConnectResult>}
+   */
+  async connect(roomId, peerId, metadata) {
+    if (this.state === "connecting" || this.state === "connected" || this.state === "reconnecting") {
+      throw new RtcError("invalid_state", `Already ${this.state}; call disconnect() first.`);
+    }
+    this._life = new AbortController();
+    this._setState("connecting");
+    try {
+      const info = await this._join(roomId, peerId ?? null, metadata ?? null);
+      await this._openChannel();
+      this._startHeartbeats();
+      this._setState("connected");
+      return info;
+    } catch (err) {
+      this._teardown();
+      this._setState("failed", { error: err });
+      throw err;
+    }
+  }
+
+  /**
+   * Send a signal to one peer (`to`) or to every other peer in the room.
+   * Resolves with the relay result `{listenersNotified, delivered: [peerId], queued: [peerId]}`;
+   * rejects with an {@link RtcError} (e.g. `peer_not_found`).
+   * @param {Signal|string} signal a Signal, or its type (then `payload` and `to` follow)
+   * @param {*} [payload]
+   * @param {string} [to]
+   * @returns {Promise<{listenersNotified: number, delivered: string[], queued: string[]}>}
+   */
+  signal(signal, payload, to) {
+    const sig = typeof signal === "string" ? { type: signal, payload: payload ?? null } : { ...signal };
+    if (typeof signal === "string" && to) sig.to = to;
+    if (!this.token) return Promise.reject(new RtcError("invalid_state", "Not connected: call connect() first."));
+    this.emit("sent", { type: "signal", signal: sig });
+    if (this._ws && this._ws.readyState === WebSocket.OPEN) return this._wsRequest({ type: "signal", signal: sig });
+    return this._post("/rtc/signal", { roomId: this.roomId, fromPeerId: this.peerId, signal: sig });
+  }
+
+  /**
+   * The room as the server sees it now: `{roomId, maxPeers, metadata, createdAt, peers}`.
+   * @returns {Promise<object>}
+   */
+  snapshot() {
+    return this._request("GET", `/rtc/rooms/${encodeURIComponent(this.roomId)}`);
+  }
+
+  /**
+   * Leave the room and stop every timer and socket. Safe to call twice.
+   * @param {{keepalive?: boolean}} [options] `keepalive: true` lets the request outlive the page
+   *   (use it from `pagehide`)
+   */
+  async disconnect(options = {}) {
+    if (this.state === "idle" || this.state === "closed") return;
+    const token = this.token;
+    const ids = { roomId: this.roomId, peerId: this.peerId };
+    this._life?.abort();
+    this._teardown();
+    this._setState("closed");
+    if (!token) return;
+    try {
+      await this._request("POST", "/rtc/disconnect", ids, { token, keepalive: options.keepalive, quiet: true });
+    } catch {
+      // Leaving a server that is gone is not an error: it has forgotten us already.
+    }
+  }
+
+  /** A URL on the server, with this peer's token as `?token=` (for `<video src>` and downloads). */
+  urlWithToken(path) {
+    const url = new URL(this.baseUrl + path, location.href);
+    if (this.token) url.searchParams.set("token", this.token);
+    return url.href;
+  }
+
+  /**
+   * An HTTP request to the server with this peer's token; JSON in and out.
+   * @param {"GET"|"POST"|"DELETE"} method
+   * @param {string} path e.g. `/rtc/recordings`
+   * @param {object} [body]
+   * @returns {Promise<any>}
+   */
+  request(method, path, body) {
+    return this._request(method, path, body);
+  }
+
+  // -- joining ---------------------------------------------------------------------------------
+
+  async _join(roomId, peerId, metadata) {
+    const body = { roomId };
+    if (peerId) body.peerId = peerId;
+    if (metadata) body.metadata = metadata;
+    if (this.authToken) body.authToken = this.authToken;
+    // The old token (when there is one) proves this is us again, so the server replaces our
+    // stale entry instead of refusing the id as taken.
+    const info = await this._request("POST", "/rtc/connect", body, { token: this.token });
+    this.info = info;
+    this.roomId = info.roomId;
+    this.peerId = info.peerId;
+    this.token = info.token;
+    this.metadata = metadata;
+    this.iceServers = info.iceServers ?? [];
+    this.peers = new Map((info.peers ?? []).map((p) => [p.peerId, p]));
+    this.emit("peers", [...this.peers.values()]);
+    return info;
+  }
+
+  // -- receiving -------------------------------------------------------------------------------
+
+  async _openChannel() {
+    const pref = this.transportPreference;
+    if (pref === "poll" || (pref === "auto" && this._wsWorks === false)) {
+      this._startPolling();
+      return;
+    }
+    try {
+      await this._openWebSocket();
+      this._wsWorks = true;
+    } catch (err) {
+      if (pref === "websocket" || this._wsWorks === true) throw err;
+      // The WebSocket never opened but HTTP did work (we just connected): a proxy that does
+      // not pass WebSockets. Long-poll instead, for the rest of this client's life.
+      this._wsWorks = false;
+      this.emit("log", { text: `WebSocket unavailable (${err.message}); using long-poll` });
+      this._startPolling();
+    }
+  }
+
+  _wsUrl() {
+    const url = new URL(this.baseUrl + "/rtc/ws", location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("token", this.token);
+    return url.href;
+  }
+
+  _openWebSocket() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this._wsUrl());
+      let opened = false;
+      const timer = setTimeout(() => {
+        if (!opened) {
+          ws.close();
+          reject(new RtcError("network_error", "The WebSocket did not open within 5 s."));
+        }
+      }, 5000);
+      ws.onopen = () => {
+        opened = true;
+        clearTimeout(timer);
+        this._ws = ws;
+        this.transport = "websocket";
+        resolve();
+      };
+      ws.onmessage = (ev) => this._onText(ev.data);
+      ws.onclose = (ev) => {
+        clearTimeout(timer);
+        if (!opened) {
+          reject(new RtcError("network_error", `The WebSocket was refused (code ${ev.code}).`));
+          return;
+        }
+        if (this._ws === ws) this._ws = null;
+        this._failPending(new RtcError("network_error", "The connection to the server closed."));
+        this._onChannelLost(ev.code, ev.reason);
+      };
+    });
+  }
+
+  _startPolling() {
+    this.transport = "poll";
+    const life = this._life;
+    const loop = async () => {
+      while (!life.signal.aborted) {
+        let reply;
+        try {
+          reply = await this._request("GET", `/rtc/poll?waitMs=${POLL_WAIT_MS}`, undefined, {
+            timeoutMs: POLL_WAIT_MS + this.requestTimeoutMs, signal: life.signal, quiet: true,
+          });
+        } catch (err) {
+          if (life.signal.aborted) return;
+          this._onChannelLost(err.status === 401 ? 4000 : 1006, err.message);
+          return;
+        }
+        for (const msg of reply.messages ?? []) this._onMessage(msg);
+      }
+    };
+    this._pollLoop = loop();
+  }
+
+  _onText(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      return;
+    }
+    this._onMessage(msg);
+  }
+
+  _onMessage(msg) {
+    if (msg.id !== undefined && this._pending.has(msg.id)) {
+      const { resolve, reject, timer } = this._pending.get(msg.id);
+      this._pending.delete(msg.id);
+      clearTimeout(timer);
+      if (msg.type === "error") reject(new RtcError(msg.error?.code ?? "error", msg.error?.message ?? "Refused."));
+      else resolve(msg);
+      return;
+    }
+    this.emit("message", msg);
+    switch (msg.type) {
+      case "signal":
+        this.emit("signal", msg);
+        break;
+      case "peer:connected":
+        this.peers.set(msg.peer.peerId, msg.peer);
+        this.emit("peer:connected", msg);
+        this.emit("peers", [...this.peers.values()]);
+        break;
+      case "peer:disconnected":
+        this.peers.delete(msg.peerId);
+        this.emit("peer:disconnected", msg);
+        this.emit("peers", [...this.peers.values()]);
+        break;
+      case "error":
+        this.emit("error", msg.error ?? { code: "error", message: "The server refused a message." });
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** The live channel ended without us asking: decide whether and how to come back. */
+  _onChannelLost(code, reason) {
+    if (this.state === "closed" || this._life?.signal.aborted) return;
+    if (code === 4001) {
+      // Another tab or device connected with our peer id and our token: it is us now, not this.
+      this._teardown();
+      this._setState("failed", {
+        error: new RtcError("replaced", "Another connection took over this peer id."),
+      });
+      return;
+    }
+    if (code === 1000 && reason === "left") {
+      this._teardown();
+      this._setState("closed");
+      return;
+    }
+    if (!this.autoReconnect) {
+      this._teardown();
+      this._setState("failed", { error: new RtcError("network_error", "Lost the connection to the server.") });
+      return;
+    }
+    this._reconnect(code === 1001 ? "The server is shutting down or restarting." : "Lost the connection to the server.");
+  }
+
+  async _reconnect(why) {
+    if (this._reconnecting) return;
+    const life = this._life;
+    this._stopHeartbeats();
+    this.transport = null;
+    this._reconnecting = (async () => {
+      for (let attempt = 1; !life.signal.aborted; attempt++) {
+        const wait = Math.min(MAX_BACKOFF_MS, 250 * 2 ** (attempt - 1)) * (0.8 + Math.random() * 0.4);
+        const error = attempt === 1 ? new RtcError("network_error", why) : this._lastError;
+        this._setState("reconnecting", { error, attempt, retryInMs: Math.round(wait) });
+        await delay(wait, life.signal);
+        if (life.signal.aborted) return;
+        try {
+          let rejoined = false;
+          try {
+            await this._request("POST", "/rtc/heartbeat", { roomId: this.roomId, peerId: this.peerId }, { quiet: true });
+          } catch (err) {
+            if (err.status !== 401 && err.status !== 404 && err.status !== 403) throw err;
+            // The server forgot us (restart, or we timed out): join again under the same id.
+            await this._join(this.roomId, this.peerId, this.metadata);
+            rejoined = true;
+          }
+          if (life.signal.aborted) return;
+          await this._openChannel();
+          this._startHeartbeats();
+          this._setState("connected");
+          this.emit("reconnected", { attempt, rejoined });
+          if (!rejoined) this._refreshPeers();
+          return;
+        } catch (err) {
+          this._lastError = err;
+        }
+      }
+    })();
+    try {
+      await this._reconnecting;
+    } finally {
+      this._reconnecting = null;
+    }
+  }
+
+  async _refreshPeers() {
+    // Peers may have come and gone while we were away.
+    try {
+      const snap = await this.snapshot();
+      this.peers = new Map(snap.peers.filter((p) => p.peerId !== this.peerId).map((p) => [p.peerId, p]));
+      this.emit("peers", [...this.peers.values()]);
+    } catch {
+      // The next peer event corrects the list anyway.
+    }
+  }
+
+  // -- heartbeats ------------------------------------------------------------------------------
+
+  _startHeartbeats() {
+    this._stopHeartbeats();
+    const every = Math.max(1000, this.info?.heartbeatIntervalMs ?? 30000);
+    this._heartbeatTimer = setInterval(() => this._beat(), every);
+  }
+
+  _stopHeartbeats() {
+    if (this._heartbeatTimer) clearInterval(this._heartbeatTimer);
+    this._heartbeatTimer = null;
+  }
+
+  async _beat() {
+    if (this.transport === "poll") return; // every poll request is a heartbeat already
+    const ws = this._ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    try {
+      await this._wsRequest({ type: "heartbeat" });
+    } catch {
+      // No ack in time: the socket is dead without knowing it (sleeping laptop, NAT timeout).
+      if (this._ws === ws) ws.close(4002, "no heartbeat ack");
+    }
+  }
+
+  // -- plumbing --------------------------------------------------------------------------------
+
+  _wsRequest(frame) {
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new RtcError("timeout", "The server did not answer within the request timeout."));
+      }, this.requestTimeoutMs);
+      this._pending.set(id, { resolve, reject, timer });
+      this._ws.send(JSON.stringify({ ...frame, id }));
+    }).then((ack) => {
+      const { type, id: _id, ...result } = ack;
+      return result;
+    });
+  }
+
+  _failPending(err) {
+    for (const { reject, timer } of this._pending.values()) {
+      clearTimeout(timer);
+      reject(err);
+    }
+    this._pending.clear();
+  }
+
+  _post(path, body) {
+    return this._request("POST", path, body);
+  }
+
+  async _request(method, path, body, opts = {}) {
+    const headers = {};
+    const token = "token" in opts ? opts.token : this.token;
+    if (token) headers.Authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(), opts.timeoutMs ?? this.requestTimeoutMs);
+    const onAbort = () => timeout.abort();
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    let response;
+    try {
+      response = await fetch(this.baseUrl + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: timeout.signal,
+        keepalive: Boolean(opts.keepalive),
+        credentials: "same-origin",
+      });
+    } catch (err) {
+      const message = timeout.signal.aborted && !opts.signal?.aborted
+        ? "The server did not answer in time."
+        : "The server is not reachable.";
+      throw this._noteError(new RtcError("network_error", message, 0));
+    } finally {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener("abort", onAbort);
+    }
+    const text = await response.text().catch(() => "");
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+    if (!response.ok) {
+      const code = data?.error?.code ?? `http_${response.status}`;
+      const message = data?.error?.message ?? `The server answered ${response.status} ${response.statusText}.`;
+      const retry = response.headers.get("Retry-After");
+      throw this._noteError(new RtcError(code, message, response.status, retry ? Number(retry) : null));
+    }
+    return data;
+  }
+
+  _noteError(err) {
+    this._lastError = err;
+    return err;
+  }
+
+  _setState(state, detail = {}) {
+    const previous = this.state;
+    if (previous === state && state !== "reconnecting") return;
+    this.state = state;
+    this.emit("state", { state, previous, ...detail });
+  }
+
+  _teardown() {
+    this._stopHeartbeats();
+    this._failPending(new RtcError("closed", "The client was disconnected."));
+    const ws = this._ws;
+    this._ws = null;
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "bye");
+    this.transport = null;
+  }
+}
+
+/**
+ * Ties an `RTCPeerConnection` to one remote peer through an {@link RtcClient}: offers, answers,
+ * trickled ICE candidates (both ways) and `bye` travel as signals. The remote peer may be another
+ * browser or one of the server's own peers (`@echo`, `@record`, `@probe`, `@play`).
+ *
+ * Events: `answer` (the remote answer was applied; for server peers its payload may carry a
+ * `sessionId`), `bye` (the remote side hung up; `{reason}`), `closed` (either way).
+ */
+export class PeerLink extends Emitter {
+  /**
+   * @param {RtcClient} client a connected client
+   * @param {string} remotePeerId
+   * @param {RTCPeerConnection} pc
+   */
+  constructor(client, remotePeerId, pc) {
+    super();
+    this.client = client;
+    this.remotePeerId = remotePeerId;
+    this.pc = pc;
+    this.closed = false;
+    /** @type {object|null} the payload of the remote answer (sdp, and sessionId from server peers) */
+    this.answerPayload = null;
+    this._remoteCandidates = [];
+    this._answerWaiter = null;
+    this._onIce = (ev) => {
+      // `null` tells the other side that gathering is complete.
+      const payload = ev.candidate ? ev.candidate.toJSON() : null;
+      this.client.signal({ type: "candidate", payload, to: this.remotePeerId }).catch(() => {});
+    };
+    pc.addEventListener("icecandidate", this._onIce);
+    this._offSignal = client.on("signal", (msg) => {
+      if (msg.fromPeerId === this.remotePeerId) this._onSignal(msg.signal).catch((err) => this._fail(err));
+    });
+    this._offGone = client.on("peer:disconnected", (msg) => {
+      if (msg.peerId === this.remotePeerId) this._remoteEnded(`${msg.peerId} left the room (${msg.reason})`);
+    });
+  }
+
+  /**
+   * Make an offer, send it, and resolve once the remote answer is applied.
+   * @param {object} [options]
+   * @param {object} [options.extra] extra fields for the offer payload (e.g. `{mode}` hints)
+   * @param {number} [options.timeoutMs] how long to wait for the answer (default 15000)
+   * @returns {Promise<object>} the answer payload
+   */
+  async call(options = {}) {
+    const offer = await this.pc.createOffer();
+    await this.pc.setLocalDescription(offer);
+    const answered = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new RtcError("timeout", `${this.remotePeerId} did not answer within ${(options.timeoutMs ?? 15000) / 1000} s.`));
+      }, options.timeoutMs ?? 15000);
+      this._answerWaiter = {
+        resolve: (v) => { clearTimeout(timer); resolve(v); },
+        reject: (e) => { clearTimeout(timer); reject(e); },
+      };
+    });
+    await this.client.signal({
+      type: "offer", payload: { sdp: this.pc.localDescription.sdp, ...(options.extra ?? {}) }, to: this.remotePeerId,
+    });
+    return answered;
+  }
+
+  /**
+   * Answer an offer the remote peer sent (the `signal.payload` of its `offer`).
+   * @param {{sdp: string}} offerPayload
+   */
+  async accept(offerPayload) {
+    await this.pc.setRemoteDescription({ type: "offer", sdp: offerPayload.sdp });
+    await this._flushCandidates();
+    const answer = await this.pc.createAnswer();
+    await this.pc.setLocalDescription(answer);
+    await this.client.signal({ type: "answer", payload: { sdp: this.pc.localDescription.sdp }, to: this.remotePeerId });
+  }
+
+  /**
+   * Hang up: tell the remote side (`bye`) and close the peer connection. Safe to call twice.
+   * @param {*} [reason]
+   */
+  async hangUp(reason = "hang-up") {
+    if (this.closed) return;
+    this.close();
+    try {
+      await this.client.signal({ type: "bye", payload: { reason }, to: this.remotePeerId });
+    } catch {
+      // The other side may be gone already; closing our end is what matters.
+    }
+  }
+
+  /** Close the peer connection and stop listening, without telling the remote side. */
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    this.pc.removeEventListener("icecandidate", this._onIce);
+    this._offSignal();
+    this._offGone();
+    this._answerWaiter?.reject(new RtcError("closed", "The call was closed."));
+    this._answerWaiter = null;
+    this.pc.close();
+    this.emit("closed", {});
+  }
+
+  async _onSignal(sig) {
+    if (this.closed) return;
+    switch (sig.type) {
+      case "answer":
+        if (this.pc.signalingState !== "have-local-offer") return;
+        await this.pc.setRemoteDescription({ type: "answer", sdp: sig.payload.sdp });
+        await this._flushCandidates();
+        this.answerPayload = sig.payload;
+        this.emit("answer", sig.payload);
+        this._answerWaiter?.resolve(sig.payload);
+        this._answerWaiter = null;
+        break;
+      case "candidate":
+        if (sig.payload === null || sig.payload === undefined) {
+          this._remoteCandidates.push(null);
+        } else {
+          this._remoteCandidates.push(sig.payload);
+        }
+        if (this.pc.remoteDescription) await this._flushCandidates();
+        break;
+      case "bye":
+        this._remoteEnded(sig.payload?.reason ?? "hung up");
+        break;
+      case "error":
+        this._fail(new RtcError(sig.payload?.code ?? "error", sig.payload?.message ?? "The remote peer refused."));
+        break;
+      default:
+        break;
+    }
+  }
+
+  async _flushCandidates() {
+    const queued = this._remoteCandidates;
+    this._remoteCandidates = [];
+    for (const cand of queued) {
+      try {
+        // addIceCandidate() with no argument (or null) marks the end of the remote candidates.
+        if (cand === null) await this.pc.addIceCandidate();
+        else await this.pc.addIceCandidate(cand);
+      } catch (err) {
+        // One bad candidate must not end the call; ICE tries the others.
+        console.warn("rtc-client: a remote candidate was refused", err);
+      }
+    }
+  }
+
+  _remoteEnded(reason) {
+    if (this.closed) return;
+    this.emit("bye", { reason });
+    this._answerWaiter?.reject(new RtcError("bye", `${this.remotePeerId} ended it: ${reason}`));
+    this._answerWaiter = null;
+    this.close();
+  }
+
+  _fail(err) {
+    this._answerWaiter?.reject(err);
+    this._answerWaiter = null;
+    this.emit("error", err);
+  }
+}
+
+/**
+ * Start a session with one of the server's own peers through the signaling channel: offer to
+ * `@echo` (or `@record`, `@probe`, `@play`), trickle ICE both ways, wait for the answer.
+ * @param {RtcClient} client a connected client
+ * @param {RTCPeerConnection} pc with its tracks (or transceivers) added
+ * @param {string} serverPeerId e.g. `"@echo"`
+ * @param {object} [options] as for {@link PeerLink#call}
+ * @returns {Promise<PeerLink>} `link.answerPayload.sessionId` names the server's session when given
+ */
+export async function callServerPeer(client, pc, serverPeerId, options = {}) {
+  const link = new PeerLink(client, serverPeerId, pc);
+  try {
+    await link.call(options);
+  } catch (err) {
+    link.close();
+    throw err;
+  }
+  return link;
+}
+
+/**
+ * Resolve when ICE gathering is complete, or after `timeoutMs` with what was gathered so far
+ * (a slow STUN server must not hold a one-round-trip offer forever).
+ * @param {RTCPeerConnection} pc
+ * @param {number} [timeoutMs]
+ */
+export function iceGatheringDone(pc, timeoutMs = 3000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, timeoutMs);
+    function done() {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    }
+    function check() {
+      if (pc.iceGatheringState === "complete") done();
+    }
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+/**
+ * One-round-trip session with the server's own peer: gather candidates, `POST /rtc/offer`,
+ * apply the answer. No room needed (pass `client` to send its token and room).
+ * @param {RTCPeerConnection} pc with its tracks (or transceivers) added
+ * @param {object} options
+ * @param {"echo"|"record"|"probe"|"play"} options.mode
+ * @param {RtcClient} [options.client] a connected client: its token and room go with the offer
+ * @param {string} [options.baseUrl] when no client is given
+ * @param {object} [options.extra] more fields for the request body
+ * @returns {Promise<{sessionId: string, answer: object}>}
+ */
+export async function offerToServer(pc, options) {
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  await iceGatheringDone(pc);
+  const body = { sdp: pc.localDescription.sdp, type: "offer", mode: options.mode, ...(options.extra ?? {}) };
+  let answer;
+  if (options.client) {
+    if (options.client.roomId) body.roomId = options.client.roomId;
+    answer = await options.client.request("POST", "/rtc/offer", body);
+  } else {
+    const tmp = new RtcClient({ baseUrl: options.baseUrl });
+    answer = await tmp.request("POST", "/rtc/offer", body);
+  }
+  await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  return { sessionId: answer.sessionId, answer };
+}

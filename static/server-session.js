@@ -1,0 +1,66 @@
+// A session with one of the server's own peers (@echo, @record, @probe), shared by the media
+// panels: a peer connection, the signaling link, and readable states.
+
+import { callServerPeer, RtcError } from "./rtc-client.js";
+import { log } from "./ui.js";
+
+/**
+ * Open a session with `serverPeerId` over the page's signaling connection.
+ * @param {import("./rtc-client.js").RtcClient} lab the page's connected client
+ * @param {string} serverPeerId `@echo`, `@record` or `@probe`
+ * @param {object} options
+ * @param {MediaStream} [options.stream] what to send
+ * @param {boolean} [options.relayOnly] `iceTransportPolicy: "relay"` (only TURN candidates)
+ * @param {boolean} [options.dataChannel] open a data channel (named after the mode)
+ * @param {object} [options.extra] extra offer payload fields (session options)
+ * @param {(track: MediaStreamTrack, streams: MediaStream[]) => void} [options.onTrack]
+ * @param {(state: RTCPeerConnectionState) => void} [options.onState]
+ * @returns {Promise<{pc: RTCPeerConnection, link: import("./rtc-client.js").PeerLink, sessionId: string|null, channel: RTCDataChannel|null}>}
+ */
+export async function openServerSession(lab, serverPeerId, options = {}) {
+  if (lab.state !== "connected") {
+    throw new RtcError("not_connected", "The page is not connected to the server right now (see the status at the top).");
+  }
+  const config = { iceServers: lab.iceServers };
+  if (options.relayOnly) {
+    const hasTurn = lab.iceServers.some((s) => [].concat(s.urls).some((u) => /^turns?:/i.test(u)));
+    if (!hasTurn) {
+      throw new RtcError("no_turn", "Relay-only needs a TURN server, and this server hands out none. "
+        + "Start it with --ice-server turn:user:password@host:3478 (or --turn-secret) to test relaying.");
+    }
+    config.iceTransportPolicy = "relay";
+  }
+  const pc = new RTCPeerConnection(config);
+  let channel = null;
+  try {
+    if (options.stream) options.stream.getTracks().forEach((t) => pc.addTrack(t, options.stream));
+    if (options.dataChannel) channel = pc.createDataChannel(serverPeerId.slice(1));
+    if (options.onTrack) pc.addEventListener("track", (ev) => options.onTrack(ev.track, ev.streams));
+    if (options.onState) {
+      pc.addEventListener("connectionstatechange", () => {
+        log("page", `${serverPeerId}: connection ${pc.connectionState}`);
+        options.onState(pc.connectionState);
+      });
+    }
+    log("page", `${serverPeerId}: sending an offer`);
+    const link = await callServerPeer(lab, pc, serverPeerId, { extra: options.extra });
+    const sessionId = link.answerPayload?.sessionId ?? null;
+    log("page", `${serverPeerId}: answered${sessionId ? ` (session ${sessionId.slice(0, 8)}…)` : ""}`);
+    return { pc, link, sessionId, channel };
+  } catch (err) {
+    pc.close();
+    throw err;
+  }
+}
+
+/** Words for a connection state, for status lines. */
+export function describeConnectionState(state) {
+  return {
+    new: "Starting",
+    connecting: "Connecting",
+    connected: "Connected",
+    disconnected: "Interrupted; waiting for the connection to recover",
+    failed: "The connection failed",
+    closed: "Closed",
+  }[state] ?? state;
+}

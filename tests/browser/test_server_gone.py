@@ -1,0 +1,50 @@
+"""A page whose server goes away says so clearly, keeps trying, and recovers when it is back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import PageErrors, ServerProcess
+
+
+@pytest.mark.parametrize("crash", [True, False], ids=["crash", "graceful-stop"])
+def test_page_reports_a_lost_server_and_recovers(
+    new_page, tmp_path: Path, artifacts: Path, crash: bool, page_errors: PageErrors
+) -> None:
+    server = ServerProcess(tmp_path, "gone").start()
+    try:
+        page = new_page("page", server.url)
+        page.goto("/#call")
+        expect(page.locator("#server-status")).to_have_attribute("data-state", "connected")
+        page.fill("#call-room", "steady")
+        page.fill("#call-name", "alice")
+        page.click("#call-join-button")
+        expect(page.locator("#call-status")).to_have_attribute("data-state", "connected")
+
+        server.stop(crash=crash)
+        pill = page.locator("#server-status")
+        expect(pill).to_have_attribute("data-state", "reconnecting")
+        expect(pill).to_contain_text("Lost the server")
+        # After the first retry fails, the reason is the plain one: the server is not reachable.
+        expect(pill).to_contain_text("not reachable")
+        status = page.locator("#call-status")
+        expect(status).to_have_attribute("data-state", "failed")
+        expect(status).to_contain_text("not reachable")
+        expect(status).to_contain_text("Trying again")
+        # Not a frozen panel: the user can still leave the room.
+        expect(page.locator("#call-leave")).to_be_enabled()
+        if crash:
+            page.screenshot(path=str(artifacts / "server-gone.png"), full_page=True)
+
+        # The same server comes back (fresh state): the page joins again by itself.
+        server.start()
+        expect(pill).to_have_attribute("data-state", "connected", timeout=30_000)
+        expect(status).to_have_attribute("data-state", "connected", timeout=30_000)
+        expect(status).to_contain_text("In room steady as alice")
+        assert server.room_peers("steady") == {"alice"}
+        assert page_errors.errors == []
+    finally:
+        server.stop()
