@@ -34,8 +34,26 @@ def _echo() -> Mode:
     return EchoMode()
 
 
+def _record() -> Mode:
+    from .record import RecordMode
+
+    return RecordMode()
+
+
+def _probe() -> Mode:
+    from .probe import ProbeMode
+
+    return ProbeMode()
+
+
+def _play() -> Mode:
+    from .play import PlayMode
+
+    return PlayMode()
+
+
 #: Mode name -> factory. The server peer of a mode is ``"@" + name``.
-MODES: dict[str, Callable[[], Mode]] = {"echo": _echo}
+MODES: dict[str, Callable[[], Mode]] = {"echo": _echo, "record": _record, "probe": _probe, "play": _play}
 SERVER_PEERS = tuple("@" + name for name in MODES)
 
 #: Reports of ended sessions stay readable this long (the newest 256 of them).
