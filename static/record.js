@@ -152,7 +152,7 @@ export class RecordPanel {
         el("td", { text: (rec.codecs ?? []).join(", ") || "–" }),
         el("td", { class: "act" },
           el("button", { class: "small", type: "button", text: "Play", "aria-label": `Play the recording of ${label}`, onclick: () => this.play(rec, url, label) }),
-          el("a", { class: "button", href: url, download: rec.filename ?? `${rec.id}.webm`, text: "Download", "aria-label": `Download the recording of ${label}` }),
+          el("a", { class: "button", href: url, download: `${rec.id}.${rec.format ?? "webm"}`, text: "Download", "aria-label": `Download the recording of ${label}` }),
           el("button", { class: "small", type: "button", text: "Delete", "aria-label": `Delete the recording of ${label}`, onclick: () => this.remove(rec) })));
     }));
   }

@@ -148,7 +148,8 @@ class Emitter {
  * - `state` `{state, previous, error?, attempt?, retryInMs?}`: see {@link ClientState}
  * - `reconnected` `{attempt, rejoined}`: back after a loss; `rejoined` when the server had
  *   forgotten this peer (e.g. it restarted) and the client joined again
- * - `error` `{code, message}`: the server refused a frame that had no waiting caller
+ * - `error` `{code, message, fromPeerId?}`: the server refused a frame that had no waiting
+ *   caller, or (with `fromPeerId`) one of its own peers refused an offer
  * - `message`: every message from the server, raw; `sent`: every message to it (for logs)
  */
 export class RtcClient extends Emitter {
@@ -418,7 +419,12 @@ export class RtcClient extends Emitter {
         this.emit("peers", [...this.peers.values()]);
         break;
       case "error":
-        this.emit("error", msg.error ?? { code: "error", message: "The server refused a message." });
+        // fromPeerId is set when one of the server's own peers refused an offer of ours.
+        this.emit("error", {
+          code: msg.error?.code ?? "error",
+          message: msg.error?.message ?? "The server refused a message.",
+          ...(msg.fromPeerId ? { fromPeerId: msg.fromPeerId } : {}),
+        });
         break;
       default:
         break;
@@ -654,6 +660,9 @@ export class PeerLink extends Emitter {
     this._offSignal = client.on("signal", (msg) => {
       if (msg.fromPeerId === this.remotePeerId) this._onSignal(msg.signal).catch((err) => this._fail(err));
     });
+    this._offError = client.on("error", (err) => {
+      if (err.fromPeerId === this.remotePeerId) this._fail(new RtcError(err.code, err.message));
+    });
     this._offGone = client.on("peer:disconnected", (msg) => {
       if (msg.peerId === this.remotePeerId) this._remoteEnded(`${msg.peerId} left the room (${msg.reason})`);
     });
@@ -716,6 +725,7 @@ export class PeerLink extends Emitter {
     this.closed = true;
     this.pc.removeEventListener("icecandidate", this._onIce);
     this._offSignal();
+    this._offError();
     this._offGone();
     this._answerWaiter?.reject(new RtcError("closed", "The call was closed."));
     this._answerWaiter = null;

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Playwright, expect, sync_playwright
 
 from tests.helpers import free_port, require_program, wait_for_sync
 
@@ -211,6 +211,12 @@ def new_page(browser: Browser, page_errors: PageErrors) -> Iterator[Any]:
     yield make
     for context in contexts:
         context.close()
+
+
+def open_panel(page: Page, panel: str) -> None:
+    """Load the page on ``panel`` and wait for its own connection to the server."""
+    page.goto(f"/#{panel}")
+    expect(page.locator("#server-status")).to_have_attribute("data-state", "connected")
 
 
 def unique(prefix: str) -> str:

@@ -1,0 +1,57 @@
+"""The Echo panel: media to the server's @echo peer and back; the generated-source fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from playwright.sync_api import expect
+
+from tests.browser.conftest import PageErrors, ServerProcess, open_panel, wait_for_media
+from tests.helpers import wait_for_sync
+
+DENY_CAMERA = """
+navigator.mediaDevices.getUserMedia = async () => {
+  throw new DOMException("Permission denied", "NotAllowedError");
+};
+"""
+
+
+def test_echo_returns_video_and_audio(
+    new_page, server: ServerProcess, artifacts: Path, page_errors: PageErrors
+) -> None:
+    page = new_page("echo", server.url)
+    open_panel(page, "echo")
+    page.click("#echo-start")
+    expect(page.locator("#echo-status")).to_have_attribute("data-state", "connected")
+    expect(page.locator("#echo-status")).to_contain_text("your camera")
+    stats = wait_for_media(page, "demo.echo.pc")
+    assert stats["audioPackets"] > 0
+    # The echo session shows up in the page's private room while it lives.
+    room = page.evaluate("demo.lab.roomId")
+    assert server.room_peers(room) == {"me", "@echo"}
+    expect(page.locator("#echo-stats dd").nth(1)).to_contain_text("fps")
+    page.screenshot(path=str(artifacts / "panel-echo.png"), full_page=True)
+
+    page.click("#echo-stop")
+    expect(page.locator("#echo-status")).to_have_text("Stopped.")
+    assert page.evaluate("demo.echo.pc") is None
+    wait_for_sync(lambda: server.room_peers(room) == {"me"}, timeout=10, message="@echo to leave the room")
+    assert page_errors.errors == []
+
+
+def test_denied_camera_falls_back_to_a_generated_source(
+    new_page, server: ServerProcess, page_errors: PageErrors
+) -> None:
+    page = new_page("denied", server.url, init_script=DENY_CAMERA)
+    open_panel(page, "echo")
+    page.click("#echo-start")
+    notice = page.locator("#media-notice")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("Camera and microphone access was denied")
+    expect(notice).to_contain_text("generated test pattern")
+    expect(page.locator("#source")).to_have_value("generated")
+    expect(page.locator("#echo-status")).to_have_attribute("data-state", "connected")
+    expect(page.locator("#echo-status")).to_contain_text("generated test pattern")
+    wait_for_media(page, "demo.echo.pc")
+    page.click("#echo-stop")
+    assert page_errors.errors == []
