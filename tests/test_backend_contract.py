@@ -29,10 +29,14 @@ from fantasize_rtc.errors import (
     Unauthorized,
 )
 from fantasize_rtc.hub import Hub
+from tests import redis_fixtures
 from tests.helpers import FakeClock, wait_for
-from tests.redis_fixtures import RedisServer, redis_server, unique_prefix  # noqa: F401
+from tests.redis_fixtures import RedisServer, unique_prefix
 
 NOW = 1_700_000_000_000
+
+
+redis_server = redis_fixtures.redis_server  # the fixture, shared with the other Redis tests
 
 
 class ListChannel:
@@ -428,6 +432,33 @@ async def test_facade_long_poll_wakes_across_processes(pair: tuple[RtcServer, Rt
     assert time.monotonic() - started < 10  # woken by the message, not by the poll's end
 
 
+async def test_facade_replacing_a_peer_closes_its_old_channel_anywhere(pair: tuple[RtcServer, RtcServer]) -> None:
+    a, b = pair
+    await a.connect_peer("r", "alice")
+    bob = await b.connect_peer("r", "bob")
+    old = ListChannel()
+    await b.attach_channel("r", "bob", old)
+    again = await a.connect_peer("r", "bob", proof=bob.token)
+    assert again.replaced and again.token == bob.token
+    await wait_for(lambda: old.closed is not None, message="old channel closed")
+    assert old.closed is not None and old.closed[0] == 4001
+
+
+async def test_facade_server_peers_hear_departures_from_any_process(pair: tuple[RtcServer, RtcServer]) -> None:
+    a, b = pair
+    heard: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def echo(room_id: str, server_peer_id: str, message: dict[str, Any]) -> None:
+        heard.append((room_id, server_peer_id, message))
+
+    b.register_server_peer("@echo", echo)
+    await a.connect_peer("r", "alice")
+    await a.connect_peer("r", "bob")
+    assert await a.disconnect_peer("r", "alice")
+    await wait_for(lambda: heard, message="@echo told of alice leaving")
+    assert [(r, sp, m["type"], m["peerId"]) for r, sp, m in heard] == [("r", "@echo", "peer:disconnected", "alice")]
+
+
 async def test_facade_exactly_one_process_reaps(backend_factory: BackendFactory, tmp_path: Path) -> None:
     clock = FakeClock(NOW)
     config = RtcConfig(recordings_dir=str(tmp_path), heartbeat_interval_ms=1000, rate_limit_per_sec=0)
@@ -464,7 +495,7 @@ async def test_facade_exactly_one_process_reaps(backend_factory: BackendFactory,
 # -- Redis only ------------------------------------------------------------------------------------
 
 
-async def test_redis_down_fails_fast_and_service_resumes(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+async def test_redis_down_fails_fast_and_service_resumes(redis_server: RedisServer, tmp_path: Path) -> None:
     from fantasize_rtc.backends.redis import RedisBackend
 
     config = RtcConfig(recordings_dir=str(tmp_path), rate_limit_per_sec=0)

@@ -12,7 +12,8 @@ Keys (``P`` is the configured prefix, ``m`` a member ``room/peer``; ids never co
 - ``P seq`` hash m -> last message sequence number (orders a peer's outbox)
 - ``P ob:<m>`` sorted set seq -> ``seq \\t ts \\t from \\t text`` (the outbox); ``P obidx`` sorted
   set m -> oldest ts of that outbox
-- ``P proc:<process>`` key with a TTL while the process lives; ``P ch:<process>`` its channel
+- ``P proc:<process>`` key with a TTL while the process lives; ``P ch:<process>`` its channel;
+  ``P events`` a channel every process hears (departures)
 
 Every script gets ``P`` as ``ARGV[1]``. Keys are built inside the scripts, so the backend needs
 one Redis (or a primary), not Redis Cluster.
@@ -130,7 +131,8 @@ return {'ok', created and 1 or 0, replaced and 1 or 0, token, snapshot(rid), hol
 """
 )
 
-#: ARGV: P, room, peer. Nil when the peer is not there (someone else removed it first).
+#: ARGV: P, room, peer, caller process. Nil when the peer is not there (someone else removed it
+#: first). Tells every process (``P events``) so their server peers can end the peer's sessions.
 LEAVE = (
     _COMMON
     + r"""
@@ -148,6 +150,7 @@ redis.call('DEL', ob(m))
 redis.call('ZREM', OBIDX, m)
 redis.call('HDEL', SEQ, m)
 redis.call('HDEL', PRES, m)
+redis.call('PUBLISH', P .. 'events', '!left\t' .. ARGV[4] .. '\t' .. rid .. '\t' .. pid)
 local remaining = redis.call('HKEYS', pk(rid))
 local closed = 0
 if #remaining == 0 then

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import CapacityExceeded, PeerIdTaken, PeerNotFound, RoomExists, RoomFull, RoomNotFound, Unauthorized
+from ..protocol import peer_disconnected_message
 from ..rooms import PeerInfo, RoomSnapshot
 from . import _redis_scripts as scripts
 from ._base import Backend, DeliveryReport, DeliverySink, Envelope, JoinOutcome, LeaveOutcome, UndeliveredNotice
@@ -94,6 +95,7 @@ class RedisBackend(Backend):
         self._process_ttl_ms = int(process_ttl * 1000)
         self._max_backoff = max_backoff
         self._channel = f"{prefix}ch:{self.process_id}"
+        self._events = f"{prefix}events"
         self._client: aioredis.Redis | None = None
         self._sink: DeliverySink | None = None
         self._scripts: dict[str, Any] = {}
@@ -107,6 +109,7 @@ class RedisBackend(Backend):
         self._pending: dict[Key, _Pending] = {}
         #: Key expiry of outboxes: a safety net; the reaper expires items by their timestamp.
         self._outbox_key_ttl_ms = 600_000
+        self._last_counts = (0, 0)
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -291,7 +294,7 @@ class RedisBackend(Backend):
             assert client is not None
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._channel)
+                await pubsub.subscribe(self._channel, self._events)
                 self._subscribed = True
                 # What was published while we were not listening went to outboxes: re-drain now.
                 self._wake.set()
@@ -316,6 +319,9 @@ class RedisBackend(Backend):
             backoff = min(self._max_backoff, backoff * 2) * (0.8 + 0.4 * random.random())
 
     async def _on_message(self, data: str) -> None:
+        if data.startswith("!"):  # control notices; messages start with a room id
+            await self._on_control(data[1:].split("\t"))
+            return
         room_id, peer_id, seq, body = data.split("\t", 3)
         envelope = _parse_body(body)
         key = (room_id, peer_id)
@@ -327,6 +333,30 @@ class RedisBackend(Backend):
         if not await self._sink.push_local(room_id, peer_id, envelope):
             # Our channel for the peer closed since it was claimed: back to its outbox, in order.
             await self._requeue(key, seq, envelope)
+
+    async def _on_control(self, parts: list[str]) -> None:
+        sink = self._sink
+        if parts[0] == "replaced" and len(parts) == 3:
+            room_id, peer_id = parts[1], parts[2]
+            self._local.discard((room_id, peer_id))
+            detach = getattr(sink, "detach", None)  # the Hub; a bare DeliverySink cannot close
+            channel = detach(room_id, peer_id) if callable(detach) else None
+            if channel is not None:
+                log.info("peer %s in room %s reconnected elsewhere; old channel replaced", peer_id, room_id)
+                await channel.close(4001, "replaced")
+        elif parts[0] == "left" and len(parts) == 4 and parts[1] != self.process_id and sink is not None:
+            # Server peers here may hold sessions of a peer that left through another process.
+            room_id, peer_id = parts[2], parts[3]
+            server_peer_ids = getattr(sink, "server_peer_ids", None)
+            if not callable(server_peer_ids):
+                return
+            message = peer_disconnected_message(room_id, peer_id, "left")
+            for server_peer_id in server_peer_ids():
+                await sink.push_local(room_id, server_peer_id, Envelope(message, "", 0))
+
+    async def _publish(self, channel: str, data: str) -> int:
+        client = self._client
+        return await self._guard(lambda: cast(Awaitable[int], client.publish(channel, data)))  # type: ignore[union-attr]
 
     async def _requeue(self, key: Key, seq: str, envelope: Envelope) -> None:
         try:
@@ -415,11 +445,13 @@ class RedisBackend(Backend):
         replaced = bool(res[2])
         holder = res[5] if len(res) > 5 else None
         if replaced and holder and holder != self.process_id:
-            log.info("peer %s in room %s replaced; its old channel is on process %s", peer_id, room_id, holder)
+            # The old channel lives on another process: ask it to close it, as the facade does here.
+            log.info("peer %s in room %s replaced; closing its old channel on process %s", peer_id, room_id, holder)
+            await self._publish(f"{self.prefix}ch:{holder}", f"!replaced\t{room_id}\t{peer_id}")
         return JoinOutcome(peer, res[3], snapshot, bool(res[1]), replaced)
 
     async def leave(self, room_id: str, peer_id: str) -> LeaveOutcome | None:
-        res = await self._call("LEAVE", room_id, peer_id)
+        res = await self._call("LEAVE", room_id, peer_id, self.process_id)
         if res is None:
             return None
         record, seen, closed, remaining = res
@@ -555,8 +587,12 @@ class RedisBackend(Backend):
         return bool(removed)
 
     async def counts(self) -> tuple[int, int]:
+        """(rooms, peers) across all processes; the last known values while Redis is unreachable,
+        so ``/healthz`` can still answer (its ``backend`` part says Redis is down)."""
         client = self._client
         assert client is not None
+        if not self._up:
+            return self._last_counts
 
         async def both() -> tuple[int, int]:
             async with client.pipeline(transaction=False) as pipe:
@@ -565,7 +601,9 @@ class RedisBackend(Backend):
                 rooms, peers = await pipe.execute()
             return int(rooms), int(peers or 0)
 
-        return await self._guard(both)
+        with contextlib.suppress(CapacityExceeded):
+            self._last_counts = await self._guard(both)
+        return self._last_counts
 
 
 # -- encoding ------------------------------------------------------------------------------------

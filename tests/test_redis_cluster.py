@@ -1,0 +1,391 @@
+"""Several real ``fantasize-rtc serve --redis-url ...`` processes on one real redis-server act as
+one server: relay across processes, capacity across processes, a SIGKILLed process's peers reaped
+by the others, and a Redis restart that loses no acknowledged message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests import redis_fixtures
+from tests.helpers import free_port, require_program, wait_for, wait_for_sync
+from tests.redis_fixtures import RedisServer
+
+redis_server = redis_fixtures.redis_server  # the fixture, shared with the other Redis tests
+
+
+class Process:
+    """One ``fantasize-rtc serve`` subprocess; ``start()`` again after ``kill()`` reuses the port."""
+
+    def __init__(self, tmp_path: Path, redis_url: str, name: str, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = tmp_path / f"server-{name}.log"
+        self.redis_url = redis_url
+        self.tmp_path = tmp_path
+        self.env = {"FANTASIZE_RTC_ADMIN_KEY": "admin", **env}
+        self.proc: subprocess.Popen[str] | None = None
+        self._log_start = 0
+
+    def start(self) -> None:
+        self._log_start = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fantasize_rtc",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--redis-url",
+                    self.redis_url,
+                    "--recordings-dir",
+                    str(self.tmp_path / "rec"),
+                    "--log-level",
+                    "info",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, **self.env},
+            )
+        wait_for_sync(self._serving, timeout=30, message=f"server on port {self.port} to start")
+
+    def _serving(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited early:\n{self.log.read_text()}")
+        text = self.log.read_bytes()[self._log_start :].decode(errors="replace")
+        return bool(re.search(rf"serving on http://127.0.0.1:{self.port}/", text))
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 0, self.log.read_text()[-4000:]
+
+
+@pytest.fixture
+def start_processes(tmp_path: Path) -> Iterator[Any]:
+    started: list[Process] = []
+
+    def start(redis: RedisServer, count: int, **env: str) -> list[Process]:
+        procs = [Process(tmp_path, redis.url, f"{len(started) + i}", env) for i in range(count)]
+        started.extend(procs)
+        for proc in procs:
+            proc.start()
+        return procs
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+class Peer:
+    """A client: connects over HTTP, then listens on a WebSocket (to any process)."""
+
+    def __init__(self, http: aiohttp.ClientSession, room: str, peer_id: str) -> None:
+        self.http, self.room, self.peer_id = http, room, peer_id
+        self.token = ""
+        self.messages: list[dict[str, Any]] = []
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._acks: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
+
+    async def connect(self, proc: Process) -> dict[str, Any]:
+        async with self.http.post(proc.url + "rtc/connect", json={"roomId": self.room, "peerId": self.peer_id}) as r:
+            assert r.status == 200, await r.text()
+            data: dict[str, Any] = await r.json()
+        self.token = data["token"]
+        return data
+
+    async def open(self, proc: Process) -> None:
+        self.ws = await self.http.ws_connect(proc.url + f"rtc/ws?token={self.token}")
+        self._reader = asyncio.ensure_future(self._read(self.ws))
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                break
+            data = msg.json()
+            if data.get("type") in ("ack", "error") and data.get("id") in self._acks:
+                future = self._acks.pop(data["id"])
+                if not future.done():
+                    future.set_result(data)
+            else:
+                self.messages.append(data)
+
+    async def send(self, signal: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+        """Send a signal frame; the server's ack (or error) for it."""
+        assert self.ws is not None
+        self._next_id += 1
+        frame_id = self._next_id
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._acks[frame_id] = future
+        await self.ws.send_json({"type": "signal", "id": frame_id, "signal": signal})
+        return await asyncio.wait_for(future, timeout)
+
+    def signals(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == "signal" and (kind is None or m["signal"]["type"] == kind)]
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == kind]
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
+@pytest.fixture
+async def peers(http: aiohttp.ClientSession) -> AsyncIterator[Any]:
+    made: list[Peer] = []
+
+    def make(room: str, peer_id: str) -> Peer:
+        peer = Peer(http, room, peer_id)
+        made.append(peer)
+        return peer
+
+    try:
+        yield make
+    finally:
+        for peer in made:
+            await peer.close()
+
+
+async def _health(http: aiohttp.ClientSession, proc: Process) -> tuple[int, dict[str, Any]]:
+    async with http.get(proc.url + "healthz") as r:
+        return r.status, await r.json()
+
+
+async def test_relay_across_two_processes(
+    redis_server: RedisServer,
+    start_processes: Any,
+    peers: Any,
+    http: aiohttp.ClientSession,
+) -> None:
+    a, b = start_processes(redis_server, 2)
+    alice, bob, carol = peers("room", "alice"), peers("room", "bob"), peers("room", "carol")
+    await alice.connect(a)
+    await alice.open(a)
+    await bob.connect(b)
+    await bob.open(b)
+    await wait_for(lambda: alice.events("peer:connected"), message="alice told of bob (other process)")
+    assert alice.events("peer:connected")[0]["peer"]["peerId"] == "bob"
+
+    # targeted, both ways, in order
+    for i in range(30):
+        ack = await alice.send({"type": "n", "payload": i, "to": "bob"})
+        assert ack["type"] == "ack" and ack["delivered"] == ["bob"], ack
+    ack = await bob.send({"type": "answer", "payload": {"sdp": "v=0"}, "to": "alice"})
+    assert ack["delivered"] == ["alice"]
+    await wait_for(lambda: len(bob.signals("n")) == 30 and alice.signals("answer"), message="both ways")
+    assert [m["signal"]["payload"] for m in bob.signals("n")] == list(range(30))
+    assert alice.signals("answer")[0]["fromPeerId"] == "bob"
+
+    # carol joins through B but long-polls A: broadcast from alice reaches bob (WS on B) and carol
+    await carol.connect(b)
+    ack = await alice.send({"type": "hello", "payload": "all"})
+    assert sorted(ack["delivered"] + ack["queued"]) == ["bob", "carol"]
+    async with http.get(a.url + "rtc/poll", params={"token": carol.token, "waitMs": "0"}) as r:
+        assert r.status == 200
+        waiting = (await r.json())["messages"]
+    assert [m["signal"]["type"] for m in waiting if m["type"] == "signal"] == ["hello"]
+
+    async def poll_b() -> list[dict[str, Any]]:
+        async with http.get(b.url + "rtc/poll", params={"token": carol.token, "waitMs": "20000"}) as r:
+            assert r.status == 200
+            result: list[dict[str, Any]] = (await r.json())["messages"]
+            return result
+
+    # a waiting poll on B is handed a message sent through A (ack says delivered, not queued)
+    for attempt in range(100):
+        polling = asyncio.ensure_future(poll_b())
+        ack = await alice.send({"type": "ping", "payload": attempt, "to": "carol"})
+        messages = await asyncio.wait_for(polling, 25)
+        assert [m["signal"]["payload"] for m in messages] == [attempt]
+        if ack["delivered"] == ["carol"]:
+            break
+    else:
+        raise AssertionError("no ping ever reached a waiting poll")
+
+    status, health = await _health(http, a)
+    assert status == 200 and health["backend"]["backend"] == "redis" and health["backend"]["ok"] is True
+    assert health["peers"] == 3
+
+
+async def test_room_capacity_holds_across_processes(
+    redis_server: RedisServer,
+    start_processes: Any,
+    http: aiohttp.ClientSession,
+) -> None:
+    a, b = start_processes(redis_server, 2)
+
+    async def connect(i: int) -> tuple[int, str]:
+        proc = a if i % 2 else b
+        async with http.post(proc.url + "rtc/connect", json={"roomId": "crowd", "peerId": f"p{i}"}) as r:
+            body = await r.json()
+            return r.status, body.get("error", {}).get("code", "")
+
+    results = await asyncio.gather(*(connect(i) for i in range(50)))
+    assert sum(status == 200 for status, _ in results) == 8
+    assert sorted({(s, c) for s, c in results if s != 200}) == [(409, "room_full")]
+    for proc in (a, b):
+        async with http.get(proc.url + "rtc/rooms/crowd", headers={"Authorization": "Bearer admin"}) as r:
+            assert r.status == 200, await r.text()
+            assert len((await r.json())["peers"]) == 8
+
+
+async def test_killed_process_peers_are_reaped_by_the_others(
+    redis_server: RedisServer,
+    start_processes: Any,
+    peers: Any,
+    http: aiohttp.ClientSession,
+) -> None:
+    a, b, c = start_processes(
+        redis_server, 3, FANTASIZE_RTC_HEARTBEAT_INTERVAL_MS="1000", FANTASIZE_RTC_PEER_TIMEOUT_MS="3000"
+    )
+    alice, bob, carol = peers("room", "alice"), peers("room", "bob"), peers("room", "carol")
+    await alice.connect(a)
+    await alice.open(b)
+    for peer in (bob, carol):
+        await peer.connect(c)
+        await peer.open(c)
+    await wait_for(lambda: len(alice.events("peer:connected")) == 2, message="alice sees bob and carol")
+
+    async def heartbeat() -> None:
+        while True:  # a client timer, as the browser client runs one
+            assert alice.ws is not None
+            await alice.ws.send_json({"type": "heartbeat"})
+            await asyncio.sleep(0.3)
+
+    beating = asyncio.ensure_future(heartbeat())
+    try:
+        c.kill()
+        started = time.monotonic()
+        # C's presence entries must not swallow messages: nobody listens there, so they wait
+        ack = await alice.send({"type": "n", "payload": 1, "to": "bob"})
+        assert ack["type"] == "ack" and ack["queued"] == ["bob"] and ack["delivered"] == [], ack
+        await wait_for(
+            lambda: len(alice.events("peer:disconnected")) == 2, timeout=20, message="bob and carol reaped by A or B"
+        )
+        elapsed = time.monotonic() - started
+        gone = sorted((m["peerId"], m["reason"]) for m in alice.events("peer:disconnected"))
+        assert gone == [("bob", "timeout"), ("carol", "timeout")]
+        assert elapsed < 15, elapsed
+        for proc in (a, b):
+            status, health = await _health(http, proc)
+            assert status == 200 and health["peers"] == 1 and health["rooms"] == 1
+
+        await asyncio.to_thread(c.start)  # it comes back (alice keeps beating meanwhile): nothing duplicated
+        dave = peers("room", "dave")
+        joined = await dave.connect(c)
+        assert [p["peerId"] for p in joined["peers"]] == ["alice"]
+        status, health = await _health(http, c)
+        assert status == 200 and health["peers"] == 2
+        assert len(alice.events("peer:disconnected")) == 2
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+
+
+async def test_redis_restart_loses_no_acknowledged_message(
+    tmp_path: Path, start_processes: Any, peers: Any, http: aiohttp.ClientSession
+) -> None:
+    data_dir = tmp_path / "redis"
+    data_dir.mkdir()
+    redis = RedisServer(require_program("redis-server"), data_dir, appendonly=True)
+    redis.start()
+    try:
+        a, b = start_processes(redis, 2)
+        alice, bob = peers("room", "alice"), peers("room", "bob")
+        await alice.connect(a)
+        await alice.open(a)
+        await bob.connect(b)
+        await bob.open(b)
+        acked: dict[str, list[int]] = {"alice": [], "bob": []}
+        refused = 0
+
+        async def send_round(n: int) -> None:
+            nonlocal refused
+            for sender, to in ((alice, "bob"), (bob, "alice")):
+                reply = await sender.send({"type": "n", "payload": n, "to": to})
+                if reply["type"] == "ack" and (reply["delivered"] or reply["queued"]):
+                    acked[to].append(n)
+                else:
+                    assert reply["type"] == "error" and reply["error"]["code"] == "capacity_exceeded", reply
+                    refused += 1
+
+        n = 0
+        for _ in range(20):
+            await send_round(n)
+            n += 1
+        redis.stop()
+        started = time.monotonic()
+        while refused < 4:  # fails fast while Redis is away, never hangs
+            await send_round(n)
+            n += 1
+        assert time.monotonic() - started < 20
+        status, health = await _health(http, a)
+        assert status == 503 and health["backend"]["ok"] is False and health["backend"]["redis"] == "down"
+        redis.start()
+
+        async def both_healthy() -> bool:
+            statuses = [(await _health(http, p))[0] for p in (a, b)]
+            return statuses == [200, 200]
+
+        await wait_for(both_healthy, timeout=20, interval=0.1, message="both processes healthy again")
+        for _ in range(20):
+            await send_round(n)
+            n += 1
+        assert len(acked["bob"]) >= 40 and len(acked["alice"]) >= 40
+
+        def received(peer: Peer) -> list[int]:
+            return [m["signal"]["payload"] for m in peer.signals("n")]
+
+        await wait_for(
+            lambda: set(acked["bob"]) <= set(received(bob)) and set(acked["alice"]) <= set(received(alice)),
+            timeout=15,
+            message="every acknowledged message received",
+        )
+        assert received(bob) == sorted(received(bob)) and received(alice) == sorted(received(alice))
+    finally:
+        redis.stop()
