@@ -104,11 +104,17 @@ async function showVersion() {
   }
 }
 
+/** `?transport=poll` (or `websocket`) forces how the page's clients receive messages. */
+export function clientOptions() {
+  const transport = new URLSearchParams(location.search).get("transport");
+  return transport === "poll" || transport === "websocket" ? { transport } : {};
+}
+
 function main() {
   setupTabs();
   setupLogPanel();
   const media = new LocalMedia($("source"), $("media-notice"));
-  const lab = new RtcClient();
+  const lab = new RtcClient(clientOptions());
   lab.on("state", (ev) => {
     showServerState(lab, ev);
     if (ev.state === "reconnecting") log("error", `Lost the server: ${describeError(ev.error)} (attempt ${ev.attempt})`);
@@ -124,7 +130,7 @@ function main() {
     echo: new EchoPanel(lab, media),
     record: new RecordPanel(lab, media),
     probe: new ProbePanel(lab),
-    call: new CallPanel(media),
+    call: new CallPanel(media, clientOptions()),
   };
   // For tests and the curious: `demo.echo.pc.getStats()` in the console.
   window.demo = panels;

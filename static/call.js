@@ -20,9 +20,13 @@ function randomName() {
 }
 
 export class CallPanel {
-  /** @param {import("./media.js").LocalMedia} media */
-  constructor(media) {
+  /**
+   * @param {import("./media.js").LocalMedia} media
+   * @param {object} [clientOptions] options for the room's RtcClient (e.g. `{transport: "poll"}`)
+   */
+  constructor(media, clientOptions = {}) {
     this.media = media;
+    this.clientOptions = clientOptions;
     /** @type {RtcClient|null} */ this.client = null;
     /** @type {PeerLink|null} */ this.link = null;
     this.local = null;
@@ -55,7 +59,7 @@ export class CallPanel {
 
   async join(roomId, name) {
     if (this.client) return;
-    const client = new RtcClient();
+    const client = new RtcClient(this.clientOptions);
     this.client = client;
     this.offs = [
       client.on("message", (msg) => log("server", `[call] ${summarize(msg)}`)),

@@ -56,7 +56,6 @@ export class ProbePanel {
     $("probe-result").hidden = true;
     const relayOnly = $("probe-relay").checked;
     const status = $("probe-status");
-    const gathered = { host: 0, srflx: 0, prflx: 0, relay: 0 };
     const t0 = performance.now();
     setStatus(status, "connecting", relayOnly ? "Testing (relay only)" : "Testing");
     let reportSignal = null;
@@ -76,17 +75,9 @@ export class ProbePanel {
         },
       });
       const { pc, link, channel } = this.session;
-      pc.addEventListener("icecandidate", (ev) => {
-        if (ev.candidate?.type) gathered[ev.candidate.type] = (gathered[ev.candidate.type] ?? 0) + 1;
-      });
-      // Candidates gathered before we listened are in the local description already.
-      for (const line of (pc.localDescription?.sdp ?? "").split("\n")) {
-        const m = / typ (host|srflx|prflx|relay)/.exec(line);
-        if (m) gathered[m[1]] += 1;
-      }
       reportSignal = new Promise((resolve) => {
         const off = this.lab.on("signal", (msg) => {
-          if (msg.fromPeerId === "@probe" && msg.signal.type === "report") {
+          if (msg.fromPeerId === "@probe" && msg.signal.type === "probe:report") {
             off();
             resolve(msg.signal.payload);
           }
@@ -94,7 +85,7 @@ export class ProbePanel {
         channel?.addEventListener("message", (ev) => {
           try {
             const data = JSON.parse(ev.data);
-            if (data && data.verdict) resolve(data.report ?? data);
+            if (data?.type === "probe:report" && data.report) resolve(data.report);
           } catch {
             // not a report
           }
@@ -102,11 +93,17 @@ export class ProbePanel {
         link.on("closed", () => off());
       });
       const report = await this.waitForReport(reportSignal);
-      const browser = summarizeStats(await pc.getStats());
+      const stats = await pc.getStats();
+      const browser = summarizeStats(stats);
+      const gathered = { host: 0, srflx: 0, prflx: 0, relay: 0 };
+      stats.forEach((st) => {
+        if (st.type === "local-candidate" && st.candidateType in gathered) gathered[st.candidateType] += 1;
+      });
       this.report = report;
       this.render(report, browser, gathered, connectedAt === null ? null : connectedAt - t0, relayOnly);
       const failed = !report || /^failed|^closed before/.test(report.verdict ?? "");
-      setStatus(status, failed ? "failed" : "connected", failed ? "The test could not connect." : "Test finished.");
+      const took = ((performance.now() - t0) / 1000).toFixed(1);
+      setStatus(status, failed ? "failed" : "connected", failed ? "The test could not connect." : `Test finished in ${took} s.`);
       log("page", `@probe: ${report?.verdict ?? "no report"}`);
     } catch (err) {
       setStatus(status, "failed", `The test failed: ${describeError(err)}`);
@@ -132,7 +129,7 @@ export class ProbePanel {
       if (sessionId) {
         try {
           last = await this.lab.request("GET", `/rtc/sessions/${encodeURIComponent(sessionId)}`);
-          if (last.probe?.done || last.state === "closed" || last.state === "closing" || last.probeDone) return last;
+          if (last.probe?.state === "done" || last.state === "closed" || last.state === "closing") return last;
         } catch (err) {
           log("error", `@probe: could not read the report: ${describeError(err)}`);
         }

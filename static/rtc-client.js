@@ -579,6 +579,9 @@ export class RtcClient extends Emitter {
         signal: timeout.signal,
         keepalive: Boolean(opts.keepalive),
         credentials: "same-origin",
+        // Never cached, and no browser "cache lock": two clients' identical long-polls must run
+        // side by side instead of queueing behind each other.
+        cache: "no-store",
       });
     } catch (err) {
       const message = timeout.signal.aborted && !opts.signal?.aborted

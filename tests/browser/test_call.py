@@ -10,8 +10,8 @@ from tests.browser.conftest import PageErrors, ServerProcess, unique, wait_for_m
 from tests.helpers import wait_for_sync
 
 
-def join(page: Page, room: str, name: str) -> None:
-    page.goto("/#call")
+def join(page: Page, room: str, name: str, query: str = "") -> None:
+    page.goto(f"/{query}#call")
     page.fill("#call-room", room)
     page.fill("#call-name", name)
     page.click("#call-join-button")
@@ -25,7 +25,11 @@ def test_two_browsers_call_each_other(
     alice = new_page("alice", server.url)
     bob = new_page("bob", server.url)
     join(alice, room, "alice")
-    join(bob, room, "bob")
+    # Bob receives by long-poll (as behind a proxy that drops WebSockets); Alice by WebSocket.
+    join(bob, room, "bob", "?transport=poll")
+    assert alice.evaluate("demo.call.client.transport") == "websocket"
+    assert bob.evaluate("demo.call.client.transport") == "poll"
+    expect(bob.locator("#server-status")).to_contain_text("long-poll")
 
     # Each sees the other, live.
     call_bob = alice.locator('#call-peers li[data-peer-id="bob"] button')
