@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -188,3 +189,28 @@ async def http_offer(
     assert body["type"] == "answer" and body["sessionId"]
     await peer.accept(body["sdp"])
     return dict(body)
+
+
+def udp_sockets() -> int:
+    """UDP sockets this process holds (ICE opens them; a refused offer must not)."""
+    inodes: set[str] = set()
+    for table in ("/proc/self/net/udp", "/proc/self/net/udp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                inodes.update(line.split()[9] for line in f)
+        except FileNotFoundError:
+            continue
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            count += 1
+    return count
+
+
+async def wait_closed(manager: Any, timeout: float = 20.0) -> None:
+    await wait_for(lambda: len(manager) == 0, timeout, message="every media session to close")

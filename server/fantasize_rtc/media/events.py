@@ -76,7 +76,7 @@ class RecordingSaved:
     room_id: str | None
     peer_id: str | None
     size: int
-    duration_s: float
+    duration: float  # seconds
     codecs: tuple[str, ...]
     path: str
 
@@ -87,6 +87,6 @@ class RecordingSaved:
             "roomId": self.room_id,
             "peerId": self.peer_id,
             "size": self.size,
-            "duration": self.duration_s,
+            "duration": self.duration,
             "codecs": list(self.codecs),
         }
