@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import pytest
 
 from fantasize_rtc import RtcConfig
@@ -216,3 +217,52 @@ async def test_two_peers_negotiate_p2p_through_the_server(aiohttp_server: Any, c
         assert len(candidates) >= 2 and candidates[-1] is None and candidates[0]["candidate"].startswith("candidate:")
     offer = next(s for s in signals if s.signal.type == "offer")
     assert "a=candidate" not in offer.signal.payload["sdp"]
+
+
+def _files(folder: Path, suffix: str) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.endswith(suffix)]
+
+
+def _decoded_video_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def _write_test_clip(path: Path, frames: int = 30) -> None:
+    """A 1 s VP8 clip made with PyAV: a real file for the example to send."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame(width=160, height=120, format="yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes([(i * 7) % 256]) * plane.buffer_size)
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("source", ["generated", "file"])
+async def test_record_file_records_and_downloads(
+    aiohttp_server: Any, config: RtcConfig, tmp_path: Path, source: str
+) -> None:
+    server = await aiohttp_server(create_app(config=config, static=False))
+    url = str(server.make_url("")).rstrip("/")
+    out = tmp_path / "downloads"
+    args = ["--out", str(out)]
+    if source == "file":
+        clip = tmp_path / "clip.webm"
+        _write_test_clip(clip)
+        args += ["--file", str(clip), "--seconds", "20"]  # ends when the file does, long before 20 s
+    else:
+        args += ["--seconds", "1.5"]
+    text = await _run_against(url, "record_file.py", *args)
+    assert "connected; recording session" in text and "saved " in text
+    [path] = _files(out, "")
+    assert path.suffix == ".webm" and path.stat().st_size > 0
+    assert await asyncio.to_thread(_decoded_video_frames, path) > 0
+    # the downloaded file is the server's recording, byte for byte
+    [kept] = _files(Path(config.recordings_dir), ".webm")
+    assert kept.read_bytes() == path.read_bytes()

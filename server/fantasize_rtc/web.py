@@ -301,7 +301,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     rtc = request.app[RTC_KEY]
     room_id, peer_id = await rtc.authenticate(token_from_request(request))
     ws = web.WebSocketResponse(max_msg_size=rtc.config.max_frame_bytes, timeout=_CLOSE_TIMEOUT)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:  # the client gave up during the handshake: nothing to serve
+        log.info("peer %s in room %s left during the WebSocket handshake", peer_id, room_id)
+        return ws
     request.app[SOCKETS_KEY].add(ws)
     channel = WebSocketChannel(ws)
     log.info("peer %s in room %s opened a WebSocket", peer_id, room_id)
