@@ -10,9 +10,10 @@ from typing import Any
 
 from fantasize_rtc import RtcConfig
 from fantasize_rtc.cli import build_parser
+from fantasize_rtc.media.keys import MEDIA_KEY
 from fantasize_rtc.selftest import CHECKS, CheckResult, format_table
 from fantasize_rtc.web import RTC_KEY, create_app
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 
 async def selftest(*args: str, timeout: float = 120) -> tuple[int, str, str]:
@@ -91,3 +92,22 @@ def test_parser_and_table() -> None:
     table = format_table("http://x", [CheckResult("health", True, 3, "ok"), CheckResult("echo", False, 20, "no")])
     assert "health  pass" in table and "echo    FAIL" in table and table.endswith("1/2 checks passed against http://x")
     assert CHECKS[0] == "health"
+
+
+async def test_every_check_passes_against_a_full_server(aiohttp_server: Any, config: RtcConfig) -> None:
+    url, app = await start(aiohttp_server, config)
+    code, out, err = await selftest(url, "--json", "--timeout", "30")
+    report = json.loads(out)
+    assert code == 0, (out, err)
+    assert [c["name"] for c in report["checks"]] == list(CHECKS)
+    assert all(c["ok"] for c in report["checks"]), report
+    details = {c["name"]: c["detail"] for c in report["checks"]}
+    assert "data channel echoed" in details["echo"]
+    assert "video frames decoded" in details["record"] and "webm" in details["record"]
+    assert details["probe"].startswith("connected")
+    assert "video" in details["play"]
+    # it cleaned up after itself: no peers, no live media sessions, its recording deleted
+    rtc, manager = app[RTC_KEY], app[MEDIA_KEY]
+    await wait_for(lambda: len(manager) == 0, timeout=10, message="media sessions to close")
+    assert (await rtc.stats())["peers"] == 0
+    assert manager.store.list() == []

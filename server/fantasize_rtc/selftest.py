@@ -402,20 +402,36 @@ class SelfTest:
             await asyncio.wait_for(client.delete_recording(recording_id), 5)
 
     async def check_probe(self) -> str:
+        """The probe measures for a second, then pushes its report on our data channel."""
         client = await self._client("probe")
         pc = self._pc(client)
         self._received(pc)
         pc.addTrack(_video_track())
-        pc.createDataChannel("probe")
-        session_id = await self._offer_http(client, pc, "probe")
+        channel = pc.createDataChannel("probe")
+        pushed: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        @channel.on("message")
+        def on_message(message: str | bytes) -> None:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                data = json.loads(message)
+                if data.get("type") == "probe:report" and not pushed.done():
+                    pushed.set_result(data["report"])
+
+        session_id = await self._offer_http(client, pc, "probe", probeSeconds=1)
         connect_ms = await self._connected(pc, "probe")
-        report = await self._report_until(
-            client, session_id, lambda r: r.get("connectedAt") is not None, "a connection"
-        )
+        self._at("waiting for the probe report on the data channel")
+        report = await pushed
+        if report.get("connectedAt") is None:
+            raise CheckFailed(f"the probe reports no connection: {report.get('verdict')}")
+        stored = await client.media_session(session_id)
+        if stored.get("sessionId") != session_id:
+            raise CheckFailed("GET /rtc/sessions/{id} does not return the probe's report")
         pair = report.get("candidatePair") or {}
         local, remote = pair.get("local") or {}, pair.get("remote") or {}
         route = f" ({local.get('type', '?')} -> {remote.get('type', '?')})" if pair else ""
-        return f"{report.get('verdict', 'connected')}{route}; client side {connect_ms} ms"
+        rtt = report.get("rttMs")
+        rtt_text = f"; RTT {rtt} ms" if rtt is not None else ""
+        return f"{report.get('verdict', 'connected')}{route}{rtt_text}; client side {connect_ms} ms"
 
     async def check_play(self) -> str:
         client = await self._client("play")
