@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import web
 
@@ -15,6 +17,7 @@ from fantasize_rtc.web import RTC_KEY, create_app
 from tests.helpers import wait_for
 
 Factory = Callable[..., Awaitable[str]]
+SECRET = "a-test-secret-that-is-32-bytes-long!"
 
 
 @pytest.fixture
@@ -160,11 +163,27 @@ async def test_auto_heartbeat_keeps_the_peer(
     url = await serve(app)
     beats: list[Any] = []
     app[RTC_KEY].on("peer:heartbeat", beats.append)
-    client = clients(url, transport="poll", poll_wait_ms=50)
+    # over a WebSocket that stays silent, only the client's HTTP heartbeats keep it alive
+    client = clients(url, transport="ws")
     await client.connect("room", "awake")
-    # well past the 250 ms timeout, several reaper passes have run and found it alive
-    await wait_for(lambda: len([b for b in beats if b.peer_id == "awake"]) >= 12, timeout=20, message="heartbeats")
+    await wait_for(lambda: client.channel == "ws", message="socket")
+    # well past the 250 ms timeout, with several reaper passes in between
+    await wait_for(lambda: len(beats) >= 8, timeout=20, message="heartbeats")
+    assert {b.peer_id for b in beats} == {"awake"}
     assert [p["peerId"] for p in (await client.snapshot())["peers"]] == ["awake"]
+    assert client.channel == "ws" and client.closed_reason is None
+
+
+async def test_connect_with_a_jwt(serve: Factory, clients: Callable[..., RtcClient]) -> None:
+    url = await serve(auth_secret=SECRET)
+    claims = {"room": "secure", "sub": "alice", "exp": int(time.time()) + 60}
+    client = clients(url)
+    with pytest.raises(errors.Unauthorized):
+        await client.connect("secure", "alice")
+    info = await client.connect("secure", "alice", auth_token=jwt.encode(claims, SECRET, algorithm="HS256"))
+    assert info["peerId"] == "alice"
+    with pytest.raises(errors.Unauthorized):
+        await clients(url).connect("secure", "alice", auth_token=jwt.encode(claims, "x" * 32, algorithm="HS256"))
 
 
 async def test_reconnect_same_peer_replaces_and_keeps_working(
