@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..rooms import PeerInfo, RoomSnapshot
@@ -53,12 +53,29 @@ class LeaveOutcome:
     room_closed: bool
 
 
-@dataclass(frozen=True, slots=True)
 class DeliveryReport:
-    delivered: list[str] = field(default_factory=list)
-    queued: list[str] = field(default_factory=list)
-    #: Recipients whose outbox was full: the message was not kept for them.
-    dropped: list[str] = field(default_factory=list)
+    """Who got a message: ``delivered`` (a live channel took it), ``queued`` (outbox), ``dropped``
+    (outbox full: not kept). One per relay, so a plain slotted class: a frozen dataclass with
+    list factories costs more than twice as much to build on the hot path."""
+
+    __slots__ = ("delivered", "dropped", "queued")
+
+    def __init__(
+        self, delivered: list[str] | None = None, queued: list[str] | None = None, dropped: list[str] | None = None
+    ) -> None:
+        self.delivered: list[str] = [] if delivered is None else delivered
+        self.queued: list[str] = [] if queued is None else queued
+        self.dropped: list[str] = [] if dropped is None else dropped
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DeliveryReport):
+            return NotImplemented
+        return (self.delivered, self.queued, self.dropped) == (other.delivered, other.queued, other.dropped)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"DeliveryReport(delivered={self.delivered!r}, queued={self.queued!r}, dropped={self.dropped!r})"
 
 
 @dataclass(frozen=True, slots=True)
