@@ -127,6 +127,31 @@ async def test_falls_back_to_long_poll_when_websocket_is_refused(
     assert kinds == ["peer:connected", "signal"]
 
 
+async def test_busy_websocket_is_retried_not_abandoned(
+    serve: Factory, clients: Callable[..., RtcClient], config: RtcConfig
+) -> None:
+    app = create_app(config=config, media=False, static=False)
+    refused: list[str] = []
+
+    @web.middleware
+    async def busy_once(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path == "/rtc/ws" and not refused:
+            refused.append(request.path)
+            return web.json_response({"error": {"code": "capacity_exceeded", "message": "busy"}}, status=503)
+        return await handler(request)
+
+    app.middlewares.append(busy_once)
+    url = await serve(app)
+    alice, bob = clients(url), clients(url)
+    await alice.connect("room", "alice")
+    await wait_for(lambda: alice.channel == "ws", timeout=10, message="the WebSocket on the second try")
+    assert refused == ["/rtc/ws"]
+    await bob.connect("room", "bob")
+    assert (await alice.next_message(timeout=5))["type"] == "peer:connected"
+
+
 async def test_reconnects_after_the_socket_drops(
     serve: Factory, clients: Callable[..., RtcClient], config: RtcConfig, aiohttp_server: Any
 ) -> None:

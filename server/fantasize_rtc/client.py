@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -513,23 +514,36 @@ class RtcClient:
             while not self._closing:
                 if backoff:
                     await asyncio.sleep(backoff * (0.5 + random.random() / 2))  # jitter spreads reconnects
+                opened = time.monotonic()
                 try:
                     if mode == "ws":
                         ended = await self._read_websocket(token, queue, where)
                     else:
                         ended = await self._read_polls(token, queue)
-                    backoff = 0.0
                     if ended is not None:
                         self.closed_reason = ended
                         await queue.put(_CLOSE_DONE)
                         return
+                    # The server closed a working socket (restart, going away): come back soon,
+                    # but a socket that keeps closing at once must not become a tight loop.
+                    lived = time.monotonic() - opened
+                    backoff = 0.2 if lived > 10 else min(max(backoff * 2, 0.2), self.max_backoff)
                 except aiohttp.WSServerHandshakeError as exc:
                     if exc.status == 401:
                         raise Unauthorized("The server no longer accepts this peer's token.") from exc
-                    if self.transport == "ws":
+                    if exc.status == 429 or exc.status >= 500:  # busy or restarting: try the socket again
+                        backoff = min(max(backoff * 2, 1.0), self.max_backoff)
+                        log.info(
+                            "%s: WebSocket refused (HTTP %s); retrying in about %.1f s", where, exc.status, backoff
+                        )
+                    elif self.transport == "ws":
                         raise
-                    log.info("%s: WebSocket refused (HTTP %s); falling back to long-poll", where, exc.status)
-                    mode = "poll"
+                    else:  # e.g. a proxy that does not pass upgrades
+                        log.info("%s: WebSocket refused (HTTP %s); falling back to long-poll", where, exc.status)
+                        mode = "poll"
+                except (errors.RateLimited, errors.CapacityExceeded, ServerError) as err:  # busy, not fatal
+                    backoff = min(max(backoff * 2, 1.0, float(getattr(err, "retry_after", 0))), self.max_backoff)
+                    log.info("%s: long-poll refused (%s); retrying in about %.1f s", where, err.code, backoff)
                 except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
                     backoff = min(max(backoff * 2, 0.2), self.max_backoff)
                     log.info("%s: message channel lost (%s); retrying in about %.1f s", where, exc, backoff)
