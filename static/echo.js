@@ -17,8 +17,22 @@ export class EchoPanel {
     this.local = null;
     this.stats = null;
     this.starting = false;
+    this.serverLost = false;
     $("echo-start").addEventListener("click", () => this.start());
     $("echo-stop").addEventListener("click", () => this.stop());
+    // The echo lives on the server: when the server goes away, so does the echo.
+    lab.on("state", (ev) => {
+      if (ev.state !== "reconnecting" || !this.session) return;
+      this.serverLost = true;
+      if (this.session.pc.connectionState !== "connected") {
+        this.finish("failed", "Lost the server, so the echo ended. Press Start echo once it is back.");
+      }
+    });
+    lab.on("reconnected", (ev) => {
+      if (ev.rejoined && this.session) {
+        this.finish("failed", "The server restarted, so the echo ended. Press Start echo to begin again.");
+      }
+    });
     $("echo-hear").addEventListener("change", (ev) => {
       $("echo-remote").muted = !ev.target.checked;
     });
@@ -64,7 +78,12 @@ export class EchoPanel {
     if (state === "connected") {
       setStatus(status, "connected", `Echoing: ${source} goes to the server and comes back on the right.`);
     } else if (state === "disconnected") {
-      setStatus(status, "connecting", "The connection was interrupted; waiting for it to recover");
+      if (this.serverLost || this.lab.state !== "connected") {
+        // Media stopped and the signaling is gone too: the server itself went away.
+        this.finish("failed", "Lost the server, so the echo ended. Press Start echo once it is back.");
+      } else {
+        setStatus(status, "connecting", "The connection was interrupted; waiting for it to recover");
+      }
     } else if (state === "failed") {
       this.finish("failed", "The connection to the server failed: no network path worked (a TURN server may be needed).");
     }
@@ -78,6 +97,7 @@ export class EchoPanel {
   }
 
   finish(state, text) {
+    this.serverLost = false;
     this.stats?.stop();
     this.stats = null;
     this.session?.link.close();

@@ -150,5 +150,6 @@ export class LocalMedia {
  */
 export function attach(video, stream) {
   video.srcObject = stream;
+  video.closest("figure")?.classList.toggle("live", Boolean(stream));
   if (stream) video.play().catch(() => {});
 }

@@ -25,6 +25,15 @@ export class RecordPanel {
     $("record-start").addEventListener("click", () => this.start());
     $("record-stop").addEventListener("click", () => this.stop());
     $("record-refresh").addEventListener("click", () => this.refresh());
+    lab.on("state", (ev) => {
+      if (ev.state !== "reconnecting" || !this.session) return;
+      this.serverLost = true;
+      if (this.session.pc.connectionState !== "connected") this.lostServer();
+    });
+    lab.on("reconnected", (ev) => {
+      if (ev.rejoined && this.session) this.lostServer();
+      this.refresh();
+    });
   }
 
   get pc() {
@@ -70,7 +79,16 @@ export class RecordPanel {
     } else if (state === "failed") {
       this.cleanup();
       setStatus($("record-status"), "failed", "The connection to the recorder failed: no network path worked.");
+    } else if (state === "disconnected" && (this.serverLost || this.lab.state !== "connected")) {
+      this.lostServer();
     }
+  }
+
+  lostServer() {
+    this.cleanup();
+    setStatus($("record-status"), "failed",
+      "Lost the server while recording. What reached it is saved if the server shut down cleanly: "
+      + "the list updates when it is back.");
   }
 
   async stop() {
@@ -109,6 +127,7 @@ export class RecordPanel {
   }
 
   cleanup() {
+    this.serverLost = false;
     clearInterval(this.timer);
     this.timer = null;
     this.session?.link.close();
@@ -160,6 +179,7 @@ export class RecordPanel {
   play(rec, url, label) {
     const player = $("record-player");
     player.src = url;
+    player.closest("figure").classList.add("live");
     player.play().catch(() => {});
     $("record-player-caption").textContent = `Playing the recording of ${label}`;
     this.highlight(rec.id);
@@ -179,6 +199,7 @@ export class RecordPanel {
     const player = $("record-player");
     if (player.src.includes(encodeURIComponent(rec.id))) {
       player.removeAttribute("src");
+      player.closest("figure").classList.remove("live");
       player.load();
       $("record-player-caption").textContent = "Pick a recording to play it here";
     }

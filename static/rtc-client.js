@@ -28,7 +28,7 @@
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 10000;
 const POLL_WAIT_MS = 25000;
-const MAX_BACKOFF_MS = 8000;
+const MAX_BACKOFF_MS = 5000;
 
 /** An error the server (or the network) gave; `code` is the protocol's snake_case code. */
 export class RtcError extends Error {

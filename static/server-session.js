@@ -38,7 +38,7 @@ export async function openServerSession(lab, serverPeerId, options = {}) {
     if (options.onTrack) pc.addEventListener("track", (ev) => options.onTrack(ev.track, ev.streams));
     if (options.onState) {
       pc.addEventListener("connectionstatechange", () => {
-        log("page", `${serverPeerId}: connection ${pc.connectionState}`);
+        log("page", `${serverPeerId}: connection state ${pc.connectionState}`);
         options.onState(pc.connectionState);
       });
     }

@@ -96,7 +96,9 @@ function render(line) {
   const list = $("log");
   if (!list || (!verbose && isNoisy(line.text))) return;
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-  const stamp = line.now.toISOString().slice(11, 23);
+  const t = line.now;
+  const two = (n) => String(n).padStart(2, "0");
+  const stamp = `${two(t.getHours())}:${two(t.getMinutes())}:${two(t.getSeconds())}.${String(t.getMilliseconds()).padStart(3, "0")}`;
   list.append(el("li", { "data-source": line.source },
     el("time", { datetime: line.now.toISOString(), text: stamp }),
     el("span", { class: `src src-${line.source}`, text: line.source }),

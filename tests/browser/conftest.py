@@ -199,9 +199,8 @@ def new_page(browser: Browser, page_errors: PageErrors) -> Iterator[Any]:
     contexts: list[BrowserContext] = []
 
     def make(name: str, base_url: str, init_script: str | None = None, **context_args: Any) -> Page:
-        context = browser.new_context(
-            base_url=base_url, viewport={"width": 1180, "height": 900}, accept_downloads=True, **context_args
-        )
+        context_args.setdefault("viewport", {"width": 1180, "height": 900})
+        context = browser.new_context(base_url=base_url, accept_downloads=True, **context_args)
         context.set_default_timeout(20_000)
         if init_script:
             context.add_init_script(init_script)

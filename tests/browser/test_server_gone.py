@@ -17,8 +17,13 @@ def test_page_reports_a_lost_server_and_recovers(
     server = ServerProcess(tmp_path, "gone").start()
     try:
         page = new_page("page", server.url)
-        page.goto("/#call")
+        page.goto("/#echo")
         expect(page.locator("#server-status")).to_have_attribute("data-state", "connected")
+        page.select_option("#source", "generated")
+        page.click("#echo-start")
+        echo_status = page.locator("#echo-status")
+        expect(echo_status).to_have_attribute("data-state", "connected")
+        page.click("#tab-call")
         page.fill("#call-room", "steady")
         page.fill("#call-name", "alice")
         page.click("#call-join-button")
@@ -41,10 +46,19 @@ def test_page_reports_a_lost_server_and_recovers(
 
         # The same server comes back (fresh state): the page joins again by itself.
         server.start()
+        # The echo that was running ended with the reason (its media stopped, or the server
+        # was found to have restarted), and can be started again.
+        expect(echo_status).to_have_attribute("data-state", "failed", timeout=30_000)
+        expect(echo_status).to_contain_text("so the echo ended")
+        expect(page.locator("#echo-start")).to_be_enabled()
         expect(pill).to_have_attribute("data-state", "connected", timeout=30_000)
         expect(status).to_have_attribute("data-state", "connected", timeout=30_000)
         expect(status).to_contain_text("In room steady as alice")
         assert server.room_peers("steady") == {"alice"}
+        # And the echo works again against the new server.
+        page.click("#tab-echo")
+        page.click("#echo-start")
+        expect(echo_status).to_have_attribute("data-state", "connected")
         assert page_errors.errors == []
     finally:
         server.stop()
