@@ -11,7 +11,7 @@ from typing import Any
 from fantasize_rtc import RtcConfig
 from fantasize_rtc.cli import build_parser
 from fantasize_rtc.media.keys import MEDIA_KEY
-from fantasize_rtc.selftest import CHECKS, CheckResult, format_table
+from fantasize_rtc.selftest import CHECKS, CheckResult, format_table, run_selftest
 from fantasize_rtc.web import RTC_KEY, create_app
 from tests.helpers import free_port, wait_for
 
@@ -111,3 +111,12 @@ async def test_every_check_passes_against_a_full_server(aiohttp_server: Any, con
     await wait_for(lambda: len(manager) == 0, timeout=10, message="media sessions to close")
     assert (await rtc.stats())["peers"] == 0
     assert manager.store.list() == []
+
+
+async def test_signs_its_own_connect_jwt_when_given_the_secret(aiohttp_server: Any, config: RtcConfig) -> None:
+    secret = "a-selftest-secret-of-32-bytes-or-more"
+    url, _ = await start(aiohttp_server, config.replace(auth_secret=secret), media=False)
+    code, out, _ = await selftest(url, "--json", "--only", "signaling", "--auth-secret", secret)
+    assert code == 0, out
+    [result] = await run_selftest(url, ["signaling"], timeout=10)  # in-process this time: no secret
+    assert not result.ok and result.detail.startswith("unauthorized:"), result

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import sys
 import tempfile
@@ -124,14 +125,14 @@ class SelfTest:
         *,
         timeout: float = 20.0,
         room: str | None = None,
-        admin_key: str | None = None,
+        auth_secret: str | None = None,
         keep_recording: bool = False,
         download_dir: str | Path | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.room = room or f"selftest-{secrets.token_hex(4)}"
-        self.admin_key = admin_key
+        self.auth_secret = auth_secret
         self.keep_recording = keep_recording
         self.download_dir = Path(download_dir) if download_dir else None
         self.stage = "starting"
@@ -178,10 +179,11 @@ class SelfTest:
     async def _client(self, label: str, **kwargs: Any) -> RtcClient:
         """A connected peer of this run, disconnected when the check ends."""
         assert self._stack is not None
-        client = RtcClient(self.url, admin_key=self.admin_key, **kwargs)
+        client = RtcClient(self.url, **kwargs)
         self._stack.push_async_callback(client.close)
         self._at(f"connecting peer {label}")
-        await client.connect(self.room, f"{label}-{secrets.token_hex(3)}")
+        peer_id = f"{label}-{secrets.token_hex(3)}"
+        await client.connect(self.room, peer_id, auth_token=self._connect_jwt(peer_id))
 
         async def leave() -> None:
             with contextlib.suppress(Exception):
@@ -189,6 +191,15 @@ class SelfTest:
 
         self._stack.push_async_callback(leave)
         return client
+
+    def _connect_jwt(self, peer_id: str) -> str | None:
+        """A short-lived connect JWT for one of our peers, when the server requires one."""
+        if not self.auth_secret:
+            return None
+        import jwt
+
+        claims = {"room": self.room, "sub": peer_id, "exp": int(time.time()) + 300}
+        return jwt.encode(claims, self.auth_secret, algorithm="HS256")
 
     def _pc(self, client: RtcClient) -> RTCPeerConnection:
         """A peer connection with the ICE servers the server handed out, closed when the check ends."""
@@ -517,7 +528,7 @@ def main(args: argparse.Namespace) -> int:
             progress=progress,
             timeout=args.timeout,
             room=args.room,
-            admin_key=args.admin_key,
+            auth_secret=args.auth_secret,
             keep_recording=args.keep_recording,
             download_dir=args.download_dir,
         )
@@ -549,7 +560,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--skip", action="append", metavar="CHECK", help="skip this check (repeatable)")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds each check may take (default: 20)")
     parser.add_argument("--room", help="room to use (default: a fresh selftest-<random> room)")
-    parser.add_argument("--admin-key", help="the server's admin key, if the server needs one for these calls")
+    parser.add_argument(
+        "--auth-secret",
+        default=os.environ.get("FANTASIZE_RTC_AUTH_SECRET"),
+        help="the server's --auth-secret, when connect needs a JWT: selftest signs its own "
+        "[env FANTASIZE_RTC_AUTH_SECRET]",
+    )
     parser.add_argument(
         "--keep-recording", action="store_true", help="leave the recording on the server (deleted by default)"
     )
