@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -120,3 +121,14 @@ async def test_signs_its_own_connect_jwt_when_given_the_secret(aiohttp_server: A
     assert code == 0, out
     [result] = await run_selftest(url, ["signaling"], timeout=10)  # in-process this time: no secret
     assert not result.ok and result.detail.startswith("unauthorized:"), result
+
+
+def test_cli_client_and_selftest_import_no_media_or_framework_code() -> None:
+    code = (
+        "import sys, fantasize_rtc.cli, fantasize_rtc.client, fantasize_rtc.selftest\n"
+        "fantasize_rtc.cli.build_parser()\n"
+        "bad = [m for m in ('aiortc', 'av', 'fastapi', 'starlette', 'litestar', 'uvicorn') if m in sys.modules]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
