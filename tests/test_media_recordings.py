@@ -156,3 +156,28 @@ async def test_shutdown_finalizes_recordings(tmp_path: Path) -> None:
     with av.open(saved[0].path) as container:
         assert {s.type for s in container.streams} == {"audio", "video"}
         assert container.duration is not None and container.duration > 0
+
+
+async def test_owner_timeout_ends_the_session_and_finalizes_its_recording(aiohttp_client: Any, tmp_path: Path) -> None:
+    config = RtcConfig(recordings_dir=str(tmp_path / "rec"), heartbeat_interval_ms=400, admin_key="admin-secret")
+    client = await aiohttp_client(create_app(config=config))
+    saved: list[Any] = []
+    client.app[MEDIA_KEY].rtc.on(RECORDING_SAVED, saved.append)
+    joined = await (await client.post("/rtc/connect", json={"roomId": "r", "peerId": "sleepy"})).json()
+    headers = bearer(joined["token"])
+
+    async def recorded_while_alive(session: Any) -> bool:
+        await client.post("/rtc/heartbeat", json={"roomId": "r", "peerId": "sleepy"}, headers=headers)
+        return bool(session.frames["video"] >= 15)
+
+    async with client_peer() as peer:
+        peer.add_media()
+        body = await http_offer(client, peer, "record", token=joined["token"])
+        session = client.app[MEDIA_KEY].sessions()[0]
+        await wait_for(lambda: recorded_while_alive(session), 20, interval=0.1, message="recorded frames")
+        # the owner goes silent: the reaper times it out and its session ends with it
+        await wait_for(lambda: saved, 20, message="recording:saved after the owner timed out")
+    report = await (await client.get(f"/rtc/sessions/{body['sessionId']}", headers=ADMIN)).json()
+    assert report["closeReason"] == "owner_timeout"
+    with av.open(saved[0].path) as container:
+        assert {s.type for s in container.streams} == {"audio", "video"}

@@ -204,8 +204,17 @@ class MediaManager:
         """Answer the session's offer; on any failure the session is closed and the error raised."""
         try:
             answer = await session.accept(sdp)
-        except BaseException:
+        except RtcError:
             await session.close("rejected")
+            raise
+        except BaseException as exc:
+            ended_meanwhile = session.closed or session.close_reason is not None
+            await session.close("rejected")
+            if ended_meanwhile and isinstance(exc, Exception):
+                # closed under us (shutdown, DELETE by the admin): aiortc raises its own errors then
+                raise CapacityExceeded(
+                    "The session was closed while its offer was being answered.", retry_after=5
+                ) from exc
             raise
         if session.owner is not None and not session.closed:
             await self._list(session)

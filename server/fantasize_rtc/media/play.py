@@ -110,7 +110,10 @@ class PatternVideoTrack(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        n = await self._pace.next()
+        return self.frame(await self._pace.next())
+
+    def frame(self, n: int) -> av.VideoFrame:
+        """Frame number ``n`` (no pacing): also used to pre-encode benchmark sources."""
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
         frame.planes[0].update(self._luma_plane(frame, n))
         frame.planes[1].update(self._chroma_plane(frame))

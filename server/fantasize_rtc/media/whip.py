@@ -57,7 +57,8 @@ async def whip_post(request: web.Request) -> web.Response:
     options = parse_options(_query_options(dict(request.query)), manager.config.max_session_seconds)
     caller = await caller_of(request)
     session, answer = await manager.open(mode=mode, sdp=sdp, options=options, owner=caller.owner, via="whip")
-    location = f"/whip/{session.id}"
+    # relative to where the app is mounted (request.path carries any prefix)
+    location = f"{request.path.rstrip('/')}/{session.id}"
     return web.Response(
         status=201,
         text=answer,

@@ -1,0 +1,472 @@
+"""Media benchmark: our echo (``POST /rtc/offer`` mode echo) against a plain aiortc ``MediaRelay``
+echo server (the approach of aiortc's ``examples/server``), in the same run on the same machine.
+
+    python -m bench.media                       # 1, 2, 4 streams, 10 s windows, 10 latency runs
+    python -m bench.media --streams 1,2 --seconds 5 --json out.json
+
+Per server and stream count it reports the server's CPU seconds per stream-second (utime+stime
+of the server process over the window), the echoed frame rate each client receives (mean and
+worst stream), and separately the time from sending the offer to the first echoed frame (p50,
+p95 over sequential single-stream sessions). Sources are 640x480 30 fps VP8, pre-encoded once
+(a moving test pattern) and sent as packets, so the clients spend no CPU encoding; the servers
+decode and re-encode as in real use. Both servers get an empty ICE server list (the aiortc
+example's default public STUN server would only add a gathering wait) and, when ``taskset``
+exists and there are at least two cores, the server runs pinned to one core and the clients to
+the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import av
+from aiohttp import web
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
+
+from fantasize_rtc.media.play import PatternVideoTrack
+
+log = logging.getLogger("bench.media")
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+WIDTH, HEIGHT, FPS = 640, 480, 30
+SOURCE_FRAMES = 90  # 3 s loop, a keyframe every second
+VIDEO_CLOCK = 90000
+
+
+# -- the baseline server: aiortc's examples/server approach ---------------------------------------
+
+
+def run_baseline_server(port: int) -> None:
+    """``POST /offer`` -> answer; every received track goes back through a ``MediaRelay``."""
+    relay = MediaRelay()
+    pcs: set[RTCPeerConnection] = set()
+
+    async def offer(request: web.Request) -> web.Response:
+        params = await request.json()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pcs.add(pc)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await pc.close()
+                pcs.discard(pc)
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            @channel.on("message")
+            def on_message(message: Any) -> None:
+                channel.send(message)
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            pc.addTrack(relay.subscribe(track))
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=params["sdp"], type=params["type"]))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "pcs": len(pcs)})
+
+    async def on_shutdown(app: web.Application) -> None:
+        await asyncio.gather(*(pc.close() for pc in list(pcs)))
+
+    app = web.Application()
+    app.router.add_post("/offer", offer)
+    app.router.add_get("/healthz", health)
+    app.on_shutdown.append(on_shutdown)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# -- servers under test ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def plan_cores() -> tuple[list[int], list[int]]:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2 or shutil.which("taskset") is None:
+        return [], []
+    return cores[:1], cores[1:]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], port: int, offer_path: str, cores: list[int]) -> None:
+        self.name, self.port, self.offer_path = name, port, offer_path
+        if cores:
+            cmd = ["taskset", "-c", ",".join(map(str, cores)), *cmd]
+        self.cmd = cmd
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'server'}"}
+        return subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        self.proc = self._spawn()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(self.url + "/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not start")
+
+    def cpu(self) -> float:
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+# -- clients --------------------------------------------------------------------------------------
+
+
+def encode_source() -> list[bytes]:
+    """The test pattern, encoded once as VP8 (keyframe every second) for passthrough sending."""
+    pattern = PatternVideoTrack(WIDTH, HEIGHT, FPS)
+    codec: Any = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height, codec.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    codec.time_base = Fraction(1, FPS)
+    codec.framerate = Fraction(FPS, 1)
+    codec.bit_rate = 1_000_000
+    codec.gop_size = FPS
+    codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "kf-max-dist": str(FPS)}
+    packets: list[bytes] = []
+    for n in range(SOURCE_FRAMES):
+        frame = pattern.frame(n)
+        frame.pts, frame.time_base = n, Fraction(1, FPS)
+        packets.extend(bytes(p) for p in codec.encode(frame))
+    packets.extend(bytes(p) for p in codec.encode(None))
+    return packets[:SOURCE_FRAMES]
+
+
+class PacketSource(MediaStreamTrack):
+    """Sends pre-encoded VP8 packets at 30 fps (aiortc packetizes them without encoding)."""
+
+    kind = "video"
+
+    def __init__(self, packets: list[bytes]) -> None:
+        super().__init__()
+        self._packets = packets
+        self._n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            self._n += 1
+            wait = self._start + self._n / FPS - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        packet = av.Packet(self._packets[self._n % len(self._packets)])
+        packet.pts = self._n * (VIDEO_CLOCK // FPS)
+        packet.time_base = Fraction(1, VIDEO_CLOCK)
+        return packet
+
+
+class Stream:
+    """One client: sends the source, counts echoed frames, notes when the first one came."""
+
+    def __init__(self, packets: list[bytes]) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTrack(PacketSource(packets))
+        self.frames = 0
+        self.offer_at = 0.0
+        self.first_frame_at: float | None = None
+        self.session_id: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(self._count(track)))
+
+    async def _count(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
+            if self.first_frame_at is None:
+                self.first_frame_at = time.perf_counter()
+            self.frames += 1
+
+    async def connect(self, http: aiohttp.ClientSession, server: Server) -> None:
+        self.offer_at = time.perf_counter()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body: dict[str, Any] = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        if server.offer_path == "/rtc/offer":
+            body["mode"] = "echo"
+        async with http.post(server.url + server.offer_path, json=body) as resp:
+            answer = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"{server.name}: offer refused: {answer}")
+        self.session_id = answer.get("sessionId")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+
+    @property
+    def first_frame_ms(self) -> float | None:
+        return None if self.first_frame_at is None else (self.first_frame_at - self.offer_at) * 1000
+
+    async def close(self, http: aiohttp.ClientSession, server: Server) -> None:
+        if self.session_id:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.delete(f"{server.url}/rtc/sessions/{self.session_id}"):
+                    pass
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def wait_until(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def measure_streams(
+    http: aiohttp.ClientSession, server: Server, packets: list[bytes], n: int, warmup: float, seconds: float
+) -> dict[str, Any]:
+    streams = [Stream(packets) for _ in range(n)]
+    try:
+        await asyncio.gather(*(s.connect(http, server) for s in streams))
+        if not await wait_until(lambda: all(s.first_frame_at for s in streams), 30):
+            return {"server": server.name, "streams": n, "error": "not every stream echoed a frame in 30 s"}
+        await asyncio.sleep(warmup)
+        cpu0, frames0, t0 = server.cpu(), [s.frames for s in streams], time.perf_counter()
+        await asyncio.sleep(seconds)
+        cpu1, frames1, t1 = server.cpu(), [s.frames for s in streams], time.perf_counter()
+    finally:
+        await asyncio.gather(*(s.close(http, server) for s in streams), return_exceptions=True)
+    window = t1 - t0
+    fps = [(b - a) / window for a, b in zip(frames0, frames1, strict=True)]
+    return {
+        "server": server.name,
+        "streams": n,
+        "cpuPerStreamSecond": round((cpu1 - cpu0) / (n * window), 4),
+        "cpuPercentOfCore": round(100 * (cpu1 - cpu0) / window, 1),
+        "fpsMean": round(statistics.mean(fps), 1),
+        "fpsMin": round(min(fps), 1),
+        "firstFrameMs": [round(s.first_frame_ms or 0, 1) for s in streams],
+    }
+
+
+async def measure_latency(
+    http: aiohttp.ClientSession, server: Server, packets: list[bytes], runs: int
+) -> dict[str, Any]:
+    samples: list[float] = []
+    for _ in range(runs):
+        stream = Stream(packets)
+        try:
+            await stream.connect(http, server)
+            if await wait_until(lambda s=stream: s.first_frame_at is not None, 20):  # type: ignore[misc]
+                samples.append(stream.first_frame_ms or 0.0)
+        finally:
+            await stream.close(http, server)
+        await asyncio.sleep(0.2)  # let the server finish closing before the next one
+    if not samples:
+        return {"server": server.name, "error": "no echoed frame"}
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {
+        "server": server.name,
+        "runs": len(samples),
+        "p50Ms": round(statistics.median(ordered), 1),
+        "p95Ms": round(p95, 1),
+        "samplesMs": [round(x, 1) for x in samples],
+    }
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "loadavg": load,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "python": sys.version.split()[0],
+        "av": av.__version__,
+    }
+
+
+def table(results: list[dict[str, Any]], latency: list[dict[str, Any]]) -> str:
+    lines = [
+        "| server | streams | CPU s per stream-s | server CPU % of a core | echoed fps mean | worst stream fps |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['server']} | {r['streams']} | {r['error']} | | | |")
+            continue
+        lines.append(
+            f"| {r['server']} | {r['streams']} | {r['cpuPerStreamSecond']:.3f} | {r['cpuPercentOfCore']} | "
+            f"{r['fpsMean']} | {r['fpsMin']} |"
+        )
+    lines += ["", "| server | offer -> first echoed frame p50 | p95 | runs |", "|---|---|---|---|"]
+    for r in latency:
+        if "error" in r:
+            lines.append(f"| {r['server']} | {r['error']} | | |")
+        else:
+            lines.append(f"| {r['server']} | {r['p50Ms']} ms | {r['p95Ms']} ms | {r['runs']} |")
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    server_cores, client_cores = plan_cores()
+    if client_cores:
+        os.sched_setaffinity(0, client_cores)
+    packets = encode_source()
+    counts = [int(x) for x in args.streams.split(",") if x]
+    ours = Server(
+        "fantasize-rtc echo",
+        [
+            sys.executable,
+            "-m",
+            "fantasize_rtc",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--max-media-sessions",
+            "64",
+            "--log-level",
+            "warning",
+            "--event-loop",
+            args.event_loop,
+        ],
+        0,
+        "/rtc/offer",
+        server_cores,
+    )
+    ours.port = int(ours.cmd[ours.cmd.index("--port") + 1])
+    base_port = free_port()
+    baseline = Server(
+        "aiortc MediaRelay echo (baseline)",
+        [sys.executable, "-m", "bench.media", "--baseline-server", "--port", str(base_port)],
+        base_port,
+        "/offer",
+        server_cores,
+    )
+    results: list[dict[str, Any]] = []
+    latency: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as http:
+        for server in (baseline, ours):
+            await server.start(http)
+            try:
+                latency.append(await measure_latency(http, server, packets, args.latency_runs))
+                log.info("%s latency: %s", server.name, latency[-1])
+            finally:
+                server.stop()
+        for n in counts:
+            # interleave: the machine's other load hits both servers alike
+            for server in (baseline, ours):
+                await server.start(http)
+                try:
+                    results.append(await measure_streams(http, server, packets, n, args.warmup, args.seconds))
+                    log.info("%s", results[-1])
+                finally:
+                    server.stop()
+    return {
+        "machine": {**machine(), "serverCores": server_cores, "clientCores": client_cores},
+        "settings": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "seconds": args.seconds, "warmup": args.warmup},
+        "streams": results,
+        "latency": latency,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench media", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--streams", default="1,2,4", help="stream counts to measure (default 1,2,4)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of echo before measuring")
+    parser.add_argument("--latency-runs", type=int, default=10, help="sequential sessions for first-frame latency")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--event-loop", default="auto", help="our server's --event-loop (auto, uvloop, asyncio)")
+    parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.baseline_server:
+        run_baseline_server(args.port)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    data = asyncio.run(run(args))
+    m = data["machine"]
+    print(
+        f"\nmachine: {m['nproc']} cores, {m['cpu']}, load {' '.join(m['loadavg'])}, {m['date']}; "
+        f"server on cores {m['serverCores'] or 'any'}, clients on {m['clientCores'] or 'any'}\n"
+    )
+    print(table(data["streams"], data["latency"]))
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
