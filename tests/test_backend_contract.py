@@ -379,6 +379,29 @@ async def test_facade_relay_both_ways_and_broadcast(pair: tuple[RtcServer, RtcSe
     await wait_for(lambda: len(carol.signals()) == 1 and len(alice.signals()) == 2, message="broadcast")
 
 
+async def test_facade_a_new_member_is_reachable_once_announced(pair: tuple[RtcServer, RtcServer]) -> None:
+    a, b = pair
+    await a.connect_peer("r", "alice")
+    alice = ListChannel()
+    await a.attach_channel("r", "alice", alice)
+    for n in range(3):  # a's view of the room is warm, then members come and go through b
+        peer = f"p{n}"
+        await b.connect_peer("r", peer)
+        await wait_for(
+            lambda: any(m.get("peer", {}).get("peerId") == peer for m in alice.messages),  # noqa: B023
+            message=f"alice told of {peer}",
+        )
+        result = await a.relay("r", "alice", {"type": "hi", "payload": n, "to": peer})  # known, so reachable
+        assert result.queued == (peer,)
+        assert sorted((await a.relay("r", "alice", {"type": "all", "payload": n})).queued) == [
+            f"p{i}" for i in range(n + 1)
+        ]
+    assert await b.disconnect_peer("r", "p0")
+    await wait_for(lambda: any(m.get("peerId") == "p0" for m in alice.messages), message="alice told p0 left")
+    with pytest.raises(PeerNotFound):
+        await a.relay("r", "alice", {"type": "hi", "payload": 0, "to": "p0"})
+
+
 async def test_facade_order_holds_across_detach_and_reattach(pair: tuple[RtcServer, RtcServer]) -> None:
     a, b = pair
     await a.connect_peer("r", "alice")

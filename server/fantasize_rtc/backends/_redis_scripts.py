@@ -85,7 +85,8 @@ return {'ok', snapshot(rid)}
 """
 )
 
-#: ARGV: P, room, peer, metadata, now, token, proof, trusted, default_max_peers, max_rooms, max_peers
+#: ARGV: P, room, peer, metadata, now, token, proof, trusted, default_max_peers, max_rooms, max_peers,
+#: caller process. A new member is announced on ``P events`` (processes cache room members).
 JOIN = (
     _COMMON
     + r"""
@@ -121,6 +122,7 @@ redis.call('HSET', pk(rid), pid, token .. '\t' .. now .. '\t' .. meta)
 redis.call('ZADD', SEEN, now, m)
 if not replaced then
   redis.call('INCR', NPEERS)
+  redis.call('PUBLISH', P .. 'events', '!joined\t' .. ARGV[12] .. '\t' .. rid .. '\t' .. pid)
 elseif replaced ~= token then
   redis.call('HDEL', TOKENS, replaced)
 end
@@ -190,13 +192,13 @@ return snapshot(ARGV[2])
 """
 )
 
-#: ARGV: P, room, from, to ('' for everyone else)
+#: ARGV: P, room, from ('' for no check: all members), to ('' for everyone else)
 RECIPIENTS = (
     _COMMON
     + r"""
 local rid, from, to = ARGV[2], ARGV[3], ARGV[4]
 if redis.call('EXISTS', rk(rid)) == 0 then return {'room'} end
-if redis.call('HEXISTS', pk(rid), from) == 0 then return {'peer', from} end
+if from ~= '' and redis.call('HEXISTS', pk(rid), from) == 0 then return {'peer', from} end
 if to ~= '' then
   if redis.call('HEXISTS', pk(rid), to) == 0 then return {'peer', to} end
   return {'ok', {to}}

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import CapacityExceeded, PeerIdTaken, PeerNotFound, RoomExists, RoomFull, RoomNotFound, Unauthorized
@@ -49,6 +49,8 @@ Key = tuple[str, str]
 
 #: Errors that mean "Redis is not reachable right now" (BusyLoadingError is a ConnectionError).
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+#: What the blocking pool raises when no connection frees up in time: busy, not down.
+_POOL_EXHAUSTED = "No connection available."
 
 
 class _Pending:
@@ -69,7 +71,8 @@ class RedisBackend(Backend):
     that should act as one use the same), ``socket_timeout`` and ``connect_timeout`` (seconds; a
     request never waits longer for Redis), ``refresh_interval`` (seconds between presence
     refreshes), ``process_ttl`` (seconds a process counts as alive after its last refresh),
-    ``max_backoff`` (seconds between reconnect attempts at most), ``process_id``.
+    ``max_backoff`` (seconds between reconnect attempts at most), ``max_connections`` (pooled
+    connections; more concurrent requests wait for one), ``process_id``.
     """
 
     name = "redis"
@@ -84,6 +87,7 @@ class RedisBackend(Backend):
         refresh_interval: float = 1.0,
         process_ttl: float = 5.0,
         max_backoff: float = 2.0,
+        max_connections: int = 64,
         process_id: str | None = None,
     ) -> None:
         self.url = url
@@ -94,6 +98,7 @@ class RedisBackend(Backend):
         self._refresh_interval = refresh_interval
         self._process_ttl_ms = int(process_ttl * 1000)
         self._max_backoff = max_backoff
+        self._max_connections = max_connections
         self._channel = f"{prefix}ch:{self.process_id}"
         self._events = f"{prefix}events"
         self._client: aioredis.Redis | None = None
@@ -107,6 +112,12 @@ class RedisBackend(Backend):
         #: Peers whose presence this process claimed (it held their live channel then).
         self._local: set[Key] = set()
         self._pending: dict[Key, _Pending] = {}
+        self._batch: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+        #: Members of rooms this process relayed in, kept fresh by join/leave notices; only
+        #: trusted while subscribed (a lost subscription may have missed notices).
+        self._members: dict[str, frozenset[str]] = {}
+        self._members_gen = 0
         #: Key expiry of outboxes: a safety net; the reaper expires items by their timestamp.
         self._outbox_key_ttl_ms = 600_000
         self._last_counts = (0, 0)
@@ -116,15 +127,18 @@ class RedisBackend(Backend):
 
     async def start(self, sink: DeliverySink) -> None:
         self._sink = sink
-        self._client = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             self.url,
             decode_responses=True,
             socket_timeout=self._socket_timeout,
             socket_connect_timeout=self._connect_timeout,
             # Requests fail fast; the monitor reconnects with backoff instead of each call retrying.
             retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
+            # Bursts wait for a free connection (at most a socket timeout) instead of failing.
+            max_connections=self._max_connections,
+            timeout=self._socket_timeout,
         )
+        self._client = aioredis.Redis(connection_pool=pool)
         for name in (
             "ADD_SERVER_PEER",
             "CLAIM",
@@ -161,6 +175,8 @@ class RedisBackend(Backend):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
         client = self._client
         if client is not None:
             if self._up:
@@ -169,7 +185,7 @@ class RedisBackend(Backend):
                     releases = [part for key in self._local for part in key]
                     await self._script("CLAIM", self.process_id, "", len(self._local), *releases)
                     await client.delete(f"{self.prefix}proc:{self.process_id}")
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)
         self._local.clear()
         self._pending.clear()
         log.info("redis backend closed: process %s", self.process_id)
@@ -210,11 +226,56 @@ class RedisBackend(Backend):
         try:
             return await make()
         except _UNREACHABLE as exc:
+            if isinstance(exc, RedisConnectionError) and str(exc) == _POOL_EXHAUSTED:
+                raise CapacityExceeded("Too many requests wait for Redis; try again shortly.", retry_after=1) from exc
             self._set_down(exc)
             raise self._unavailable() from exc
 
     async def _script(self, name: str, *args: Any) -> Any:
-        return await self._scripts[name](args=(self.prefix, *args))
+        """Run a script. Calls made in the same loop iteration share one pipelined round trip
+        (auto-pipelining): under load that costs far less client CPU than one call each."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((name, (self.prefix, *args), future))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+        return await future
+
+    def _flush_soon(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            task = asyncio.ensure_future(self._flush(batch))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, batch: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        client = self._client
+        assert client is not None
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for name, args, _ in batch:
+                    pipe.evalsha(self._scripts[name].sha, 0, *args)
+                results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the connection failed: every caller gets the error
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else RedisConnectionError(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (name, args, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            value = result
+            if isinstance(value, NoScriptError):  # Redis restarted: the script object reloads it
+                try:
+                    value = await self._scripts[name](args=args)
+                except Exception as exc:
+                    future.set_exception(exc)
+                    continue
+            if isinstance(value, Exception):
+                future.set_exception(value)
+            else:
+                future.set_result(value)
 
     async def _call(self, name: str, *args: Any) -> Any:
         return await self._guard(lambda: self._script(name, *args))
@@ -296,6 +357,7 @@ class RedisBackend(Backend):
             try:
                 await pubsub.subscribe(self._channel, self._events)
                 self._subscribed = True
+                self._forget_members(None)
                 # What was published while we were not listening went to outboxes: re-drain now.
                 self._wake.set()
                 backoff = 0.05
@@ -313,6 +375,7 @@ class RedisBackend(Backend):
                 log.exception("redis listener failed (process %s)", self.process_id)
             finally:
                 self._subscribed = False
+                self._forget_members(None)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
             await asyncio.sleep(backoff)
@@ -334,8 +397,19 @@ class RedisBackend(Backend):
             # Our channel for the peer closed since it was claimed: back to its outbox, in order.
             await self._requeue(key, seq, envelope)
 
+    def _forget_members(self, room_id: str | None) -> None:
+        self._members_gen += 1
+        if room_id is None:
+            self._members.clear()
+        else:
+            self._members.pop(room_id, None)
+
     async def _on_control(self, parts: list[str]) -> None:
         sink = self._sink
+        if parts[0] in ("joined", "left") and len(parts) == 4:
+            self._forget_members(parts[2])
+        if parts[0] == "joined":
+            return
         if parts[0] == "replaced" and len(parts) == 3:
             room_id, peer_id = parts[1], parts[2]
             self._local.discard((room_id, peer_id))
@@ -430,8 +504,11 @@ class RedisBackend(Backend):
             default_max_peers,
             max_rooms,
             max_peers,
+            self.process_id,
         )
         status = res[0]
+        if status == "ok":
+            self._forget_members(room_id)  # here at once; other processes by the notice
         if status == "capacity_rooms":
             raise CapacityExceeded(f"The server holds its maximum of {max_rooms} rooms.")
         if status == "capacity_peers":
@@ -455,6 +532,7 @@ class RedisBackend(Backend):
         if res is None:
             return None
         record, seen, closed, remaining = res
+        self._forget_members(room_id)
         self._local.discard((room_id, peer_id))
         info = _peer_info(peer_id, record, seen)
         return LeaveOutcome(info, room_id, tuple(remaining), bool(closed))
@@ -482,12 +560,23 @@ class RedisBackend(Backend):
         return room_id, peer_id
 
     async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]:
-        res = await self._call("RECIPIENTS", room_id, from_peer_id, to or "")
-        if res[0] == "room":
-            raise RoomNotFound(f"Room {room_id!r} does not exist.")
-        if res[0] == "peer":
-            raise PeerNotFound(f"Peer {res[1]!r} is not in room {room_id!r}.")
-        return list(res[1])
+        members = self._members.get(room_id) if self._subscribed else None
+        if members is None:
+            generation = self._members_gen
+            res = await self._call("RECIPIENTS", room_id, "", "")
+            if res[0] == "room":
+                raise RoomNotFound(f"Room {room_id!r} does not exist.")
+            members = frozenset(res[1])
+            # Keep it unless a join or leave was heard meanwhile (it may predate that change).
+            if self._subscribed and generation == self._members_gen:
+                self._members[room_id] = members
+        if from_peer_id not in members:
+            raise PeerNotFound(f"Peer {from_peer_id!r} is not in room {room_id!r}.")
+        if to is None:
+            return [pid for pid in members if pid != from_peer_id]
+        if to not in members:
+            raise PeerNotFound(f"Peer {to!r} is not in room {room_id!r}.")
+        return [to]
 
     # -- delivery -------------------------------------------------------------------------------
 

@@ -1,0 +1,347 @@
+"""Scale-out benchmark: relay throughput and latency of two server processes on Redis against one
+process in memory, in the same run.
+
+``python -m bench redis [--duration S] [--pairs N] [--rate R] [--window W] [--json PATH]``
+
+It starts a redis-server on a free port, then for each setup its server processes (``python -m
+bench.redis_scale worker``: the real app with the rate limit off, no media) and a load generator
+process per server process. Each pair of peers is a sender and a receiver in their own room; on
+two processes the sender is on one and the receiver on the other, so every message crosses
+Redis. Throughput: every sender keeps ``window`` messages in flight (sent, not yet received) for
+``duration`` seconds; messages/s counts receptions. Latency: a fixed total ``rate`` of messages
+spread over the senders; each message carries its send time and the receiver (same load
+generator process, same clock) takes the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the server process --------------------------------------------------------------------------
+
+
+def _worker(port: int, redis_url: str | None) -> int:
+    from aiohttp import web
+
+    from fantasize_rtc import RtcConfig
+    from fantasize_rtc.web import create_app
+
+    config = RtcConfig(
+        redis_url=redis_url,
+        rate_limit_per_sec=0,
+        heartbeat_interval_ms=60_000,
+        max_peers_per_room=2,
+        recordings_dir=tempfile.gettempdir(),
+    )
+    web.run_app(
+        create_app(config=config, media=False, static=False),
+        host="127.0.0.1",
+        port=port,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+        shutdown_timeout=2,
+    )
+    return 0
+
+
+# -- the load generator process ------------------------------------------------------------------
+
+
+async def _load(job: dict[str, Any]) -> dict[str, Any]:
+    import aiohttp
+
+    pairs: int = job["pairs"]
+    duration: float = job["duration"]
+    latencies: list[float] = []
+    received = [0] * pairs
+    sent = [0] * pairs
+    measuring = False
+    progress = asyncio.Event()
+    moved = [asyncio.Event() for _ in range(pairs)]  # pair i received something
+
+    async with aiohttp.ClientSession() as http:
+
+        async def join(url: str, room: str, peer: str) -> aiohttp.ClientWebSocketResponse:
+            async with http.post(url + "rtc/connect", json={"roomId": room, "peerId": peer}) as r:
+                r.raise_for_status()
+                token = (await r.json())["token"]
+            return await http.ws_connect(url + f"rtc/ws?token={token}", max_msg_size=0)
+
+        senders, receivers = [], []
+        for i in range(pairs):
+            room = f"{job['tag']}-{i}"
+            receivers.append(await join(job["recv_url"], room, "r"))
+            senders.append(await join(job["send_url"], room, "s"))
+
+        async def receive(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                data = json.loads(msg.data)
+                if data.get("type") != "signal":
+                    continue
+                now = time.perf_counter()
+                received[i] += 1
+                if measuring and job["mode"] == "latency":
+                    latencies.append(now - data["signal"]["payload"]["t"])
+                progress.set()
+                moved[i].set()
+
+        readers = [asyncio.ensure_future(receive(i, ws)) for i, ws in enumerate(receivers)]
+
+        async def flood(i: int, ws: aiohttp.ClientWebSocketResponse, until: float) -> None:
+            window = job["window"]
+            while time.perf_counter() < until:
+                if sent[i] - received[i] >= window:
+                    moved[i].clear()
+                    if sent[i] - received[i] >= window:  # checked after clear(): no lost wakeup
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(moved[i].wait(), 0.25)
+                    continue
+                sent[i] += 1
+                await ws.send_str(
+                    json.dumps({"type": "signal", "signal": {"type": "n", "payload": {"t": time.perf_counter()}}})
+                )
+
+        async def paced(i: int, ws: aiohttp.ClientWebSocketResponse, until: float) -> None:
+            interval = pairs / job["rate"]
+            next_at = time.perf_counter() + interval * i / pairs
+            while next_at < until:
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # a timer: messages leave at a fixed rate
+                sent[i] += 1
+                await ws.send_str(
+                    json.dumps({"type": "signal", "signal": {"type": "n", "payload": {"t": time.perf_counter()}}})
+                )
+                next_at += interval
+
+        run = flood if job["mode"] == "throughput" else paced
+        # warm up (connections, caches, the Redis scripts), then measure
+        warm_until = time.perf_counter() + min(1.0, duration / 4)
+        await asyncio.gather(*(run(i, ws, warm_until) for i, ws in enumerate(senders)))
+        settle = time.perf_counter() + 2
+        while sum(received) < sum(sent) and time.perf_counter() < settle:
+            progress.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(progress.wait(), 0.1)
+        base = sum(received)
+        measuring = True
+        started = time.perf_counter()
+        await asyncio.gather(*(run(i, ws, started + duration) for i, ws in enumerate(senders)))
+        elapsed = time.perf_counter() - started
+        got = sum(received) - base
+        measuring = False
+        lost = 0
+        if job["mode"] == "latency":  # let the tail arrive
+            settle = time.perf_counter() + 5
+            while sum(received) < sum(sent) and time.perf_counter() < settle:
+                progress.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(progress.wait(), 0.1)
+            lost = sum(sent) - sum(received)
+        for ws in senders + receivers:
+            await ws.close()
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    return {"received": got, "elapsed": elapsed, "latencies": latencies, "lost": lost}
+
+
+def _loadgen(job_json: str) -> int:
+    result = asyncio.run(_load(json.loads(job_json)))
+    print(json.dumps(result))
+    return 0
+
+
+# -- the driver ----------------------------------------------------------------------------------
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bench.redis_scale", *args]
+
+
+def _env() -> dict[str, str]:
+    path = os.pathsep.join([str(ROOT), str(ROOT / "server"), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def _run_setup(name: str, processes: int, redis_url: str | None, opts: argparse.Namespace) -> dict[str, Any]:
+    ports = [_free_port() for _ in range(processes)]
+    servers = []
+    for port in ports:
+        args = ["worker", "--port", str(port)] + (["--redis-url", redis_url] if redis_url else [])
+        servers.append(
+            subprocess.Popen(_python(*args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+    try:
+        for port, proc in zip(ports, servers, strict=True):
+            _wait_port(port, proc)
+        urls = [f"http://127.0.0.1:{p}/" for p in ports]
+        out: dict[str, Any] = {"setup": name, "processes": processes}
+        for mode in ("throughput", "latency"):
+            jobs = []
+            # on two processes each load generator sends through one and receives through the other
+            gens = 2  # the same load generators for every setup
+            for g in range(gens):
+                jobs.append(
+                    {
+                        "mode": mode,
+                        "tag": f"{processes}{'r' if redis_url else 'm'}-{mode}-{g}",
+                        "pairs": max(1, opts.pairs // gens),
+                        "duration": opts.duration,
+                        "window": opts.window,
+                        "rate": opts.rate / gens,
+                        "send_url": urls[g % processes],
+                        "recv_url": urls[(g + 1) % processes],
+                    }
+                )
+            procs = [
+                subprocess.Popen(_python("loadgen", json.dumps(job)), env=_env(), stdout=subprocess.PIPE)
+                for job in jobs
+            ]
+            results = []
+            for proc in procs:
+                stdout, _ = proc.communicate(timeout=opts.duration * 4 + 60)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"load generator failed ({proc.returncode})")
+                results.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+            if mode == "throughput":
+                out["msgs_per_s"] = sum(r["received"] / r["elapsed"] for r in results)
+            else:
+                lat = sorted(x * 1000 for r in results for x in r["latencies"])
+                out["latency_samples"] = len(lat)
+                out["lost"] = sum(r["lost"] for r in results)
+                out["p50_ms"] = lat[len(lat) // 2] if lat else float("nan")
+                out["p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
+        return out
+    finally:
+        for proc in servers:
+            _stop(proc)
+
+
+def _start_redis() -> tuple[subprocess.Popen[bytes], str, tempfile.TemporaryDirectory[str]]:
+    program = shutil.which("redis-server")
+    if program is None:
+        raise SystemExit("redis-server is not installed (scripts/install-system-deps.sh installs it)")
+    port = _free_port()
+    tmp = tempfile.TemporaryDirectory(prefix="bench-redis-")
+    proc = subprocess.Popen(
+        [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp.name],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_port(port, proc)
+    return proc, f"redis://127.0.0.1:{port}/0", tmp
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print a Markdown table (and JSON with ``--json``)."""
+    parser = argparse.ArgumentParser(prog="python -m bench redis", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="Seconds measured per run.")
+    parser.add_argument("--pairs", type=int, default=16, help="Sender/receiver pairs in all.")
+    parser.add_argument("--window", type=int, default=8, help="Messages in flight per pair (throughput).")
+    parser.add_argument("--rate", type=float, default=400.0, help="Messages/s in all (latency run).")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    opts = parser.parse_args(list(argv) if argv is not None else None)
+
+    load = os.getloadavg()
+    redis_proc, redis_url, tmp = _start_redis()
+    try:
+        rows = [
+            _run_setup("1 process, memory", 1, None, opts),
+            _run_setup("1 process, Redis", 1, redis_url, opts),
+            _run_setup("2 processes, Redis", 2, redis_url, opts),
+        ]
+    finally:
+        _stop(redis_proc)
+        tmp.cleanup()
+    base = rows[0]
+    two = rows[2]
+    summary = {
+        "cores": os.cpu_count(),
+        "loadavg_before": load,
+        "duration_s": opts.duration,
+        "pairs": opts.pairs,
+        "window": opts.window,
+        "rate": opts.rate,
+        "rows": rows,
+        "two_vs_one_memory": two["msgs_per_s"] / base["msgs_per_s"] if base["msgs_per_s"] else float("nan"),
+        "p99_added_ms": two["p99_ms"] - base["p99_ms"],
+    }
+    print(f"cores: {summary['cores']}, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"{opts.pairs} pairs, window {opts.window}, {opts.duration:g} s per run; latency at {opts.rate:g} msg/s\n")
+    print("| setup | relay msgs/s | p50 ms | p99 ms | lost |")
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row['setup']} | {row['msgs_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['lost']} |"
+        )
+    print(
+        f"\ntwo processes on Redis / one in memory: {summary['two_vs_one_memory']:.2f}x messages/s; "
+        f"p99 added by the Redis hop: {summary['p99_added_ms']:.2f} ms"
+    )
+    if opts.json:
+        opts.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _entry(argv: Sequence[str]) -> int:
+    if argv and argv[0] == "worker":
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--port", type=int, required=True)
+        parser.add_argument("--redis-url", default=None)
+        args = parser.parse_args(argv[1:])
+        return _worker(args.port, args.redis_url)
+    if argv and argv[0] == "loadgen":
+        return _loadgen(argv[1])
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(_entry(sys.argv[1:]))
