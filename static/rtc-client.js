@@ -654,10 +654,15 @@ export class PeerLink extends Emitter {
     this.answerPayload = null;
     this._remoteCandidates = [];
     this._answerWaiter = null;
+    // Our candidates wait until our offer or answer is on its way: a candidate that overtakes
+    // the description it belongs to arrives where no session exists yet, and is lost.
+    this._localCandidates = [];
+    this._descriptionSent = false;
     this._onIce = (ev) => {
       // `null` tells the other side that gathering is complete.
       const payload = ev.candidate ? ev.candidate.toJSON() : null;
-      this.client.signal({ type: "candidate", payload, to: this.remotePeerId }).catch(() => {});
+      if (this._descriptionSent) this._sendCandidate(payload);
+      else this._localCandidates.push(payload);
     };
     pc.addEventListener("icecandidate", this._onIce);
     this._offSignal = client.on("signal", (msg) => {
@@ -693,6 +698,7 @@ export class PeerLink extends Emitter {
     await this.client.signal({
       type: "offer", payload: { sdp: this.pc.localDescription.sdp, ...(options.extra ?? {}) }, to: this.remotePeerId,
     });
+    this._flushLocalCandidates();
     return answered;
   }
 
@@ -706,6 +712,7 @@ export class PeerLink extends Emitter {
     const answer = await this.pc.createAnswer();
     await this.pc.setLocalDescription(answer);
     await this.client.signal({ type: "answer", payload: { sdp: this.pc.localDescription.sdp }, to: this.remotePeerId });
+    this._flushLocalCandidates();
   }
 
   /**
@@ -734,6 +741,20 @@ export class PeerLink extends Emitter {
     this._answerWaiter = null;
     this.pc.close();
     this.emit("closed", {});
+  }
+
+  _sendCandidate(payload) {
+    if (this.closed) return;
+    this.client.signal({ type: "candidate", payload, to: this.remotePeerId }).catch(() => {
+      // A lost candidate is not fatal: ICE works with the ones that arrive.
+    });
+  }
+
+  _flushLocalCandidates() {
+    this._descriptionSent = true;
+    const held = this._localCandidates;
+    this._localCandidates = [];
+    held.forEach((payload) => this._sendCandidate(payload));
   }
 
   async _onSignal(sig) {
