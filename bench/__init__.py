@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench [signaling|media|redis|all]`` (see BENCHMARKS.md)."""
