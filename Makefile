@@ -20,6 +20,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed-test system-deps
+	$(BIN)/python -m pip install --quiet -e '.[fast]'
 	$(BIN)/python -m bench $(ARGS)
 
 system-deps:

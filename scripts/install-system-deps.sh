@@ -9,6 +9,10 @@ command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v turnserver >/dev/null 2>&1 || missing="$missing coturn"
 command -v ffprobe >/dev/null 2>&1 || missing="$missing ffmpeg"
+# The signaling benchmark (make bench): wrk drives the HTTP scenario; Node + npm run the PeerJS server.
+command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
   echo "install-system-deps: missing$missing; install them with apt-get (needs root)" >&2; exit 0

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from . import __version__
@@ -100,6 +101,7 @@ _SERVE_FLAGS: list[tuple[str, str | None, Any, Any, str, bool]] = [
         "Signals per second one peer may send (burst 200); 0 turns the limit off. (default: 50)",
         False,
     ),
+    ("event-loop", None, str, "auto", "auto (uvloop when it is installed), uvloop or asyncio.", False),
     ("log-level", None, str, "info", "debug, info, warning or error.", False),
 ]
 
@@ -209,6 +211,42 @@ async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
         log.info("stopped")
 
 
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when asked for or (``auto``) when installed; None for asyncio's own.
+
+    uvloop's C transports cut the cost of every WebSocket read and write (BENCHMARKS.md)."""
+    if choice not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"--event-loop must be auto, uvloop or asyncio, not {choice!r}")
+    if choice == "asyncio":
+        return None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("--event-loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _run(coro: Coroutine[Any, Any, None], loop_factory: Callable[[], asyncio.AbstractEventLoop] | None) -> None:
+    if loop_factory is None:
+        asyncio.run(coro)
+        return
+    log.debug("running on uvloop")
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(coro)
+    else:  # pragma: no cover - Python 3.10
+        loop = loop_factory()
+        try:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(coro)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -222,7 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(exc))
         configure_logging(args.log_level)
         try:
-            asyncio.run(serve(args, config))
+            loop_factory = _loop_factory(args.event_loop)
+        except ValueError as exc:
+            parser.error(str(exc))
+        try:
+            _run(serve(args, config), loop_factory)
         except OSError as exc:
             log.error("could not start: %s", exc)
             return 1
