@@ -51,10 +51,11 @@ CHROMIUM_ARGS = [
 class ServerProcess:
     """``fantasize-rtc serve`` in a subprocess, with helpers to call its HTTP API as the admin."""
 
-    def __init__(self, workdir: Path, name: str, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, name: str, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.name = name
         self.port = port or free_port()
+        self.extra_args = extra_args
         self.recordings = workdir / "recordings"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
@@ -81,6 +82,7 @@ class ServerProcess:
                 ADMIN_KEY,
                 "--log-level",
                 "info",
+                *self.extra_args,
             ],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
