@@ -540,3 +540,24 @@ async def test_redis_down_fails_fast_and_service_resumes(redis_server: RedisServ
         await wait_for(lambda: rtc.backend.health()["ok"], timeout=10, message="redis back")
         await rtc.connect_peer("r2", "bob")  # fresh Redis: state is gone, service is back
         assert await rtc.backend.counts() == (1, 1)
+
+
+async def test_redis_reaper_spares_a_peer_seen_again_meanwhile(redis_server: RedisServer) -> None:
+    from fantasize_rtc.backends.redis import RedisBackend
+
+    prefix = unique_prefix()
+    reaper, other = RedisBackend(redis_server.url, prefix=prefix), RedisBackend(redis_server.url, prefix=prefix)
+    await reaper.start(Hub())
+    await other.start(Hub())
+    try:
+        await _join(reaper, "r", "alice")
+        await _join(reaper, "r", "bob")
+        assert sorted(await reaper.expired_peers(NOW + 2000, 1000)) == [("r", "alice"), ("r", "bob")]
+        await other.touch("r", "alice", NOW + 2000)  # alice heartbeats through another process
+        assert await reaper.leave("r", "alice") is None
+        bob = await reaper.leave("r", "bob")
+        assert bob is not None and bob.remaining == ("alice",)
+        assert await reaper.leave("r", "alice") is not None  # an explicit leave is not conditional
+    finally:
+        await reaper.close()
+        await other.close()

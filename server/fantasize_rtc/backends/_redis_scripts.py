@@ -133,8 +133,9 @@ return {'ok', created and 1 or 0, replaced and 1 or 0, token, snapshot(rid), hol
 """
 )
 
-#: ARGV: P, room, peer, caller process. Nil when the peer is not there (someone else removed it
-#: first). Tells every process (``P events``) so their server peers can end the peer's sessions.
+#: ARGV: P, room, peer, caller process, deadline ('' or ms: only remove a peer still silent since
+#: before it, for the reaper). Nil when the peer is not there (someone else removed it first) or was
+#: seen again. Tells every process (``P events``) so their server peers can end the peer's sessions.
 LEAVE = (
     _COMMON
     + r"""
@@ -143,6 +144,7 @@ local rec = redis.call('HGET', pk(rid), pid)
 if not rec then return false end
 local m = rid .. '/' .. pid
 local seen = redis.call('ZSCORE', SEEN, m) or '0'
+if ARGV[5] ~= '' and tonumber(seen) >= tonumber(ARGV[5]) then return false end
 local token = string.sub(rec, 1, string.find(rec, '\t', 1, true) - 1)
 redis.call('HDEL', pk(rid), pid)
 redis.call('ZREM', SEEN, m)
@@ -213,7 +215,8 @@ return {'ok', out}
 
 #: Route one message to members without a live channel in the calling process: publish it to the
 #: process holding the peer's channel, or (no holder, holder is the caller, or nobody listening on
-#: the holder's channel: it died) queue it in the outbox. Members only.
+#: the holder's channel, or it stopped refreshing its liveness key: it died or hangs) queue it in
+#: the outbox. Members only.
 #: ARGV: P, room, caller process, outbox max, body (``ts \t from \t text``), outbox key ttl ms,
 #: then pairs (peer, seq or '' for a new message). Returns per peer 0 gone, 1 sent, 2 queued, 3 full.
 DELIVER = (
@@ -229,7 +232,7 @@ for i = 7, #ARGV, 2 do
   if redis.call('HEXISTS', pk(rid), pid) == 1 then
     if seq == '' then seq = tostring(redis.call('HINCRBY', SEQ, m, 1)) end
     local holder = redis.call('HGET', PRES, m)
-    if holder and holder ~= me then
+    if holder and holder ~= me and alive(holder) then
       local payload = rid .. '\t' .. pid .. '\t' .. seq .. '\t' .. body
       if redis.call('PUBLISH', P .. 'ch:' .. holder, payload) > 0 then status = 1 end
     end

@@ -112,6 +112,7 @@ class RedisBackend(Backend):
         #: Peers whose presence this process claimed (it held their live channel then).
         self._local: set[Key] = set()
         self._pending: dict[Key, _Pending] = {}
+        self._reap_deadlines: dict[Key, int] = {}
         self._batch: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
         #: Members of rooms this process relayed in, kept fresh by join/leave notices; only
@@ -528,7 +529,10 @@ class RedisBackend(Backend):
         return JoinOutcome(peer, res[3], snapshot, bool(res[1]), replaced)
 
     async def leave(self, room_id: str, peer_id: str) -> LeaveOutcome | None:
-        res = await self._call("LEAVE", room_id, peer_id, self.process_id)
+        # A peer the reaper found silent is only removed if it is still silent: it may have sent a
+        # heartbeat to another process since.
+        deadline = self._reap_deadlines.pop((room_id, peer_id), None)
+        res = await self._call("LEAVE", room_id, peer_id, self.process_id, "" if deadline is None else deadline)
         if res is None:
             return None
         record, seen, closed, remaining = res
@@ -538,6 +542,7 @@ class RedisBackend(Backend):
         return LeaveOutcome(info, room_id, tuple(remaining), bool(closed))
 
     async def touch(self, room_id: str, peer_id: str, now: int) -> int:
+        self._reap_deadlines.pop((room_id, peer_id), None)
         res = await self._call("TOUCH", room_id, peer_id, now)
         if res[0] == "room":
             raise RoomNotFound(f"Room {room_id!r} does not exist.")
@@ -642,9 +647,11 @@ class RedisBackend(Backend):
             )
         )
         out = []
+        self._reap_deadlines.clear()
         for member in members:
             room_id, _, peer_id = member.partition("/")
             out.append((room_id, peer_id))
+            self._reap_deadlines[(room_id, peer_id)] = now - timeout_ms
         return out
 
     async def expire_outboxes(self, now: int, ttl_ms: int) -> list[UndeliveredNotice]:
