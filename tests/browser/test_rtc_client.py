@@ -1,0 +1,99 @@
+"""static/rtc-client.js as a library, used from a page the way other apps would use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from playwright.sync_api import Page, WebSocketRoute, expect
+
+from tests.browser.conftest import PageErrors, ServerProcess, unique
+from tests.helpers import wait_for_sync
+
+# Two clients in one page; every message either receives is kept for the test to read.
+SETUP = """async (room) => {
+  const { RtcClient, RtcError } = await import('/static/rtc-client.js');
+  const seen = { a: [], b: [], states: [] };
+  const a = new RtcClient();
+  const b = new RtcClient({ transport: 'poll' });
+  a.on('message', (m) => seen.a.push(m));
+  b.on('message', (m) => seen.b.push(m));
+  a.on('state', (ev) => seen.states.push(ev.state));
+  const infoA = await a.connect(room, 'alice', { name: 'Alice' });
+  const infoB = await b.connect(room, 'bob');
+  window.t = { a, b, seen, RtcError };
+  return { infoA, infoB, transports: [a.transport, b.transport] };
+}"""
+
+
+def test_connect_signal_ack_errors_and_disconnect(new_page, server: ServerProcess, page_errors: PageErrors) -> None:
+    page: Page = new_page("lib", server.url)
+    page.goto("/static/rtc-client.js")  # any page of the server's origin will do
+    room = unique("lib")
+    out: dict[str, Any] = page.evaluate(SETUP, room)
+    assert out["transports"] == ["websocket", "poll"]
+    info_a, info_b = out["infoA"], out["infoB"]
+    assert info_a["peerId"] == "alice" and info_a["token"] and info_a["peers"] == []
+    assert info_a["iceServers"] == [] and info_a["heartbeatIntervalMs"] > 0
+    assert [p["peerId"] for p in info_b["peers"]] == ["alice"]
+
+    # Alice learns of Bob live; her peers map follows.
+    wait_for_sync(lambda: page.evaluate("[...t.a.peers.keys()]") == ["bob"], timeout=10, message="bob in alice's peers")
+    assert page.evaluate("t.seen.a.some(m => m.type === 'peer:connected' && m.peer.peerId === 'bob')")
+
+    # signal() over the WebSocket resolves with the relay result (the ack)...
+    ack = page.evaluate("t.a.signal({type: 'hello', payload: {n: 1}, to: 'bob'})")
+    assert ack == {"listenersNotified": 1, "delivered": ["bob"], "queued": []}
+    # ...and the long-polling Bob receives it, stamped with the sender.
+    wait_for_sync(
+        lambda: page.evaluate("t.seen.b.find(m => m.type === 'signal' && m.signal.type === 'hello')"),
+        timeout=10,
+        message="bob to receive hello",
+    )
+    msg = page.evaluate("t.seen.b.find(m => m.type === 'signal')")
+    assert msg["fromPeerId"] == "alice" and msg["signal"]["payload"] == {"n": 1} and msg["roomId"] == room
+    # Over HTTP (Bob) too, and as (type, payload, to).
+    ack_b = page.evaluate("t.b.signal('hi', {n: 2}, 'alice')")
+    assert ack_b["delivered"] == ["alice"]
+
+    # Refusals reject with RtcError and the protocol's code, on both transports.
+    for who in ("a", "b"):
+        err = page.evaluate(
+            f"""t.{who}.signal({{type: 'x', payload: null, to: 'nobody'}}).then(
+                 () => null, (e) => ({{name: e.name, code: e.code, isRtc: e instanceof t.RtcError}}))"""
+        )
+        assert err == {"name": "RtcError", "code": "peer_not_found", "isRtc": True}, who
+    err = page.evaluate("t.a.connect('other', 'x').then(() => null, (e) => e.code)")
+    assert err == "invalid_state"
+
+    snapshot = page.evaluate("t.a.snapshot()")
+    assert {p["peerId"] for p in snapshot["peers"]} == {"alice", "bob"}
+    assert server.room_peers(room) == {"alice", "bob"}
+
+    page.evaluate("t.b.disconnect()")
+    wait_for_sync(lambda: page.evaluate("[...t.a.peers.keys()]") == [], timeout=10, message="bob gone for alice")
+    assert page.evaluate("t.seen.a.some(m => m.type === 'peer:disconnected' && m.peerId === 'bob')")
+    page.evaluate("t.a.disconnect()")
+    page.evaluate("t.a.disconnect()")  # twice is fine
+    assert page.evaluate("[t.a.state, t.b.state]") == ["closed", "closed"]
+    assert page.evaluate("t.seen.states") == ["connecting", "connected", "closed"]
+    wait_for_sync(lambda: server.room_peers(room) is None, timeout=10, message="the room to close")
+    assert page_errors.errors == []
+
+
+def test_auto_transport_falls_back_to_long_poll(new_page, server: ServerProcess, page_errors: PageErrors) -> None:
+    """A network that refuses WebSockets (a proxy, say) gets long-poll, and the page still works."""
+    page: Page = new_page("nows", server.url)
+
+    def refuse(ws: WebSocketRoute) -> None:
+        ws.close(code=1011, reason="no websockets here")
+
+    page.route_web_socket("**/rtc/ws*", refuse)
+    page.goto("/#call")
+    expect(page.locator("#server-status")).to_have_text("Connected to the server (long-poll)")
+    assert page.evaluate("demo.lab.transport") == "poll"
+    page.fill("#call-room", unique("nows"))
+    page.fill("#call-name", "walled")
+    page.click("#call-join-button")
+    expect(page.locator("#call-status")).to_have_attribute("data-state", "connected")
+    assert page.evaluate("demo.call.client.transport") == "poll"
+    assert page_errors.errors == []
