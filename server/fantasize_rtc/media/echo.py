@@ -17,8 +17,11 @@ __all__ = ["EchoMode", "EchoTrack"]
 
 log = logging.getLogger(__name__)
 
-#: Audio frames (20 ms each) allowed to wait before the oldest are dropped; video keeps only the newest.
+#: Frames allowed to wait before the oldest are dropped: 100 ms of either kind. The decoder
+#: hands frames over in small bursts (jitter buffer), so keeping only the newest would throw away
+#: good frames; more than this means the encoder is behind and stale frames are worthless.
 AUDIO_BACKLOG = 5
+VIDEO_BACKLOG = 3
 
 
 class EchoTrack(MediaStreamTrack):
@@ -33,7 +36,7 @@ class EchoTrack(MediaStreamTrack):
         self.kind = source.kind
         self._source = source
         self._session = session
-        self._keep = 0 if source.kind == "video" else AUDIO_BACKLOG
+        self._keep = VIDEO_BACKLOG if source.kind == "video" else AUDIO_BACKLOG
 
     async def recv(self) -> Frame:
         if self.readyState != "live":
