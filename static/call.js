@@ -214,7 +214,13 @@ export class CallPanel {
   }
 
   async startLocal(pc) {
-    this.local = await this.media.open();
+    const local = await this.media.open();
+    if (this.pc !== pc) {
+      // Hung up (or the other side left) while the camera was opening: do not leave it on.
+      local.stop();
+      throw new Error("The call ended");
+    }
+    this.local = local;
     attach($("call-local"), this.local.stream);
     this.local.stream.getTracks().forEach((t) => pc.addTrack(t, this.local.stream));
   }

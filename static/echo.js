@@ -18,6 +18,7 @@ export class EchoPanel {
     this.stats = null;
     this.starting = false;
     this.serverLost = false;
+    this.generation = 0;
     $("echo-start").addEventListener("click", () => this.start());
     $("echo-stop").addEventListener("click", () => this.stop());
     // The echo lives on the server: when the server goes away, so does the echo.
@@ -45,30 +46,44 @@ export class EchoPanel {
   async start() {
     if (this.session || this.starting) return;
     this.starting = true;
+    // Stop (or a lost server) while this is still starting makes it stale: whatever it opens
+    // afterwards is closed again instead of running behind an idle panel.
+    const gen = ++this.generation;
+    const current = () => gen === this.generation;
     const status = $("echo-status");
     $("echo-start").disabled = true;
     $("echo-stop").disabled = false;
     setStatus(status, "connecting", "Opening your camera and microphone");
     try {
-      this.local = await this.media.open();
-      attach($("echo-local"), this.local.stream);
+      const local = await this.media.open();
+      if (!current()) {
+        local.stop();
+        return;
+      }
+      this.local = local;
+      attach($("echo-local"), local.stream);
       setStatus(status, "connecting", "Connecting to the server's echo peer");
       const remote = new MediaStream();
-      this.session = await openServerSession(this.lab, "@echo", {
-        stream: this.local.stream,
+      const session = await openServerSession(this.lab, "@echo", {
+        stream: local.stream,
         onTrack: (track) => {
+          if (!current()) return;
           remote.addTrack(track);
           attach($("echo-remote"), remote);
         },
-        onState: (state) => this.onState(state),
+        onState: (state) => current() && this.onState(state),
       });
-      this.session.link.on("bye", ({ reason }) => this.finish("idle", `The server ended the echo (${reason}).`));
-      this.stats = new StatsView(this.session.pc, $("echo-stats"));
-      if (this.session.pc.connectionState === "connected") this.onState("connected");
-    } catch (err) {
-      this.finish("failed", `Echo failed: ${describeError(err)}`);
-    } finally {
+      if (!current()) {
+        session.link.hangUp("stopped");
+        return;
+      }
+      this.session = session;
       this.starting = false;
+      session.link.on("bye", ({ reason }) => this.finish("idle", `The server ended the echo (${reason}).`));
+      this.stats = new StatsView(session.pc, $("echo-stats"));
+      if (session.pc.connectionState === "connected") this.onState("connected");
+    } catch (err) {
+      if (current()) this.finish("failed", `Echo failed: ${describeError(err)}`);
     }
   }
 
@@ -97,6 +112,8 @@ export class EchoPanel {
   }
 
   finish(state, text) {
+    this.generation += 1;
+    this.starting = false;
     this.serverLost = false;
     this.stats?.stop();
     this.stats = null;

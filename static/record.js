@@ -20,6 +20,7 @@ export class RecordPanel {
     this.timer = null;
     this.startedAt = 0;
     this.starting = false;
+    this.generation = 0;
     /** @type {object[]} the last list the server gave */
     this.recordings = [];
     $("record-start").addEventListener("click", () => this.start());
@@ -43,26 +44,39 @@ export class RecordPanel {
   async start() {
     if (this.session || this.starting) return;
     this.starting = true;
+    // Stop (or a lost server) while starting makes this start stale: see EchoPanel.start.
+    const gen = ++this.generation;
+    const current = () => gen === this.generation;
     const status = $("record-status");
     $("record-start").disabled = true;
     $("record-stop").disabled = false;
     setStatus(status, "connecting", "Opening your camera and microphone");
     try {
-      this.local = await this.media.open();
-      attach($("record-local"), this.local.stream);
+      const local = await this.media.open();
+      if (!current()) {
+        local.stop();
+        return;
+      }
+      this.local = local;
+      attach($("record-local"), local.stream);
       setStatus(status, "connecting", "Connecting to the server's recorder");
-      this.session = await openServerSession(this.lab, "@record", {
-        stream: this.local.stream,
-        onState: (state) => this.onState(state),
+      const session = await openServerSession(this.lab, "@record", {
+        stream: local.stream,
+        onState: (state) => current() && this.onState(state),
       });
-      this.session.link.on("bye", ({ reason }) => this.serverEnded(reason));
-      if (this.session.pc.connectionState === "connected") this.onState("connected");
+      if (!current()) {
+        session.link.hangUp("stopped");
+        return;
+      }
+      this.session = session;
+      this.starting = false;
+      session.link.on("bye", ({ reason }) => this.serverEnded(reason));
+      if (session.pc.connectionState === "connected") this.onState("connected");
     } catch (err) {
+      if (!current()) return;
       this.cleanup();
       setStatus(status, "failed", `Recording failed: ${describeError(err)}`);
       log("error", `@record: ${describeError(err)}`);
-    } finally {
-      this.starting = false;
     }
   }
 
@@ -93,7 +107,13 @@ export class RecordPanel {
 
   async stop() {
     const session = this.session;
-    if (!session) return;
+    if (!session) {
+      if (this.starting) {
+        this.cleanup();
+        setStatus($("record-status"), "idle", "Stopped before the recording began.");
+      }
+      return;
+    }
     const seconds = this.timer ? (performance.now() - this.startedAt) / 1000 : 0;
     session.link.hangUp("stopped"); // the server finalizes the file when it gets the bye
     this.cleanup();
@@ -127,6 +147,8 @@ export class RecordPanel {
   }
 
   cleanup() {
+    this.generation += 1;
+    this.starting = false;
     this.serverLost = false;
     clearInterval(this.timer);
     this.timer = null;

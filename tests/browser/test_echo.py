@@ -55,3 +55,26 @@ def test_denied_camera_falls_back_to_a_generated_source(
     wait_for_media(page, "demo.echo.pc")
     page.click("#echo-stop")
     assert page_errors.errors == []
+
+
+def test_stop_while_starting_leaves_nothing_running(new_page, server: ServerProcess, page_errors: PageErrors) -> None:
+    page = new_page("hasty", server.url)
+    open_panel(page, "echo")
+    room = page.evaluate("demo.lab.roomId")
+    # Both clicks in one task: Stop lands while Start is still opening the camera.
+    page.evaluate("document.getElementById('echo-start').click(); document.getElementById('echo-stop').click()")
+    expect(page.locator("#echo-status")).to_have_text("Stopped.")
+    expect(page.locator("#echo-start")).to_be_enabled()
+    # Whatever the abandoned start opened afterwards was closed again: no session, no camera.
+    wait_for_sync(
+        lambda: page.evaluate("demo.echo.pc") is None and page.evaluate("demo.echo.local") is None,
+        timeout=10,
+        message="nothing running",
+    )
+    wait_for_sync(lambda: server.room_peers(room) == {"me"}, timeout=10, message="no @echo in the room")
+    assert page.evaluate("document.getElementById('echo-local').srcObject") is None
+    # And a real start afterwards works.
+    page.click("#echo-start")
+    expect(page.locator("#echo-status")).to_have_attribute("data-state", "connected")
+    page.click("#echo-stop")
+    assert page_errors.errors == []
