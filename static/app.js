@@ -135,8 +135,13 @@ function main() {
   // For tests and the curious: `demo.echo.pc.getStats()` in the console.
   window.demo = panels;
   window.addEventListener("pagehide", () => {
+    // Leave the rooms now rather than after the peer timeout; the other side sees us go.
     panels.call.client?.disconnect({ keepalive: true });
     lab.disconnect({ keepalive: true });
+  });
+  window.addEventListener("pageshow", (ev) => {
+    // Back from the browser's page cache: the connections were closed on pagehide; start fresh.
+    if (ev.persisted) location.reload();
   });
   log("page", "Page loaded.");
   showVersion();

@@ -256,6 +256,7 @@ export class RtcClient extends Emitter {
     const ids = { roomId: this.roomId, peerId: this.peerId };
     this._life?.abort();
     this._teardown();
+    this.token = null; // spent: a later connect() must not present it as proof
     this._setState("closed");
     if (!token) return;
     try {
