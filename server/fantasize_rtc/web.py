@@ -305,7 +305,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await ws.prepare(request)
     except ConnectionResetError:  # the client gave up during the handshake: nothing to serve
         log.info("peer %s in room %s left during the WebSocket handshake", peer_id, room_id)
-        return ws
+        # not the half-prepared socket (aiohttp would try to close it); this answer is never sent
+        return web.Response(status=400, text="client left during the handshake")
     request.app[SOCKETS_KEY].add(ws)
     channel = WebSocketChannel(ws)
     log.info("peer %s in room %s opened a WebSocket", peer_id, room_id)
