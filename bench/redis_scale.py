@@ -211,7 +211,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-def _run_setup(name: str, processes: int, redis_url: str | None, opts: argparse.Namespace) -> dict[str, Any]:
+def _run_setup(
+    name: str, processes: int, redis_url: str | None, opts: argparse.Namespace, *, cross: bool = True
+) -> dict[str, Any]:
     ports = [_free_port() for _ in range(processes)]
     servers = []
     for port in ports:
@@ -226,19 +228,19 @@ def _run_setup(name: str, processes: int, redis_url: str | None, opts: argparse.
         out: dict[str, Any] = {"setup": name, "processes": processes}
         for mode in ("throughput", "latency"):
             jobs = []
-            # on two processes each load generator sends through one and receives through the other
+            # on two processes each load generator sends through one and (cross) receives through the other
             gens = 2  # the same load generators for every setup
             for g in range(gens):
                 jobs.append(
                     {
                         "mode": mode,
-                        "tag": f"{processes}{'r' if redis_url else 'm'}-{mode}-{g}",
+                        "tag": f"{processes}{'r' if redis_url else 'm'}{'x' if cross else 's'}-{mode}-{g}",
                         "pairs": max(1, opts.pairs // gens),
                         "duration": opts.duration,
                         "window": opts.window,
                         "rate": opts.rate / gens,
                         "send_url": urls[g % processes],
-                        "recv_url": urls[(g + 1) % processes],
+                        "recv_url": urls[(g + int(cross)) % processes],
                     }
                 )
             procs = [
@@ -291,30 +293,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parser.parse_args(list(argv) if argv is not None else None)
 
     load = os.getloadavg()
+    started = time.monotonic()
     redis_proc, redis_url, tmp = _start_redis()
     try:
         rows = [
             _run_setup("1 process, memory", 1, None, opts),
             _run_setup("1 process, Redis", 1, redis_url, opts),
-            _run_setup("2 processes, Redis", 2, redis_url, opts),
+            _run_setup("2 processes, Redis (every message crosses)", 2, redis_url, opts),
+            _run_setup("2 processes, Redis (pairs on one process)", 2, redis_url, opts, cross=False),
         ]
     finally:
         _stop(redis_proc)
         tmp.cleanup()
     base = rows[0]
     two = rows[2]
+    load_after = os.getloadavg()
     summary = {
         "cores": os.cpu_count(),
         "loadavg_before": load,
+        "loadavg_after": load_after,
+        "wall_s": time.monotonic() - started,
         "duration_s": opts.duration,
         "pairs": opts.pairs,
         "window": opts.window,
         "rate": opts.rate,
         "rows": rows,
         "two_vs_one_memory": two["msgs_per_s"] / base["msgs_per_s"] if base["msgs_per_s"] else float("nan"),
+        "two_local_vs_one_memory": rows[3]["msgs_per_s"] / base["msgs_per_s"] if base["msgs_per_s"] else float("nan"),
         "p99_added_ms": two["p99_ms"] - base["p99_ms"],
     }
-    print(f"cores: {summary['cores']}, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"cores: {summary['cores']}, load average (1 min) before: {load[0]:.2f}, after: {load_after[0]:.2f}")
     print(f"{opts.pairs} pairs, window {opts.window}, {opts.duration:g} s per run; latency at {opts.rate:g} msg/s\n")
     print("| setup | relay msgs/s | p50 ms | p99 ms | lost |")
     print("|---|---:|---:|---:|---:|")
@@ -323,8 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| {row['setup']} | {row['msgs_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['lost']} |"
         )
     print(
-        f"\ntwo processes on Redis / one in memory: {summary['two_vs_one_memory']:.2f}x messages/s; "
-        f"p99 added by the Redis hop: {summary['p99_added_ms']:.2f} ms"
+        f"\ntwo processes on Redis / one in memory: {summary['two_vs_one_memory']:.2f}x messages/s when every "
+        f"message crosses, {summary['two_local_vs_one_memory']:.2f}x when pairs share a process; "
+        f"p99 added by the Redis hop (crossing, at the fixed rate): {summary['p99_added_ms']:.2f} ms"
     )
     if opts.json:
         opts.json.write_text(json.dumps(summary, indent=2))

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs the real programs the tests drive, from Debian's packages, when they are missing:
-# Chromium (browser tests), redis-server (scale-out tests), coturn (TURN tests), ffmpeg (ffprobe).
+# Chromium (browser tests), redis-server and nginx (scale-out tests), coturn (TURN tests), ffmpeg (ffprobe).
 # Needs root (or passwordless sudo); otherwise it says what to install and the tests that need
 # them skip (outside CI) or fail (CI=true).
 set -eu
@@ -9,6 +9,8 @@ command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v turnserver >/dev/null 2>&1 || missing="$missing coturn"
 command -v ffprobe >/dev/null 2>&1 || missing="$missing ffmpeg"
+# The scale-out test runs the nginx example of docs/scale-out.md in front of two processes.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
 # The signaling benchmark (make bench): wrk drives the HTTP scenario; Node + npm run the PeerJS server.
 command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
 command -v node >/dev/null 2>&1 || missing="$missing nodejs"

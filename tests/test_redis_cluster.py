@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -389,3 +391,80 @@ async def test_redis_restart_loses_no_acknowledged_message(
         assert received(bob) == sorted(received(bob)) and received(alice) == sorted(received(alice))
     finally:
         redis.stop()
+
+
+def _nginx_config_from_docs(tmp_path: Path, listen: int, upstreams: list[int]) -> Path:
+    """The nginx example of docs/scale-out.md, pointed at our processes, as a runnable config."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "scale-out.md").read_text()
+    block = re.search(r"```nginx\n(.*?)```", doc, re.S)
+    assert block is not None, "docs/scale-out.md has no nginx example"
+    example = block.group(1).replace("listen 80;", f"listen 127.0.0.1:{listen};")
+    example = example.replace("127.0.0.1:8081", f"127.0.0.1:{upstreams[0]}")
+    example = example.replace("127.0.0.1:8082", f"127.0.0.1:{upstreams[1]}")
+    temp = "\n".join(
+        f"{name}_temp_path {tmp_path / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        f"error_log {tmp_path / 'nginx-error.log'} warn;\npid {tmp_path / 'nginx.pid'};\n"
+        f"events {{}}\nhttp {{\naccess_log off;\n{temp}\n{example}\n}}\n"
+    )
+    return conf
+
+
+async def test_behind_the_documented_nginx_config_without_sticky_sessions(
+    redis_server: RedisServer, start_processes: Any, peers: Any, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin") or require_program(
+        "nginx"
+    )
+    a, b = start_processes(redis_server, 2)
+    port = free_port()
+    conf = _nginx_config_from_docs(tmp_path, port, [a.port, b.port])
+    proc = _start_nginx(nginx, conf, tmp_path)
+    try:
+        front = Process.__new__(Process)  # the load balancer, addressed like a server process
+        front.url = f"http://127.0.0.1:{port}/"
+        await wait_for(lambda: _accepts_http(port), timeout=10, message="nginx listening")
+        # round robin spreads connects, WebSockets and requests over both processes
+        alice, bob = peers("room", "alice"), peers("room", "bob")
+        await alice.connect(front)
+        await alice.open(front)
+        async with http.get(front.url + "healthz") as r:  # shifts the round robin: WebSockets on both
+            assert r.status == 200
+        await bob.connect(front)
+        await bob.open(front)
+        for i in range(10):
+            ack = await alice.send({"type": "n", "payload": i, "to": "bob"})
+            assert ack["type"] == "ack" and ack["delivered"] == ["bob"], ack
+        await bob.send({"type": "answer", "payload": {"sdp": "v=0"}, "to": "alice"})
+        await wait_for(lambda: len(bob.signals("n")) == 10 and alice.signals("answer"), message="relay via nginx")
+        assert [m["signal"]["payload"] for m in bob.signals("n")] == list(range(10))
+        for _ in range(4):  # plain requests land on either process and work the same
+            async with http.get(front.url + "rtc/rooms/room", headers={"Authorization": f"Bearer {alice.token}"}) as r:
+                assert r.status == 200
+                assert sorted(p["peerId"] for p in (await r.json())["peers"]) == ["alice", "bob"]
+        sockets = {
+            name: [p.port for p in (a, b) if f"peer {name} in room room opened a WebSocket" in p.log.read_text()]
+            for name in ("alice", "bob")
+        }
+        assert len(sockets["alice"]) == len(sockets["bob"]) == 1 and sockets["alice"] != sockets["bob"], sockets
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _start_nginx(nginx: str, conf: Path, prefix: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [nginx, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _accepts_http(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
