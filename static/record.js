@@ -87,6 +87,7 @@ export class RecordPanel {
       const tick = () => {
         const seconds = (performance.now() - this.startedAt) / 1000;
         setStatus($("record-status"), "connected", `Recording: ${formatDuration(seconds)}. Press Stop to save it.`);
+        $("record-status").classList.add("rec");
       };
       tick();
       this.timer = setInterval(tick, 500);
@@ -147,6 +148,7 @@ export class RecordPanel {
   }
 
   cleanup() {
+    $("record-status").classList.remove("rec");
     this.generation += 1;
     this.starting = false;
     this.serverLost = false;
