@@ -6,7 +6,7 @@ from typing import Any
 
 from playwright.sync_api import Page, WebSocketRoute, expect
 
-from tests.browser.conftest import PageErrors, ServerProcess, unique
+from tests.browser.conftest import PageErrors, ServerProcess, unique, wait_for_media
 from tests.helpers import wait_for_sync
 
 # Two clients in one page; every message either receives is kept for the test to read.
@@ -96,4 +96,52 @@ def test_auto_transport_falls_back_to_long_poll(new_page, server: ServerProcess,
     page.click("#call-join-button")
     expect(page.locator("#call-status")).to_have_attribute("data-state", "connected")
     assert page.evaluate("demo.call.client.transport") == "poll"
+    assert page_errors.errors == []
+
+
+RECV_ONLY_PC = """() => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  return pc;
+}"""
+
+
+def test_server_peer_helpers_receive_the_play_source(new_page, server: ServerProcess, page_errors: PageErrors) -> None:
+    """offerToServer (one round trip, no room) and callServerPeer (signaling, trickle ICE)."""
+    page: Page = new_page("helpers", server.url)
+    page.goto("/static/rtc-client.js")
+    session_id = page.evaluate(
+        f"""async () => {{
+          const {{ offerToServer }} = await import('/static/rtc-client.js');
+          window.httpPc = ({RECV_ONLY_PC})();
+          const {{ sessionId, answer }} = await offerToServer(window.httpPc, {{ mode: 'play' }});
+          return answer.type === 'answer' ? sessionId : null;
+        }}"""
+    )
+    assert session_id
+    wait_for_media(page, "httpPc")
+    # Anonymous sessions are read by whoever holds the id.
+    status, report = server.get(f"/rtc/sessions/{session_id}", token=None)
+    assert status == 200 and report["mode"] == "play" and report["via"] == "http"
+
+    room = unique("helpers")
+    answer = page.evaluate(
+        f"""async (room) => {{
+          const {{ RtcClient, callServerPeer }} = await import('/static/rtc-client.js');
+          window.client = new RtcClient();
+          await window.client.connect(room, 'viewer');
+          window.sigPc = ({RECV_ONLY_PC})();
+          window.link = await callServerPeer(window.client, window.sigPc, '@play');
+          return window.link.answerPayload;
+        }}""",
+        room,
+    )
+    assert answer["sessionId"] and answer["sdp"].startswith("v=0")
+    wait_for_media(page, "sigPc")
+    assert server.room_peers(room) == {"viewer", "@play"}
+    page.evaluate("window.link.hangUp()")
+    assert page.evaluate("window.sigPc.signalingState") == "closed"
+    wait_for_sync(lambda: server.room_peers(room) == {"viewer"}, timeout=10, message="@play to leave after bye")
+    page.evaluate("window.httpPc.close(); window.client.disconnect()")
     assert page_errors.errors == []
