@@ -18,7 +18,10 @@ export class EchoPanel {
     this.stats = null;
     this.starting = false;
     this.serverLost = false;
+    this.receiveOnly = false;
     this.generation = 0;
+    $("echo-receive").addEventListener("change", () => this.showMode());
+    this.showMode();
     $("echo-start").addEventListener("click", () => this.start());
     $("echo-stop").addEventListener("click", () => this.stop());
     // The echo lives on the server: when the server goes away, so does the echo.
@@ -39,6 +42,15 @@ export class EchoPanel {
     });
   }
 
+  /** Label the button and the left picture for the mode the checkbox picks. */
+  showMode() {
+    const receive = $("echo-receive").checked;
+    $("echo-start").textContent = receive ? "Start receiving" : "Start echo";
+    $("echo-local").closest("figure").querySelector(".ph").textContent = receive
+      ? "Nothing is sent in receive-only mode"
+      : "Your camera appears here";
+  }
+
   get pc() {
     return this.session?.pc ?? null;
   }
@@ -50,22 +62,30 @@ export class EchoPanel {
     // afterwards is closed again instead of running behind an idle panel.
     const gen = ++this.generation;
     const current = () => gen === this.generation;
+    this.receiveOnly = $("echo-receive").checked;
+    const peer = this.receiveOnly ? "@play" : "@echo";
     const status = $("echo-status");
     $("echo-start").disabled = true;
     $("echo-stop").disabled = false;
-    setStatus(status, "connecting", "Opening your camera and microphone");
+    $("echo-receive").disabled = true;
+    $("echo-remote-caption").textContent = this.receiveOnly ? "Sent by the server (@play)" : "Echoed back by the server";
     try {
-      const local = await this.media.open();
-      if (!current()) {
-        local.stop();
-        return;
+      let local = null;
+      if (!this.receiveOnly) {
+        setStatus(status, "connecting", "Opening your camera and microphone");
+        local = await this.media.open();
+        if (!current()) {
+          local.stop();
+          return;
+        }
+        this.local = local;
+        attach($("echo-local"), local.stream);
       }
-      this.local = local;
-      attach($("echo-local"), local.stream);
-      setStatus(status, "connecting", "Connecting to the server's echo peer");
+      setStatus(status, "connecting", `Connecting to the server's ${this.receiveOnly ? "test source" : "echo peer"}`);
       const remote = new MediaStream();
-      const session = await openServerSession(this.lab, "@echo", {
-        stream: local.stream,
+      const session = await openServerSession(this.lab, peer, {
+        stream: local?.stream,
+        receive: this.receiveOnly,
         onTrack: (track) => {
           if (!current()) return;
           remote.addTrack(track);
@@ -79,11 +99,11 @@ export class EchoPanel {
       }
       this.session = session;
       this.starting = false;
-      session.link.on("bye", ({ reason }) => this.finish("idle", `The server ended the echo (${reason}).`));
+      session.link.on("bye", ({ reason }) => this.finish("idle", `The server ended the session (${reason}).`));
       this.stats = new StatsView(session.pc, $("echo-stats"));
       if (session.pc.connectionState === "connected") this.onState("connected");
     } catch (err) {
-      if (current()) this.finish("failed", `Echo failed: ${describeError(err)}`);
+      if (current()) this.finish("failed", `${this.receiveOnly ? "Receiving" : "Echo"} failed: ${describeError(err)}`);
     }
   }
 
@@ -91,7 +111,9 @@ export class EchoPanel {
     const status = $("echo-status");
     const source = this.local?.kind === "generated" ? "the generated test pattern" : "your camera";
     if (state === "connected") {
-      setStatus(status, "connected", `Echoing: ${source} goes to the server and comes back on the right.`);
+      setStatus(status, "connected", this.receiveOnly
+        ? "Receiving: the server sends a test pattern and a 400 Hz tone, shown on the right."
+        : `Echoing: ${source} goes to the server and comes back on the right.`);
     } else if (state === "disconnected") {
       if (this.serverLost || this.lab.state !== "connected") {
         // Media stopped and the signaling is gone too: the server itself went away.
@@ -126,6 +148,7 @@ export class EchoPanel {
     $("echo-stats").replaceChildren();
     $("echo-start").disabled = false;
     $("echo-stop").disabled = true;
+    $("echo-receive").disabled = false;
     setStatus($("echo-status"), state, text);
     if (state === "failed") log("error", text);
   }

@@ -10,6 +10,7 @@ import { log } from "./ui.js";
  * @param {string} serverPeerId `@echo`, `@record` or `@probe`
  * @param {object} options
  * @param {MediaStream} [options.stream] what to send
+ * @param {boolean} [options.receive] ask for video and audio without sending any (for `@play`)
  * @param {boolean} [options.relayOnly] `iceTransportPolicy: "relay"` (only TURN candidates)
  * @param {boolean} [options.dataChannel] open a data channel (named after the mode)
  * @param {object} [options.extra] extra offer payload fields (session options)
@@ -34,6 +35,10 @@ export async function openServerSession(lab, serverPeerId, options = {}) {
   let channel = null;
   try {
     if (options.stream) options.stream.getTracks().forEach((t) => pc.addTrack(t, options.stream));
+    if (options.receive) {
+      pc.addTransceiver("video", { direction: "recvonly" });
+      pc.addTransceiver("audio", { direction: "recvonly" });
+    }
     if (options.dataChannel) channel = pc.createDataChannel(serverPeerId.slice(1));
     if (options.onTrack) pc.addEventListener("track", (ev) => options.onTrack(ev.track, ev.streams));
     if (options.onState) {

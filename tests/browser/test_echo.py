@@ -78,3 +78,26 @@ def test_stop_while_starting_leaves_nothing_running(new_page, server: ServerProc
     expect(page.locator("#echo-status")).to_have_attribute("data-state", "connected")
     page.click("#echo-stop")
     assert page_errors.errors == []
+
+
+def test_receive_only_shows_the_server_test_pattern(
+    new_page, server: ServerProcess, artifacts: Path, page_errors: PageErrors
+) -> None:
+    page = new_page("play", server.url)
+    open_panel(page, "echo")
+    room = page.evaluate("demo.lab.roomId")
+    page.check("#echo-receive")
+    page.click("#echo-start")
+    status = page.locator("#echo-status")
+    expect(status).to_have_attribute("data-state", "connected")
+    expect(status).to_contain_text("the server sends a test pattern")
+    expect(page.locator("#echo-remote-caption")).to_have_text("Sent by the server (@play)")
+    expect(page.locator("#echo-receive")).to_be_disabled()
+    wait_for_media(page, "demo.echo.pc")
+    assert server.room_peers(room) == {"me", "@play"}
+    # Nothing is sent: no camera was opened.
+    assert page.evaluate("demo.echo.local") is None
+    page.screenshot(path=str(artifacts / "panel-echo-receive.png"), full_page=True)
+    page.click("#echo-stop")
+    wait_for_sync(lambda: server.room_peers(room) == {"me"}, timeout=10, message="@play to leave the room")
+    assert page_errors.errors == []
