@@ -15,6 +15,7 @@ import base64
 import contextlib
 import os
 import struct
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,9 @@ OnText = Callable[["WsClient", bytes], None]
 class WsClient(asyncio.Protocol):
     """One client WebSocket. ``on_text(client, payload)`` runs for every text frame."""
 
-    def __init__(self, host: str, port: int, path: str, on_text: OnText | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, path: str, on_text: OnText | None = None, offer_deflate: bool = False
+    ) -> None:
         self.host = host
         self.port = port
         self.path = path
@@ -56,6 +59,10 @@ class WsClient(asyncio.Protocol):
         self.buf = bytearray()
         self.tag: Any = None  # the caller's per-connection state
         self.received = 0
+        # Browsers offer permessage-deflate on every WebSocket; a server that accepts compresses
+        # each frame it sends (RSV1 set), which this client then inflates.
+        self.offer_deflate = offer_deflate
+        self.inflater: Any = None
         # Frames sent from inside on_text are gathered and written once per read: fewer syscalls.
         self._pending: list[bytes] | None = None
 
@@ -68,7 +75,13 @@ class WsClient(asyncio.Protocol):
         transport.write(  # type: ignore[attr-defined]
             (
                 f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                + (
+                    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                    if self.offer_deflate
+                    else ""
+                )
+                + "\r\n"
             ).encode()
         )
 
@@ -86,6 +99,8 @@ class WsClient(asyncio.Protocol):
             if end < 0:
                 return
             status = bytes(buf[: buf.find(b"\r\n")])
+            if b"permessage-deflate" in buf[:end].lower():
+                self.inflater = zlib.decompressobj(-15)
             del buf[: end + 4]
             if b" 101 " not in status:
                 if not self.opened.done():
@@ -130,7 +145,10 @@ class WsClient(asyncio.Protocol):
                 if opcode == 1:
                     self.received += 1
                     if on_text is not None:
-                        on_text(self, bytes(buf[pos + head : end]))
+                        payload = bytes(buf[pos + head : end])
+                        if b0 & 0x40 and self.inflater is not None:  # RSV1: compressed
+                            payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
+                        on_text(self, payload)
                 elif opcode == 9 and self.transport is not None:  # ping -> pong
                     body = bytes(buf[pos + head : end])
                     self.transport.write(bytes((0x8A, 0x80 | len(body))) + _ZERO_MASK + body)
@@ -168,11 +186,13 @@ class WsClient(asyncio.Protocol):
             self.transport.abort()
 
 
-async def open_ws(host: str, port: int, path: str, on_text: OnText | None = None, timeout: float = 10.0) -> WsClient:
+async def open_ws(
+    host: str, port: int, path: str, on_text: OnText | None = None, timeout: float = 10.0, offer_deflate: bool = False
+) -> WsClient:
     """Connect and finish the WebSocket handshake."""
     loop = asyncio.get_running_loop()
     _, client = await asyncio.wait_for(
-        loop.create_connection(lambda: WsClient(host, port, path, on_text), host, port), timeout
+        loop.create_connection(lambda: WsClient(host, port, path, on_text, offer_deflate), host, port), timeout
     )
     try:
         await asyncio.wait_for(asyncio.shield(client.opened), timeout)

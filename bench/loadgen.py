@@ -177,7 +177,9 @@ class Peer:
         self.index = 0
 
 
-async def connect_peer(kind: Kind, host: str, port: int, http: HttpClient, room: str, peer: Peer) -> None:
+async def connect_peer(
+    kind: Kind, host: str, port: int, http: HttpClient, room: str, peer: Peer, offer_deflate: bool = False
+) -> None:
     path = await kind.ws_path(host, port, http, room, peer.id)
     first: asyncio.Future[None] | None = None
     if kind.waits_for_first_frame:
@@ -187,14 +189,16 @@ async def connect_peer(kind: Kind, host: str, port: int, http: HttpClient, room:
             if first is not None and not first.done():
                 first.set_result(None)
 
-        peer.ws = await open_ws(host, port, path, on_first)
+        peer.ws = await open_ws(host, port, path, on_first, offer_deflate=offer_deflate)
         await asyncio.wait_for(first, 10)
     else:
-        peer.ws = await open_ws(host, port, path)
+        peer.ws = await open_ws(host, port, path, offer_deflate=offer_deflate)
     peer.ws.tag = peer
 
 
-async def connect_pairs(kind: Kind, job: dict[str, Any]) -> list[Peer]:
+async def connect_pairs(
+    kind: Kind, job: dict[str, Any], on_connected: Callable[[Peer], None] | None = None
+) -> list[Peer]:
     host, port = job["host"], job["port"]
     peers: list[Peer] = []
     for _room, a_id, b_id in job["pairs"]:
@@ -209,7 +213,9 @@ async def connect_pairs(kind: Kind, job: dict[str, Any]) -> list[Peer]:
         async with limit:
             http = clients.pop() if clients else HttpClient(host, port)
             try:
-                await connect_peer(kind, host, port, http, rooms[peer.id], peer)
+                await connect_peer(kind, host, port, http, rooms[peer.id], peer, bool(job.get("offer_deflate")))
+                if on_connected is not None:
+                    on_connected(peer)
             finally:
                 clients.append(http)
 
@@ -324,28 +330,42 @@ async def run_latency(kind: Kind, job: dict[str, Any], peers: list[Peer], go: as
     }
 
 
-async def run_idle(kind: Kind, job: dict[str, Any], peers: list[Peer], go: asyncio.Event) -> dict[str, Any]:
-    await go.wait()
-    loop = asyncio.get_running_loop()
-    beat = kind.heartbeat()
-    interval = float(job["heartbeat_s"])
-    sent = [0]
+class Heartbeats:
+    """Each idle peer sends a heartbeat every ``interval`` s from the moment it is connected
+    (random phase), so no server reaps a peer while the others are still connecting."""
 
-    def tick(peer: Peer) -> None:
+    def __init__(self, kind: Kind, interval: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.beat = kind.heartbeat()
+        self.interval = interval
+        self.sent = 0
+        self.handles: dict[str, asyncio.TimerHandle] = {}
+
+    def start(self, peer: Peer) -> None:
+        self.handles[peer.id] = self.loop.call_later(random.uniform(0, self.interval), self._tick, peer)
+
+    def _tick(self, peer: Peer) -> None:
         if peer.ws is not None:
-            peer.ws.send_frame(beat)
-            sent[0] += 1
-        handles[peer.id] = loop.call_later(interval, tick, peer)
+            peer.ws.send_frame(self.beat)
+            self.sent += 1
+        self.handles[peer.id] = self.loop.call_later(self.interval, self._tick, peer)
 
-    handles = {p.id: loop.call_later(random.uniform(0, interval), tick, p) for p in peers}
-    cpu0, t0 = _cpu(), time.monotonic()
+    def stop(self) -> None:
+        for handle in self.handles.values():
+            handle.cancel()
+
+
+async def run_idle(
+    kind: Kind, job: dict[str, Any], peers: list[Peer], go: asyncio.Event, beats: Heartbeats
+) -> dict[str, Any]:
+    await go.wait()
+    sent0, cpu0, t0 = beats.sent, _cpu(), time.monotonic()
     await asyncio.sleep(job["duration"])
-    for handle in handles.values():
-        handle.cancel()
+    beats.stop()
     lost = sum(1 for p in peers if p.ws is None or p.ws.closed.done())
     return {
         "peers": len(peers),
-        "heartbeats": sent[0],
+        "heartbeats": beats.sent - sent0,
         "lost": lost,
         "cpu": _cpu() - cpu0,
         "elapsed": time.monotonic() - t0,
@@ -368,7 +388,9 @@ async def run_churn(kind: Kind, job: dict[str, Any], go: asyncio.Event) -> dict[
                 j += 1
                 peer = Peer(f"c{job['worker']}x{worker}x{j}")
                 try:
-                    await connect_peer(kind, host, port, http, f"churn{job['worker']}x{worker}", peer)
+                    await connect_peer(
+                        kind, host, port, http, f"churn{job['worker']}x{worker}", peer, bool(job.get("offer_deflate"))
+                    )
                     assert peer.ws is not None
                     if kind.name == "ours":
                         peer.ws.send_frame(leave_frame)  # the server leaves the room and closes
@@ -402,14 +424,15 @@ async def run_churn(kind: Kind, job: dict[str, Any], go: asyncio.Event) -> dict[
 
 async def _main() -> None:
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=256 * 1024 * 1024)  # the job lists every peer
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     job = json.loads(await reader.readline())
     kind = KINDS[job["kind"]]()
     go = asyncio.Event()
     peers: list[Peer] = []
+    beats = Heartbeats(kind, float(job.get("heartbeat_s", 30.0)))
     if job["mode"] != "churn":
-        peers = await connect_pairs(kind, job)
+        peers = await connect_pairs(kind, job, beats.start if job["mode"] == "idle" else None)
     print(json.dumps({"ready": True}), flush=True)
 
     async def wait_go() -> None:
@@ -423,7 +446,7 @@ async def _main() -> None:
     elif mode == "latency":
         result = await run_latency(kind, job, peers, go)
     elif mode == "idle":
-        result = await run_idle(kind, job, peers, go)
+        result = await run_idle(kind, job, peers, go, beats)
     elif mode == "churn":
         result = await run_churn(kind, job, go)
     else:

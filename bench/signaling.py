@@ -53,6 +53,7 @@ class Settings:
     uvloop: bool
     in_flight: int
     settle: float = 2.0  # seconds for processes to finish starting before RSS and CPU are read
+    offer_deflate: bool = False  # clients offer permessage-deflate, as browsers do
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -88,6 +89,7 @@ async def relay_once(
             "warmup": s.warmup,
             "duration": s.duration,
             "rate": rate * len(chunk) / n_pairs,
+            "offer_deflate": s.offer_deflate,
         }
         for chunk in chunks
     ]
@@ -307,7 +309,8 @@ async def scenario_idle(s: Settings, cores: tuple[list[int], list[int]]) -> dict
                     "pairs": chunk,
                     "duration": s.idle_seconds,
                     "heartbeat_s": s.heartbeat_s,
-                    "connect_concurrency": 32,
+                    "connect_concurrency": 128,
+                    "offer_deflate": s.offer_deflate,
                 }
                 for chunk in split_pairs(pairs, s.workers)
             ]
@@ -368,6 +371,7 @@ async def scenario_churn(s: Settings, cores: tuple[list[int], list[int]]) -> dic
                     "concurrency": max(1, s.churn_concurrency // s.workers),
                     "warmup": s.warmup,
                     "duration": s.duration,
+                    "offer_deflate": s.offer_deflate,
                 }
                 for _ in range(s.workers)
             ]
@@ -548,6 +552,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["auto", "uvloop", "asyncio"],
         help="loop for our server, the bare one and the load generator (auto: uvloop when installed)",
     )
+    p.add_argument(
+        "--offer-deflate",
+        action="store_true",
+        help="clients offer permessage-deflate as browsers do (servers that accept compress every frame)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny run (smoke test): few peers, short windows")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for signaling.json and signaling.md")
     p.add_argument("--write-doc", action="store_true", help="also fill the table into BENCHMARKS.md")
@@ -579,6 +588,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         uvloop=use_uvloop(args.event_loop),
         in_flight=args.in_flight,
         settle=0.2 if args.quick else 2.0,
+        offer_deflate=args.offer_deflate,
     )
     started = time.monotonic()
     results: dict[str, Any] = {}
@@ -605,6 +615,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "heartbeat_s": s.heartbeat_s,
         "churn_concurrency": s.churn_concurrency,
         "uvloop": s.uvloop,
+        "offer_deflate": s.offer_deflate,
         "took_s": time.monotonic() - started,
     }
     return results
