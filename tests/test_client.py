@@ -284,3 +284,35 @@ def test_split_candidates_keeps_the_sdp_and_lists_candidates() -> None:
         {"candidate": "candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0},
         {"candidate": "candidate:2 1 udp 2130706431 10.0.0.2 5001 typ host", "sdpMid": "1", "sdpMLineIndex": 1},
     ]
+
+
+async def test_signals_over_the_websocket_with_acks(
+    serve: Factory, clients: Callable[..., RtcClient], config: RtcConfig
+) -> None:
+    app = create_app(config=config, media=False, static=False)
+    http_signals: list[str] = []
+
+    @web.middleware
+    async def count_http_signals(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path == "/rtc/signal":
+            http_signals.append(request.path)
+        return await handler(request)
+
+    app.middlewares.append(count_http_signals)
+    url = await serve(app)
+    alice, bob = clients(url, send_over="ws"), clients(url)
+    await alice.connect("room", "alice")
+    await bob.connect("room", "bob")
+    await wait_for(lambda: alice.channel == "ws", message="alice's socket")
+    results = await asyncio.gather(*(alice.signal({"type": "n", "payload": n}, to="bob") for n in range(5)))
+    assert all(r["listenersNotified"] == 1 and r["delivered"] + r["queued"] == ["bob"] for r in results)
+    got = [(await bob.next_message(timeout=5))["signal"]["payload"] for _ in range(5)]
+    assert sorted(got) == [0, 1, 2, 3, 4]
+    with pytest.raises(errors.InvalidRequest):  # the error frame for that id, as a typed error
+        await alice.signal({"type": "offer", "payload": {}}, to="bob")
+    with pytest.raises(errors.PeerNotFound):
+        await alice.signal({"type": "x", "payload": None}, to="nobody")
+    assert http_signals == []  # all of it went over the socket
+    assert (await alice.next_message(timeout=5))["type"] == "peer:connected"  # acks never reach messages()

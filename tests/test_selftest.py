@@ -53,7 +53,7 @@ async def test_signaling_checks_pass_and_leave_nothing_behind(aiohttp_server: An
     assert report["ok"] is True and [c["name"] for c in report["checks"]] == ["health", "signaling", "relay"]
     assert all(c["ok"] and c["ms"] >= 0 for c in report["checks"])
     relay = report["checks"][2]["detail"]
-    assert "WebSocket" in relay and "long-poll" in relay
+    assert "HTTP -> WebSocket" in relay and "WebSocket -> long-poll" in relay
     assert "[1/3] health" in err and "[3/3] relay" in err  # the progress line
     rtc = app[RTC_KEY]
     assert (await rtc.stats())["peers"] == 0  # every selftest peer disconnected

@@ -152,6 +152,8 @@ class RtcClient:
     arrive: ``"auto"`` (WebSocket, long-poll fallback), ``"ws"`` or ``"poll"``.
     ``auto_heartbeat`` keeps the peer alive at the interval the server asks for.
     ``admin_key`` is sent as the bearer token on calls made before ``connect`` (operators only).
+    ``send_over="ws"`` sends this peer's signals over its open WebSocket (each one acknowledged
+    by the server, saving an HTTP round trip); with no open WebSocket they go over HTTP.
     """
 
     def __init__(
@@ -166,9 +168,13 @@ class RtcClient:
         max_backoff: float = 10.0,
         queue_size: int = 256,
         timeout: float = 30.0,
+        send_over: Literal["http", "ws"] = "http",
     ) -> None:
         if transport not in ("auto", "ws", "poll"):
             raise ValueError("transport must be 'auto', 'ws' or 'poll'")
+        if send_over not in ("http", "ws"):
+            raise ValueError("send_over must be 'http' or 'ws'")
+        self.send_over = send_over
         self.base_url = base_url.rstrip("/")
         self.transport: Transport = transport
         self.auto_heartbeat = auto_heartbeat
@@ -184,6 +190,8 @@ class RtcClient:
         self._heartbeater: asyncio.Task[None] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tokens: dict[tuple[str, str], str] = {}
+        self._acks: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._frame_ids = 0
         self._closing = False
         #: The server's ``Connect`` answer (camelCase, as on the wire); None before ``connect``.
         self.info: dict[str, Any] | None = None
@@ -377,9 +385,33 @@ class RtcClient:
         sig = dict(raw)
         if to is not None:
             sig["to"] = to
+        ws = self._ws
+        if self.send_over == "ws" and ws is not None and not ws.closed and token == self.token:
+            sent = await self._signal_over_ws(ws, sig)
+            if sent is not None:
+                return sent
         body = {"roomId": room_id, "fromPeerId": peer_id, "signal": sig}
         result: dict[str, Any] = await self.request("POST", "/rtc/signal", json=body, token=token or "")
         return result
+
+    async def _signal_over_ws(self, ws: aiohttp.ClientWebSocketResponse, sig: dict[str, Any]) -> dict[str, Any] | None:
+        """Send one signal frame with an id and wait for its ack; None if it could not be sent."""
+        self._frame_ids += 1
+        frame_id = self._frame_ids
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._acks[frame_id] = future
+        try:
+            try:
+                await ws.send_json({"type": "signal", "signal": sig, "id": frame_id})
+            except (ConnectionError, RuntimeError):
+                return None  # not sent: safe to send over HTTP instead
+            # The receiver resolves it; it must keep reading, so keep the messages() queue moving.
+            reply = await asyncio.wait_for(future, self.timeout)
+        finally:
+            self._acks.pop(frame_id, None)
+        if reply.get("type") == "error":
+            raise error_from_response(0, reply)
+        return {k: v for k, v in reply.items() if k not in ("type", "id")}
 
     async def heartbeat(self, room_id: str | None = None, peer_id: str | None = None) -> int:
         """Tell the server this peer is alive; returns its ``lastSeen`` (ms)."""
@@ -567,11 +599,21 @@ class RtcClient:
             try:
                 async for msg in ws:
                     if msg.type is aiohttp.WSMsgType.TEXT:
-                        await queue.put(msg.json())
+                        data = msg.json()
+                        frame_id = data.get("id") if isinstance(data, dict) else None
+                        future = self._acks.get(frame_id) if isinstance(frame_id, int) else None
+                        if future is not None and data.get("type") in ("ack", "error"):
+                            if not future.done():
+                                future.set_result(data)
+                            continue
+                        await queue.put(data)
                     elif msg.type is aiohttp.WSMsgType.ERROR:
                         break
             finally:
                 self._ws = None
+                for future in self._acks.values():  # sent, but whether it was relayed is unknown
+                    if not future.done():
+                        future.set_exception(ConnectionLost("The WebSocket closed before the signal was acknowledged."))
             code = ws.close_code
         log.info("%s: WebSocket closed by the server (code %s)", where, code)
         if self._closing:

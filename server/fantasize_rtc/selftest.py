@@ -304,22 +304,25 @@ class SelfTest:
         return f"connect {connect_ms} ms, messages over {channel}, peer:connected seen"
 
     async def check_relay(self) -> str:
-        sender = await self._client("relay-a")
-        ws_peer = await self._client("relay-ws", transport="ws")
+        """Sent over HTTP, received on a WebSocket; then sent over that WebSocket (acknowledged)
+        and received by long-poll."""
+        sender = await self._client("relay-http")
+        ws_peer = await self._client("relay-ws", transport="ws", send_over="ws")
         poll_peer = await self._client("relay-poll", transport="poll", poll_wait_ms=10_000)
         times = {}
-        for receiver, how in ((ws_peer, "WebSocket"), (poll_peer, "long-poll")):
+        legs = ((sender, ws_peer, "HTTP -> WebSocket"), (ws_peer, poll_peer, "WebSocket -> long-poll"))
+        for source, receiver, how in legs:
             nonce = secrets.token_hex(8)
             start = time.monotonic()
-            self._at(f"relaying a message over {how}")
-            result = await sender.signal({"type": "selftest", "payload": {"nonce": nonce}}, to=receiver.peer_id)
+            self._at(f"relaying a message {how}")
+            result = await source.signal({"type": "selftest", "payload": {"nonce": nonce}}, to=receiver.peer_id)
             if result.get("listenersNotified") != 1:
-                raise CheckFailed(f"relay over {how} reached {result.get('listenersNotified')} listeners, not 1")
+                raise CheckFailed(f"relay {how} reached {result.get('listenersNotified')} listeners, not 1")
             while True:
                 message = await receiver.next_message()
                 if message["type"] == "signal" and message["signal"].get("payload") == {"nonce": nonce}:
                     break
-            if message["fromPeerId"] != sender.peer_id:
+            if message["fromPeerId"] != source.peer_id:
                 raise CheckFailed(f"the message came from {message['fromPeerId']!r}")
             times[how] = _ms(start)
         return ", ".join(f"{how} {ms} ms" for how, ms in times.items())
