@@ -258,6 +258,12 @@ class Stream:
         self.session_id = answer.get("sessionId")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
 
+    async def report(self, http: aiohttp.ClientSession, server: Server) -> dict[str, Any] | None:
+        if not self.session_id:
+            return None
+        async with http.get(f"{server.url}/rtc/sessions/{self.session_id}") as resp:
+            return dict(await resp.json()) if resp.status == 200 else None
+
     @property
     def first_frame_ms(self) -> float | None:
         return None if self.first_frame_at is None else (self.first_frame_at - self.offer_at) * 1000
@@ -294,10 +300,19 @@ async def measure_streams(
         cpu0, frames0, t0 = server.cpu(), [s.frames for s in streams], time.perf_counter()
         await asyncio.sleep(seconds)
         cpu1, frames1, t1 = server.cpu(), [s.frames for s in streams], time.perf_counter()
+        reports = [await s.report(http, server) for s in streams]
     finally:
         await asyncio.gather(*(s.close(http, server) for s in streams), return_exceptions=True)
     window = t1 - t0
     fps = [(b - a) / window for a, b in zip(frames0, frames1, strict=True)]
+    echoed = sum(frames1) - sum(frames0)
+    server_side: dict[str, Any] = {}
+    if all(reports):
+        # our server reports what it decoded and re-sent over the whole session
+        server_side = {
+            "serverFramesReceived": sum(r["stats"]["framesReceived"]["video"] for r in reports if r),
+            "serverFramesSent": sum(r["stats"]["framesSent"]["video"] for r in reports if r),
+        }
     return {
         "server": server.name,
         "streams": n,
@@ -305,6 +320,8 @@ async def measure_streams(
         "cpuPercentOfCore": round(100 * (cpu1 - cpu0) / window, 1),
         "fpsMean": round(statistics.mean(fps), 1),
         "fpsMin": round(min(fps), 1),
+        "cpuMsPerEchoedFrame": round(1000 * (cpu1 - cpu0) / echoed, 2) if echoed else None,
+        **server_side,
         "firstFrameMs": [round(s.first_frame_ms or 0, 1) for s in streams],
     }
 
@@ -335,6 +352,15 @@ async def measure_latency(
     }
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of repeated runs, the one with the median echoed frame rate (all runs kept under "runs")."""
+    good = sorted((r for r in runs if "error" not in r), key=lambda r: r["fpsMean"])
+    chosen = dict(good[len(good) // 2]) if good else dict(runs[0])
+    if len(runs) > 1:
+        chosen["runs"] = runs
+    return chosen
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -356,15 +382,17 @@ def machine() -> dict[str, Any]:
 
 def table(results: list[dict[str, Any]], latency: list[dict[str, Any]]) -> str:
     lines = [
-        "| server | streams | CPU s per stream-s | server CPU % of a core | echoed fps mean | worst stream fps |",
-        "|---|---|---|---|---|---|",
+        "| server | streams | CPU s per stream-s | CPU ms per echoed frame | server CPU % of a core"
+        " | echoed fps mean | worst stream fps |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['server']} | {r['streams']} | {r['error']} | | | |")
+            lines.append(f"| {r['server']} | {r['streams']} | {r['error']} | | | | |")
             continue
         lines.append(
-            f"| {r['server']} | {r['streams']} | {r['cpuPerStreamSecond']:.3f} | {r['cpuPercentOfCore']} | "
+            f"| {r['server']} | {r['streams']} | {r['cpuPerStreamSecond']:.3f} | {r['cpuMsPerEchoedFrame']} | "
+            f"{r['cpuPercentOfCore']} | "
             f"{r['fpsMean']} | {r['fpsMin']} |"
         )
     lines += ["", "| server | offer -> first echoed frame p50 | p95 | runs |", "|---|---|---|---|"]
@@ -377,7 +405,7 @@ def table(results: list[dict[str, Any]], latency: list[dict[str, Any]]) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    server_cores, client_cores = plan_cores()
+    server_cores, client_cores = plan_cores() if args.pin else ([], [])
     if client_cores:
         os.sched_setaffinity(0, client_cores)
     packets = encode_source()
@@ -422,14 +450,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 server.stop()
         for n in counts:
-            # interleave: the machine's other load hits both servers alike
-            for server in (baseline, ours):
-                await server.start(http)
-                try:
-                    results.append(await measure_streams(http, server, packets, n, args.warmup, args.seconds))
-                    log.info("%s", results[-1])
-                finally:
-                    server.stop()
+            runs: dict[str, list[dict[str, Any]]] = {baseline.name: [], ours.name: []}
+            for _ in range(args.repeat):
+                # interleave: the machine's other load hits both servers alike
+                for server in (baseline, ours):
+                    await server.start(http)
+                    try:
+                        runs[server.name].append(
+                            await measure_streams(http, server, packets, n, args.warmup, args.seconds)
+                        )
+                        log.info("%s", runs[server.name][-1])
+                    finally:
+                        server.stop()
+            results.extend(median_run(r) for r in runs.values())
     return {
         "machine": {**machine(), "serverCores": server_cores, "clientCores": client_cores},
         "settings": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "seconds": args.seconds, "warmup": args.warmup},
@@ -447,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of echo before measuring")
     parser.add_argument("--latency-runs", type=int, default=10, help="sequential sessions for first-frame latency")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per server and stream count (median reported)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and clients to cores")
     parser.add_argument("--event-loop", default="auto", help="our server's --event-loop (auto, uvloop, asyncio)")
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)

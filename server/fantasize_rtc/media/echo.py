@@ -17,11 +17,12 @@ __all__ = ["EchoMode", "EchoTrack"]
 
 log = logging.getLogger(__name__)
 
-#: Frames allowed to wait before the oldest are dropped: 100 ms of either kind. The decoder
-#: hands frames over in small bursts (jitter buffer), so keeping only the newest would throw away
-#: good frames; more than this means the encoder is behind and stale frames are worthless.
-AUDIO_BACKLOG = 5
-VIDEO_BACKLOG = 3
+#: Frames allowed to wait before the oldest are dropped (about 200 ms of audio, 330 ms of video).
+#: The decoder hands frames over in bursts and a loaded machine stalls the encoder now and then,
+#: so a short backlog is normal; a longer one means the encoder cannot keep up, and then the
+#: newest frames are the ones worth sending (and memory stays bounded).
+AUDIO_BACKLOG = 10
+VIDEO_BACKLOG = 10
 
 
 class EchoTrack(MediaStreamTrack):
