@@ -32,6 +32,11 @@ export function explainPair(local, remote) {
   return "";
 }
 
+/** `host:port`, with IPv6 addresses in brackets as in URLs. */
+function hostPort(c) {
+  return c.address.includes(":") ? `[${c.address}]:${c.port}` : `${c.address}:${c.port}`;
+}
+
 export class ProbePanel {
   /** @param {import("./rtc-client.js").RtcClient} lab */
   constructor(lab) {
@@ -160,8 +165,8 @@ export class ProbePanel {
     };
     if (pair) {
       add("Candidate pair", `${pair.remote.type} (your browser) ↔ ${pair.local.type} (server), ${pair.local.protocol.toUpperCase()}`);
-      add("Your browser used", `${TYPE_WORDS[pair.remote.type] ?? pair.remote.type}: ${pair.remote.address}:${pair.remote.port}`);
-      add("The server used", `${TYPE_WORDS[pair.local.type] ?? pair.local.type}: ${pair.local.address}:${pair.local.port}`);
+      add("Your browser used", `${TYPE_WORDS[pair.remote.type] ?? pair.remote.type}: ${hostPort(pair.remote)}`);
+      add("The server used", `${TYPE_WORDS[pair.local.type] ?? pair.local.type}: ${hostPort(pair.local)}`);
     } else if (browser.localCandidateType) {
       add("Candidate pair", `${browser.localCandidateType} (your browser) ↔ ${browser.remoteCandidateType} (server), ${(browser.protocol ?? "").toUpperCase()}`);
     }
