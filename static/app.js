@@ -97,17 +97,21 @@ async function connectLab(client) {
 
 async function showVersion() {
   try {
-    const health = await (await fetch("/healthz")).json();
+    const health = await (await fetch(`${BASE}/healthz`)).json();
     $("foot-version").textContent = `fantasize-rtc-server ${health.version}`;
   } catch {
     // The footer is decoration; the status pill reports a missing server.
   }
 }
 
-/** `?transport=poll` (or `websocket`) forces how the page's clients receive messages. */
+// Where the server's routes are: the page's own folder, so the page also works when the app is
+// mounted under a prefix (aiohttp add_subapp("/realtime", create_app())): "" at the root.
+const BASE = new URL(".", location.href).pathname.replace(/\/+$/, "");
+
+/** Options for the page's clients: the base path, and `?transport=poll` (or `websocket`). */
 export function clientOptions() {
   const transport = new URLSearchParams(location.search).get("transport");
-  return transport === "poll" || transport === "websocket" ? { transport } : {};
+  return transport === "poll" || transport === "websocket" ? { baseUrl: BASE, transport } : { baseUrl: BASE };
 }
 
 function main() {
