@@ -467,6 +467,17 @@ async def test_facade_replacing_a_peer_closes_its_old_channel_anywhere(pair: tup
     assert old.closed is not None and old.closed[0] == 4001
 
 
+async def test_facade_a_peer_removed_anywhere_loses_its_channel(pair: tuple[RtcServer, RtcServer]) -> None:
+    a, b = pair
+    await a.connect_peer("r", "alice")
+    await b.connect_peer("r", "bob")
+    channel = ListChannel()
+    await b.attach_channel("r", "bob", channel)
+    assert await a.disconnect_peer("r", "bob")  # e.g. its HTTP disconnect went to the other process
+    await wait_for(lambda: channel.closed is not None, message="bob's channel closed")
+    assert b.hub.channel("r", "bob") is None
+
+
 async def test_facade_server_peers_hear_departures_from_any_process(pair: tuple[RtcServer, RtcServer]) -> None:
     a, b = pair
     heard: list[tuple[str, str, dict[str, Any]]] = []

@@ -365,7 +365,12 @@ class RedisBackend(Backend):
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                     if message is not None and message.get("type") == "message":
-                        await self._on_message(cast(str, message["data"]))
+                        try:
+                            await self._on_message(cast(str, message["data"]))
+                        except (asyncio.CancelledError, *_UNREACHABLE):
+                            raise
+                        except Exception:  # one bad message must not cost the subscription
+                            log.exception("message on %s failed (process %s)", self._channel, self.process_id)
             except asyncio.CancelledError:
                 raise
             except _UNREACHABLE as exc:
@@ -420,8 +425,15 @@ class RedisBackend(Backend):
                 log.info("peer %s in room %s reconnected elsewhere; old channel replaced", peer_id, room_id)
                 await channel.close(4001, "replaced")
         elif parts[0] == "left" and len(parts) == 4 and parts[1] != self.process_id and sink is not None:
-            # Server peers here may hold sessions of a peer that left through another process.
+            # The peer left (or was reaped) through another process: close its channel here, as
+            # the facade does on its own process, and tell our server peers so its sessions end.
             room_id, peer_id = parts[2], parts[3]
+            self._local.discard((room_id, peer_id))
+            detach = getattr(sink, "detach", None)
+            channel = detach(room_id, peer_id) if callable(detach) else None
+            if channel is not None:
+                log.info("peer %s in room %s left through another process; closing its channel", peer_id, room_id)
+                await channel.close(4000, "disconnected")
             server_peer_ids = getattr(sink, "server_peer_ids", None)
             if not callable(server_peer_ids):
                 return
