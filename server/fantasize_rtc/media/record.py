@@ -41,6 +41,8 @@ AUDIO_RATE = 48000
 AUDIO_TIME_BASE = Fraction(1, AUDIO_RATE)
 #: Audio frames held while waiting for the first video frame (20 ms each: 2 s).
 MAX_PENDING_AUDIO = 100
+#: At the end, how long the recorder may spend writing frames that were already received.
+DRAIN_SECONDS = 2.0
 #: Picture size used when a video stream must be configured before any frame arrived.
 DEFAULT_SIZE = (640, 480)
 VIDEO_BITRATE = 1_500_000
@@ -217,9 +219,17 @@ class Recorder:
         if self._stopped:
             return False
         self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Write what was already received (up to the end of the session), then stop: an end
+        # marker behind the queued frames ends each reader once it has caught up.
+        for track in self._tracks.values():
+            queue: asyncio.Queue[Any] | None = getattr(track, "_queue", None)
+            if queue is not None:
+                queue.put_nowait(None)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=DRAIN_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._executor is None:
             return False
         try:
