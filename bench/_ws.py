@@ -144,11 +144,12 @@ class WsClient(asyncio.Protocol):
                 opcode = b0 & 0x0F
                 if opcode == 1:
                     self.received += 1
-                    if on_text is not None:
-                        payload = bytes(buf[pos + head : end])
-                        if b0 & 0x40 and self.inflater is not None:  # RSV1: compressed
-                            payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
-                        on_text(self, payload)
+                    if b0 & 0x40 and self.inflater is not None:  # RSV1: compressed; the context spans frames
+                        payload = self.inflater.decompress(bytes(buf[pos + head : end]) + b"\x00\x00\xff\xff")
+                        if on_text is not None:
+                            on_text(self, payload)
+                    elif on_text is not None:
+                        on_text(self, bytes(buf[pos + head : end]))
                 elif opcode == 9 and self.transport is not None:  # ping -> pong
                     body = bytes(buf[pos + head : end])
                     self.transport.write(bytes((0x8A, 0x80 | len(body))) + _ZERO_MASK + body)
