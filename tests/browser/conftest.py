@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -172,7 +173,11 @@ def browser(playwright_instance: Playwright) -> Iterator[Browser]:
         browser.close()
 
 
-_NETWORK_NOISE = ("Failed to load resource", "WebSocket connection to")
+# Refused requests the page handles (a 409 for a taken name) and a server that is down; a 5xx is
+# never noise: the server must not fail on anything the page sends.
+_NETWORK_NOISE = re.compile(
+    r"^(Failed to load resource: (net::ERR_\w+|the server responded with a status of 4\d\d)|WebSocket connection to)"
+)
 
 
 class PageErrors:
@@ -187,7 +192,7 @@ class PageErrors:
         def on_console(msg: ConsoleMessage) -> None:
             # The browser itself logs every refused request (a 409 the page handles, a server that
             # is down); those are network facts, not page bugs.
-            if msg.type == "error" and not msg.text.startswith(_NETWORK_NOISE):
+            if msg.type == "error" and not _NETWORK_NOISE.match(msg.text):
                 self.errors.append(f"{name}: console error {msg.text}")
 
         page.on("console", on_console)
