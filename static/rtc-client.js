@@ -696,9 +696,17 @@ export class PeerLink extends Emitter {
         reject: (e) => { clearTimeout(timer); reject(e); },
       };
     });
-    await this.client.signal({
-      type: "offer", payload: { sdp: this.pc.localDescription.sdp, ...(options.extra ?? {}) }, to: this.remotePeerId,
-    });
+    // If sending the offer fails, nobody awaits `answered`; its later rejection is expected.
+    answered.catch(() => {});
+    try {
+      await this.client.signal({
+        type: "offer", payload: { sdp: this.pc.localDescription.sdp, ...(options.extra ?? {}) }, to: this.remotePeerId,
+      });
+    } catch (err) {
+      this._answerWaiter?.reject(err); // stops its timer
+      this._answerWaiter = null;
+      throw err;
+    }
     this._flushLocalCandidates();
     return answered;
   }

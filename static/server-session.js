@@ -54,6 +54,10 @@ export async function openServerSession(lab, serverPeerId, options = {}) {
     return { pc, link, sessionId, channel };
   } catch (err) {
     pc.close();
+    if (err.code === "peer_not_found") {
+      throw new RtcError("no_media", `This server does not run its own media peers (no ${serverPeerId}): it was `
+        + "started without the media layer, so only the Call panel works here.");
+    }
     throw err;
   }
 }

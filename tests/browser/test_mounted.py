@@ -6,7 +6,6 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -26,6 +25,7 @@ async def home(request):
 app = web.Application()
 app.router.add_get("/", home)
 app.add_subapp("/realtime", create_app(config=RtcConfig(recordings_dir=sys.argv[2])))
+app.add_subapp("/signaling-only", create_app(config=RtcConfig(recordings_dir=sys.argv[2]), media=False))
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
 """
 
@@ -38,8 +38,9 @@ def _up(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def mounted(tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp_path = tmp_path_factory.mktemp("mounted")
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     with (ARTIFACTS / "server-mounted.log").open("ab") as log:
@@ -71,4 +72,17 @@ def test_page_under_a_prefix(new_page, mounted: str, page_errors: PageErrors) ->
     page.fill("#call-name", "guest")
     page.click("#call-join-button")
     expect(page.locator("#call-status")).to_have_attribute("data-state", "connected")
+    assert page_errors.errors == []
+
+
+def test_signaling_only_server_says_media_is_unavailable(new_page, mounted: str, page_errors: PageErrors) -> None:
+    page = new_page("plain", mounted)
+    page.goto("/signaling-only/#echo")
+    expect(page.locator("#server-status")).to_have_attribute("data-state", "connected")
+    page.select_option("#source", "generated")
+    page.click("#echo-start")
+    status = page.locator("#echo-status")
+    expect(status).to_have_attribute("data-state", "failed")
+    expect(status).to_contain_text("does not run its own media peers")
+    expect(page.locator("#echo-start")).to_be_enabled()
     assert page_errors.errors == []
