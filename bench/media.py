@@ -479,7 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per run")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of echo before measuring")
     parser.add_argument("--latency-runs", type=int, default=10, help="sequential sessions for first-frame latency")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=ROOT / "bench" / "results" / "media.json",
+        help="where to write the raw results (default bench/results/media.json)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per server and stream count (median reported)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and clients to cores")
     parser.add_argument("--event-loop", default="auto", help="our server's --event-loop (auto, uvloop, asyncio)")
@@ -499,7 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table(data["streams"], data["latency"]))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2))
+        (args.json.with_suffix(".md")).write_text(table(data["streams"], data["latency"]) + "\n")
+        print(f"\nraw results: {args.json}")
     return 0
 
 
