@@ -145,3 +145,45 @@ def test_server_peer_helpers_receive_the_play_source(new_page, server: ServerPro
     wait_for_sync(lambda: server.room_peers(room) == {"viewer"}, timeout=10, message="@play to leave after bye")
     page.evaluate("window.httpPc.close(); window.client.disconnect()")
     assert page_errors.errors == []
+
+
+def test_dropped_websocket_reconnects_without_leaving_the_room(
+    new_page, server: ServerProcess, page_errors: PageErrors
+) -> None:
+    """A WebSocket that drops (the server stays up) comes back with the same membership."""
+    page: Page = new_page("drop", server.url)
+    routes: list[tuple[WebSocketRoute, WebSocketRoute]] = []
+
+    def proxy(ws: WebSocketRoute) -> None:
+        routes.append((ws, ws.connect_to_server()))
+
+    page.route_web_socket("**/rtc/ws*", proxy)
+    page.goto("/static/rtc-client.js")
+    room = unique("drop")
+    page.evaluate(SETUP, room)
+    # (ends in null: Playwright would call a function the expression returned, here the unsubscriber)
+    page.evaluate("t.reconnects = []; t.a.on('reconnected', (ev) => t.reconnects.push(ev)); null")
+    wait_for_sync(lambda: len(routes) == 1, timeout=10, message="alice's WebSocket")
+    token = page.evaluate("t.a.token")
+
+    page_side, server_side = routes[0]
+    server_side.close(code=4500, reason="network hiccup")
+    page_side.close(code=4500, reason="network hiccup")
+    wait_for_sync(lambda: page.evaluate("t.reconnects.length") == 1, timeout=15, message="alice to reconnect")
+    assert page.evaluate("t.reconnects[0].rejoined") is False
+    assert page.evaluate("t.a.state") == "connected" and page.evaluate("t.a.transport") == "websocket"
+    assert page.evaluate("t.a.token") == token  # same membership, no new join
+    assert len(routes) == 2
+    assert "reconnecting" in page.evaluate("t.seen.states")
+    # Bob never saw Alice leave, and reaches her over the new socket.
+    assert not page.evaluate("t.seen.b.some(m => m.type === 'peer:disconnected')")
+    ack = page.evaluate("t.b.signal({type: 'still-there', payload: null, to: 'alice'})")
+    assert ack["delivered"] == ["alice"]
+    wait_for_sync(
+        lambda: page.evaluate("t.seen.a.some(m => m.type === 'signal' && m.signal.type === 'still-there')"),
+        timeout=10,
+        message="the signal on the new socket",
+    )
+    assert server.room_peers(room) == {"alice", "bob"}
+    page.evaluate("Promise.all([t.a.disconnect(), t.b.disconnect()])")
+    assert page_errors.errors == []
