@@ -3,7 +3,7 @@
 
 import { PeerLink, RtcClient } from "./rtc-client.js";
 import { attach } from "./media.js";
-import { StatsView } from "./stats.js";
+import { StatsView, summarizeStats } from "./stats.js";
 import { $, describeError, el, log, setStatus, summarize } from "./ui.js";
 
 const ANSWER_TIMEOUT_MS = 45000; // a person has to notice the call and click Answer
@@ -314,9 +314,17 @@ export class CallPanel {
     const state = pc.connectionState;
     log("page", `[call] connection to ${peerId}: ${state}`);
     if (state === "connected") {
-      setStatus($("call-status"), "connected", `In a call with ${peerId}. Media goes directly between your browsers.`);
+      setStatus($("call-status"), "connected", `In a call with ${peerId}.`);
       this.stats?.stop();
       this.stats = new StatsView(pc, $("call-stats"));
+      // Say which way the media goes, from the candidate pair ICE picked.
+      pc.getStats().then((report) => {
+        if (this.pc !== pc) return;
+        const s = summarizeStats(report);
+        const relayed = s.localCandidateType === "relay" || s.remoteCandidateType === "relay";
+        const how = relayed ? "through a TURN relay" : "directly between your browsers";
+        setStatus($("call-status"), "connected", `In a call with ${peerId}. Media goes ${how}.`);
+      }).catch(() => {});
     } else if (state === "disconnected") {
       setStatus($("call-status"), "connecting", `The connection to ${peerId} was interrupted; waiting for it to recover`);
     } else if (state === "failed") {
