@@ -40,7 +40,8 @@ export function generatedStream(label = "fantasize-rtc test pattern") {
     ctx.fillStyle = "#ffffff";
     ctx.font = "bold 34px ui-monospace, monospace";
     ctx.textBaseline = "middle";
-    const clock = new Date().toISOString().slice(11, 22);
+    const now = new Date();
+    const clock = `${now.toTimeString().slice(0, 8)}.${String(Math.floor(now.getMilliseconds() / 10)).padStart(2, "0")}`;
     ctx.fillText(clock, 24, HEIGHT * 0.73);
     ctx.font = "22px ui-monospace, monospace";
     ctx.fillText(`frame ${frame}`, 24, HEIGHT * 0.83);

@@ -49,6 +49,8 @@ def test_tabs_log_and_no_outside_requests(
     page.click("#echo-start")
     expect(page.locator("#echo-status")).to_have_attribute("data-state", "connected")
     wait_for_media(page, "demo.echo.pc")
+    for figure in ("Frame rate", "Receiving", "Sending"):  # the live stats have a second sample
+        expect(page.locator("#echo-stats div", has_text=figure).locator("dd")).not_to_have_text("\u2013")
     page.screenshot(path=str(artifacts / "demo-page.png"))
     page.click("#echo-stop")
     page.click("#tab-log")
