@@ -572,3 +572,54 @@ async def test_redis_reaper_spares_a_peer_seen_again_meanwhile(redis_server: Red
     finally:
         await reaper.close()
         await other.close()
+
+
+async def test_redis_messages_published_while_a_process_was_not_listening_arrive(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import redis.asyncio as aioredis
+
+    from fantasize_rtc.backends.redis import RedisBackend
+
+    prefix = unique_prefix()
+    config = RtcConfig(recordings_dir=str(tmp_path), rate_limit_per_sec=0)
+    a = create_rtc_server(config, backend=RedisBackend(redis_server.url, prefix=prefix))
+    b = create_rtc_server(config, backend=RedisBackend(redis_server.url, prefix=prefix))
+    admin = aioredis.Redis.from_url(redis_server.url)
+    async with a, b:
+        await a.connect_peer("r", "alice")
+        await b.connect_peer("r", "bob")
+        bob = ListChannel()
+        await b.attach_channel("r", "bob", bob)
+        acked: list[int] = []
+        queued = 0
+        n = 0
+        for _attempt in range(20):
+            # Every listener drops; once b has seen it, nothing is in flight to it any more (a
+            # message published at the very instant a connection breaks is the one case pub/sub
+            # can lose: see docs/scale-out.md).
+            await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # type: ignore[no-untyped-call]
+            try:
+                await wait_for(lambda: not b.backend.health()["subscribed"], timeout=2, interval=0.001)
+            except AssertionError:
+                continue  # it was back before we looked: again
+            while True:
+                n += 1
+                try:
+                    result = await a.relay("r", "alice", {"type": "n", "payload": n, "to": "bob"})
+                except CapacityExceeded:
+                    continue
+                acked.append(n)
+                queued += len(result.queued)
+                if b.backend.health()["subscribed"]:
+                    break
+            if queued:
+                break
+        assert queued, "no message was sent while b was not listening: the test tested nothing"
+        await wait_for(
+            lambda: len(bob.signals()) >= len(acked),
+            timeout=10,
+            message="every acknowledged message at bob",
+        )
+        assert [m["signal"]["payload"] for m in bob.signals()] == acked  # all of them, in order
+    await admin.aclose()

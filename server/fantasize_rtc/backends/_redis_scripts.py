@@ -255,16 +255,18 @@ return res
 """
 )
 
-#: Refresh this process and claim peers: the caller holds their live channels; their outboxes are
-#: drained and returned. ARGV: P, me, process ttl ms ('' to skip), number of release pairs,
-#: release pairs (room, peer: drop our presence if still ours), claim pairs (room, peer).
+#: Refresh this process and claim peers: the caller holds their live channels. Mode ``drain``:
+#: their outboxes are drained and returned; mode ``check``: per peer 1 when its outbox may hold
+#: something (presence was not ours, or the outbox is not empty), so the caller drains just those.
+#: ARGV: P, me, process ttl ms ('' to skip), mode, number of release pairs, release pairs (room,
+#: peer: drop our presence if still ours), claim pairs (room, peer).
 CLAIM = (
     _COMMON
     + r"""
-local me = ARGV[2]
+local me, drain = ARGV[2], ARGV[4] == 'drain'
 if ARGV[3] ~= '' then redis.call('SET', P .. 'proc:' .. me, '1', 'PX', ARGV[3]) end
-local nrel = tonumber(ARGV[4])
-local i = 5
+local nrel = tonumber(ARGV[5])
+local i = 6
 for _ = 1, nrel do
   local m = ARGV[i] .. '/' .. ARGV[i + 1]
   if redis.call('HGET', PRES, m) == me then redis.call('HDEL', PRES, m) end
@@ -274,17 +276,27 @@ local res = {}
 while i <= #ARGV do
   local rid, pid = ARGV[i], ARGV[i + 1]
   local m = rid .. '/' .. pid
-  local items = {}
+  local out = {}
   if redis.call('HEXISTS', pk(rid), pid) == 1 then
-    redis.call('HSET', PRES, m, me)
     local k = ob(m)
-    items = redis.call('ZRANGE', k, 0, -1)
-    if #items > 0 then
-      redis.call('DEL', k)
-      redis.call('ZREM', OBIDX, m)
+    if drain then
+      redis.call('HSET', PRES, m, me)
+      out = redis.call('ZRANGE', k, 0, -1)
+      if #out > 0 then
+        redis.call('DEL', k)
+        redis.call('ZREM', OBIDX, m)
+      end
+    else
+      -- check: 1 when something may have gone to the outbox meanwhile (the caller drains it)
+      out = 0
+      if redis.call('HGET', PRES, m) ~= me then
+        redis.call('HSET', PRES, m, me)
+        out = 1
+      end
+      if redis.call('EXISTS', k) == 1 then out = 1 end
     end
   end
-  res[#res + 1] = items
+  res[#res + 1] = out
   i = i + 2
 end
 return res

@@ -113,6 +113,7 @@ class RedisBackend(Backend):
         self._local: set[Key] = set()
         self._pending: dict[Key, _Pending] = {}
         self._reap_deadlines: dict[Key, int] = {}
+        self._repair_all = False
         self._batch: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
         #: Members of rooms this process relayed in, kept fresh by join/leave notices; only
@@ -184,7 +185,7 @@ class RedisBackend(Backend):
                 # Leave cleanly: others stop routing here at once instead of after the TTL.
                 with contextlib.suppress(RedisError, OSError):
                     releases = [part for key in self._local for part in key]
-                    await self._script("CLAIM", self.process_id, "", len(self._local), *releases)
+                    await self._script("CLAIM", self.process_id, "", "check", len(self._local), *releases)
                     await client.delete(f"{self.prefix}proc:{self.process_id}")
             await client.aclose(close_connection_pool=True)
         self._local.clear()
@@ -312,7 +313,26 @@ class RedisBackend(Backend):
         held = [key for key in self._local if sink.has_local(*key)]
         held_set = set(held)
         released = [key for key in self._local if key not in held_set]
-        await self._claim_and_drain(held, ttl=str(self._process_ttl_ms), releases=released)
+        if self._repair_all:
+            # After a reconnect anything may have gone to outboxes: drain all, in order.
+            self._repair_all = False
+            try:
+                await self._claim_and_drain(held, ttl=str(self._process_ttl_ms), releases=released)
+            except BaseException:
+                self._repair_all = True
+                raise
+        else:
+            # The usual pass holds nothing back (no added latency); it drains only the peers
+            # whose outbox may have received something.
+            args: list[str] = [self.process_id, str(self._process_ttl_ms), "check", str(len(released))]
+            for key in released:
+                args.extend(key)
+            for key in held:
+                args.extend(key)
+            flags = await self._script("CLAIM", *args)
+            repair = [key for key, flag in zip(held, flags, strict=True) if flag]
+            if repair:
+                await self._claim_and_drain(repair)
         self._local.difference_update(released)
 
     async def _claim_and_drain(self, keys: list[Key], *, ttl: str = "", releases: list[Key] | None = None) -> None:
@@ -321,7 +341,7 @@ class RedisBackend(Backend):
         releases = releases or []
         for key in keys:
             self._hold(key)
-        args: list[str] = [self.process_id, ttl, str(len(releases))]
+        args: list[str] = [self.process_id, ttl, "drain", str(len(releases))]
         for key in releases:
             args.extend(key)
         for key in keys:
@@ -354,16 +374,26 @@ class RedisBackend(Backend):
         while True:
             client = self._client
             assert client is not None
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(self._channel, self._events)
+                # subscribe() only sends the command: listen only once Redis confirmed both, or
+                # the re-drain below could run before messages reach us and miss some.
+                confirmed = 0
+                while confirmed < 2:
+                    reply = await pubsub.get_message(timeout=self._socket_timeout)
+                    if reply is None:
+                        raise RedisTimeoutError("no subscribe confirmation from Redis")
+                    if reply.get("type") == "subscribe":
+                        confirmed += 1
                 self._subscribed = True
                 self._forget_members(None)
+                self._repair_all = True
                 # What was published while we were not listening went to outboxes: re-drain now.
                 self._wake.set()
                 backoff = 0.05
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    message = await pubsub.get_message(timeout=None)
                     if message is not None and message.get("type") == "message":
                         try:
                             await self._on_message(cast(str, message["data"]))
@@ -376,7 +406,9 @@ class RedisBackend(Backend):
             except _UNREACHABLE as exc:
                 if self._subscribed:
                     log.warning("redis subscription lost (process %s): %s", self.process_id, exc)
-                self._set_down(exc)
+                # Requests go on if Redis still answers (what is published meanwhile waits in
+                # outboxes, drained once we listen again); the refresher finds out at once.
+                self._wake.set()
             except Exception:
                 log.exception("redis listener failed (process %s)", self.process_id)
             finally:
@@ -635,7 +667,7 @@ class RedisBackend(Backend):
             raise self._unavailable()
         self._hold(key)
         try:
-            raw = await self._guard(lambda: self._script("CLAIM", self.process_id, "", "0", room_id, peer_id))
+            raw = await self._guard(lambda: self._script("CLAIM", self.process_id, "", "drain", "0", room_id, peer_id))
         except asyncio.CancelledError:
             self._release_hold(key)
             raise
