@@ -21,6 +21,14 @@
  * ...
  * await link.hangUp();                            // `bye` to bob, closes pc
  * await client.disconnect();
+ *
+ * // Bob's side: make the link as the offer arrives (his candidates follow it), then answer.
+ * client.on("signal", (msg) => {
+ *   if (msg.signal.type !== "offer") return;
+ *   const pc = new RTCPeerConnection({ iceServers: client.iceServers });
+ *   pc.ontrack = (ev) => { video.srcObject = ev.streams[0]; };
+ *   new PeerLink(client, msg.fromPeerId, pc).accept(msg.signal.payload);
+ * });
  * ```
  *
  * @module rtc-client
