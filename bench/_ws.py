@@ -88,6 +88,7 @@ class WsClient(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
             self.opened.set_exception(ConnectionError(f"connection to {self.path} lost before the handshake"))
+            self.opened.exception()  # retrieved: open_ws may have given up on it already
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -105,6 +106,7 @@ class WsClient(asyncio.Protocol):
             if b" 101 " not in status:
                 if not self.opened.done():
                     self.opened.set_exception(ConnectionError(f"handshake refused: {status.decode(errors='replace')}"))
+                    self.opened.exception()
                 if self.transport is not None:
                     self.transport.close()
                 return
@@ -188,7 +190,7 @@ class WsClient(asyncio.Protocol):
 
 
 async def open_ws(
-    host: str, port: int, path: str, on_text: OnText | None = None, timeout: float = 10.0, offer_deflate: bool = False
+    host: str, port: int, path: str, on_text: OnText | None = None, timeout: float = 20.0, offer_deflate: bool = False
 ) -> WsClient:
     """Connect and finish the WebSocket handshake."""
     loop = asyncio.get_running_loop()

@@ -178,21 +178,42 @@ class Peer:
 
 
 async def connect_peer(
-    kind: Kind, host: str, port: int, http: HttpClient, room: str, peer: Peer, offer_deflate: bool = False
+    kind: Kind,
+    host: str,
+    port: int,
+    http: HttpClient,
+    room: str,
+    peer: Peer,
+    offer_deflate: bool = False,
+    attempts: int = 1,
 ) -> None:
-    path = await kind.ws_path(host, port, http, room, peer.id)
-    first: asyncio.Future[None] | None = None
-    if kind.waits_for_first_frame:
-        first = asyncio.get_running_loop().create_future()
+    """Join (ours: POST /rtc/connect) and open the peer's WebSocket.
 
-        def on_first(client: WsClient, data: bytes) -> None:
+    ``attempts`` > 1 retries the WebSocket: when thousands of peers connect at once on a busy
+    machine, a handshake can time out in the listen backlog; the peer is the same, so retry."""
+    path = await kind.ws_path(host, port, http, room, peer.id)
+    for attempt in range(attempts):
+        first: asyncio.Future[None] | None = None
+        if kind.waits_for_first_frame:
+            first = asyncio.get_running_loop().create_future()
+
+        def on_first(client: WsClient, data: bytes, first: asyncio.Future[None] | None = first) -> None:
             if first is not None and not first.done():
                 first.set_result(None)
 
-        peer.ws = await open_ws(host, port, path, on_first, offer_deflate=offer_deflate)
-        await asyncio.wait_for(first, 10)
-    else:
-        peer.ws = await open_ws(host, port, path, offer_deflate=offer_deflate)
+        try:
+            peer.ws = await open_ws(host, port, path, on_first if first else None, offer_deflate=offer_deflate)
+            if first is not None:
+                await asyncio.wait_for(first, 10)
+            break
+        except (OSError, asyncio.TimeoutError):
+            if peer.ws is not None:
+                peer.ws.abort()
+                peer.ws = None
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5 * (attempt + 1))
+    assert peer.ws is not None
     peer.ws.tag = peer
 
 
@@ -213,7 +234,9 @@ async def connect_pairs(
         async with limit:
             http = clients.pop() if clients else HttpClient(host, port)
             try:
-                await connect_peer(kind, host, port, http, rooms[peer.id], peer, bool(job.get("offer_deflate")))
+                await connect_peer(
+                    kind, host, port, http, rooms[peer.id], peer, bool(job.get("offer_deflate")), attempts=5
+                )
                 if on_connected is not None:
                     on_connected(peer)
             finally:
