@@ -1,5 +1,7 @@
 """Media benchmark: our echo (``POST /rtc/offer`` mode echo) against a plain aiortc ``MediaRelay``
 echo server (the approach of aiortc's ``examples/server``), in the same run on the same machine.
+Our echo runs twice: as it is by default (decode + re-encode, like the baseline) and with
+``passthrough: true`` (encoded frames sent back as they are; ``--no-passthrough`` skips it).
 
     python -m bench.media                       # 1, 2, 4 streams, 10 s windows, 10 latency runs
     python -m bench.media --streams 1,2 --seconds 5 --json out.json
@@ -23,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import shutil
 import socket
 import statistics
@@ -125,8 +128,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], port: int, offer_path: str, cores: list[int]) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        port: int,
+        offer_path: str,
+        cores: list[int],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.name, self.port, self.offer_path = name, port, offer_path
+        self.extra = extra or {}  # added to every offer request
         if cores:
             cmd = ["taskset", "-c", ",".join(map(str, cores)), *cmd]
         self.cmd = cmd
@@ -219,8 +231,24 @@ class PacketSource(MediaStreamTrack):
         return packet
 
 
+class _CountingTap(queue.Queue[Any]):
+    """Stands in for a client receiver's decoder queue: counts complete encoded frames."""
+
+    def __init__(self, arrived: Any) -> None:
+        super().__init__()
+        self._arrived = arrived
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is None:
+            super().put(None)  # lets the idle decoder thread end
+        else:
+            self._arrived()
+
+
 class Stream:
     """One client: sends the source, counts echoed frames, notes when the first one came."""
+
+    decode = False  # --decode: clients decode the echo (as a browser would) instead of counting frames
 
     def __init__(self, packets: list[bytes]) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -233,7 +261,24 @@ class Stream:
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        self._tasks.append(asyncio.get_running_loop().create_task(self._count(track)))
+        if self.decode:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._count(track)))
+            return
+        # Count complete encoded frames as the jitter buffer hands them to the decoder, without
+        # decoding: the clients then cost little, and the figures are the server's.
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
+        receiver._RTCRtpReceiver__decoder_queue = _CountingTap(self._frame_arrived)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._drain(track)))
+
+    def _frame_arrived(self) -> None:
+        if self.first_frame_at is None:
+            self.first_frame_at = time.perf_counter()
+        self.frames += 1
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
 
     async def _count(self, track: MediaStreamTrack) -> None:
         while True:
@@ -249,8 +294,7 @@ class Stream:
         self.offer_at = time.perf_counter()
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body: dict[str, Any] = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
-        if server.offer_path == "/rtc/offer":
-            body["mode"] = "echo"
+        body.update(server.extra)
         async with http.post(server.url + server.offer_path, json=body) as resp:
             answer = await resp.json()
             if resp.status != 200:
@@ -429,8 +473,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         0,
         "/rtc/offer",
         server_cores,
+        {"mode": "echo"},
     )
     ours.port = int(ours.cmd[ours.cmd.index("--port") + 1])
+    passthrough = Server(
+        "fantasize-rtc echo, passthrough", ours.cmd, ours.port, "/rtc/offer", [], {"mode": "echo", "passthrough": True}
+    )
+    passthrough.cmd = ours.cmd  # same server, same pinning; only the offer option differs
     base_port = free_port()
     baseline = Server(
         "aiortc MediaRelay echo (baseline)",
@@ -439,10 +488,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "/offer",
         server_cores,
     )
+    servers = (baseline, ours, passthrough) if args.passthrough else (baseline, ours)
     results: list[dict[str, Any]] = []
     latency: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as http:
-        for server in (baseline, ours):
+        for server in servers:
             await server.start(http)
             try:
                 latency.append(await measure_latency(http, server, packets, args.latency_runs))
@@ -450,10 +500,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 server.stop()
         for n in counts:
-            runs: dict[str, list[dict[str, Any]]] = {baseline.name: [], ours.name: []}
+            runs: dict[str, list[dict[str, Any]]] = {server.name: [] for server in servers}
             for _ in range(args.repeat):
                 # interleave: the machine's other load hits both servers alike
-                for server in (baseline, ours):
+                for server in servers:
                     await server.start(http)
                     try:
                         runs[server.name].append(
@@ -485,6 +535,17 @@ def main(argv: list[str] | None = None) -> int:
         default=ROOT / "bench" / "results" / "media.json",
         help="where to write the raw results (default bench/results/media.json)",
     )
+    parser.add_argument(
+        "--no-passthrough",
+        dest="passthrough",
+        action="store_false",
+        help="skip our echo with passthrough: true (encoded frames sent back as they are)",
+    )
+    parser.add_argument(
+        "--decode",
+        action="store_true",
+        help="clients decode the echoed video (costs client CPU) instead of counting frames",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per server and stream count (median reported)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and clients to cores")
     parser.add_argument("--event-loop", default="auto", help="our server's --event-loop (auto, uvloop, asyncio)")
@@ -496,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("aioice").setLevel(logging.WARNING)
+    Stream.decode = args.decode
     data = asyncio.run(run(args))
     m = data["machine"]
     print(

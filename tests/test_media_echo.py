@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from fantasize_rtc.media import MEDIA_CLOSED, MEDIA_CONNECTED, MEDIA_KEY
+from fantasize_rtc.media.echo import PassthroughTrack
 from tests.helpers import wait_for
 from tests.media_helpers import client_peer, http_offer
 
@@ -48,3 +49,22 @@ async def test_echo_returns_video_audio_and_data_channel_messages(client: TestCl
     resp = await client.get(f"/rtc/sessions/{body['sessionId']}")
     report = await resp.json()
     assert report["state"] == "closed" and report["closeReason"] == "deleted"
+
+
+async def test_passthrough_echo_sends_the_encoded_frames_back(client: TestClient) -> None:  # type: ignore[type-arg]
+    manager = client.app[MEDIA_KEY]
+    async with client_peer() as peer:
+        peer.add_media()
+        body = await http_offer(client, peer, "echo", passthrough=True)
+        await peer.wait_frames("video", 15)
+        await peer.wait_frames("audio", 15)
+        frame = peer.sinks["video"].last
+        assert (frame.width, frame.height) == (160, 120)
+        report = await (await client.get(f"/rtc/sessions/{body['sessionId']}")).json()
+        assert report["stats"]["framesSent"]["video"] >= 15
+        session = manager.sessions()[0]
+        assert all(isinstance(t.sender.track, PassthroughTrack) for t in session.pc.getTransceivers())
+        # a keyframe request from the far end is forwarded to the peer's own encoder
+        sender = next(t.sender for t in session.pc.getTransceivers() if t.kind == "video")
+        sender._send_keyframe()
+    await wait_for(lambda: len(manager) == 0, 20, message="the session to end when the client hangs up")

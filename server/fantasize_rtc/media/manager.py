@@ -93,6 +93,7 @@ def parse_options(body: dict[str, Any], max_session_seconds: float) -> SessionOp
         width=width - width % 2,
         height=height - height % 2,
         fps=int(_number(body, "fps", 30, 1, 30)),
+        passthrough=_bool(body, "passthrough", False),
     )
 
 

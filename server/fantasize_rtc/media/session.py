@@ -70,6 +70,7 @@ class SessionOptions:
     width: int = 640
     height: int = 480
     fps: int = 30
+    passthrough: bool = False
 
 
 def skip_backlog(track: MediaStreamTrack, keep: int) -> int:
