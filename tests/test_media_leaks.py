@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import threading
+from typing import Any
 
 from aiohttp.test_utils import TestClient
 from aiortc import RTCPeerConnection
@@ -40,7 +41,7 @@ async def cycle(client: TestClient, n: int) -> None:  # type: ignore[type-arg]
         if n % 10 == 0 or record:
             peer.add_media(audio=n % 20 == 0 or record)
         # some echo cycles pass encoded frames through (the receivers' decoder threads must still end)
-        options = {"passthrough": True} if n % 20 == 10 else {}
+        options: dict[str, Any] = {"passthrough": True} if n % 20 == 10 else {}
         body = await http_offer(client, peer, "record" if record else "echo", **options)
         await peer.wait_open()
         if not record:
