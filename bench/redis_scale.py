@@ -1,16 +1,22 @@
 """Scale-out benchmark: relay throughput and latency of two server processes on Redis against one
 process in memory, in the same run.
 
-``python -m bench redis [--duration S] [--pairs N] [--rate R] [--window W] [--json PATH]``
+``python -m bench redis [--duration S] [--pairs N] [--window W] [--rate R] [--repeat K]``
 
 It starts a redis-server on a free port, then for each setup its server processes (``python -m
-bench.redis_scale worker``: the real app with the rate limit off, no media) and a load generator
-process per server process. Each pair of peers is a sender and a receiver in their own room; on
-two processes the sender is on one and the receiver on the other, so every message crosses
-Redis. Throughput: every sender keeps ``window`` messages in flight (sent, not yet received) for
+bench.redis_scale worker``: the real app with the rate limit off, no media) and two load
+generator processes (the lean WebSocket client of ``bench/_ws.py``) for every setup. Each pair
+of peers is a sender and a receiver in their own room. Setups: one process in memory; one
+process on Redis; two processes on Redis where every message crosses (each load generator sends
+through one process and receives through the other); two processes on Redis where the peers of
+a pair share a process (a load balancer that happened to place them together).
+
+Throughput: every sender keeps ``window`` messages in flight (sent, not yet received) for
 ``duration`` seconds; messages/s counts receptions. Latency: a fixed total ``rate`` of messages
 spread over the senders; each message carries its send time and the receiver (same load
-generator process, same clock) takes the difference.
+generator process, same clock) takes the difference. Setups alternate for ``repeat`` rounds and
+the medians are reported (the machine may be shared). Results: ``bench/results/redis.json`` and
+``redis.md``.
 """
 
 from __future__ import annotations
@@ -93,7 +99,9 @@ def _worker(port: int, redis_url: str | None) -> int:
 
 
 async def _load(job: dict[str, Any]) -> dict[str, Any]:
-    import aiohttp
+    # The lean client of the signaling benchmark: the load generator shares the machine with
+    # the servers, so it must cost far less per message than they do.
+    from bench._ws import HttpClient, WsClient, open_ws
 
     pairs: int = job["pairs"]
     duration: float = job["duration"]
@@ -103,93 +111,91 @@ async def _load(job: dict[str, Any]) -> dict[str, Any]:
     measuring = False
     progress = asyncio.Event()
     moved = [asyncio.Event() for _ in range(pairs)]  # pair i received something
+    latency_mode = job["mode"] == "latency"
 
-    async with aiohttp.ClientSession() as http:
+    def on_text(client: WsClient, payload: bytes) -> None:
+        if b'"type":"signal"' not in payload[:24]:
+            return  # peer:connected and the like
+        now = time.perf_counter()
+        i = client.tag
+        received[i] += 1
+        if measuring and latency_mode:
+            latencies.append(now - json.loads(payload)["signal"]["payload"]["t"])
+        progress.set()
+        moved[i].set()
 
-        async def join(url: str, room: str, peer: str) -> aiohttp.ClientWebSocketResponse:
-            async with http.post(url + "rtc/connect", json={"roomId": room, "peerId": peer}) as r:
-                r.raise_for_status()
-                token = (await r.json())["token"]
-            return await http.ws_connect(url + f"rtc/ws?token={token}", max_msg_size=0)
+    async def join(url: str, room: str, peer: str, i: int) -> WsClient:
+        host, port = url.split("//")[1].rstrip("/").split(":")
+        http = HttpClient(host, int(port))
+        try:
+            status, body = await http.post("/rtc/connect", json.dumps({"roomId": room, "peerId": peer}).encode())
+        finally:
+            await http.close()
+        if status != 200:
+            raise RuntimeError(f"connect {peer} in {room}: {status} {body[:200]!r}")
+        token = json.loads(body)["token"]
+        client = await open_ws(host, int(port), f"/rtc/ws?token={token}", on_text)
+        client.tag = i
+        return client
 
-        senders, receivers = [], []
-        for i in range(pairs):
-            room = f"{job['tag']}-{i}"
-            receivers.append(await join(job["recv_url"], room, "r"))
-            senders.append(await join(job["send_url"], room, "s"))
+    senders, receivers = [], []
+    for i in range(pairs):
+        room = f"{job['tag']}-{i}"
+        receivers.append(await join(job["recv_url"], room, "r", i))
+        senders.append(await join(job["send_url"], room, "s", i))
 
-        async def receive(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
-            async for msg in ws:
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    break
-                data = json.loads(msg.data)
-                if data.get("type") != "signal":
-                    continue
-                now = time.perf_counter()
-                received[i] += 1
-                if measuring and job["mode"] == "latency":
-                    latencies.append(now - data["signal"]["payload"]["t"])
-                progress.set()
-                moved[i].set()
+    def frame() -> str:
+        return json.dumps({"type": "signal", "signal": {"type": "n", "payload": {"t": time.perf_counter()}}})
 
-        readers = [asyncio.ensure_future(receive(i, ws)) for i, ws in enumerate(receivers)]
+    async def flood(i: int, ws: WsClient, until: float) -> None:
+        window = job["window"]
+        while time.perf_counter() < until:
+            if sent[i] - received[i] >= window:
+                moved[i].clear()
+                if sent[i] - received[i] >= window:  # checked after clear(): no lost wakeup
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(moved[i].wait(), 0.25)
+                continue
+            sent[i] += 1
+            ws.send_text(frame())
+            await asyncio.sleep(0)
 
-        async def flood(i: int, ws: aiohttp.ClientWebSocketResponse, until: float) -> None:
-            window = job["window"]
-            while time.perf_counter() < until:
-                if sent[i] - received[i] >= window:
-                    moved[i].clear()
-                    if sent[i] - received[i] >= window:  # checked after clear(): no lost wakeup
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(moved[i].wait(), 0.25)
-                    continue
-                sent[i] += 1
-                await ws.send_str(
-                    json.dumps({"type": "signal", "signal": {"type": "n", "payload": {"t": time.perf_counter()}}})
-                )
+    async def paced(i: int, ws: WsClient, until: float) -> None:
+        interval = pairs / job["rate"]
+        next_at = time.perf_counter() + interval * i / pairs
+        while next_at < until:
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # a timer: messages leave at a fixed rate
+            sent[i] += 1
+            ws.send_text(frame())
+            next_at += interval
 
-        async def paced(i: int, ws: aiohttp.ClientWebSocketResponse, until: float) -> None:
-            interval = pairs / job["rate"]
-            next_at = time.perf_counter() + interval * i / pairs
-            while next_at < until:
-                delay = next_at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)  # a timer: messages leave at a fixed rate
-                sent[i] += 1
-                await ws.send_str(
-                    json.dumps({"type": "signal", "signal": {"type": "n", "payload": {"t": time.perf_counter()}}})
-                )
-                next_at += interval
-
-        run = flood if job["mode"] == "throughput" else paced
-        # warm up (connections, caches, the Redis scripts), then measure
-        warm_until = time.perf_counter() + min(1.0, duration / 4)
-        await asyncio.gather(*(run(i, ws, warm_until) for i, ws in enumerate(senders)))
-        settle = time.perf_counter() + 2
-        while sum(received) < sum(sent) and time.perf_counter() < settle:
+    async def settle(limit: float) -> None:
+        deadline = time.perf_counter() + limit
+        while sum(received) < sum(sent) and time.perf_counter() < deadline:
             progress.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(progress.wait(), 0.1)
-        base = sum(received)
-        measuring = True
-        started = time.perf_counter()
-        await asyncio.gather(*(run(i, ws, started + duration) for i, ws in enumerate(senders)))
-        elapsed = time.perf_counter() - started
-        got = sum(received) - base
-        measuring = False
-        lost = 0
-        if job["mode"] == "latency":  # let the tail arrive
-            settle = time.perf_counter() + 5
-            while sum(received) < sum(sent) and time.perf_counter() < settle:
-                progress.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(progress.wait(), 0.1)
-            lost = sum(sent) - sum(received)
-        for ws in senders + receivers:
-            await ws.close()
-        for task in readers:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+
+    run = flood if job["mode"] == "throughput" else paced
+    # warm up (connections, caches, the Redis scripts), then measure
+    warm_until = time.perf_counter() + min(1.0, duration / 4)
+    await asyncio.gather(*(run(i, ws, warm_until) for i, ws in enumerate(senders)))
+    await settle(2)
+    base = sum(received)
+    measuring = True
+    started = time.perf_counter()
+    await asyncio.gather(*(run(i, ws, started + duration) for i, ws in enumerate(senders)))
+    elapsed = time.perf_counter() - started
+    got = sum(received) - base
+    lost = 0
+    if latency_mode:  # let the tail arrive (it counts)
+        await settle(5)
+        lost = sum(sent) - sum(received)
+    measuring = False
+    for ws in senders + receivers:
+        await ws.close()
     return {"received": got, "elapsed": elapsed, "latencies": latencies, "lost": lost}
 
 
@@ -282,31 +288,57 @@ def _start_redis() -> tuple[subprocess.Popen[bytes], str, tempfile.TemporaryDire
     return proc, f"redis://127.0.0.1:{port}/0", tmp
 
 
+SETUPS: list[tuple[str, int, bool, bool]] = [
+    # (name, processes, on Redis, every message crosses processes)
+    ("1 process, memory", 1, False, False),
+    ("1 process, Redis", 1, True, False),
+    ("2 processes, Redis, every message crosses", 2, True, True),
+    ("2 processes, Redis, pairs on one process", 2, True, False),
+]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark and print a Markdown table (and JSON with ``--json``)."""
+    """Run the benchmark, print a Markdown table, write bench/results/redis.{json,md}."""
     parser = argparse.ArgumentParser(prog="python -m bench redis", description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="Seconds measured per run.")
+    parser.add_argument("--duration", type=float, default=4.0, help="Seconds measured per run.")
     parser.add_argument("--pairs", type=int, default=16, help="Sender/receiver pairs in all.")
     parser.add_argument("--window", type=int, default=8, help="Messages in flight per pair (throughput).")
     parser.add_argument("--rate", type=float, default=400.0, help="Messages/s in all (latency run).")
-    parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    parser.add_argument("--repeat", type=int, default=3, help="Rounds; setups alternate, medians are reported.")
     opts = parser.parse_args(list(argv) if argv is not None else None)
 
     load = os.getloadavg()
     started = time.monotonic()
     redis_proc, redis_url, tmp = _start_redis()
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in SETUPS}
     try:
-        rows = [
-            _run_setup("1 process, memory", 1, None, opts),
-            _run_setup("1 process, Redis", 1, redis_url, opts),
-            _run_setup("2 processes, Redis (every message crosses)", 2, redis_url, opts),
-            _run_setup("2 processes, Redis (pairs on one process)", 2, redis_url, opts, cross=False),
-        ]
+        for _ in range(opts.repeat):  # alternating setups spreads the machine's load over all
+            for name, processes, on_redis, cross in SETUPS:
+                url = redis_url if on_redis else None
+                runs[name].append(_run_setup(name, processes, url, opts, cross=cross))
     finally:
         _stop(redis_proc)
         tmp.cleanup()
-    base = rows[0]
-    two = rows[2]
+    rows = []
+    for name, *_ in SETUPS:
+        results = runs[name]
+        rows.append(
+            {
+                "setup": name,
+                "msgs_per_s": _median([r["msgs_per_s"] for r in results]),
+                "p50_ms": _median([r["p50_ms"] for r in results]),
+                "p99_ms": _median([r["p99_ms"] for r in results]),
+                "lost": sum(r["lost"] for r in results),
+                "runs": results,
+            }
+        )
+    base, crossing, local = rows[0], rows[2], rows[3]
     load_after = os.getloadavg()
     summary = {
         "cores": os.cpu_count(),
@@ -317,26 +349,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pairs": opts.pairs,
         "window": opts.window,
         "rate": opts.rate,
+        "repeat": opts.repeat,
         "rows": rows,
-        "two_vs_one_memory": two["msgs_per_s"] / base["msgs_per_s"] if base["msgs_per_s"] else float("nan"),
-        "two_local_vs_one_memory": rows[3]["msgs_per_s"] / base["msgs_per_s"] if base["msgs_per_s"] else float("nan"),
-        "p99_added_ms": two["p99_ms"] - base["p99_ms"],
+        "two_crossing_vs_one_memory": crossing["msgs_per_s"] / base["msgs_per_s"],
+        "two_local_vs_one_memory": local["msgs_per_s"] / base["msgs_per_s"],
+        "p99_added_ms": crossing["p99_ms"] - base["p99_ms"],
+        "p50_added_ms": crossing["p50_ms"] - base["p50_ms"],
     }
-    print(f"cores: {summary['cores']}, load average (1 min) before: {load[0]:.2f}, after: {load_after[0]:.2f}")
-    print(f"{opts.pairs} pairs, window {opts.window}, {opts.duration:g} s per run; latency at {opts.rate:g} msg/s\n")
-    print("| setup | relay msgs/s | p50 ms | p99 ms | lost |")
-    print("|---|---:|---:|---:|---:|")
+    lines = [
+        f"{summary['cores']} cores, load average (1 min) {load[0]:.1f} before and {load_after[0]:.1f} after; "
+        f"{opts.pairs} pairs, window {opts.window}, {opts.duration:g} s per run, latency at {opts.rate:g} msg/s, "
+        f"median of {opts.repeat} alternating rounds",
+        "",
+        "| setup | relay msgs/s | p50 ms | p99 ms | lost |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for row in rows:
-        print(
+        lines.append(
             f"| {row['setup']} | {row['msgs_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['lost']} |"
         )
-    print(
-        f"\ntwo processes on Redis / one in memory: {summary['two_vs_one_memory']:.2f}x messages/s when every "
-        f"message crosses, {summary['two_local_vs_one_memory']:.2f}x when pairs share a process; "
-        f"p99 added by the Redis hop (crossing, at the fixed rate): {summary['p99_added_ms']:.2f} ms"
-    )
-    if opts.json:
-        opts.json.write_text(json.dumps(summary, indent=2))
+    lines += [
+        "",
+        f"Two processes on Redis / one in memory: {summary['two_crossing_vs_one_memory']:.2f}x messages/s when "
+        f"every message crosses processes, {summary['two_local_vs_one_memory']:.2f}x when the peers of a pair "
+        f"share a process. Added by the Redis hop at {opts.rate:g} msg/s: p50 {summary['p50_added_ms']:+.2f} ms, "
+        f"p99 {summary['p99_added_ms']:+.2f} ms.",
+    ]
+    print("\n".join(lines))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "redis.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (RESULTS / "redis.md").write_text("\n".join(lines) + "\n")
     return 0
 
 
