@@ -329,6 +329,40 @@ async def test_killed_process_peers_are_reaped_by_the_others(
             await beating
 
 
+async def test_a_hung_process_is_routed_around_and_catches_up(
+    redis_server: RedisServer, start_processes: Any, peers: Any
+) -> None:
+    a, b = start_processes(redis_server, 2)
+    alice, bob = peers("room", "alice"), peers("room", "bob")
+    await alice.connect(a)
+    await alice.open(a)
+    await bob.connect(b)
+    await bob.open(b)
+    ack = await alice.send({"type": "n", "payload": 0, "to": "bob"})
+    assert ack["delivered"] == ["bob"], ack  # b holds bob's channel and listens
+    await wait_for(lambda: bob.signals("n"), message="the first message at bob")
+    assert b.proc is not None
+    b.proc.send_signal(signal.SIGSTOP)  # alive but silent: its Redis connections stay open
+    try:
+        sent, outcomes = 1, []
+        started = time.monotonic()
+        while "queued" not in outcomes:  # once its liveness key expires (5 s), messages wait
+            ack = await alice.send({"type": "n", "payload": sent, "to": "bob"})
+            outcomes.append("queued" if ack["queued"] else "delivered")
+            sent += 1
+            assert time.monotonic() - started < 30, "messages never went to the outbox"
+            await asyncio.sleep(0.05)  # a client sending now and then, not a flood
+        for _ in range(3):
+            ack = await alice.send({"type": "n", "payload": sent, "to": "bob"})
+            assert ack["queued"] == ["bob"], ack
+            sent += 1
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    assert outcomes[0] == "delivered"  # handed to b's connection before b counted as gone
+    await wait_for(lambda: len(bob.signals("n")) >= sent, timeout=15, message="bob gets everything once b is back")
+    assert [m["signal"]["payload"] for m in bob.signals("n")] == list(range(sent))
+
+
 async def test_redis_restart_loses_no_acknowledged_message(
     tmp_path: Path, start_processes: Any, peers: Any, http: aiohttp.ClientSession
 ) -> None:
