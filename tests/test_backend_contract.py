@@ -623,3 +623,25 @@ async def test_redis_messages_published_while_a_process_was_not_listening_arrive
         )
         assert [m["signal"]["payload"] for m in bob.signals()] == acked  # all of them, in order
     await admin.aclose()
+
+
+async def test_redis_errors_are_503_not_500(redis_server: RedisServer, tmp_path: Path) -> None:
+    import redis.asyncio as aioredis
+
+    from fantasize_rtc.backends.redis import RedisBackend
+
+    config = RtcConfig(recordings_dir=str(tmp_path), rate_limit_per_sec=0)
+    admin = aioredis.Redis.from_url(redis_server.url)
+    async with create_rtc_server(config, backend=RedisBackend(redis_server.url, prefix=unique_prefix())) as rtc:
+        await rtc.connect_peer("r", "alice")
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", "1")  # every write is refused: out of memory
+        try:
+            with pytest.raises(CapacityExceeded) as info:
+                await rtc.connect_peer("r", "bob")
+            assert info.value.status == 503
+            assert rtc.backend.health()["ok"] is True  # Redis answers: it is up, just refusing
+        finally:
+            await admin.config_set("maxmemory", "0")
+        await rtc.connect_peer("r", "bob")
+    await admin.aclose()

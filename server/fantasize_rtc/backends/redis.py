@@ -232,6 +232,9 @@ class RedisBackend(Backend):
                 raise CapacityExceeded("Too many requests wait for Redis; try again shortly.", retry_after=1) from exc
             self._set_down(exc)
             raise self._unavailable() from exc
+        except RedisError as exc:  # Redis answered with an error (out of memory, ...): not our 500
+            log.warning("redis refused a command (process %s): %s", self.process_id, exc)
+            raise CapacityExceeded("The shared state store (Redis) refused the request.", retry_after=1) from exc
 
     async def _script(self, name: str, *args: Any) -> Any:
         """Run a script. Calls made in the same loop iteration share one pipelined round trip
