@@ -30,7 +30,15 @@ from .errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from .protocol import dumps, error_message, parse_json, require_object, validate_id
+from .protocol import (
+    dumps,
+    error_message,
+    parse_json,
+    parse_signal_frame,
+    require_object,
+    validate_id,
+    validate_signal,
+)
 from .server import RtcServer, create_rtc_server
 
 __all__ = [
@@ -339,12 +347,13 @@ async def _serve_socket(rtc: RtcServer, ws: web.WebSocketResponse, room_id: str,
             if now - last_touch >= 1.0:  # any frame is liveness; touch at most once a second
                 last_touch = now
                 await rtc.heartbeat(room_id, peer_id)
-            frame = require_object(parse_json(msg.data, max_depth=max_depth))
+            frame, payload_json = parse_signal_frame(msg.data, max_depth=max_depth)
             kind = frame.get("type")
             if kind == "signal":
                 if "signal" not in frame:
                     raise InvalidRequest("A signal frame needs a signal: {type, payload, to?}.")
-                result = await rtc.relay(room_id, peer_id, frame["signal"])
+                signal = validate_signal(frame["signal"], max_depth=max_depth, payload_json=payload_json)
+                result = await rtc.relay(room_id, peer_id, signal)
                 if "id" in frame:
                     await ws.send_str(dumps({"type": "ack", "id": frame["id"], **result.to_wire()}))
             elif kind == "heartbeat":
