@@ -196,7 +196,10 @@ export class RecordPanel {
         el("td", { class: "act" },
           el("button", { class: "small", type: "button", text: "Play", "aria-label": `Play the recording of ${label}`, onclick: () => this.play(rec, url, label) }),
           el("a", { class: "button", href: url, download: `${rec.id}.${rec.format ?? "webm"}`, text: "Download", "aria-label": `Download the recording of ${label}` }),
-          el("button", { class: "small", type: "button", text: "Delete", "aria-label": `Delete the recording of ${label}`, onclick: () => this.remove(rec) })));
+          el("button", {
+            class: "small", type: "button", text: "Delete", "aria-label": `Delete the recording of ${label}`,
+            onclick: (ev) => this.confirmRemove(ev.currentTarget, rec),
+          })));
     }));
   }
 
@@ -211,6 +214,22 @@ export class RecordPanel {
 
   highlight(id) {
     for (const row of $("record-list").querySelectorAll("tr")) row.classList.toggle("playing", row.dataset.recordingId === id);
+  }
+
+  /** Deleting cannot be undone: the first click arms the button, a second one within 4 s deletes. */
+  confirmRemove(button, rec) {
+    if (button.dataset.armed) {
+      this.remove(rec);
+      return;
+    }
+    button.dataset.armed = "1";
+    button.textContent = "Really delete?";
+    button.classList.add("danger");
+    setTimeout(() => {
+      delete button.dataset.armed;
+      button.textContent = "Delete";
+      button.classList.remove("danger");
+    }, 4000);
   }
 
   async remove(rec) {

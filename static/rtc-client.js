@@ -688,13 +688,24 @@ export class PeerLink extends Emitter {
   /**
    * Make an offer, send it, and resolve once the remote answer is applied.
    * @param {object} [options]
-   * @param {object} [options.extra] extra fields for the offer payload (e.g. `{mode}` hints)
+   * @param {object} [options.extra] extra fields for the offer payload (session options)
    * @param {number} [options.timeoutMs] how long to wait for the answer (default 15000)
+   * @param {number} [options.gatherFirstMs] wait up to this long for ICE gathering before sending
+   *   the offer, so it carries its candidates (default 0: pure trickle)
    * @returns {Promise<object>} the answer payload
    */
   async call(options = {}) {
     const offer = await this.pc.createOffer();
     await this.pc.setLocalDescription(offer);
+    // Half-trickle: let the offer carry the candidates gathered within gatherFirstMs; any later
+    // ones still trickle. The server's own peers (aiortc) start their connectivity checks with
+    // the candidates they hold when they answer, so an offer without any can fail at once.
+    if (options.gatherFirstMs) {
+      await iceGatheringDone(this.pc, options.gatherFirstMs);
+      // The ones in the offer need not trickle again.
+      const sdp = this.pc.localDescription.sdp;
+      this._localCandidates = this._localCandidates.filter((c) => c === null || !sdp.includes(c.candidate));
+    }
     const answered = new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         reject(new RtcError("timeout", `${this.remotePeerId} did not answer within ${(options.timeoutMs ?? 15000) / 1000} s.`));
@@ -841,13 +852,13 @@ export class PeerLink extends Emitter {
  * @param {RtcClient} client a connected client
  * @param {RTCPeerConnection} pc with its tracks (or transceivers) added
  * @param {string} serverPeerId e.g. `"@echo"`
- * @param {object} [options] as for {@link PeerLink#call}
+ * @param {object} [options] as for {@link PeerLink#call}; `gatherFirstMs` defaults to 2000 here
  * @returns {Promise<PeerLink>} `link.answerPayload.sessionId` names the server's session when given
  */
 export async function callServerPeer(client, pc, serverPeerId, options = {}) {
   const link = new PeerLink(client, serverPeerId, pc);
   try {
-    await link.call(options);
+    await link.call({ gatherFirstMs: 2000, ...options });
   } catch (err) {
     link.close();
     throw err;

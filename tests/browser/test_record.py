@@ -57,6 +57,11 @@ def test_record_download_and_play(new_page, server: ServerProcess, artifacts: Pa
     page.evaluate("document.getElementById('record-player').pause()")
     page.screenshot(path=str(artifacts / "panel-record.png"), full_page=True)
 
-    row.get_by_role("button", name="Delete").click()
+    delete = row.get_by_role("button", name="Delete")
+    delete.click()  # asks first
+    expect(delete).to_have_text("Really delete?")
+    expect(row).to_have_count(1)
+    delete.click()
     expect(page.locator("#record-list tr[data-recording-id]")).to_have_count(0)
+    expect(page.locator("#record-player-caption")).to_have_text("Pick a recording to play it here")
     assert page_errors.errors == []
