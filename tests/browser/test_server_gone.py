@@ -10,14 +10,18 @@ from playwright.sync_api import expect
 from tests.browser.conftest import PageErrors, ServerProcess
 
 
-@pytest.mark.parametrize("crash", [True, False], ids=["crash", "graceful-stop"])
+@pytest.mark.parametrize(
+    ("crash", "query"),
+    [(True, ""), (False, ""), (True, "?transport=poll")],
+    ids=["crash", "graceful-stop", "crash-long-poll"],
+)
 def test_page_reports_a_lost_server_and_recovers(
-    new_page, tmp_path: Path, artifacts: Path, crash: bool, page_errors: PageErrors
+    new_page, tmp_path: Path, artifacts: Path, crash: bool, query: str, page_errors: PageErrors
 ) -> None:
     server = ServerProcess(tmp_path, "gone").start()
     try:
         page = new_page("page", server.url)
-        page.goto("/#echo")
+        page.goto(f"/{query}#echo")
         expect(page.locator("#server-status")).to_have_attribute("data-state", "connected")
         page.select_option("#source", "generated")
         page.click("#echo-start")
@@ -41,7 +45,7 @@ def test_page_reports_a_lost_server_and_recovers(
         expect(status).to_contain_text("Trying again")
         # Not a frozen panel: the user can still leave the room.
         expect(page.locator("#call-leave")).to_be_enabled()
-        if crash:
+        if crash and not query:
             page.screenshot(path=str(artifacts / "server-gone.png"), full_page=True)
 
         # The same server comes back (fresh state): the page joins again by itself.
@@ -52,6 +56,7 @@ def test_page_reports_a_lost_server_and_recovers(
         expect(echo_status).to_contain_text("so the echo ended")
         expect(page.locator("#echo-start")).to_be_enabled()
         expect(pill).to_have_attribute("data-state", "connected", timeout=30_000)
+        expect(pill).to_contain_text("long-poll" if query else "WebSocket")
         expect(status).to_have_attribute("data-state", "connected", timeout=30_000)
         expect(status).to_contain_text("In room steady as alice")
         assert server.room_peers("steady") == {"alice"}
