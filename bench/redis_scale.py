@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,15 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) ->
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -185,10 +195,13 @@ async def _load(job: dict[str, Any]) -> dict[str, Any]:
     await settle(2)
     base = sum(received)
     measuring = True
+    cpu_pids = job.get("cpu_pids", {})
+    cpu_before = {name: _cpu_seconds(pid) for name, pid in cpu_pids.items()}
     started = time.perf_counter()
     await asyncio.gather(*(run(i, ws, started + duration) for i, ws in enumerate(senders)))
     elapsed = time.perf_counter() - started
     got = sum(received) - base
+    cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in cpu_pids.items()}
     lost = 0
     if latency_mode:  # let the tail arrive (it counts)
         await settle(5)
@@ -196,7 +209,7 @@ async def _load(job: dict[str, Any]) -> dict[str, Any]:
     measuring = False
     for ws in senders + receivers:
         await ws.close()
-    return {"received": got, "elapsed": elapsed, "latencies": latencies, "lost": lost}
+    return {"received": got, "elapsed": elapsed, "latencies": latencies, "lost": lost, "cpu": cpu}
 
 
 def _loadgen(job_json: str) -> int:
@@ -218,7 +231,13 @@ def _env() -> dict[str, str]:
 
 
 def _run_setup(
-    name: str, processes: int, redis_url: str | None, opts: argparse.Namespace, *, cross: bool = True
+    name: str,
+    processes: int,
+    redis_url: str | None,
+    opts: argparse.Namespace,
+    *,
+    cross: bool = True,
+    redis_pid: int | None = None,
 ) -> dict[str, Any]:
     ports = [_free_port() for _ in range(processes)]
     servers = []
@@ -240,7 +259,7 @@ def _run_setup(
                 jobs.append(
                     {
                         "mode": mode,
-                        "tag": f"{processes}{'r' if redis_url else 'm'}{'x' if cross else 's'}-{mode}-{g}",
+                        "tag": f"{processes}{'r' if redis_url else 'm'}{'x' if cross else 's'}-{mode}-{g}-{uuid.uuid4().hex[:8]}",
                         "pairs": max(1, opts.pairs // gens),
                         "duration": opts.duration,
                         "window": opts.window,
@@ -249,6 +268,10 @@ def _run_setup(
                         "recv_url": urls[(g + int(cross)) % processes],
                     }
                 )
+            # the first load generator also reads the CPU the servers (and Redis) spend meanwhile
+            jobs[0]["cpu_pids"] = {f"server{i}": p.pid for i, p in enumerate(servers)}
+            if redis_url and redis_pid:
+                jobs[0]["cpu_pids"]["redis"] = redis_pid
             procs = [
                 subprocess.Popen(_python("loadgen", json.dumps(job)), env=_env(), stdout=subprocess.PIPE)
                 for job in jobs
@@ -261,6 +284,19 @@ def _run_setup(
                 results.append(json.loads(stdout.decode().strip().splitlines()[-1]))
             if mode == "throughput":
                 out["msgs_per_s"] = sum(r["received"] / r["elapsed"] for r in results)
+                # CPU per relayed message is what the machine's contention does not change much:
+                # it says what each process could carry with a core of its own.
+                received = out["msgs_per_s"] * results[0]["elapsed"]  # in the window CPU was read over
+                cpu = results[0]["cpu"]
+                server_cpu = sum(v for k, v in cpu.items() if k.startswith("server"))
+                out["server_cpu_us_per_msg"] = server_cpu / received * 1e6 if received else float("nan")
+                out["busiest_server_cpu_us_per_msg"] = (
+                    max(v for k, v in cpu.items() if k.startswith("server")) / received * 1e6
+                    if received
+                    else float("nan")
+                )
+                out["redis_cpu_us_per_msg"] = cpu.get("redis", 0.0) / received * 1e6 if received else float("nan")
+                out["server_cpu_share"] = server_cpu / results[0]["elapsed"] / processes
             else:
                 lat = sorted(x * 1000 for r in results for x in r["latencies"])
                 out["latency_samples"] = len(lat)
@@ -321,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for _ in range(opts.repeat):  # alternating setups spreads the machine's load over all
             for name, processes, on_redis, cross in SETUPS:
                 url = redis_url if on_redis else None
-                runs[name].append(_run_setup(name, processes, url, opts, cross=cross))
+                runs[name].append(_run_setup(name, processes, url, opts, cross=cross, redis_pid=redis_proc.pid))
     finally:
         _stop(redis_proc)
         tmp.cleanup()
@@ -335,6 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "p50_ms": _median([r["p50_ms"] for r in results]),
                 "p99_ms": _median([r["p99_ms"] for r in results]),
                 "lost": sum(r["lost"] for r in results),
+                "server_cpu_us_per_msg": _median([r["server_cpu_us_per_msg"] for r in results]),
+                "busiest_server_cpu_us_per_msg": _median([r["busiest_server_cpu_us_per_msg"] for r in results]),
+                "redis_cpu_us_per_msg": _median([r["redis_cpu_us_per_msg"] for r in results]),
+                "server_cpu_share": _median([r["server_cpu_share"] for r in results]),
                 "runs": results,
             }
         )
@@ -352,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeat": opts.repeat,
         "rows": rows,
         "two_crossing_vs_one_memory": crossing["msgs_per_s"] / base["msgs_per_s"],
+        # With a core per server process, the busiest one's CPU per message bounds the total rate.
+        "projected_two_crossing_vs_one_memory": base["busiest_server_cpu_us_per_msg"]
+        / crossing["busiest_server_cpu_us_per_msg"],
+        "projected_two_local_vs_one_memory": base["busiest_server_cpu_us_per_msg"]
+        / local["busiest_server_cpu_us_per_msg"],
         "two_local_vs_one_memory": local["msgs_per_s"] / base["msgs_per_s"],
         "p99_added_ms": crossing["p99_ms"] - base["p99_ms"],
         "p50_added_ms": crossing["p50_ms"] - base["p50_ms"],
@@ -361,12 +406,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{opts.pairs} pairs, window {opts.window}, {opts.duration:g} s per run, latency at {opts.rate:g} msg/s, "
         f"median of {opts.repeat} alternating rounds",
         "",
-        "| setup | relay msgs/s | p50 ms | p99 ms | lost |",
-        "|---|---:|---:|---:|---:|",
+        "| setup | relay msgs/s | p50 ms | p99 ms | lost | server CPU µs/msg | busiest process µs/msg | "
+        "Redis µs/msg | msgs/s with a core per process |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        capacity = 1e6 / row["busiest_server_cpu_us_per_msg"] if row["busiest_server_cpu_us_per_msg"] else 0
         lines.append(
-            f"| {row['setup']} | {row['msgs_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['lost']} |"
+            f"| {row['setup']} | {row['msgs_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['lost']} "
+            f"| {row['server_cpu_us_per_msg']:.0f} | {row['busiest_server_cpu_us_per_msg']:.0f} "
+            f"| {row['redis_cpu_us_per_msg']:.0f} | {capacity:.0f} |"
         )
     lines += [
         "",
@@ -374,6 +423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"every message crosses processes, {summary['two_local_vs_one_memory']:.2f}x when the peers of a pair "
         f"share a process. Added by the Redis hop at {opts.rate:g} msg/s: p50 {summary['p50_added_ms']:+.2f} ms, "
         f"p99 {summary['p99_added_ms']:+.2f} ms.",
+        "",
+        "With a core per server process (CPU per message of the busiest process, measured above): "
+        f"{summary['projected_two_crossing_vs_one_memory']:.2f}x when every message crosses, "
+        f"{summary['projected_two_local_vs_one_memory']:.2f}x when pairs share a process "
+        "(Redis on a core of its own).",
     ]
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
