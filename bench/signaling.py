@@ -453,6 +453,25 @@ def render(results: dict[str, Any]) -> str:
                 + f" | {_ratio(row['ours']['msgs_per_s'], row.get('bare', {}).get('msgs_per_s'))}"
                 f" | {_ratio(row['ours']['msgs_per_s'], row.get('peerjs', {}).get('msgs_per_s'))} |"
             )
+        lines += [
+            "",
+            "### Relay: server CPU time per delivered message (us; lower is better)",
+            "",
+            "The same runs. On a core of its own a CPU-bound server's throughput is 1 / this, so the "
+            "ratios (theirs / ours) are the throughput ratios a quiet machine would show; unlike "
+            "throughput, CPU time per message hardly moves when other work shares the machine.",
+            "",
+        ]
+        head = "| pairs | " + " | ".join(LABEL[k] for k in kinds) + " | bare / ours | PeerJS / ours |"
+        lines += [head, "|" + "---|" * (len(kinds) + 3)]
+        for i, n in enumerate(meta["pairs"]):
+            row = {k: relay[k]["throughput"][i] for k in kinds}
+            cells = [_fmt(row[k].get("server_us_per_msg")) for k in kinds]
+            ours_us = row["ours"].get("server_us_per_msg")
+            lines.append(
+                f"| {n} | " + " | ".join(cells) + f" | {_ratio(row.get('bare', {}).get('server_us_per_msg'), ours_us)}"
+                f" | {_ratio(row.get('peerjs', {}).get('server_us_per_msg'), ours_us)} |"
+            )
         lines += ["", "### Relay latency at a fixed offered load (half of PeerJS's saturation rate)", ""]
         head = "| pairs | offered msg/s | " + " | ".join(f"{LABEL[k]} p50 / p99 ms" for k in kinds) + " |"
         lines += [head, "|" + "---|" * (len(kinds) + 2)]
@@ -566,6 +585,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny run (smoke test): few peers, short windows")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for signaling.json and signaling.md")
     p.add_argument("--write-doc", action="store_true", help="also fill the table into BENCHMARKS.md")
+    p.add_argument("--render", type=Path, metavar="JSON", help="only re-render the table of an earlier run's JSON")
     args = p.parse_args(argv)
     if args.quick:
         args.pairs, args.duration, args.warmup = "1,2", 0.5, 0.2
@@ -661,9 +681,10 @@ def _node_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
-    results = asyncio.run(run(args))
+    results = json.loads(args.render.read_text()) if args.render else asyncio.run(run(args))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "signaling.json").write_text(json.dumps(results, indent=1) + "\n")
+    if not args.render:
+        (args.out / "signaling.json").write_text(json.dumps(results, indent=1) + "\n")
     table = render(results)
     (args.out / "signaling.md").write_text(table + "\n")
     print(table)
