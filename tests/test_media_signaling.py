@@ -119,3 +119,25 @@ async def test_a_bad_offer_by_signaling_comes_back_as_an_error_frame(client: Tes
     assert error["error"]["code"] == "invalid_request" and error["error"]["fromPeerId"] == "@echo"
     assert len(client.app[MEDIA_KEY]) == 0
     await dave.ws.close()
+
+
+async def test_candidates_trickled_after_the_offer_was_applied_still_connect(client: TestClient) -> None:  # type: ignore[type-arg]
+    """A pure-trickle client whose candidates come late: the server waits for the first one before
+    it answers, instead of starting ICE on an empty check list (which fails at once)."""
+    manager = client.app[MEDIA_KEY]
+    alice = await Member.join(client, "late")
+    async with client_peer() as peer:
+        peer.add_media(audio=False)
+        sdp, candidates = split_candidates(await peer.offer())
+        await alice.signal("@echo", "offer", {"sdp": sdp})
+        session = await wait_for(lambda: next(iter(manager._signaling.values()), None), 20, message="the session")
+        # The offer is applied and the server holds its answer for a candidate: only now trickle.
+        await wait_for(lambda: session.elapsed_ms("awaiting-candidates") is not None, 20, message="the wait")
+        assert session.elapsed_ms("gathering") is None
+        for candidate in candidates:
+            await alice.signal("@echo", "candidate", candidate)
+        answer = await alice.receive(from_server_peer("@echo", "answer"))
+        await peer.accept(answer["signal"]["payload"]["sdp"])
+        await peer.wait_frames("video", 5)
+        await alice.signal("@echo", "bye", None)
+    await alice.ws.close()

@@ -39,6 +39,10 @@ TICK_SECONDS = 0.5
 CONNECT_TIMEOUT_SECONDS = 30.0
 #: pc.close() normally takes milliseconds; never let one stuck transport hold up shutdown.
 CLOSE_TIMEOUT_SECONDS = 10.0
+#: How long a signaled offer that carries no candidate waits for the first trickled one. aioice
+#: starts its checks as soon as the answer is set and fails at once on an empty check list, so a
+#: trickling client whose candidates are a little late (a loaded machine) would fail every time.
+TRICKLE_GRACE_SECONDS = 3.0
 
 
 def new_session_id() -> str:
@@ -169,6 +173,7 @@ class MediaSession:
         self._marks: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending_candidates: list[Any] = []
+        self._remote_candidate = asyncio.Event()
         self._remote_set = False
         self._closing = False
         self._closed = asyncio.Event()
@@ -258,6 +263,12 @@ class MediaSession:
             raise InvalidRequest(f"The offer could not be applied: {_describe(exc)}") from exc
         self._remote_set = True
         await self.mode.after_remote_description(self)
+        if self.via == "signaling" and "a=candidate:" not in offer_sdp and not self._pending_candidates:
+            self._mark("awaiting-candidates")
+            try:
+                await asyncio.wait_for(self._remote_candidate.wait(), TRICKLE_GRACE_SECONDS)
+            except asyncio.TimeoutError:
+                log.info("%s: no candidate trickled in %.0f s; answering anyway", self.label, TRICKLE_GRACE_SECONDS)
         for candidate in self._pending_candidates:
             await self._add_candidate(candidate)
         self._pending_candidates.clear()
@@ -277,6 +288,7 @@ class MediaSession:
     async def add_candidate(self, payload: Any) -> None:
         """A trickled remote candidate (``None`` = end of candidates); queued until the offer is in."""
         candidate = parse_candidate(payload)
+        self._remote_candidate.set()
         if not self._remote_set:
             self._pending_candidates.append(candidate)
             return
