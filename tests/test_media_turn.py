@@ -2,81 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiortc import RTCIceServer, RTCIceTransportPolicy
 
 from fantasize_rtc import RtcConfig
 from fantasize_rtc.config import IceServer
 from fantasize_rtc.web import create_app
-from tests.helpers import free_udp_port, require_program, wait_for, wait_for_sync
+from tests.helpers import wait_for
 from tests.media_helpers import client_peer, http_offer
+from tests.turn_fixtures import TURN_SECRET, coturn
 
-TURN_SECRET = "turn-test-secret"
-
-
-def _stun_answers(port: int) -> bool:
-    """A STUN binding request to coturn gets an answer once it is listening."""
-    request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + secrets.token_bytes(12)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
-        s.sendto(request, ("127.0.0.1", port))
-        try:
-            data, _ = s.recvfrom(2048)
-        except OSError:
-            return False
-        return data[8:20] == request[8:20]
-
-
-@pytest.fixture
-def coturn(tmp_path: Path) -> Iterator[int]:
-    """coturn on a free loopback port with the TURN REST (shared secret) scheme; stopped after."""
-    binary = require_program("turnserver")
-    port = free_udp_port()
-    log = tmp_path / "turn.log"
-    proc = subprocess.Popen(
-        [
-            binary,
-            "-n",
-            "--listening-ip=127.0.0.1",
-            "--relay-ip=127.0.0.1",
-            f"--listening-port={port}",
-            "--allow-loopback-peers",
-            "--use-auth-secret",
-            f"--static-auth-secret={TURN_SECRET}",
-            "--realm=test",
-            "--no-tls",
-            "--no-dtls",
-            "--no-cli",
-            f"--pidfile={tmp_path / 'turn.pid'}",
-            f"--log-file={log}",
-            "--simple-log",
-            f"--userdb={tmp_path / 'turndb'}",
-            "--min-port=40000",
-            "--max-port=40999",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ},
-    )
-    try:
-        wait_for_sync(lambda: proc.poll() is not None or _stun_answers(port), 10, message="coturn to listen")
-        assert proc.poll() is None, log.read_text() if log.exists() else "coturn exited"
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+__all__ = ["coturn"]  # the fixture
 
 
 async def test_relay_only_client_connects_through_coturn(aiohttp_client: Any, coturn: int, tmp_path: Path) -> None:

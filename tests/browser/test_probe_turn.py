@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,48 +9,13 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import PageErrors, ServerProcess, open_panel
-from tests.helpers import free_udp_port, require_program, wait_for_sync
-
-TURN_SECRET = "browser-turn-secret"
-
-
-def stun_answers(port: int) -> bool:
-    """coturn answers a STUN binding request once it listens."""
-    request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + secrets.token_bytes(12)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
-        s.sendto(request, ("127.0.0.1", port))
-        try:
-            data, _ = s.recvfrom(2048)
-        except OSError:
-            return False
-        return data[8:20] == request[8:20]
+from tests.turn_fixtures import TURN_SECRET, run_coturn
 
 
 @pytest.fixture
 def coturn(tmp_path: Path) -> Iterator[int]:
-    """coturn on a free loopback port, TURN REST credentials from a shared secret."""
-    binary = require_program("turnserver")
-    port = free_udp_port()
-    proc = subprocess.Popen(
-        [binary, "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", f"--listening-port={port}",
-         "--allow-loopback-peers", "--use-auth-secret", f"--static-auth-secret={TURN_SECRET}", "--realm=test",
-         "--no-tls", "--no-dtls", "--no-cli", f"--pidfile={tmp_path / 'turn.pid'}",
-         f"--log-file={tmp_path / 'turn.log'}", "--simple-log", f"--userdb={tmp_path / 'turndb'}",
-         "--min-port=41000", "--max-port=41999"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_for_sync(lambda: proc.poll() is not None or stun_answers(port), timeout=10, message="coturn")
-        assert proc.poll() is None, "coturn exited"
+    with run_coturn(tmp_path, relay_ports=(41000, 41999)) as port:  # apart from the media tests' range
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_relay_only_probe_through_coturn(
