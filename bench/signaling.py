@@ -437,7 +437,7 @@ def render(results: dict[str, Any]) -> str:
     ]
     relay = results.get("relay")
     if relay:
-        lines += ["### Relay throughput (messages delivered per second, saturated)", ""]
+        lines += ["#### Relay throughput (messages delivered per second, saturated)", ""]
         head = "| pairs | " + " | ".join(LABEL[k] for k in kinds) + " | ours / bare | ours / PeerJS |"
         lines += [head, "|" + "---|" * (len(kinds) + 3)]
         for i, n in enumerate(meta["pairs"]):
@@ -455,11 +455,11 @@ def render(results: dict[str, Any]) -> str:
             )
         lines += [
             "",
-            "### Relay: server CPU time per delivered message (us; lower is better)",
+            "#### Relay: server CPU time per delivered message (us; lower is better)",
             "",
             "The same runs. On a core of its own a CPU-bound server's throughput is 1 / this, so the "
-            "ratios (theirs / ours) are the throughput ratios a quiet machine would show; unlike "
-            "throughput, CPU time per message hardly moves when other work shares the machine.",
+            "ratios (theirs / ours) are the throughput ratios a quiet machine would show; CPU time per "
+            "message moves much less than throughput when other work shares the machine.",
             "",
         ]
         head = "| pairs | " + " | ".join(LABEL[k] for k in kinds) + " | bare / ours | PeerJS / ours |"
@@ -472,7 +472,7 @@ def render(results: dict[str, Any]) -> str:
                 f"| {n} | " + " | ".join(cells) + f" | {_ratio(row.get('bare', {}).get('server_us_per_msg'), ours_us)}"
                 f" | {_ratio(row.get('peerjs', {}).get('server_us_per_msg'), ours_us)} |"
             )
-        lines += ["", "### Relay latency at a fixed offered load (half of PeerJS's saturation rate)", ""]
+        lines += ["", "#### Relay latency at a fixed offered load (half of PeerJS's saturation rate)", ""]
         head = "| pairs | offered msg/s | " + " | ".join(f"{LABEL[k]} p50 / p99 ms" for k in kinds) + " |"
         lines += [head, "|" + "---|" * (len(kinds) + 2)]
         for i, n in enumerate(meta["pairs"]):
@@ -487,7 +487,7 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
     http = results.get("http")
     if http:
-        lines += ["### HTTP signal (`POST /rtc/signal`, wrk, 32 connections)", ""]
+        lines += ["#### HTTP signal (`POST /rtc/signal`, wrk, 32 connections)", ""]
         lines += ["| server | requests/s | p50 ms | p99 ms | server cpu |", "|---|---|---|---|---|"]
         for k in kinds:
             r = http.get(k)
@@ -508,7 +508,7 @@ def render(results: dict[str, Any]) -> str:
     idle = results.get("idle")
     if idle:
         lines += [
-            f"### Idle peers ({meta['idle_peers']:,} WebSockets per server held for {meta['idle_seconds']:g} s, "
+            f"#### Idle peers ({meta['idle_peers']:,} WebSockets per server held for {meta['idle_seconds']:g} s, "
             f"a heartbeat every {meta['heartbeat_s']:g} s each)",
             "",
         ]
@@ -530,7 +530,7 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
     churn = results.get("churn")
     if churn:
-        lines += [f"### Churn (connect + join + leave, {meta['churn_concurrency']} concurrent loops)", ""]
+        lines += [f"#### Churn (connect + join + leave, {meta['churn_concurrency']} concurrent loops)", ""]
         lines += ["| server | cycles/s | errors | server cpu | load cpu |", "|---|---|---|---|---|"]
         for k in kinds:
             r = churn.get(k)
