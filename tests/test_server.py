@@ -186,8 +186,9 @@ async def test_broadcast_targeted_live_and_queued(srv: RtcServer) -> None:
 
 
 async def test_outbox_bound_and_expiry_tells_sender(clock: FakeClock) -> None:
-    async with create_rtc_server(clock=clock, outbox_max=2, rate_limit_per_sec=0, peer_timeout_ms=10_000,
-                                 outbox_ttl_ms=1000) as srv:
+    async with create_rtc_server(
+        clock=clock, outbox_max=2, rate_limit_per_sec=0, peer_timeout_ms=10_000, outbox_ttl_ms=1000
+    ) as srv:
         await srv.connect_peer("r", "a")
         await srv.connect_peer("r", "b")
         sender = ListChannel()
@@ -278,6 +279,7 @@ async def test_signal_size_limit() -> None:
 async def test_jwt_gate() -> None:
     secret = "s3cret-that-is-long-enough-for-hs256!"
     async with create_rtc_server(auth_secret=secret) as srv:
+
         def make(**claims: Any) -> str:
             base = {"room": "r", "sub": "alice", "exp": int(time.time()) + 60}
             base.update(claims)
@@ -292,7 +294,11 @@ async def test_jwt_gate() -> None:
         with pytest.raises(Unauthorized):
             await srv.connect_peer("r", None, auth_token=make()[:-2] + "xx")
         with pytest.raises(Unauthorized):
-            await srv.connect_peer("r", None, auth_token=jwt.encode({"room": "r", "sub": "a", "exp": 2**40}, "another-secret-long-enough-for-hs256"))
+            await srv.connect_peer(
+                "r",
+                None,
+                auth_token=jwt.encode({"room": "r", "sub": "a", "exp": 2**40}, "another-secret-long-enough-for-hs256"),
+            )
         with pytest.raises(Forbidden):
             await srv.connect_peer("r", "mallory", auth_token=make())
         with pytest.raises(RoomNotFound):
@@ -302,8 +308,9 @@ async def test_jwt_gate() -> None:
 
 
 async def test_turn_credentials_in_connect() -> None:
-    async with create_rtc_server(ice_servers=["stun:127.0.0.1:3478", "turn:127.0.0.1:3478"],
-                                 turn_secret="k", turn_ttl_seconds=60) as srv:
+    async with create_rtc_server(
+        ice_servers=["stun:127.0.0.1:3478", "turn:127.0.0.1:3478"], turn_secret="k", turn_ttl_seconds=60
+    ) as srv:
         conn = await srv.connect_peer("r", "alice")
         stun, turn = conn.to_wire()["iceServers"]
         assert stun == {"urls": ["stun:127.0.0.1:3478"]}
@@ -318,8 +325,9 @@ async def test_server_peer_hooks(srv: RtcServer) -> None:
     async def echo(room_id: str, server_peer_id: str, message: dict[str, Any]) -> None:
         got.append(message)
         if message["type"] == "signal":
-            await srv.signal_from_server_peer(room_id, server_peer_id, message["fromPeerId"],
-                                              {"type": "answer", "payload": {"sdp": "ans"}})
+            await srv.signal_from_server_peer(
+                room_id, server_peer_id, message["fromPeerId"], {"type": "answer", "payload": {"sdp": "ans"}}
+            )
 
     srv.register_server_peer("@echo", echo)
     await srv.connect_peer("r", "a")
