@@ -23,14 +23,26 @@ class Envelope:
         self.from_peer_id = from_peer_id
 
 
+class LocalChannel(Protocol):
+    async def close(self, code: int, reason: str) -> None: ...
+
+
 class DeliverySink(Protocol):
-    """What a backend calls to hand a message to a peer's live channel in this process."""
+    """This process's live channels, as a backend sees them (the facade's hub implements it)."""
 
     async def push_local(self, room_id: str, peer_id: str, envelope: Envelope) -> bool:
         """True when a live channel took it; False when the peer has none here."""
         ...
 
     def has_local(self, room_id: str, peer_id: str) -> bool: ...
+
+    def detach(self, room_id: str, peer_id: str) -> LocalChannel | None:
+        """Forget the peer's live channel here (it left or reconnected through another process)."""
+        ...
+
+    def server_peer_ids(self) -> list[str]:
+        """The server peers (``@echo`` ...) of this process, told of departures elsewhere."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -473,8 +473,7 @@ class RedisBackend(Backend):
         if parts[0] == "replaced" and len(parts) == 3:
             room_id, peer_id = parts[1], parts[2]
             self._local.discard((room_id, peer_id))
-            detach = getattr(sink, "detach", None)  # the Hub; a bare DeliverySink cannot close
-            channel = detach(room_id, peer_id) if callable(detach) else None
+            channel = sink.detach(room_id, peer_id) if sink is not None else None
             if channel is not None:
                 log.info("peer %s in room %s reconnected elsewhere; old channel replaced", peer_id, room_id)
                 await channel.close(4001, "replaced")
@@ -483,16 +482,12 @@ class RedisBackend(Backend):
             # the facade does on its own process, and tell our server peers so its sessions end.
             room_id, peer_id = parts[2], parts[3]
             self._local.discard((room_id, peer_id))
-            detach = getattr(sink, "detach", None)
-            channel = detach(room_id, peer_id) if callable(detach) else None
+            channel = sink.detach(room_id, peer_id)
             if channel is not None:
                 log.info("peer %s in room %s left through another process; closing its channel", peer_id, room_id)
                 await channel.close(4000, "disconnected")
-            server_peer_ids = getattr(sink, "server_peer_ids", None)
-            if not callable(server_peer_ids):
-                return
             message = peer_disconnected_message(room_id, peer_id, "left")
-            for server_peer_id in server_peer_ids():
+            for server_peer_id in sink.server_peer_ids():
                 await sink.push_local(room_id, server_peer_id, Envelope(message, "", 0))
 
     async def _publish(self, channel: str, data: str) -> int:
