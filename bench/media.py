@@ -26,8 +26,6 @@ import json
 import logging
 import os
 import queue
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +46,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
+from bench._servers import free_port, plan_cores
 from fantasize_rtc.media.play import PatternVideoTrack
 
 log = logging.getLogger("bench.media")
@@ -106,19 +105,6 @@ def run_baseline_server(port: int) -> None:
 
 
 # -- servers under test ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def plan_cores() -> tuple[list[int], list[int]]:
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2 or shutil.which("taskset") is None:
-        return [], []
-    return cores[:1], cores[1:]
 
 
 def cpu_seconds(pid: int) -> float:

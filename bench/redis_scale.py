@@ -347,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=8, help="Messages in flight per pair (throughput).")
     parser.add_argument("--rate", type=float, default=400.0, help="Messages/s in all (latency run).")
     parser.add_argument("--repeat", type=int, default=3, help="Rounds; setups alternate, medians are reported.")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="Folder for redis.json and redis.md.")
     opts = parser.parse_args(list(argv) if argv is not None else None)
 
     load = os.getloadavg()
@@ -430,9 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(Redis on a core of its own).",
     ]
     print("\n".join(lines))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "redis.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (RESULTS / "redis.md").write_text("\n".join(lines) + "\n")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "redis.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (opts.out / "redis.md").write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -100,3 +100,28 @@ def test_write_doc_replaces_only_the_generated_block(tmp_path: Path) -> None:
     doc.write_text("# no markers\n")
     with pytest.raises(RuntimeError):
         write_doc("x", doc)
+
+
+def test_media_bench_runs_tiny(tmp_path: Path) -> None:
+    """Our echo and the aiortc MediaRelay baseline, one stream for a second: the bench cannot rot."""
+    out = tmp_path / "media.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench", "media", "--streams", "1", "--seconds", "1", "--warmup", "0.5",
+         "--latency-runs", "1", "--repeat", "1", "--no-pin", "--no-passthrough", "--json", str(out)],
+        check=True, timeout=240, capture_output=True,
+    )  # fmt: skip
+    text = out.read_text()
+    assert "MediaRelay" in text and "fantasize-rtc" in text
+
+
+def test_redis_bench_runs_tiny(tmp_path: Path) -> None:
+    """Two processes on a real Redis against one in memory, a second each."""
+    require_program("redis-server")
+    subprocess.run(
+        [sys.executable, "-m", "bench", "redis", "--duration", "1", "--pairs", "2", "--repeat", "1",
+         "--out", str(tmp_path)],
+        check=True, timeout=240, capture_output=True,
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "redis.json").read_text())
+    assert [row["msgs_per_s"] > 0 for row in summary["rows"]] == [True] * len(summary["rows"])
+    assert sum(row["lost"] for row in summary["rows"]) == 0

@@ -160,18 +160,7 @@ class RedisBackend(Backend):
             connection_class=_FastPackConnection,
         )
         self._client = aioredis.Redis(connection_pool=pool)
-        for name in (
-            "ADD_SERVER_PEER",
-            "CLAIM",
-            "CREATE_ROOM",
-            "DELIVER",
-            "EXPIRE_OUTBOXES",
-            "JOIN",
-            "LEAVE",
-            "RECIPIENTS",
-            "SNAPSHOT",
-            "TOUCH",
-        ):
+        for name in scripts.__all__:
             self._scripts[name] = self._client.register_script(getattr(scripts, name))
         try:
             await self._refresh()
