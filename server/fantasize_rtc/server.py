@@ -333,8 +333,9 @@ class RtcServer:
         if self.config.rate_limit_per_sec > 0 and not self._take_token(room_id, from_peer_id, now):
             limit = self.config.rate_limit_per_sec
             raise RateLimited(f"Peer {from_peer_id!r} is sending faster than {limit:g} messages/s.")
-        message = signal_message(room_id, from_peer_id, sig, now)
+        message: dict[str, Any] | None = None
         if sig.payload_json is None:
+            message = signal_message(room_id, from_peer_id, sig, now)
             text = dumps(message)
         else:
             # The payload as the client wrote it (valid JSON: it was just parsed) instead of

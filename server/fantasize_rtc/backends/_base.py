@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -12,15 +13,25 @@ __all__ = ["Backend", "DeliveryReport", "DeliverySink", "Envelope", "JoinOutcome
 
 
 class Envelope:
-    """One message on its way to peers: the dict, its JSON text (encoded once), who sent it."""
+    """One message on its way to peers: its JSON text (encoded once), who sent it, and the dict.
 
-    __slots__ = ("from_peer_id", "message", "text", "ts")
+    Sockets only need the text; the dict is for server peers (``@echo`` ...), so when only the
+    text is at hand (the relay splices the client's payload in; Redis hands over text) it is
+    parsed on first use instead of on every message."""
 
-    def __init__(self, message: dict[str, Any], text: str, ts: int, from_peer_id: str | None = None) -> None:
-        self.message = message
+    __slots__ = ("_message", "from_peer_id", "text", "ts")
+
+    def __init__(self, message: dict[str, Any] | None, text: str, ts: int, from_peer_id: str | None = None) -> None:
+        self._message = message
         self.text = text
         self.ts = ts
         self.from_peer_id = from_peer_id
+
+    @property
+    def message(self) -> dict[str, Any]:
+        if self._message is None:
+            self._message = json.loads(self.text)
+        return self._message
 
 
 class LocalChannel(Protocol):

@@ -761,7 +761,7 @@ def _body(envelope: Envelope) -> str:
 
 def _parse_body(body: str) -> Envelope:
     ts, from_peer_id, text = body.split("\t", 2)
-    return Envelope(json.loads(text), text, int(ts), from_peer_id or None)
+    return Envelope(None, text, int(ts), from_peer_id or None)
 
 
 def _parse_item(item: str) -> tuple[str, Envelope]:
