@@ -26,7 +26,7 @@ class CountingChannel:
         self.count = 0
         self.bytes = 0
 
-    async def send(self, text: str) -> bool:
+    def send(self, text: str) -> bool:
         self.count += 1
         self.bytes += len(text)
         return True

@@ -48,7 +48,7 @@ class ListChannel:
         self.texts: list[str] = []
         self.closed: tuple[int, str] | None = None
 
-    async def send(self, text: str) -> bool:
+    def send(self, text: str) -> bool:
         if self.closed is not None:
             return False
         self.texts.append(text)

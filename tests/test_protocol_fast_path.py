@@ -1,6 +1,7 @@
-"""The relay's fast path: a WebSocket frame parsed with the payload's raw text kept
-(``parse_signal_frame``), and a relay that sends that text on instead of encoding it again.
-Both must behave exactly like the plain path: same objects, same errors, same message."""
+"""The transports' JSON (``fantasize_rtc._json``): client frames parsed by msgspec, the payload
+written back by msgspec and spliced into the relayed message. Everything must behave exactly like
+the standard library path of the core (``protocol.parse_json`` and ``dumps``): same objects, same
+refusals with the same errors, the same message on the wire."""
 
 from __future__ import annotations
 
@@ -9,28 +10,32 @@ from typing import Any
 
 import pytest
 
-from fantasize_rtc import create_rtc_server
+from fantasize_rtc import _json, create_rtc_server
 from fantasize_rtc.errors import InvalidRequest
-from fantasize_rtc.protocol import parse_json, parse_signal_frame, require_object, validate_signal
+from fantasize_rtc.protocol import parse_json, require_object, validate_signal
 
 FRAMES = [
     '{"type":"signal","signal":{"type":"offer","to":"b","payload":{"sdp":"v=0\\r\\no=- 1 2 IN IP4 0.0.0.0\\r\\n"}}}',
     ' { "type" : "signal" , "signal" : { "payload" : { "sdp" : "x" } , "type" : "offer" } } \n',
     '{"type":"signal","signal":{"type":"candidate","payload":null}}',
-    '{"type":"signal","signal":{"type":"x","payload":[1,2.5,{"a":"\\ud800"}]}}',
+    '{"type":"signal","signal":{"type":"x","payload":[1,2.5,-0,1e300,123456789012345678901234567890,{"a":"\\u00e9\\n\\"\\\\"}]}}',
     '{"type":"signal","signal":{"type":"x","payload":1,"payload":{"b":2}}}',  # the last key wins
     '{"type":"signal","signal":{"type":"x","payload":{"b":2}},"signal":{"type":"y"}}',
     '{"type":"signal","signal":{"type":"x","payload":{"b":2}},"signal":"not an object"}',
-    '{"type":"signal","signal":{"type":"x","payload":"\u00e9\\u00e9"},"id":7}',
+    '{"type":"signal","signal":{"type":"x","payload":"\u00e9\\u00e9 \U0001f600"},"id":7}',
     '{"type":"heartbeat"}',
     "{}",
     '{"type":"signal","signal":{}}',
-    '{"type":"signal","signal":{"payload":{"a":NaN}}}',
+]
+#: What msgspec refuses and the standard library accepts: parsed by the fallback, same values.
+FALLBACK = [
+    '{"type":"signal","signal":{"type":"x","payload":{"a":NaN,"b":-Infinity}}}',
+    '{"type":"signal","signal":{"type":"x","payload":[1,2.5,{"a":"\\ud800"}]}}',
+    '{"type":"signal","signal":{"type":"x","payload":[1e400]}}',
 ]
 BAD = [
     "[]",
     '"x"',
-    "NaN",
     "",
     "   ",
     "{",
@@ -50,15 +55,28 @@ def _plain(text: str) -> dict[str, Any]:
     return require_object(parse_json(text, max_depth=32))
 
 
-@pytest.mark.parametrize("text", FRAMES)
-def test_fast_parse_gives_the_same_object_and_the_payload_text(text: str) -> None:
-    frame, raw = parse_signal_frame(text, max_depth=32)
-    assert json.dumps(frame) == json.dumps(_plain(text))
-    signal: Any = frame.get("signal")
-    if raw is None:
-        assert not isinstance(signal, dict) or "payload" not in signal
-    else:
-        assert json.dumps(json.loads(raw)) == json.dumps(signal["payload"])
+def _fast(text: str | bytes) -> tuple[dict[str, Any], bool]:
+    value, fast = _json.parse(text, max_depth=32)
+    return require_object(value), fast
+
+
+def test_msgspec_is_installed() -> None:
+    assert _json.HAVE_MSGSPEC  # a dependency: the fast path is what the benchmarks measure
+
+
+@pytest.mark.parametrize("text", FRAMES + FALLBACK)
+def test_fast_parse_gives_the_same_object(text: str) -> None:
+    for data in (text, text.encode("utf-8", "surrogatepass")):
+        frame, fast = _fast(data)
+        assert fast == (text in FRAMES)
+        assert repr(frame) == repr(_plain(text))
+
+
+@pytest.mark.parametrize("text", FRAMES + FALLBACK)
+def test_encode_writes_back_what_parse_read(text: str) -> None:
+    frame, fast = _fast(text)
+    for value in (frame, frame.get("signal")):
+        assert repr(json.loads(_json.encode(value, fast))) == repr(value)
 
 
 @pytest.mark.parametrize("text", BAD)
@@ -66,8 +84,15 @@ def test_fast_parse_refuses_what_the_plain_parse_refuses_with_the_same_error(tex
     with pytest.raises(InvalidRequest) as plain:
         _plain(text)
     with pytest.raises(InvalidRequest) as fast:
-        parse_signal_frame(text, max_depth=32)
+        _fast(text)
     assert str(fast.value) == str(plain.value)
+
+
+@pytest.mark.parametrize("depth", [30, 300])
+def test_deep_values_round_trip(depth: int) -> None:
+    deep = "[" * depth + "]" * depth
+    value, fast = _json.parse(deep, max_depth=depth)
+    assert json.loads(_json.encode(value, fast)) == value
 
 
 class _Channel:
@@ -76,7 +101,7 @@ class _Channel:
     def __init__(self) -> None:
         self.texts: list[str] = []
 
-    async def send(self, text: str) -> bool:
+    def send(self, text: str) -> bool:
         self.texts.append(text)
         return True
 
@@ -84,18 +109,23 @@ class _Channel:
         pass
 
 
-@pytest.mark.parametrize("text", FRAMES[:5] + FRAMES[7:8])
-async def test_relay_of_the_raw_payload_sends_the_same_message(text: str) -> None:
+def _has_payload(text: str) -> bool:
+    signal = json.loads(text).get("signal")
+    return isinstance(signal, dict) and "payload" in signal
+
+
+@pytest.mark.parametrize("text", [t for t in FRAMES + FALLBACK if _has_payload(t)])
+async def test_relay_of_the_written_back_payload_sends_the_same_message(text: str) -> None:
     async with create_rtc_server(rate_limit_per_sec=0) as rtc:
         await rtc.connect_peer("r", "a")
         await rtc.connect_peer("r", "b")
         channel = _Channel()
         await rtc.attach_channel("r", "b", channel)
-        frame, raw = parse_signal_frame(text, max_depth=32)
+        frame, fast = _fast(text)
         signal = dict(frame["signal"], to="b")
-        await rtc.relay("r", "a", validate_signal(signal, payload_json=raw))
+        await rtc.relay("r", "a", validate_signal(signal, payload_json=_json.encode(signal["payload"], fast)))
         await rtc.relay("r", "a", signal)
-        fast, plain = (json.loads(t) for t in channel.texts[-2:])
-        fast.pop("ts")
-        plain.pop("ts")
-        assert json.dumps(fast) == json.dumps(plain)
+        fast_msg, plain_msg = (json.loads(t) for t in channel.texts[-2:])
+        fast_msg.pop("ts")
+        plain_msg.pop("ts")
+        assert repr(fast_msg) == repr(plain_msg)

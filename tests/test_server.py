@@ -39,7 +39,7 @@ class ListChannel:
         self.sent: list[str] = []
         self.closed: tuple[int, str] | None = None
 
-    async def send(self, text: str) -> bool:
+    def send(self, text: str) -> bool:
         if self.closed:
             return False
         self.sent.append(text)

@@ -22,8 +22,9 @@ class Channel(Protocol):
 
     kind: str
 
-    async def send(self, text: str) -> bool:
-        """Send one message; False if the channel is gone (the message was not taken)."""
+    def send(self, text: str) -> bool:
+        """Take one message for the peer, without waiting (a socket queues it and writes what a
+        loop pass queued at once); False if the channel is gone: the message was not taken."""
         ...
 
     async def close(self, code: int, reason: str) -> None: ...
@@ -37,7 +38,7 @@ class PollChannel:
     def __init__(self) -> None:
         self._future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
 
-    async def send(self, text: str) -> bool:
+    def send(self, text: str) -> bool:
         if self._future.done():
             return False
         self._future.set_result([text])
@@ -88,15 +89,22 @@ class Hub:
     def has_local(self, room_id: str, peer_id: str) -> bool:
         return (room_id, peer_id) in self._channels or peer_id in self._server_peers
 
-    async def push_local(self, room_id: str, peer_id: str, envelope: Envelope) -> bool:
+    def push_channel(self, room_id: str, peer_id: str, text: str) -> bool:
+        """Hand ``text`` to the peer's live channel here; False when it has none (or it is gone)."""
         channel = self._channels.get((room_id, peer_id))
-        if channel is not None:
-            if await channel.send(envelope.text):
-                if channel.kind == "poll":
-                    self.detach(room_id, peer_id, channel)
-                return True
-            self.detach(room_id, peer_id, channel)
+        if channel is None:
             return False
+        if channel.send(text):
+            if channel.kind == "poll":
+                self.detach(room_id, peer_id, channel)
+            return True
+        self.detach(room_id, peer_id, channel)
+        return False
+
+    async def push_local(self, room_id: str, peer_id: str, envelope: Envelope) -> bool:
+        """Hand a message to the peer's live channel or, for ``@...`` ids, the server peer."""
+        if self.push_channel(room_id, peer_id, envelope.text):
+            return True
         handler = self._server_peers.get(peer_id)
         if handler is not None:
             try:

@@ -356,9 +356,8 @@ class RtcServer:
             await self.hub.push_local(room_id, to, envelope)
             result = RelayResult((to,), ())
         else:
-            recipients = await self.backend.recipients(room_id, from_peer_id, to)
-            report = await self.backend.deliver(
-                room_id, recipients, envelope, outbox_max=self.config.outbox_max, now=now
+            report = await self.backend.relay(
+                room_id, from_peer_id, to, envelope, outbox_max=self.config.outbox_max, now=now
             )
             result = RelayResult(tuple(report.delivered), tuple(report.queued), tuple(report.dropped))
         if self.has_listeners(ev.SIGNAL):
@@ -390,7 +389,7 @@ class RtcServer:
         if old is not None:
             await old.close(4001, "replaced by a newer connection")
         for envelope in await self.backend.take_outbox(room_id, peer_id):
-            if not await channel.send(envelope.text):
+            if not channel.send(envelope.text):
                 break
 
     def detach_channel(self, room_id: str, peer_id: str, channel: Channel) -> None:

@@ -41,6 +41,10 @@ class LocalChannel(Protocol):
 class DeliverySink(Protocol):
     """This process's live channels, as a backend sees them (the facade's hub implements it)."""
 
+    def push_channel(self, room_id: str, peer_id: str, text: str) -> bool:
+        """True when the peer's live channel here took it (no waiting); False when it has none."""
+        ...
+
     async def push_local(self, room_id: str, peer_id: str, envelope: Envelope) -> bool:
         """True when a live channel took it; False when the peer has none here."""
         ...
@@ -171,6 +175,14 @@ class Backend(abc.ABC):
     async def deliver(
         self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int, now: int
     ) -> DeliveryReport: ...
+
+    async def relay(
+        self, room_id: str, from_peer_id: str, to: str | None, envelope: Envelope, *, outbox_max: int, now: int
+    ) -> DeliveryReport:
+        """:meth:`recipients` then :meth:`deliver`, in one call: the relay's hot path, which a
+        backend may do in one step."""
+        peer_ids = await self.recipients(room_id, from_peer_id, to)
+        return await self.deliver(room_id, peer_ids, envelope, outbox_max=outbox_max, now=now)
 
     @abc.abstractmethod
     async def take_outbox(self, room_id: str, peer_id: str) -> list[Envelope]: ...

@@ -111,13 +111,26 @@ class MemoryBackend(Backend):
     async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]:
         return self._room(room_id).recipients(from_peer_id, to)
 
+    async def relay(
+        self, room_id: str, from_peer_id: str, to: str | None, envelope: Envelope, *, outbox_max: int, now: int
+    ) -> DeliveryReport:
+        peer_ids = self._room(room_id).recipients(from_peer_id, to)
+        sink = self._sink
+        # The common case, a signal to one peer with a socket here, without the general loop.
+        if to is not None and sink is not None and sink.push_channel(room_id, to, envelope.text):
+            return DeliveryReport([to])
+        return await self.deliver(room_id, peer_ids, envelope, outbox_max=outbox_max, now=now)
+
     async def deliver(
         self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int, now: int
     ) -> DeliveryReport:
         report = DeliveryReport()
         sink = self._sink
+        text = envelope.text
         for peer_id in peer_ids:
-            if sink is not None and await sink.push_local(room_id, peer_id, envelope):
+            if sink is not None and (
+                sink.push_channel(room_id, peer_id, text) or await sink.push_local(room_id, peer_id, envelope)
+            ):
                 report.delivered.append(peer_id)
                 continue
             room = self._rooms.get(room_id)

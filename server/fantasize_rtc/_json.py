@@ -1,0 +1,54 @@
+"""JSON for the transports: msgspec when it is installed, the standard library otherwise.
+
+The core (:mod:`fantasize_rtc.protocol`) parses with the standard library only; the transports
+parse client frames and bodies here, on the relay's hot path, where msgspec reads a 3 KB SDP
+offer several times faster than :func:`json.loads` and writes its payload back faster than
+:func:`protocol.dumps` (BENCHMARKS.md). msgspec, unlike orjson, keeps integers past 64 bits exact.
+
+Results are the standard library's, exactly: whatever msgspec refuses (``NaN``, ``1e400``, lone
+surrogates, malformed text) is parsed again by :func:`protocol.parse_json`, so the accepted inputs,
+the values and the errors do not depend on msgspec. Values that came through that fallback are
+written back by the standard library too (``fast`` is False).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .protocol import check_parsed_depth, dumps, parse_json
+
+__all__ = ["HAVE_MSGSPEC", "encode", "parse"]
+
+try:
+    import msgspec
+except ImportError:  # pragma: no cover - msgspec is a dependency; this is the fallback's fallback
+    msgspec = None  # type: ignore[assignment]
+
+HAVE_MSGSPEC = msgspec is not None
+if msgspec is not None:
+    _decode = msgspec.json.Decoder().decode
+    _encode = msgspec.json.Encoder().encode
+    _Error = msgspec.MsgspecError
+
+
+def parse(data: str | bytes, *, max_depth: int) -> tuple[Any, bool]:
+    """``(value, fast)``: the parsed client JSON and whether msgspec read it (then :func:`encode`
+    may write it back with msgspec too). Raises :class:`InvalidRequest` like ``parse_json``."""
+    if msgspec is None:
+        return parse_json(data, max_depth=max_depth), False
+    try:
+        value = _decode(data)
+    except (_Error, RecursionError):
+        return parse_json(data, max_depth=max_depth), False
+    check_parsed_depth(data, value, max_depth)
+    return value, True
+
+
+def encode(value: Any, fast: bool) -> str:
+    """Compact JSON text of a value :func:`parse` returned (``fast`` as it said)."""
+    if fast and msgspec is not None:
+        try:
+            return _encode(value).decode()
+        except (_Error, RecursionError):  # not expected for what msgspec itself read; be safe
+            pass
+    return dumps(value)

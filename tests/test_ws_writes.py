@@ -1,0 +1,110 @@
+"""The WebSocket write path: frames queued per socket and written once per loop pass
+(``WebSocketChannel``), in order and well formed at every length, and a peer that stops reading
+is closed with 4002 while what it could not take waits in its outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import socket
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from fantasize_rtc import RtcConfig
+from fantasize_rtc import web as rtc_web
+from fantasize_rtc.web import create_app
+from tests.helpers import wait_for
+from tests.test_web import bearer, connect
+
+
+async def test_a_burst_arrives_in_order_and_intact_at_every_frame_length(
+    aiohttp_client: Any, config: RtcConfig
+) -> None:
+    config = dataclasses.replace(config, rate_limit_per_sec=0, max_frame_bytes=200_000, max_signal_bytes=150_000)
+    client: TestClient = await aiohttp_client(create_app(config=config))
+    alice = await connect(client, "r", "alice")
+    bob = await connect(client, "r", "bob")
+    ws_a = await client.ws_connect("/rtc/ws", headers=bearer(alice))
+    ws_b = await client.ws_connect("/rtc/ws", headers=bearer(bob))
+    # lengths around the three header forms: < 126, < 65536 (16-bit length), >= 65536 (64-bit)
+    sizes = [0, 1, 40, 60, 124, 125, 126, 127, 3000, 65_400, 65_535, 65_536, 70_000, 140_000]
+    texts = ["x" * n for n in sizes] * 12
+    # One send_str per frame without awaiting the server in between: many frames reach the server
+    # in one read, so their relays queue up in bob's channel and go out in shared writes.
+    for i, text in enumerate(texts):
+        await ws_a.send_str(
+            json.dumps({"type": "signal", "signal": {"type": "app", "to": "bob", "payload": [i, text]}})
+        )
+    for i, text in enumerate(texts):
+        msg = await ws_b.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.TEXT, msg
+        got = json.loads(msg.data)
+        assert got["signal"]["payload"] == [i, text], f"message {i} ({len(text)} characters)"
+    await ws_a.close()
+    await ws_b.close()
+
+
+async def _raw_websocket_that_never_reads(port: int, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills up after a few frames
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(
+        (
+            f"GET /rtc/ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert status.startswith(b"HTTP/1.1 101"), status
+    writer.transport.pause_reading()  # from here on nothing is read: the kernel buffers fill
+    return reader, writer
+
+
+async def test_a_peer_that_stops_reading_is_closed_and_keeps_what_it_missed(
+    aiohttp_client: Any, config: RtcConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rtc_web, "SEND_BUFFER_LIMIT", 256 * 1024)
+    config = dataclasses.replace(config, rate_limit_per_sec=0)
+    client: TestClient = await aiohttp_client(create_app(config=config))
+    alice = await connect(client, "r", "alice")
+    bob = await connect(client, "r", "bob")
+    ws_a = await client.ws_connect("/rtc/ws", headers=bearer(alice))
+    assert client.port is not None
+    raw_reader, raw_writer = await _raw_websocket_that_never_reads(client.port, bob["token"])
+    rtc = client.app[rtc_web.RTC_KEY]
+    await wait_for(lambda: rtc.hub.channel("r", "bob") is not None, timeout=5)
+
+    payload = "y" * 3000
+    first_queued = None
+    for n in range(2000):  # 6 MB at most: more than the kernel's buffers and the limit
+        await ws_a.send_str(
+            json.dumps({"type": "signal", "id": n, "signal": {"type": "app", "to": "bob", "payload": [n, payload]}})
+        )
+        ack = await ws_a.receive_json(timeout=5)
+        while ack.get("type") != "ack":  # bob's departure notices may come in between
+            ack = await ws_a.receive_json(timeout=5)
+        assert ack["id"] == n
+        if ack["queued"] == ["bob"]:
+            first_queued = n
+            break
+        assert ack["delivered"] == ["bob"]
+    assert first_queued is not None, "the server never stopped handing frames to a socket that reads nothing"
+    # bob's channel is gone from the hub at once
+    assert rtc.hub.channel("r", "bob") is None
+    await ws_a.send_str(json.dumps({"type": "signal", "signal": {"type": "app", "to": "bob", "payload": ["after"]}}))
+
+    raw_writer.transport.resume_reading()  # read what bob's socket got: it ends with the close frame
+    received = await asyncio.wait_for(raw_reader.read(-1), 15)
+    assert received[-40:].endswith(b"\x0f\xa2too slow: messages were not read"), received[-60:]
+    raw_writer.close()  # bob's client connects again: its outbox is waiting
+    ws_b = await client.ws_connect("/rtc/ws", headers=bearer(bob))
+    got = [(await ws_b.receive_json(timeout=5))["signal"]["payload"][0] for _ in range(2)]
+    assert got == [first_queued, "after"]
+    await ws_a.close()
+    await ws_b.close()
