@@ -93,8 +93,15 @@ def _worker(port: int, redis_url: str | None) -> int:
         max_peers_per_room=2,
         recordings_dir=tempfile.gettempdir(),
     )
+    try:  # the loop `fantasize-rtc serve` picks: uvloop when installed (the `fast` extra)
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop | None = uvloop.new_event_loop()
+    except ImportError:
+        loop = None
     web.run_app(
         create_app(config=config, media=False, static=False),
+        loop=loop,
         host="127.0.0.1",
         port=port,
         print=None,

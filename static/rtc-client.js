@@ -338,6 +338,7 @@ export class RtcClient extends Emitter {
     const url = new URL(this.baseUrl + "/rtc/ws", location.href);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     url.searchParams.set("token", this.token);
+    if (this.roomId) url.searchParams.set("room", this.roomId);
     return url.href;
   }
 
@@ -570,6 +571,16 @@ export class RtcClient extends Emitter {
     return this._request("POST", path, body);
   }
 
+  /**
+   * Every request names its room in `?room=`: the server ignores it; a load balancer can route on
+   * it so that a room's peers share a process (docs/scale-out.md, room affinity).
+   */
+  _withRoom(path, body) {
+    const room = body?.roomId ?? this.roomId;
+    if (!room || /[?&]room=/.test(path)) return path;
+    return `${path}${path.includes("?") ? "&" : "?"}room=${encodeURIComponent(room)}`;
+  }
+
   async _request(method, path, body, opts = {}) {
     const headers = {};
     const token = "token" in opts ? opts.token : this.token;
@@ -581,7 +592,7 @@ export class RtcClient extends Emitter {
     opts.signal?.addEventListener("abort", onAbort, { once: true });
     let response;
     try {
-      response = await fetch(this.baseUrl + path, {
+      response = await fetch(this.baseUrl + this._withRoom(path, body), {
         method,
         headers,
         body: body === undefined ? undefined : JSON.stringify(body),

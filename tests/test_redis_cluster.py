@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fantasize_rtc.client import RtcClient
 from tests import redis_fixtures
 from tests.helpers import free_port, require_program, wait_for, wait_for_sync
 from tests.redis_fixtures import RedisServer
@@ -253,6 +254,30 @@ async def test_relay_across_two_processes(
     assert health["peers"] == 3
 
 
+async def test_a_burst_across_processes_arrives_in_order_before_the_departure(
+    redis_server: RedisServer, start_processes: Any, peers: Any
+) -> None:
+    """Frames without ``id`` are read ahead (not one Redis round trip each) and batched: 600 of
+    them, sent without waiting, reach the other process in order, then the sender's departure."""
+    a, b = start_processes(redis_server, 2, FANTASIZE_RTC_RATE_LIMIT_PER_SEC="0")
+    alice, bob = peers("room", "alice"), peers("room", "bob")
+    await alice.connect(a)
+    await alice.open(a)
+    await bob.connect(b)
+    await bob.open(b)
+    await wait_for(lambda: alice.events("peer:connected"), message="alice told of bob")
+    assert alice.ws is not None
+    for i in range(600):
+        await alice.ws.send_json({"type": "signal", "signal": {"type": "n", "payload": i, "to": "bob"}})
+    await alice.ws.send_json({"type": "signal", "signal": {"type": "bye", "to": "bob"}})
+    await alice.ws.send_json({"type": "disconnect"})
+    await wait_for(lambda: bob.events("peer:disconnected"), timeout=20, message="bob told alice left")
+    kinds = [m["type"] if m["type"] != "signal" else m["signal"]["type"] for m in bob.messages]
+    assert kinds[-2:] == ["bye", "peer:disconnected"], kinds[-5:]
+    assert [m["signal"]["payload"] for m in bob.signals("n")] == list(range(600))
+    assert "error" not in kinds
+
+
 async def test_room_capacity_holds_across_processes(
     redis_server: RedisServer,
     start_processes: Any,
@@ -427,12 +452,13 @@ async def test_redis_restart_loses_no_acknowledged_message(
         redis.stop()
 
 
-def _nginx_config_from_docs(tmp_path: Path, listen: int, upstreams: list[int]) -> Path:
-    """The nginx example of docs/scale-out.md, pointed at our processes, as a runnable config."""
+def _nginx_config_from_docs(tmp_path: Path, listen: int, upstreams: list[int], which: int = 0) -> Path:
+    """An nginx example of docs/scale-out.md (``which``: 0 round robin, 1 room affinity), pointed
+    at our processes, as a runnable config."""
     doc = (Path(__file__).resolve().parent.parent / "docs" / "scale-out.md").read_text()
-    block = re.search(r"```nginx\n(.*?)```", doc, re.S)
-    assert block is not None, "docs/scale-out.md has no nginx example"
-    example = block.group(1).replace("listen 80;", f"listen 127.0.0.1:{listen};")
+    blocks = re.findall(r"```nginx\n(.*?)```", doc, re.S)
+    assert len(blocks) == 2, "docs/scale-out.md has two nginx examples"
+    example = blocks[which].replace("listen 80;", f"listen 127.0.0.1:{listen};")
     example = example.replace("127.0.0.1:8081", f"127.0.0.1:{upstreams[0]}")
     example = example.replace("127.0.0.1:8082", f"127.0.0.1:{upstreams[1]}")
     temp = "\n".join(
@@ -484,6 +510,49 @@ async def test_behind_the_documented_nginx_config_without_sticky_sessions(
         }
         assert len(sockets["alice"]) == len(sockets["bob"]) == 1 and sockets["alice"] != sockets["bob"], sockets
     finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_room_affinity_config_keeps_each_room_on_one_process(
+    redis_server: RedisServer, start_processes: Any, tmp_path: Path
+) -> None:
+    """The room-affinity example with this package's own client (it adds ``?room=``): the peers of
+    a room share a process, rooms spread over both, and signals still flow."""
+    nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin") or require_program(
+        "nginx"
+    )
+    procs = start_processes(redis_server, 2)
+    port = free_port()
+    proc = _start_nginx(nginx, _nginx_config_from_docs(tmp_path, port, [p.port for p in procs], which=1), tmp_path)
+    clients: list[RtcClient] = []
+    try:
+        await wait_for(lambda: _accepts_http(port), timeout=10, message="nginx listening")
+        rooms = [f"room-{i}" for i in range(6)]
+        for room in rooms:
+            for peer in ("alice", "bob"):
+                client = RtcClient(f"http://127.0.0.1:{port}", transport="ws", auto_heartbeat=False)
+                clients.append(client)
+                await client.connect(room, peer)  # and opens its WebSocket
+        await wait_for(lambda: all(c.channel == "ws" for c in clients), timeout=10, message="sockets open")
+        where: dict[str, set[int]] = {}
+        for room in rooms:
+            for name in ("alice", "bob"):
+                line = f"peer {name} in room {room} opened a WebSocket"
+                where.setdefault(room, set()).update(p.port for p in procs if line in p.log.read_text())
+        assert all(len(ports) == 1 for ports in where.values()), where
+        assert len(set().union(*where.values())) == 2, f"all rooms on one process: {where}"
+        for i in range(0, len(clients), 2):
+            alice, bob = clients[i], clients[i + 1]
+            result = await alice.signal({"type": "offer", "payload": {"sdp": "v=0"}}, to="bob")
+            assert result["delivered"] == ["bob"], result
+            message = await bob.next_message(timeout=10)
+            while message["type"] != "signal":
+                message = await bob.next_message(timeout=10)
+            assert message["fromPeerId"] == "alice"
+    finally:
+        for client in clients:
+            await client.close()
         proc.terminate()
         proc.wait(timeout=10)
 

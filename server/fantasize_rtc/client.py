@@ -293,11 +293,22 @@ class RtcClient:
             method,
             self.url(path),
             json=json,
-            params=params,
+            params=self._with_room(params, json),
             headers=self._headers(token),
             timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
         ) as response:
             return await self._decode(response)
+
+    def _with_room(self, params: Mapping[str, str] | None, body: Any = None) -> dict[str, str]:
+        """Every request names its room in ``?room=``: the server ignores it, a load balancer can
+        route on it so a room's peers share a process (docs/scale-out.md, room affinity)."""
+        out = dict(params or {})
+        room = body.get("roomId") if isinstance(body, dict) else None
+        if room is None and self.info is not None:
+            room = self.info.get("roomId")
+        if isinstance(room, str) and "room" not in out:
+            out["room"] = room
+        return out
 
     @staticmethod
     async def _decode(response: aiohttp.ClientResponse) -> Any:
@@ -593,7 +604,7 @@ class RtcClient:
 
     async def _read_websocket(self, token: str, queue: asyncio.Queue[Any], where: str) -> str | None:
         """Read one WebSocket to its end; a reason when the stream is over, None to reconnect."""
-        async with self._http().ws_connect(self.url("/rtc/ws"), params={"token": token}) as ws:
+        async with self._http().ws_connect(self.url("/rtc/ws"), params=self._with_room({"token": token})) as ws:
             self._ws, self.channel = ws, "ws"
             log.debug("%s: WebSocket open", where)
             try:

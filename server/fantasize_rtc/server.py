@@ -23,7 +23,7 @@ from typing import Any, TypeVar, overload
 
 from . import events as ev
 from .auth import mint_turn_credentials, new_peer_token, verify_connect_jwt
-from .backends import Backend, Envelope, LeaveOutcome, create_backend
+from .backends import Backend, DeliveryReport, Envelope, LeaveOutcome, create_backend
 from .config import IceServer, RtcConfig
 from .errors import InvalidRequest, PayloadTooLarge, PeerNotFound, RateLimited, RtcError, Unauthorized
 from .hub import Channel, Hub, PollChannel, ServerPeerHandler
@@ -328,6 +328,16 @@ class RtcServer:
 
         Delivered means a live channel took it; queued means it waits in the recipient's outbox.
         """
+        outcome = await self.submit_relay(room_id, from_peer_id, signal)
+        return outcome if isinstance(outcome, RelayResult) else await outcome
+
+    async def submit_relay(
+        self, room_id: str, from_peer_id: str, signal: Signal | dict[str, Any]
+    ) -> RelayResult | asyncio.Future[RelayResult]:
+        """:meth:`relay` for a transport that reads ahead: it returns once the signal is checked
+        and on its way, in order after the sender's earlier ones. That is the result itself when
+        delivery is done (always with the memory backend), else a future of it (recipients on
+        other processes, through Redis). Raises what ``relay`` raises before delivery."""
         sig = validate_signal(signal, max_depth=self.config.max_json_depth)
         now = self.clock()
         if self.config.rate_limit_per_sec > 0 and not self._take_token(room_id, from_peer_id, now):
@@ -338,8 +348,8 @@ class RtcServer:
             message = signal_message(room_id, from_peer_id, sig, now)
             text = dumps(message)
         else:
-            # The payload as the client wrote it (valid JSON: it was just parsed) instead of
-            # encoding it again; the other fields are validated ids and types, safe in quotes.
+            # The payload as the transport has it (valid JSON it just parsed) instead of encoding
+            # it again; the other fields are validated ids and types, safe in quotes.
             to_part = "" if sig.to is None else f',"to":"{sig.to}"'
             text = (
                 f'{{"type":"signal","roomId":"{room_id}","fromPeerId":"{from_peer_id}",'
@@ -354,12 +364,28 @@ class RtcServer:
             if self.hub.server_peer(to) is None:
                 raise PeerNotFound(f"This server has no server peer {to!r}.")
             await self.hub.push_local(room_id, to, envelope)
-            result = RelayResult((to,), ())
-        else:
-            report = await self.backend.relay(
-                room_id, from_peer_id, to, envelope, outbox_max=self.config.outbox_max, now=now
-            )
-            result = RelayResult(tuple(report.delivered), tuple(report.queued), tuple(report.dropped))
+            return self._relayed(room_id, from_peer_id, sig, now, DeliveryReport([to]))
+        pending: list[asyncio.Future[RelayResult]] = []
+
+        def finish(report: DeliveryReport | BaseException) -> None:
+            result = pending[0]
+            if result.done():
+                return
+            if isinstance(report, BaseException):
+                result.set_exception(report)
+            else:
+                result.set_result(self._relayed(room_id, from_peer_id, sig, now, report))
+
+        report = await self.backend.submit(
+            room_id, from_peer_id, to, envelope, outbox_max=self.config.outbox_max, now=now, then=finish
+        )
+        if report is not None:
+            return self._relayed(room_id, from_peer_id, sig, now, report)
+        pending.append(asyncio.get_running_loop().create_future())
+        return pending[0]
+
+    def _relayed(self, room_id: str, from_peer_id: str, sig: Signal, now: int, report: DeliveryReport) -> RelayResult:
+        result = RelayResult(tuple(report.delivered), tuple(report.queued), tuple(report.dropped))
         if self.has_listeners(ev.SIGNAL):
             self.emit(ev.SIGNAL, ev.SignalRelayed(room_id, from_peer_id, sig, now, result.delivered, result.queued))
         return result

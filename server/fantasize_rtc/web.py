@@ -7,6 +7,7 @@ sub-app or run it (``fantasize-rtc serve`` does). Errors become ``{"error": {cod
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import struct
@@ -40,7 +41,7 @@ from .protocol import (
     validate_id,
     validate_signal,
 )
-from .server import RtcServer, create_rtc_server
+from .server import RelayResult, RtcServer, create_rtc_server
 
 __all__ = [
     "ADMIN_KEY",
@@ -431,6 +432,9 @@ async def _serve_socket(
 ) -> None:
     last_touch = 0.0
     max_depth = rtc.config.max_json_depth
+    # Reading ahead: a relay through Redis is on its way, in order, before its report is in; the
+    # next frame is read meanwhile and the ack (or error) follows when the report comes.
+    in_flight: asyncio.Future[RelayResult] | None = None
     async for msg in ws:
         if msg.type is not WSMsgType.TEXT:
             if msg.type is WSMsgType.BINARY:
@@ -449,13 +453,20 @@ async def _serve_socket(
             if kind == "signal":
                 if "signal" not in frame:
                     raise InvalidRequest("A signal frame needs a signal: {type, payload, to?}.")
-                result = await rtc.relay(room_id, peer_id, _signal_of(frame["signal"], fast, max_depth))
-                if "id" in frame:
-                    channel.send(dumps({"type": "ack", "id": frame["id"], **result.to_wire()}))
+                outcome = await rtc.submit_relay(room_id, peer_id, _signal_of(frame["signal"], fast, max_depth))
+                if isinstance(outcome, RelayResult):
+                    if "id" in frame:
+                        channel.send(dumps({"type": "ack", "id": frame["id"], **outcome.to_wire()}))
+                else:
+                    frame_id = frame.get("id", _NO_ID)
+                    outcome.add_done_callback(functools.partial(_answer_relay, channel, frame_id))
+                    in_flight = outcome
             elif kind == "heartbeat":
                 if "id" in frame:
                     channel.send(dumps({"type": "ack", "id": frame["id"]}))
             elif kind == "disconnect":
+                if in_flight is not None:  # the peer's last signals go out before its departure
+                    await asyncio.wait([in_flight])
                 await rtc.disconnect_peer(room_id, peer_id, "left")
                 break
             else:
@@ -470,6 +481,27 @@ async def _serve_socket(
             if isinstance(frame_id := _frame_id(msg.data), (str, int)):
                 error["id"] = frame_id
             channel.send(dumps(error))
+
+
+_NO_ID = object()  # a frame without "id" (distinct from "id": null)
+
+
+def _answer_relay(channel: WebSocketChannel, frame_id: Any, outcome: asyncio.Future[RelayResult]) -> None:
+    """The ack (when the frame asked for one) or the error of a relay that finished later."""
+    if outcome.cancelled():
+        return
+    err = outcome.exception()
+    if err is None:
+        if frame_id is not _NO_ID:
+            channel.send(dumps({"type": "ack", "id": frame_id, **outcome.result().to_wire()}))
+    elif isinstance(err, RtcError):
+        error = error_message(err.code, err.message, **err.details)
+        if isinstance(frame_id, (str, int)):
+            error["id"] = frame_id
+        channel.send(dumps(error))
+    else:
+        log.error("relay failed", exc_info=err)
+        channel.send(dumps(error_message("internal_error", "Internal server error.")))
 
 
 def _frame_id(data: str) -> Any:

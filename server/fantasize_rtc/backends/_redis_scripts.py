@@ -213,45 +213,77 @@ return {'ok', out}
 """
 )
 
-#: Route one message to members without a live channel in the calling process: publish it to the
-#: process holding the peer's channel, or (no holder, holder is the caller, or nobody listening on
-#: the holder's channel, or it stopped refreshing its liveness key: it died or hangs) queue it in
-#: the outbox. Members only.
-#: ARGV: P, room, caller process, outbox max, body (``ts \t from \t text``), outbox key ttl ms,
-#: then pairs (peer, seq or '' for a new message). Returns per peer 0 gone, 1 sent, 2 queued, 3 full.
+#: Route messages to members without a live channel in the calling process: publish each to the
+#: process holding the peer's channel, or (no holder, holder is the caller, or it stopped
+#: refreshing its liveness key: it died or hangs, or nobody listens on its channel) queue it in the
+#: outbox. Members only. Everything for one holder goes out as one PUBLISH, its lines joined by
+#: newlines (JSON text has none), so a batch costs one round trip and one pub/sub message per
+#: process instead of one per message.
+#: ARGV: P, caller process, outbox key ttl ms, then entries: room, body (``ts \t from \t text``),
+#: outbox max, number of peers n, then n pairs (peer, seq or '' for a new message).
+#: Returns per (entry, peer) in order: 0 gone, 1 sent, 2 queued, 3 full.
 DELIVER = (
     # The hot path: its own small prelude (no snapshot helper) keeps Redis's cost per message low.
     r"""
 local P = ARGV[1]
 local PRES, SEQ, OBIDX = P .. 'presence', P .. 'seq', P .. 'obidx'
-local rid, me, omax, body, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
-local ts = string.sub(body, 1, string.find(body, '\t', 1, true) - 1)
-local res = {}
-for i = 7, #ARGV, 2 do
-  local pid, seq = ARGV[i], ARGV[i + 1]
-  local m = rid .. '/' .. pid
-  local status = 0
-  if redis.call('HEXISTS', P .. 'peers:' .. rid, pid) == 1 then
-    if seq == '' then seq = tostring(redis.call('HINCRBY', SEQ, m, 1)) end
-    local holder = redis.call('HGET', PRES, m)
-    if holder and holder ~= me and redis.call('EXISTS', P .. 'proc:' .. holder) == 1 then
-      local payload = rid .. '\t' .. pid .. '\t' .. seq .. '\t' .. body
-      if redis.call('PUBLISH', P .. 'ch:' .. holder, payload) > 0 then status = 1 end
-    end
-    if status == 0 then
-      if holder then redis.call('HDEL', PRES, m) end
-      local k = P .. 'ob:' .. m
-      if redis.call('ZCARD', k) >= omax then
-        status = 3
-      else
-        redis.call('ZADD', k, seq, seq .. '\t' .. body)
-        redis.call('PEXPIRE', k, ttl)
-        redis.call('ZADD', OBIDX, 'LT', ts, m)
-        status = 2
+local me, ttl = ARGV[2], ARGV[3]
+local res, lines, sent, holders, alive = {}, {}, {}, {}, {}
+local function queue(m, seq, body, ts, omax)
+  local k = P .. 'ob:' .. m
+  if redis.call('ZCARD', k) >= omax then return 3 end
+  redis.call('ZADD', k, seq, seq .. '\t' .. body)
+  redis.call('PEXPIRE', k, ttl)
+  redis.call('ZADD', OBIDX, 'LT', ts, m)
+  return 2
+end
+local i = 4
+while i <= #ARGV do
+  local rid, body, omax, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local ts = string.sub(body, 1, string.find(body, '\t', 1, true) - 1)
+  i = i + 4
+  for _ = 1, n do
+    local pid, seq = ARGV[i], ARGV[i + 1]
+    i = i + 2
+    local m = rid .. '/' .. pid
+    local status = 0
+    if redis.call('HEXISTS', P .. 'peers:' .. rid, pid) == 1 then
+      if seq == '' then seq = tostring(redis.call('HINCRBY', SEQ, m, 1)) end
+      local holder = redis.call('HGET', PRES, m)
+      if holder and holder ~= me then
+        local up = alive[holder]
+        if up == nil then
+          up = redis.call('EXISTS', P .. 'proc:' .. holder) == 1
+          alive[holder] = up
+        end
+        if up then
+          if not lines[holder] then
+            lines[holder], sent[holder] = {}, {}
+            holders[#holders + 1] = holder
+          end
+          local l = lines[holder]
+          l[#l + 1] = rid .. '\t' .. pid .. '\t' .. seq .. '\t' .. body
+          local s = sent[holder]
+          s[#s + 1] = {#res + 1, m, seq, body, ts, omax}
+          status = 1
+        end
+      end
+      if status == 0 then
+        if holder then redis.call('HDEL', PRES, m) end
+        status = queue(m, seq, body, ts, omax)
       end
     end
+    res[#res + 1] = status
   end
-  res[#res + 1] = status
+end
+for _, holder in ipairs(holders) do
+  if redis.call('PUBLISH', P .. 'ch:' .. holder, table.concat(lines[holder], '\n')) == 0 then
+    -- nobody listens there (the process lost its subscription): outboxes, in order
+    for _, e in ipairs(sent[holder]) do
+      if redis.call('HGET', PRES, e[2]) == holder then redis.call('HDEL', PRES, e[2]) end
+      res[e[1]] = queue(e[2], e[3], e[4], e[5], e[6])
+    end
+  end
 end
 return res
 """

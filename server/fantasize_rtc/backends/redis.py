@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -69,6 +70,21 @@ class _FastPackConnection(aioredis.Connection):
         if isinstance(args[0], str) and " " in args[0]:  # "CLIENT SETINFO" and the like
             args = (*args[0].split(), *args[1:])
         return [_hiredis_pack(args)]
+
+
+_Outgoing = tuple[str, str, int, list[str], str, Callable[[list[int] | BaseException], None]]
+
+
+def _call_safely(then: Callable[[Any], None], value: Any) -> None:
+    try:
+        then(value)
+    except Exception:  # one caller's bug must not cost the rest of the batch their answers
+        log.exception("a delivery callback failed")
+
+
+def _tell(batch: list[_Outgoing], error: BaseException) -> None:
+    for *_, then in batch:
+        _call_safely(then, error)
 
 
 class _Pending:
@@ -133,6 +149,9 @@ class RedisBackend(Backend):
         self._reap_deadlines: dict[Key, int] = {}
         self._repair_all = False
         self._batch: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
+        #: The delivery batch being filled: (room, body, outbox max, peers, seq, then).
+        self._outgoing: list[_Outgoing] = []
+        self._sender: asyncio.Future[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         #: Members of rooms this process relayed in, kept fresh by join/leave notices; only
         #: trusted while subscribed (a lost subscription may have missed notices).
@@ -185,6 +204,8 @@ class RedisBackend(Backend):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
         client = self._client
@@ -289,6 +310,17 @@ class RedisBackend(Backend):
                 future.set_exception(value)
             else:
                 future.set_result(value)
+
+    async def _evalsha(self, name: str, args: list[Any]) -> Any:
+        """One script call on its own (the delivery batch is already one): redis-py's plain
+        command path costs less per call than the auto-pipeline's."""
+        client = self._client
+        assert client is not None
+        script = self._scripts[name]
+        try:
+            return await client.evalsha(script.sha, 0, self.prefix, *args)  # type: ignore[no-untyped-call]
+        except NoScriptError:  # Redis restarted: the script object loads it again
+            return await script(args=(self.prefix, *args))
 
     async def _call(self, name: str, *args: Any) -> Any:
         return await self._guard(lambda: self._script(name, *args))
@@ -434,17 +466,18 @@ class RedisBackend(Backend):
         if data.startswith("!"):  # control notices; messages start with a room id
             await self._on_control(data[1:].split("\t"))
             return
-        room_id, peer_id, seq, body = data.split("\t", 3)
-        envelope = _parse_body(body)
-        key = (room_id, peer_id)
-        pending = self._pending.get(key)
-        if pending is not None:
-            pending.items.append((seq, envelope))
-            return
-        assert self._sink is not None
-        if not await self._sink.push_local(room_id, peer_id, envelope):
-            # Our channel for the peer closed since it was claimed: back to its outbox, in order.
-            await self._requeue(key, seq, envelope)
+        sink = self._sink
+        assert sink is not None
+        for line in data.split("\n"):  # one line per message (see the DELIVER script)
+            room_id, peer_id, seq, body = line.split("\t", 3)
+            envelope = _parse_body(body)
+            key = (room_id, peer_id)
+            pending = self._pending.get(key)
+            if pending is not None:
+                pending.items.append((seq, envelope))
+            elif not (sink.push_channel(room_id, peer_id, envelope.text) or await sink.push_local(*key, envelope)):
+                # Our channel for the peer closed since it was claimed: back to its outbox, in order.
+                await self._requeue(key, seq, envelope)
 
     def _forget_members(self, room_id: str | None) -> None:
         self._members_gen += 1
@@ -485,18 +518,8 @@ class RedisBackend(Backend):
 
     async def _requeue(self, key: Key, seq: str, envelope: Envelope) -> None:
         try:
-            await self._script(
-                "DELIVER",
-                key[0],
-                self.process_id,
-                "1000000",
-                _body(envelope),
-                str(self._outbox_key_ttl_ms),
-                key[1],
-                seq,
-            )
-        except _UNREACHABLE as exc:
-            self._set_down(exc)
+            await self._routed(key[0], [key[1]], envelope, 1_000_000, seq)
+        except (CapacityExceeded, *_UNREACHABLE):
             log.warning("message to %s in room %s lost: redis unreachable while re-queuing", key[1], key[0])
 
     # -- pending holds --------------------------------------------------------------------------
@@ -638,6 +661,44 @@ class RedisBackend(Backend):
     async def deliver(
         self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int, now: int
     ) -> DeliveryReport:
+        report, remote = await self._deliver_here(room_id, peer_ids, envelope)
+        if remote:
+            statuses = await self._routed(room_id, remote, envelope, outbox_max)
+            _apply_statuses(report, remote, statuses)
+        return report
+
+    async def submit(
+        self,
+        room_id: str,
+        from_peer_id: str,
+        to: str | None,
+        envelope: Envelope,
+        *,
+        outbox_max: int,
+        now: int,
+        then: Callable[[DeliveryReport | BaseException], None],
+    ) -> DeliveryReport | None:
+        """Local recipients now; the others' messages join the ordered delivery batch and
+        ``then`` gets the full report when Redis has routed them."""
+        peer_ids = await self.recipients(room_id, from_peer_id, to)
+        report, remote = await self._deliver_here(room_id, peer_ids, envelope)
+        if not remote:
+            return report
+
+        def routed(statuses: list[int] | BaseException) -> None:
+            if isinstance(statuses, BaseException):
+                then(statuses)
+            else:
+                _apply_statuses(report, remote, statuses)
+                then(report)
+
+        self._deliver_remote(room_id, remote, envelope, outbox_max, then=routed)
+        return None
+
+    async def _deliver_here(
+        self, room_id: str, peer_ids: list[str], envelope: Envelope
+    ) -> tuple[DeliveryReport, list[str]]:
+        """Deliver to this process's channels and server peers; returns who is left for Redis."""
         report = DeliveryReport()
         sink = self._sink
         remote: list[str] = []
@@ -646,24 +707,78 @@ class RedisBackend(Backend):
             if pending is not None:  # its outbox is being drained here: line up behind it
                 pending.items.append(("", envelope))
                 report.delivered.append(peer_id)
-            elif sink is not None and await sink.push_local(room_id, peer_id, envelope):
+            elif sink is not None and (
+                sink.push_channel(room_id, peer_id, envelope.text) or await sink.push_local(room_id, peer_id, envelope)
+            ):
                 report.delivered.append(peer_id)
             else:
                 remote.append(peer_id)
-        if not remote:
-            return report
-        args: list[Any] = [room_id, self.process_id, outbox_max, _body(envelope), self._outbox_key_ttl_ms]
-        for peer_id in remote:
-            args.extend((peer_id, ""))
-        statuses = await self._call("DELIVER", *args)
-        for peer_id, status in zip(remote, statuses, strict=True):
-            if status == 1:
-                report.delivered.append(peer_id)
-            elif status == 2:
-                report.queued.append(peer_id)
-            elif status == 3:
-                report.dropped.append(peer_id)
-        return report
+        return report, remote
+
+    def _deliver_remote(
+        self,
+        room_id: str,
+        peer_ids: list[str],
+        envelope: Envelope,
+        outbox_max: int,
+        *,
+        then: Callable[[list[int] | BaseException], None],
+        seq: str = "",
+    ) -> None:
+        """Queue a message for the delivery batch; ``then`` gets one status per peer (or the
+        error), later, never before this returns.
+
+        Batches go to Redis one after the other (the next is sent when the previous one's answer
+        is in), so messages keep the order they were queued in: per sender and recipient, the
+        order of one process. A batch is everything queued while the previous one was in flight:
+        under load one ``EVALSHA`` and one pub/sub message per process carry many messages, and
+        no future or task is made per message."""
+        if not self._up:
+            raise self._unavailable()
+        self._outgoing.append((room_id, _body(envelope), outbox_max, peer_ids, seq, then))
+        if self._sender is None:
+            self._sender = asyncio.ensure_future(self._send_batches())
+
+    def _routed(
+        self, room_id: str, peer_ids: list[str], envelope: Envelope, outbox_max: int, seq: str = ""
+    ) -> asyncio.Future[list[int]]:
+        """:meth:`_deliver_remote` as a future."""
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+
+        def then(statuses: list[int] | BaseException) -> None:
+            if future.done():
+                return
+            if isinstance(statuses, BaseException):
+                future.set_exception(statuses)
+            else:
+                future.set_result(statuses)
+
+        self._deliver_remote(room_id, peer_ids, envelope, outbox_max, then=then, seq=seq)
+        return future
+
+    async def _send_batches(self) -> None:
+        try:
+            while self._outgoing:
+                batch, self._outgoing = self._outgoing, []
+                args: list[Any] = [self.process_id, self._outbox_key_ttl_ms]
+                for room_id, body, outbox_max, peer_ids, seq, _ in batch:
+                    args.extend((room_id, body, outbox_max, len(peer_ids)))
+                    for peer_id in peer_ids:
+                        args.extend((peer_id, seq))
+                try:
+                    statuses = await self._guard(functools.partial(self._evalsha, "DELIVER", args))
+                except asyncio.CancelledError as exc:
+                    _tell(batch, exc)
+                    raise
+                except Exception as exc:  # Redis went away (503 for each) or refused
+                    _tell(batch, exc)
+                    continue
+                at = 0
+                for _room_id, _body_text, _omax, peer_ids, _seq, then in batch:
+                    _call_safely(then, statuses[at : at + len(peer_ids)])
+                    at += len(peer_ids)
+        finally:
+            self._sender = None
 
     async def take_outbox(self, room_id: str, peer_id: str) -> list[Envelope]:
         """Drain the outbox and claim the peer for this process: the caller is about to attach
@@ -753,6 +868,16 @@ class RedisBackend(Backend):
 
 
 # -- encoding ------------------------------------------------------------------------------------
+
+
+def _apply_statuses(report: DeliveryReport, peer_ids: list[str], statuses: list[int]) -> None:
+    for peer_id, status in zip(peer_ids, statuses, strict=True):
+        if status == 1:
+            report.delivered.append(peer_id)
+        elif status == 2:
+            report.queued.append(peer_id)
+        elif status == 3:
+            report.dropped.append(peer_id)
 
 
 def _body(envelope: Envelope) -> str:
