@@ -84,6 +84,7 @@ def _worker(port: int, redis_url: str | None) -> int:
     from aiohttp import web
 
     from fantasize_rtc import RtcConfig
+    from fantasize_rtc.cli import tune_gc
     from fantasize_rtc.web import create_app
 
     config = RtcConfig(
@@ -99,8 +100,14 @@ def _worker(port: int, redis_url: str | None) -> int:
         loop: asyncio.AbstractEventLoop | None = uvloop.new_event_loop()
     except ImportError:
         loop = None
+    app = create_app(config=config, media=False, static=False)
+
+    async def as_serve_does(app: web.Application) -> None:
+        tune_gc()  # what `fantasize-rtc serve` does once it listens
+
+    app.on_startup.append(as_serve_does)
     web.run_app(
-        create_app(config=config, media=False, static=False),
+        app,
         loop=loop,
         host="127.0.0.1",
         port=port,
