@@ -82,6 +82,21 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_runtime_seconds(pid: int) -> float:
+    """Time the process's threads spent on a CPU, from the scheduler's own clock (nanoseconds,
+    ``/proc/<pid>/task/*/schedstat``). utime + stime are sampled at timer ticks instead, which
+    misjudges a process that wakes briefly many times a second (an idle server answering
+    heartbeats): its wake-ups can line up with the ticks."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that just ended
+    return total / 1e9
+
+
 def proc_rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE
@@ -168,6 +183,9 @@ class ServerProcess:
 
     def cpu(self) -> float:
         return proc_cpu_seconds(self.pid)
+
+    def runtime(self) -> float:
+        return proc_runtime_seconds(self.pid)
 
     def rss(self) -> int:
         return proc_rss_bytes(self.pid)

@@ -328,6 +328,7 @@ async def scenario_idle(s: Settings, cores: tuple[list[int], list[int]]) -> dict
         workers[:] = ordered
         await asyncio.sleep(s.settle)  # the last handshakes settle before the window opens
         cpu0 = {sv.kind: sv.cpu() for sv in servers}
+        run0 = {sv.kind: sv.runtime() for sv in servers}
         t0 = time.monotonic()
         results = await asyncio.gather(*(w.go(timeout=s.idle_seconds + 120) for w in workers))
         elapsed = time.monotonic() - t0
@@ -344,12 +345,14 @@ async def scenario_idle(s: Settings, cores: tuple[list[int], list[int]]) -> dict
                 "rss_mb": round(rss / 2**20, 1),
                 "rss_per_peer_kb": round((rss - base[server.kind]) / max(1, peers) / 1024, 2),
                 "idle_cpu_pct": round(100 * (server.cpu() - cpu0[server.kind]) / elapsed, 2),
+                "idle_runtime_pct": round(100 * (server.runtime() - run0[server.kind]) / elapsed, 2),
             }
             log.info(
-                "idle   %-6s %d peers: %.1f KB/peer, %.2f%% of a core",
+                "idle   %-6s %d peers: %.1f KB/peer, %.2f%% of a core (ticks: %.2f%%)",
                 server.kind,
                 peers,
                 out[server.kind]["rss_per_peer_kb"],
+                out[server.kind]["idle_runtime_pct"],
                 out[server.kind]["idle_cpu_pct"],
             )
     finally:
@@ -513,15 +516,16 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
         lines += [
-            "| server | peers held | connect s | RSS before / after MB | RSS per peer KB | idle CPU (% of a core) |",
-            "|---|---|---|---|---|---|",
+            "| server | peers held | connect s | RSS before / after MB | RSS per peer KB "
+            "| idle CPU, scheduler clock (% of a core) | idle CPU, utime+stime ticks |",
+            "|---|---|---|---|---|---|---|",
         ]
         for k in kinds:
             r = idle.get(k)
             if r:
                 lines.append(
                     f"| {LABEL[k]} | {r['peers'] - r['lost']:,} | {r['connect_s']} | {r['rss_base_mb']} / {r['rss_mb']} | "
-                    f"{r['rss_per_peer_kb']} | {r['idle_cpu_pct']}% |"
+                    f"{r['rss_per_peer_kb']} | {r.get('idle_runtime_pct', 'n/a')}% | {r['idle_cpu_pct']}% |"
                 )
         if "ours" in idle and "bare" in idle:
             lines.append(
