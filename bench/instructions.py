@@ -4,9 +4,9 @@
 two peers, relays a warm-up batch, zeroes the counters, relays N messages of the relay mix (an
 offer, an answer, four candidates; a -> b, every one received), and dumps the counters. The
 count is the server's user-space work for those messages: the event loop, aiohttp, our code.
-Unlike time, it does not change when other work shares the machine, so its ratio is the
-throughput ratio of two CPU-bound servers on a quiet core (give or take cache effects). Node's
-JIT makes the PeerJS server's count meaningless, so it is not measured here.
+Unlike time, it does not change when other work shares the machine. It leaves out the kernel's
+work (system calls, loopback TCP), which is where batched writes save, so it is the ratio of the
+Python-level work, not of throughput. Node's JIT makes the PeerJS server's count meaningless, so it is not measured here.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r['server']:>5}: {r['instructions_per_message']:>9,} instructions per relayed message")
     if "ours" in by and "bare" in by:
-        print(f"bare / ours: {by['bare'] / by['ours']:.2f}x (the throughput ratio on a quiet core)")
+        print(f"bare / ours: {by['bare'] / by['ours']:.2f}x (user-space work; the kernel's is not counted)")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "instructions.json").write_text(
         json.dumps({"event_loop": "uvloop" if uvloop else "asyncio", "results": results}, indent=1) + "\n"
