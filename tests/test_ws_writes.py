@@ -62,7 +62,9 @@ async def _raw_websocket_that_never_reads(port: int, token: str) -> tuple[asynci
     )
     status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert status.startswith(b"HTTP/1.1 101"), status
-    writer.transport.pause_reading()  # from here on nothing is read: the kernel buffers fill
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    transport.pause_reading()  # from here on nothing is read: the kernel buffers fill
     return reader, writer
 
 
@@ -99,7 +101,9 @@ async def test_a_peer_that_stops_reading_is_closed_and_keeps_what_it_missed(
     assert rtc.hub.channel("r", "bob") is None
     await ws_a.send_str(json.dumps({"type": "signal", "signal": {"type": "app", "to": "bob", "payload": ["after"]}}))
 
-    raw_writer.transport.resume_reading()  # read what bob's socket got: it ends with the close frame
+    transport = raw_writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    transport.resume_reading()  # read what bob's socket got: it ends with the close frame
     received = await asyncio.wait_for(raw_reader.read(-1), 15)
     assert received[-40:].endswith(b"\x0f\xa2too slow: messages were not read"), received[-60:]
     raw_writer.close()  # bob's client connects again: its outbox is waiting
