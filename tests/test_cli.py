@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -198,3 +199,15 @@ async def test_two_ws_peers_and_two_poll_peers_through_the_real_server(
     assert (left["type"], left["peerId"], left["reason"]) == ("peer:disconnected", "bob", "left")
     await ws_alice.close()
     assert "peer dave in room call timed out" in served.output()
+
+
+def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> None:
+    """What `serve` does once it listens (in a child process: the collector is process-wide)."""
+    code = (
+        "import gc, json; from fantasize_rtc.cli import tune_gc, GC_THRESHOLD; before = gc.get_threshold(); "
+        "tune_gc(); print(json.dumps([before, gc.get_threshold(), gc.get_freeze_count(), GC_THRESHOLD]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    before, after, frozen, threshold = json.loads(out.stdout)
+    assert after == [threshold, before[1], before[2]] and threshold > before[0]
+    assert frozen > 10_000  # the imports' objects, never walked again
