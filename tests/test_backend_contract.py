@@ -553,6 +553,43 @@ async def test_redis_down_fails_fast_and_service_resumes(redis_server: RedisServ
         assert await rtc.backend.counts() == (1, 1)
 
 
+async def test_redis_relays_in_flight_when_redis_goes_away_fail_fast(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A relay handed over for the next delivery batch (the WebSocket path reads on meanwhile)
+    ends with 503 when Redis is gone, never hangs, and batches work again once Redis is back."""
+    from fantasize_rtc.backends.redis import RedisBackend
+
+    prefix = unique_prefix()
+    config = RtcConfig(recordings_dir=str(tmp_path), rate_limit_per_sec=0)
+    a = create_rtc_server(config, backend=RedisBackend(redis_server.url, prefix=prefix, max_backoff=0.2))
+    b = create_rtc_server(config, backend=RedisBackend(redis_server.url, prefix=prefix, max_backoff=0.2))
+    async with a, b:
+        await a.connect_peer("r", "alice")
+        await b.connect_peer("r", "bob")
+        bob = ListChannel()
+        await b.attach_channel("r", "bob", bob)
+        first = await a.submit_relay("r", "alice", {"type": "n", "payload": 0, "to": "bob"})
+        assert isinstance(first, asyncio.Future)  # bob is on the other process: through Redis
+        assert (await first).delivered == ("bob",)
+        redis_server.stop()
+        started = time.monotonic()
+        outcomes: list[Any] = []
+        for i in range(1, 20):
+            try:
+                outcomes.append(await a.submit_relay("r", "alice", {"type": "n", "payload": i, "to": "bob"}))
+            except CapacityExceeded as exc:  # Redis already known to be down: refused at once
+                outcomes.append(exc)
+        # no await reached the event loop since the stop: the process does not know yet, so
+        # these are all on their way in the batch, not refused
+        assert all(isinstance(o, asyncio.Future) for o in outcomes), outcomes
+        for outcome in outcomes:
+            if isinstance(outcome, asyncio.Future):
+                with pytest.raises(CapacityExceeded):
+                    await asyncio.wait_for(outcome, 5)
+        assert time.monotonic() - started < 5
+        redis_server.start()
+        await wait_for(lambda: a.backend.health()["ok"] and b.backend.health()["ok"], timeout=15, message="back")
+
+
 async def test_redis_reaper_spares_a_peer_seen_again_meanwhile(redis_server: RedisServer) -> None:
     from fantasize_rtc.backends.redis import RedisBackend
 
