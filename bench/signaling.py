@@ -52,6 +52,7 @@ class Settings:
     scenarios: list[str]
     uvloop: bool
     in_flight: int
+    repeat: int = 1  # rounds of the relay scenario; rows are medians
     settle: float = 2.0  # seconds for processes to finish starting before RSS and CPU are read
     offer_deflate: bool = False  # clients offer permessage-deflate, as browsers do
 
@@ -137,43 +138,72 @@ def _round(x: float | None, nd: int = 2) -> float | None:
 
 
 async def scenario_relay(s: Settings, cores: tuple[list[int], list[int]]) -> dict[str, Any]:
+    """Throughput, then latency, each in ``s.repeat`` rounds that go through every server in turn
+    (so a noisy minute hits all of them); a row is the median round, every round is in the JSON."""
     server_cores, lg_cores = cores
     # PeerJS runs first: half of its saturation rate is the fixed load the others are measured at.
     kinds = sorted(s.kinds, key=lambda k: {"peerjs": 0, "bare": 1, "ours": 2}[k])
-    out: dict[str, Any] = {k: {"throughput": [], "latency": []} for k in kinds}
-    saturation: dict[int, dict[str, float]] = {}
+    runs: dict[str, dict[str, list[list[dict[str, Any]]]]] = {
+        k: {"throughput": [[] for _ in s.pairs], "latency": [[] for _ in s.pairs]} for k in kinds
+    }
+    for _ in range(s.repeat):
+        for kind in kinds:
+            with ServerProcess(kind, server_cores, s.uvloop) as server:
+                for i, n in enumerate(s.pairs):
+                    res = await relay_once(server, s, n, f"t{n}x", lg_cores, "relay")
+                    log.info(
+                        "relay   %-6s pairs=%-4d %8.0f msg/s  server cpu %.2f (%s us/msg)  loadgen cpu %.2f",
+                        kind,
+                        n,
+                        res["msgs_per_s"],
+                        res["server_cpu"],
+                        res["server_us_per_msg"],
+                        res["loadgen_cpu"],
+                    )
+                    runs[kind]["throughput"][i].append(res)
+    out: dict[str, Any] = {
+        k: {"throughput": [_median_run(r, "msgs_per_s") for r in runs[k]["throughput"]], "latency": []} for k in kinds
+    }
+    rates = []
+    for i in range(len(s.pairs)):
+        sat = {k: out[k]["throughput"][i]["msgs_per_s"] for k in kinds}
+        # without PeerJS: half of the slowest median saturation
+        rates.append(0.5 * (sat["peerjs"] if "peerjs" in sat else min(sat.values())))
+    for _ in range(s.repeat):
+        for kind in kinds:
+            with ServerProcess(kind, server_cores, s.uvloop) as server:
+                for i, n in enumerate(s.pairs):
+                    res = await relay_once(server, s, n, f"l{n}x", lg_cores, "latency", rates[i])
+                    log.info(
+                        "latency %-6s pairs=%-4d at %6.0f msg/s: p50 %s ms p99 %s ms (%d/%d received)",
+                        kind,
+                        n,
+                        rates[i],
+                        res["p50_ms"],
+                        res["p99_ms"],
+                        res["received"],
+                        res["sent"],
+                    )
+                    runs[kind]["latency"][i].append(res)
     for kind in kinds:
-        with ServerProcess(kind, server_cores, s.uvloop) as server:
-            for n in s.pairs:
-                res = await relay_once(server, s, n, f"t{n}x", lg_cores, "relay")
-                log.info(
-                    "relay   %-6s pairs=%-4d %8.0f msg/s  server cpu %.2f (%s us/msg)  loadgen cpu %.2f",
-                    kind,
-                    n,
-                    res["msgs_per_s"],
-                    res["server_cpu"],
-                    res["server_us_per_msg"],
-                    res["loadgen_cpu"],
-                )
-                out[kind]["throughput"].append(res)
-                saturation.setdefault(n, {})[kind] = res["msgs_per_s"]
-            for n in s.pairs:
-                sat = saturation[n]
-                # without PeerJS: half of the slowest saturation measured so far
-                rate = 0.5 * (sat["peerjs"] if "peerjs" in sat else min(sat.values()))
-                res = await relay_once(server, s, n, f"l{n}x", lg_cores, "latency", rate)
-                log.info(
-                    "latency %-6s pairs=%-4d at %6.0f msg/s: p50 %s ms p99 %s ms (%d/%d received)",
-                    kind,
-                    n,
-                    rate,
-                    res["p50_ms"],
-                    res["p99_ms"],
-                    res["received"],
-                    res["sent"],
-                )
-                out[kind]["latency"].append(res)
+        for i in range(len(s.pairs)):
+            rounds = runs[kind]["latency"][i]
+            row = dict(_median_run(rounds, "p99_ms"))
+            row["p50_ms"] = _median([r["p50_ms"] for r in rounds])  # each percentile's own median
+            out[kind]["latency"].append(row)
+        out[kind]["rounds"] = runs[kind]
     return out
+
+
+def _median(values: list[Any]) -> Any:
+    present = sorted(v for v in values if v is not None)
+    return present[(len(present) - 1) // 2] if present else None
+
+
+def _median_run(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The round whose ``key`` is the median (the lower one of an even count)."""
+    ranked = sorted(rounds, key=lambda r: (r.get(key) is None, r.get(key) or 0))
+    return ranked[(len(ranked) - 1) // 2]
 
 
 # -- scenario 2: HTTP signal with wrk --------------------------------------------------------------
@@ -434,7 +464,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         f"Run {meta['date']} on {meta['machine']}; server pinned to core(s) {meta['server_cores'] or 'any'}, "
         f"load generator to {meta['loadgen_cores'] or 'any'} ({meta['workers']} process(es)); "
-        f"{meta['duration']} s per measurement after {meta['warmup']} s warm-up; event loop: "
+        f"{meta['duration']} s per measurement after {meta['warmup']} s warm-up; relay rows are the median of "
+        f"{meta.get('repeat', 1)} round(s) through every server in turn; event loop: "
         f"{'uvloop' if meta['uvloop'] else 'asyncio'}; run took {meta['took_s']:.0f} s.",
         "",
     ]
@@ -456,6 +487,15 @@ def render(results: dict[str, Any]) -> str:
                 + f" | {_ratio(row['ours']['msgs_per_s'], row.get('bare', {}).get('msgs_per_s'))}"
                 f" | {_ratio(row['ours']['msgs_per_s'], row.get('peerjs', {}).get('msgs_per_s'))} |"
             )
+        if any("rounds" in relay[k] and len(relay[k]["rounds"]["throughput"][0]) > 1 for k in kinds):
+            lines += ["", "Every round (msgs/s, in the order they ran):", ""]
+            for i, n in enumerate(meta["pairs"]):
+                per_kind = [
+                    f"{LABEL[k]} " + " / ".join(_fmt(r["msgs_per_s"]) for r in relay[k]["rounds"]["throughput"][i])
+                    for k in kinds
+                    if "rounds" in relay[k]
+                ]
+                lines.append(f"- {n} pair(s): " + "; ".join(per_kind))
         lines += [
             "",
             "#### Relay: server CPU time per delivered message (us; lower is better)",
@@ -567,7 +607,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scenarios", default="relay,http,idle,churn", help="comma-separated subset")
     p.add_argument("--servers", default="ours,bare,peerjs", help="comma-separated subset of ours,bare,peerjs")
     p.add_argument("--pairs", default="1,50,500", help="pair counts for the relay scenario")
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of the relay scenario (rows are medians)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before each measurement")
     p.add_argument("--in-flight", type=int, default=256, help="messages in flight in the saturated relay")
     p.add_argument("--idle-peers", type=int, default=10_000)
@@ -594,7 +635,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.pairs, args.duration, args.warmup = "1,2", 0.5, 0.2
         args.idle_peers, args.idle_seconds, args.heartbeat_s, args.churn_concurrency = 20, 1.0, 0.5, 2
-        args.in_flight = 16
+        args.in_flight, args.repeat = 16, 1
     return args
 
 
@@ -617,6 +658,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         scenarios=[x.strip() for x in args.scenarios.split(",") if x.strip()],
         uvloop=use_uvloop(args.event_loop),
         in_flight=args.in_flight,
+        repeat=max(1, args.repeat),
         settle=0.2 if args.quick else 2.0,
         offer_deflate=args.offer_deflate,
     )
@@ -640,6 +682,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "pairs": s.pairs,
         "duration": s.duration,
         "warmup": s.warmup,
+        "repeat": s.repeat,
         "idle_peers": s.idle_peers,
         "idle_seconds": s.idle_seconds,
         "heartbeat_s": s.heartbeat_s,
