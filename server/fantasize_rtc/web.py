@@ -477,10 +477,7 @@ async def _serve_socket(
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"rate limited")
             break
         except RtcError as err:
-            error = error_message(err.code, err.message, **err.details)
-            if isinstance(frame_id := _frame_id(msg.data), (str, int)):
-                error["id"] = frame_id
-            channel.send(dumps(error))
+            channel.send(_error_frame(err, _frame_id(msg.data)))
 
 
 _NO_ID = object()  # a frame without "id" (distinct from "id": null)
@@ -495,13 +492,18 @@ def _answer_relay(channel: WebSocketChannel, frame_id: Any, outcome: asyncio.Fut
         if frame_id is not _NO_ID:
             channel.send(dumps({"type": "ack", "id": frame_id, **outcome.result().to_wire()}))
     elif isinstance(err, RtcError):
-        error = error_message(err.code, err.message, **err.details)
-        if isinstance(frame_id, (str, int)):
-            error["id"] = frame_id
-        channel.send(dumps(error))
+        channel.send(_error_frame(err, frame_id))
     else:
         log.error("relay failed", exc_info=err)
         channel.send(dumps(error_message("internal_error", "Internal server error.")))
+
+
+def _error_frame(err: RtcError, frame_id: Any) -> str:
+    """An ``error`` frame, carrying the refused frame's ``id`` when it had a usable one."""
+    error = error_message(err.code, err.message, **err.details)
+    if isinstance(frame_id, (str, int)):
+        error["id"] = frame_id
+    return dumps(error)
 
 
 def _frame_id(data: str) -> Any:

@@ -6,6 +6,7 @@ from collections import deque
 from typing import Any
 
 from ..errors import CapacityExceeded, RoomExists, RoomNotFound, Unauthorized
+from ..protocol import is_server_peer
 from ..rooms import Room, RoomSnapshot
 from ._base import Backend, DeliveryReport, DeliverySink, Envelope, JoinOutcome, LeaveOutcome, UndeliveredNotice
 
@@ -129,7 +130,10 @@ class MemoryBackend(Backend):
         text = envelope.text
         for peer_id in peer_ids:
             if sink is not None and (
-                sink.push_channel(room_id, peer_id, text) or await sink.push_local(room_id, peer_id, envelope)
+                # a live channel here; else only an ``@`` id can still be served here (no coroutine
+                # per message for the others)
+                sink.push_channel(room_id, peer_id, text)
+                or (is_server_peer(peer_id) and await sink.push_local(room_id, peer_id, envelope))
             ):
                 report.delivered.append(peer_id)
                 continue

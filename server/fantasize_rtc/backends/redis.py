@@ -36,7 +36,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import CapacityExceeded, PeerIdTaken, PeerNotFound, RoomExists, RoomFull, RoomNotFound, Unauthorized
-from ..protocol import peer_disconnected_message
+from ..protocol import is_server_peer, peer_disconnected_message
 from ..rooms import PeerInfo, RoomSnapshot
 from . import _redis_scripts as scripts
 from ._base import Backend, DeliveryReport, DeliverySink, Envelope, JoinOutcome, LeaveOutcome, UndeliveredNotice
@@ -475,7 +475,10 @@ class RedisBackend(Backend):
             pending = self._pending.get(key)
             if pending is not None:
                 pending.items.append((seq, envelope))
-            elif not (sink.push_channel(room_id, peer_id, envelope.text) or await sink.push_local(*key, envelope)):
+            elif not (
+                sink.push_channel(room_id, peer_id, envelope.text)
+                or (is_server_peer(peer_id) and await sink.push_local(*key, envelope))
+            ):
                 # Our channel for the peer closed since it was claimed: back to its outbox, in order.
                 await self._requeue(key, seq, envelope)
 
@@ -708,7 +711,8 @@ class RedisBackend(Backend):
                 pending.items.append(("", envelope))
                 report.delivered.append(peer_id)
             elif sink is not None and (
-                sink.push_channel(room_id, peer_id, envelope.text) or await sink.push_local(room_id, peer_id, envelope)
+                sink.push_channel(room_id, peer_id, envelope.text)
+                or (is_server_peer(peer_id) and await sink.push_local(room_id, peer_id, envelope))
             ):
                 report.delivered.append(peer_id)
             else:
