@@ -1,7 +1,8 @@
 """CPU time of our relay hot path without sockets: ``python -m bench.hotpath``.
 
-A WebSocket frame as the server gets it goes through what ``_serve_socket`` does (parse, check,
-relay, encode, hand to the channel) into a channel that only counts. CPU time per message
+A WebSocket frame as the server gets it goes through the socket's frame handler, run as the
+socket's read callback runs it (``_PeerFrames.handle`` through ``start_eagerly``: parse, check,
+relay, encode, hand to the channel), into a channel that only counts. CPU time per message
 (``time.process_time``) hardly moves when other work shares the machine, unlike throughput, so
 this is the number to compare before and after a change of the hot path. The socket I/O and
 aiohttp's frame handling, the same for us and for the bare aiohttp forwarder, are not in it.
@@ -15,12 +16,18 @@ import json
 import time
 
 from bench.loadgen import CANDIDATE, SDP
-from fantasize_rtc import _json, create_rtc_server
-from fantasize_rtc.web import _signal_of
+from fantasize_rtc import create_rtc_server
+from fantasize_rtc._ws_frames import start_eagerly
+from fantasize_rtc.web import _PeerFrames
+
+
+class OpenSocket:
+    closed = False
 
 
 class CountingChannel:
     kind = "ws"
+    closing = None
 
     def __init__(self) -> None:
         self.count = 0
@@ -34,6 +41,9 @@ class CountingChannel:
     async def close(self, code: int, reason: str) -> None:
         pass
 
+    def begin_close(self, code: int, reason: str) -> None:
+        raise AssertionError(f"closed {code} {reason}")
+
 
 async def measure(n: int) -> dict[str, float]:
     async with create_rtc_server(rate_limit_per_sec=0) as rtc:
@@ -46,16 +56,15 @@ async def measure(n: int) -> dict[str, float]:
             for t, p in [("offer", {"type": "offer", "sdp": SDP}), ("answer", {"type": "answer", "sdp": SDP})]
             + [("candidate", CANDIDATE)] * 4
         ]
-        max_depth = rtc.config.max_json_depth
+        handler = _PeerFrames(rtc, OpenSocket(), channel, "room", "alice").handle  # type: ignore[arg-type]
         out: dict[str, float] = {}
         for label, todo in (("ours", True), ("json.loads only (bare)", False)):
             t0 = time.process_time()
             for i in range(n):
                 data = frames[i % len(frames)]
-                if todo:  # what _serve_socket does with a signal frame
-                    frame, fast = _json.parse(data, max_depth=max_depth)
-                    if type(frame) is dict and frame.get("type") == "signal":
-                        await rtc.submit_relay("room", "alice", _signal_of(frame["signal"], fast, max_depth))
+                if todo:  # what the socket's read callback does with a text frame
+                    if start_eagerly(handler(data)) is not None:
+                        raise AssertionError("the memory backend's relay suspended")
                 else:
                     json.loads(data).get("to")
             out[label] = (time.process_time() - t0) / n * 1e6

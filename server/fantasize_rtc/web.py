@@ -20,6 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import __version__, _json
 from ._resources import static_dir
+from ._ws_frames import FrameWebSocketResponse
 from .config import RtcConfig
 from .errors import (
     Forbidden,
@@ -400,7 +401,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # No permessage-deflate, although every browser offers it: with it, each peer holds a zlib
     # context (RSS per idle peer 18 KB -> 99 KB, BENCHMARKS.md) and each relayed offer costs
     # ~60 us of compression, twice the rest of the relay. Signals are small; PeerJS (ws) agrees.
-    ws = web.WebSocketResponse(max_msg_size=rtc.config.max_frame_bytes, timeout=_CLOSE_TIMEOUT, compress=False)
+    ws = FrameWebSocketResponse(max_msg_size=rtc.config.max_frame_bytes, timeout=_CLOSE_TIMEOUT, compress=False)
     try:
         await ws.prepare(request)
     except ConnectionResetError:  # the client gave up during the handshake: nothing to serve
@@ -428,56 +429,92 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve_socket(
-    rtc: RtcServer, ws: web.WebSocketResponse, channel: WebSocketChannel, room_id: str, peer_id: str
+    rtc: RtcServer, ws: FrameWebSocketResponse, channel: WebSocketChannel, room_id: str, peer_id: str
 ) -> None:
-    last_touch = 0.0
-    max_depth = rtc.config.max_json_depth
-    # Reading ahead: a relay through Redis is on its way, in order, before its report is in; the
-    # next frame is read meanwhile and the ack (or error) follows when the report comes.
-    in_flight: asyncio.Future[RelayResult] | None = None
+    frames = _PeerFrames(rtc, ws, channel, room_id, peer_id)
+    # Text frames are handled as they are parsed (_ws_frames); this loop sees the others, and the
+    # text frames that arrived while one was waiting on Redis.
+    ws.handle_frames(frames.handle)
     async for msg in ws:
-        if msg.type is not WSMsgType.TEXT:
+        if msg.type is WSMsgType.TEXT:
+            if not await ws.run_queued(frames.handle, msg.data):
+                break
+        else:
             if msg.type is WSMsgType.BINARY:
                 channel.flush()
                 await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"binary frames are not supported")
             break
+
+
+class _PeerFrames:
+    """What one peer's text frames do: signal, heartbeat, disconnect (docs/protocol.md)."""
+
+    __slots__ = ("channel", "in_flight", "last_touch", "max_depth", "peer_id", "room_id", "rtc", "ws")
+
+    def __init__(
+        self, rtc: RtcServer, ws: web.WebSocketResponse, channel: WebSocketChannel, room_id: str, peer_id: str
+    ) -> None:
+        self.rtc = rtc
+        self.ws = ws
+        self.channel = channel
+        self.room_id = room_id
+        self.peer_id = peer_id
+        self.max_depth = rtc.config.max_json_depth
+        self.last_touch = 0.0
+        # Reading ahead: a relay through Redis is on its way, in order, before its report is in;
+        # the next frame is read meanwhile and the ack (or error) follows when the report comes.
+        self.in_flight: asyncio.Future[RelayResult] | None = None
+
+    async def handle(self, data: str) -> bool:
+        """Handle one frame; False when the socket is closing and reading should stop."""
+        channel = self.channel
+        if channel.closing is not None or self.ws.closed:
+            return False
+        rtc = self.rtc
         now = time.monotonic()
         try:
-            if now - last_touch >= 1.0:  # any frame is liveness; touch at most once a second
-                last_touch = now
-                await rtc.heartbeat(room_id, peer_id)
-            frame, fast = _json.parse(msg.data, max_depth=max_depth)
+            if now - self.last_touch >= 1.0:  # any frame is liveness; touch at most once a second
+                self.last_touch = now
+                await rtc.heartbeat(self.room_id, self.peer_id)
+            frame, fast = _json.parse(data, max_depth=self.max_depth)
             if type(frame) is not dict:
                 raise InvalidRequest("The body must be a JSON object.")
             kind = frame.get("type")
             if kind == "signal":
                 if "signal" not in frame:
                     raise InvalidRequest("A signal frame needs a signal: {type, payload, to?}.")
-                outcome = await rtc.submit_relay(room_id, peer_id, _signal_of(frame["signal"], fast, max_depth))
+                signal = _signal_of(frame["signal"], fast, self.max_depth)
+                outcome = await rtc.submit_relay(self.room_id, self.peer_id, signal)
                 if isinstance(outcome, RelayResult):
                     if "id" in frame:
                         channel.send(dumps({"type": "ack", "id": frame["id"], **outcome.to_wire()}))
                 else:
                     frame_id = frame.get("id", _NO_ID)
                     outcome.add_done_callback(functools.partial(_answer_relay, channel, frame_id))
-                    in_flight = outcome
+                    self.in_flight = outcome
             elif kind == "heartbeat":
                 if "id" in frame:
                     channel.send(dumps({"type": "ack", "id": frame["id"]}))
             elif kind == "disconnect":
-                if in_flight is not None:  # the peer's last signals go out before its departure
-                    await asyncio.wait([in_flight])
-                await rtc.disconnect_peer(room_id, peer_id, "left")
-                break
+                if self.in_flight is not None:  # the peer's last signals go out before its departure
+                    await asyncio.wait([self.in_flight])
+                await rtc.disconnect_peer(self.room_id, self.peer_id, "left")
+                channel.begin_close(WSCloseCode.OK, "")
+                return False
             else:
                 raise InvalidRequest("Unknown frame type: expected signal, heartbeat or disconnect.")
         except RateLimited as err:
             channel.send(dumps(error_message(err.code, err.message)))
-            channel.flush()
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"rate limited")
-            break
+            channel.begin_close(WSCloseCode.POLICY_VIOLATION, "rate limited")
+            return False
         except RtcError as err:
-            channel.send(_error_frame(err, _frame_id(msg.data)))
+            channel.send(_error_frame(err, _frame_id(data)))
+        except Exception:
+            log.exception("unhandled error on a frame from peer %s in room %s", self.peer_id, self.room_id)
+            channel.send(dumps(error_message("internal_error", "Internal server error.")))
+            channel.begin_close(WSCloseCode.INTERNAL_ERROR, "internal error")
+            return False
+        return True
 
 
 _NO_ID = object()  # a frame without "id" (distinct from "id": null)

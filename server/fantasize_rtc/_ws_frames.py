@@ -1,0 +1,180 @@
+"""Text frames handled as aiohttp parses them, without a task wake-up per frame.
+
+aiohttp hands every parsed WebSocket message to a queue, and the socket's handler task wakes up
+to ``receive()`` it: a future, a task step and ``receive()``'s bookkeeping per message. With many
+busy sockets each read carries one frame, and that wake-up costs as much as our whole relay
+(BENCHMARKS.md, issue 6). :class:`FrameWebSocketResponse` keeps aiohttp's parser (compiled, strict)
+and its queue, and adds a frame handler that the queue calls as soon as a text frame is parsed:
+
+- the handler is a coroutine function; it runs at once, in the read callback, and with the memory
+  backend it always finishes there (nothing it awaits suspends);
+- when it does suspend (a Redis round trip), the rest runs as a task, and later frames wait in
+  aiohttp's queue until it is done: frames are handled one at a time, in order, as before;
+- control frames (close, ping, pong), binary frames and errors go through the queue untouched, so
+  the handler task's ``async for msg in ws`` still sees them and aiohttp still does the close
+  handshake, pongs and size limits.
+
+This reaches into aiohttp: it builds the response's queue and parser itself (``_post_start``), so
+it is used only with the aiohttp versions it was written and tested against
+(:data:`FAST_FRAMES`); elsewhere :class:`FrameWebSocketResponse` is a plain
+``WebSocketResponse`` whose frames all go through the queue, and the handler runs from the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+__all__ = ["FAST_FRAMES", "FrameHandler", "FrameWebSocketResponse", "start_eagerly"]
+
+log = logging.getLogger(__name__)
+
+#: Handles one text frame; returns False to stop reading the socket (it is closing).
+FrameHandler = Callable[[str], Coroutine[Any, Any, bool]]
+
+_TEXT = WSMsgType.TEXT
+
+
+def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | None:
+    """Run ``coro`` now, up to its first suspension: None when it finished (its result is
+    dropped; exceptions propagate), else a task that carries on from where it stopped. Python
+    3.12's eager tasks do this; 3.11 has none."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_carry_on(coro, yielded))
+
+
+@types.coroutine
+def _carry_on(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    # What ``await`` does for a coroutine that has already started: hand the task what the
+    # coroutine is waiting for (a future, or None to yield a pass) and pass back what the task
+    # sends or throws when that is done.
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:  # cancellation and errors go to the coroutine
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+def _supported(version: str) -> bool:
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) == (3, 14)
+
+
+try:
+    from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
+    from aiohttp.helpers import DEFAULT_CHUNK_SIZE
+except ImportError:  # pragma: no cover - an aiohttp whose internals moved
+    FAST_FRAMES = False
+else:
+    #: Whether text frames are handled as they are parsed (this aiohttp is one we know).
+    FAST_FRAMES = _supported(aiohttp.__version__)
+
+
+class _FrameQueue(WebSocketDataQueue):  # type: ignore[misc, valid-type]
+    """aiohttp's message queue, calling the frame handler for a text frame when nothing is ahead
+    of it (queued, or a handler still running)."""
+
+    def __init__(self, protocol: Any, limit: int, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(protocol, limit, loop=loop)
+        self.handler: FrameHandler | None = None
+        self.running: asyncio.Future[Any] | None = None  # a handler that suspended
+        self.stopped = False
+
+    def feed_data(self, data: Any, size: int) -> None:
+        handler = self.handler
+        if handler is None or data[0] is not _TEXT or self._buffer or self.running is not None:
+            super().feed_data(data, size)
+            return
+        if self.stopped:
+            return
+        # start_eagerly, inlined: this runs for every frame
+        coro = handler(data[1])
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            if not stop.value:
+                self.stopped = True
+            return
+        except Exception:  # a bug in the handler: log it; the socket goes on
+            log.exception("frame handler failed")
+            return
+        running = self.running = asyncio.ensure_future(self._finish(coro, yielded))
+        running.add_done_callback(self._done)
+
+    async def _finish(self, coro: Coroutine[Any, Any, bool], yielded: Any) -> None:
+        if not await _carry_on(coro, yielded):
+            self.stopped = True
+
+    def _done(self, running: asyncio.Future[Any]) -> None:
+        self.running = None
+        if not running.cancelled() and running.exception() is not None:
+            log.error("frame handler failed", exc_info=running.exception())
+
+
+class FrameWebSocketResponse(web.WebSocketResponse):
+    """A ``WebSocketResponse`` whose text frames go to :meth:`handle_frames`'s handler as they
+    are parsed (when :data:`FAST_FRAMES`)."""
+
+    _frames: _FrameQueue | None = None
+
+    def _post_start(self, request: Any, protocol: str | None, writer: Any) -> None:
+        if not FAST_FRAMES:
+            super()._post_start(request, protocol, writer)
+            return
+        # aiohttp 3.14's _post_start, with our queue in place of WebSocketDataQueue.
+        self._ws_protocol = protocol
+        self._writer = writer
+        self._reset_heartbeat()
+        loop = self._loop
+        assert loop is not None
+        self._frames = self._reader = _FrameQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
+        self._parser = WebSocketReader(
+            self._reader, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
+        )
+        cb = None if self._heartbeat is None else self._on_data_received
+        request.protocol.set_parser(self._parser, data_received_cb=cb)
+        request.protocol.keep_alive(False)
+
+    def handle_frames(self, handler: FrameHandler) -> None:
+        """From now on, text frames go to ``handler`` as they are parsed."""
+        if self._frames is not None:
+            self._frames.handler = handler
+
+    async def run_queued(self, handler: FrameHandler, text: str) -> bool:
+        """Handle a text frame that went through the queue (it arrived while a handler was
+        running, or there is no fast path): after the running one, like the others."""
+        frames = self._frames
+        if frames is None:
+            return await handler(text)
+        while frames.running is not None:
+            await asyncio.wait([frames.running])
+        if frames.stopped:
+            return False
+        frames.running = asyncio.get_running_loop().create_future()  # hold the fast path back
+        try:
+            if not await handler(text):
+                frames.stopped = True
+            return not frames.stopped
+        finally:
+            marker, frames.running = frames.running, None
+            marker.set_result(None)

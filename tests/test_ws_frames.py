@@ -1,0 +1,221 @@
+"""Text frames handled as aiohttp parses them (``_ws_frames``): in order, one at a time, also
+when a handler waits (the rest of it runs as a task and later frames wait their turn), with
+aiohttp's control frames, binary frames and close handshake untouched. Each behaviour runs with
+the fast path and without it (an aiohttp the fast path does not know)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from fantasize_rtc import _ws_frames
+from fantasize_rtc._ws_frames import FrameWebSocketResponse, start_eagerly
+from tests.helpers import wait_for
+
+# -- start_eagerly --------------------------------------------------------------------------------
+
+
+async def test_a_coroutine_that_does_not_suspend_finishes_in_the_call() -> None:
+    done: list[int] = []
+
+    async def work() -> int:
+        done.append(1)
+        return 1
+
+    assert start_eagerly(work()) is None
+    assert done == [1]
+
+
+async def test_an_error_before_the_first_suspension_is_raised_at_once() -> None:
+    async def work() -> None:
+        raise ValueError("bad frame")
+
+    with pytest.raises(ValueError, match="bad frame"):
+        start_eagerly(work())
+
+
+async def test_a_suspended_coroutine_carries_on_as_a_task() -> None:
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[str] = loop.create_future()
+    steps: list[str] = []
+
+    async def work() -> str:
+        steps.append("start")
+        got = await gate  # a future
+        steps.append(got)
+        await asyncio.sleep(0)  # a bare yield
+        steps.append("end")
+        return "result"
+
+    task = start_eagerly(work())
+    assert task is not None and steps == ["start"]
+    gate.set_result("gate")
+    assert await asyncio.wait_for(task, 5) == "result"
+    assert steps == ["start", "gate", "end"]
+
+
+async def test_cancelling_the_task_cancels_the_coroutine_where_it_waits() -> None:
+    cleaned: list[bool] = []
+
+    async def work() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append(True)
+
+    task = start_eagerly(work())
+    assert task is not None
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == [True]
+
+
+async def test_an_error_after_a_suspension_ends_the_task() -> None:
+    async def work() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("late")
+
+    task = start_eagerly(work())
+    assert task is not None
+    with pytest.raises(KeyError, match="late"):
+        await task
+
+
+# -- FrameWebSocketResponse on a real server --------------------------------------------------------
+
+
+@pytest.fixture(params=[True, False], ids=["fast", "queued"])
+def fast(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    if request.param and not _ws_frames.FAST_FRAMES:
+        pytest.fail(f"the fast path does not know aiohttp {aiohttp.__version__}: check _ws_frames and update it")
+    monkeypatch.setattr(_ws_frames, "FAST_FRAMES", request.param)
+    return bool(request.param)
+
+
+class Recorder:
+    """A frame handler: frames named ``slow...`` wait for :attr:`gate`; ``stop`` ends reading."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.finished: list[str] = []
+        self.in_callback: list[bool] = []  # handled in the read callback, not in a task
+        self.gate = asyncio.Event()
+        self.loop_saw: list[Any] = []
+        self.running = 0
+        self.most_running = 0
+        self.sockets: list[FrameWebSocketResponse] = []
+
+    async def handle(self, text: str) -> bool:
+        self.in_callback.append(asyncio.current_task() is None)
+        self.started.append(text)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        if text.startswith("slow"):
+            await self.gate.wait()
+        self.running -= 1
+        self.finished.append(text)
+        return text != "stop"
+
+    def queued(self) -> int:
+        """Frames parsed but waiting in aiohttp's queue (internals: a test may look)."""
+        return len(self.sockets[0]._reader._buffer)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def served(aiohttp_client: Any) -> AsyncIterator[tuple[TestClient, Recorder]]:
+    recorder = Recorder()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = FrameWebSocketResponse()
+        await ws.prepare(request)
+        recorder.sockets.append(ws)
+        ws.handle_frames(recorder.handle)
+        async for msg in ws:
+            recorder.loop_saw.append(msg.type)
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                if not await ws.run_queued(recorder.handle, msg.data):
+                    break
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await ws.send_str("binary " + msg.data.decode())
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    client: TestClient = await aiohttp_client(app)
+    yield client, recorder
+
+
+async def test_frames_are_handled_in_order_in_the_read_callback(
+    fast: bool, served: tuple[TestClient, Recorder]
+) -> None:
+    client, recorder = served
+    ws = await client.ws_connect("/ws")
+    texts = [f"frame {i}" for i in range(200)]
+    for text in texts:
+        await ws.send_str(text)
+    await wait_for(lambda: len(recorder.finished) == len(texts), message="all frames handled")
+    assert recorder.finished == texts
+    # Without the fast path every frame waits for the handler task; with it, none does.
+    assert all(recorder.in_callback) if fast else not any(recorder.in_callback)
+    assert recorder.loop_saw == ([] if fast else [aiohttp.WSMsgType.TEXT] * len(texts))
+    await ws.close()
+
+
+async def test_frames_after_a_waiting_handler_wait_their_turn(fast: bool, served: tuple[TestClient, Recorder]) -> None:
+    client, recorder = served
+    ws = await client.ws_connect("/ws")
+    await ws.send_str("a")
+    await ws.send_str("slow b")
+    for text in ("c", "d", "e"):
+        await ws.send_str(text)
+    await wait_for(lambda: recorder.started == ["a", "slow b"], message="the slow frame to start")
+    await ws.send_str("f")
+    # Fast: b's handler runs as a task, c is taken by the socket's loop (waiting for b), d e f
+    # are queued. Queued: the loop is in b's handler, c d e f are queued.
+    await wait_for(lambda: recorder.queued() == (3 if fast else 4), message="later frames to queue up")
+    assert recorder.started == ["a", "slow b"] and recorder.finished == ["a"]
+    recorder.gate.set()
+    await wait_for(lambda: len(recorder.finished) == 6, message="the rest")
+    assert recorder.finished == ["a", "slow b", "c", "d", "e", "f"]
+    assert recorder.most_running == 1
+    # Once the queue is drained, frames are handled in the read callback again.
+    await ws.send_str("g")
+    await wait_for(lambda: recorder.finished[-1:] == ["g"], message="g")
+    assert recorder.in_callback[-1] is fast
+    await ws.close()
+
+
+async def test_control_and_binary_frames_and_the_close_handshake(
+    fast: bool, served: tuple[TestClient, Recorder]
+) -> None:
+    client, recorder = served
+    ws = await client.ws_connect("/ws", autoping=False)
+    await ws.ping(b"are you there")
+    pong = await ws.receive(timeout=5)
+    assert pong.type is aiohttp.WSMsgType.PONG and pong.data == b"are you there"
+    await ws.send_bytes(b"raw")
+    reply = await ws.receive(timeout=5)
+    assert reply.type is aiohttp.WSMsgType.TEXT and reply.data == "binary raw"
+    await ws.send_str("text")
+    await wait_for(lambda: recorder.finished == ["text"], message="the text frame")
+    assert await ws.close() is True
+    assert ws.close_code == aiohttp.WSCloseCode.OK
+
+
+async def test_a_handler_that_stops_ends_reading(fast: bool, served: tuple[TestClient, Recorder]) -> None:
+    client, recorder = served
+    ws = await client.ws_connect("/ws")
+    await ws.send_str("stop")
+    await ws.send_str("after")
+    # The server reads our close frame after "after": once the handshake is done, it saw both.
+    await ws.close()
+    assert recorder.started == ["stop"]
