@@ -95,7 +95,11 @@ async def test_an_error_after_a_suspension_ends_the_task() -> None:
 @pytest.fixture(params=[True, False], ids=["fast", "queued"])
 def fast(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     if request.param and not _ws_frames.FAST_FRAMES:
-        pytest.fail(f"the fast path does not know aiohttp {aiohttp.__version__}: check _ws_frames and update it")
+        if _ws_frames.supported(aiohttp.__version__):
+            pytest.fail(f"aiohttp {aiohttp.__version__} should have the fast path: its internals moved")
+        # An aiohttp newer than _ws_frames knows: the server runs without the fast path (the
+        # "queued" runs test that); teach _ws_frames the new version to get it back.
+        pytest.skip(f"no fast path for aiohttp {aiohttp.__version__}")
     monkeypatch.setattr(_ws_frames, "FAST_FRAMES", request.param)
     return bool(request.param)
 

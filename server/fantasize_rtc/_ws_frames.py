@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
-__all__ = ["FAST_FRAMES", "FrameHandler", "FrameWebSocketResponse", "start_eagerly"]
+__all__ = ["FAST_FRAMES", "FrameHandler", "FrameWebSocketResponse", "start_eagerly", "supported"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def _carry_on(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, An
                 return stop.value
 
 
-def _supported(version: str) -> bool:
+def supported(version: str) -> bool:
+    """Whether the fast path was written for this aiohttp version (3.14)."""
     try:
         major, minor = (int(part) for part in version.split(".")[:2])
     except ValueError:
@@ -85,9 +86,10 @@ try:
     from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 except ImportError:  # pragma: no cover - an aiohttp whose internals moved
     FAST_FRAMES = False
+    WebSocketDataQueue = object  # type: ignore[assignment, misc]  # no _FrameQueue is made then
 else:
     #: Whether text frames are handled as they are parsed (this aiohttp is one we know).
-    FAST_FRAMES = _supported(aiohttp.__version__)
+    FAST_FRAMES = supported(aiohttp.__version__)
 
 
 class _FrameQueue(WebSocketDataQueue):  # type: ignore[misc, valid-type]

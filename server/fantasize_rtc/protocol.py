@@ -138,7 +138,7 @@ def validate_signal(value: Any, *, max_depth: int = 32, payload_json: str | None
     if not isinstance(value, dict):
         raise InvalidRequest("signal must be an object {type, payload, to?}.")
     kind = value.get("type")
-    if not isinstance(kind, str) or not _TYPE_RE.fullmatch(kind):
+    if not isinstance(kind, str) or (kind not in KNOWN_SIGNAL_TYPES and not _TYPE_RE.fullmatch(kind)):
         raise InvalidRequest("signal.type must be a string of 1 to 64 characters of A-Z a-z 0-9 : . _ -.")
     payload = value.get("payload")
     if kind in {"offer", "answer"}:
