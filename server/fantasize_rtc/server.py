@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Any], Any]
 H = TypeVar("H", bound=Handler)
 Clock = Callable[[], int]
+_RESULTS_KEPT = 4096
 
 
 def wall_clock_ms() -> int:
@@ -103,6 +104,30 @@ class RelayResult:
         return out
 
 
+class _LaterRelay:
+    """The backend's ``then`` for a relay it finishes later (Redis): the future
+    :meth:`RtcServer.submit_relay` returned gets the result, or the error."""
+
+    __slots__ = ("from_peer_id", "now", "result", "room_id", "rtc", "sig")
+
+    def __init__(self, rtc: RtcServer, room_id: str, from_peer_id: str, sig: Signal, now: int) -> None:
+        self.rtc = rtc
+        self.room_id = room_id
+        self.from_peer_id = from_peer_id
+        self.sig = sig
+        self.now = now
+        self.result: asyncio.Future[RelayResult] | None = None  # made once submit returns
+
+    def __call__(self, report: DeliveryReport | BaseException) -> None:
+        result = self.result
+        if result is None or result.done():
+            return
+        if isinstance(report, BaseException):
+            result.set_exception(report)
+        else:
+            result.set_result(self.rtc._relayed(self.room_id, self.from_peer_id, self.sig, self.now, report))
+
+
 class RtcServer:
     """Rooms, peers, relays and events. Create with :func:`create_rtc_server`.
 
@@ -119,6 +144,7 @@ class RtcServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._delivered_to: dict[str, RelayResult] = {}  # _relayed's results for one recipient
         self._started = False
         self._closed = False
 
@@ -365,27 +391,26 @@ class RtcServer:
                 raise PeerNotFound(f"This server has no server peer {to!r}.")
             await self.hub.push_local(room_id, to, envelope)
             return self._relayed(room_id, from_peer_id, sig, now, DeliveryReport([to]))
-        pending: list[asyncio.Future[RelayResult]] = []
-
-        def finish(report: DeliveryReport | BaseException) -> None:
-            result = pending[0]
-            if result.done():
-                return
-            if isinstance(report, BaseException):
-                result.set_exception(report)
-            else:
-                result.set_result(self._relayed(room_id, from_peer_id, sig, now, report))
-
+        later = _LaterRelay(self, room_id, from_peer_id, sig, now)
         report = await self.backend.submit(
-            room_id, from_peer_id, to, envelope, outbox_max=self.config.outbox_max, now=now, then=finish
+            room_id, from_peer_id, to, envelope, outbox_max=self.config.outbox_max, now=now, then=later
         )
         if report is not None:
             return self._relayed(room_id, from_peer_id, sig, now, report)
-        pending.append(asyncio.get_running_loop().create_future())
-        return pending[0]
+        later.result = asyncio.get_running_loop().create_future()
+        return later.result
 
     def _relayed(self, room_id: str, from_peer_id: str, sig: Signal, now: int, report: DeliveryReport) -> RelayResult:
-        result = RelayResult(tuple(report.delivered), tuple(report.queued), tuple(report.dropped))
+        delivered = report.delivered
+        if len(delivered) == 1 and not report.queued and not report.dropped:
+            # Most relays: one peer took it. Results are immutable, so each peer's is made once.
+            result = self._delivered_to.get(delivered[0])
+            if result is None:
+                if len(self._delivered_to) >= _RESULTS_KEPT:
+                    self._delivered_to.clear()
+                result = self._delivered_to[delivered[0]] = RelayResult(tuple(delivered), ())
+        else:
+            result = RelayResult(tuple(delivered), tuple(report.queued), tuple(report.dropped))
         if self.has_listeners(ev.SIGNAL):
             self.emit(ev.SIGNAL, ev.SignalRelayed(room_id, from_peer_id, sig, now, result.delivered, result.queued))
         return result

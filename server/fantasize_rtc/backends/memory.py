@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import CapacityExceeded, RoomExists, RoomNotFound, Unauthorized
@@ -112,9 +113,18 @@ class MemoryBackend(Backend):
     async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]:
         return self._room(room_id).recipients(from_peer_id, to)
 
-    async def relay(
-        self, room_id: str, from_peer_id: str, to: str | None, envelope: Envelope, *, outbox_max: int, now: int
+    async def submit(
+        self,
+        room_id: str,
+        from_peer_id: str,
+        to: str | None,
+        envelope: Envelope,
+        *,
+        outbox_max: int,
+        now: int,
+        then: Callable[[DeliveryReport | BaseException], None],
     ) -> DeliveryReport:
+        """The relay: delivery here is done when it returns, so ``then`` is never called."""
         peer_ids = self._room(room_id).recipients(from_peer_id, to)
         sink = self._sink
         # The common case, a signal to one peer with a socket here, without the general loop.
