@@ -14,9 +14,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from fantasize_rtc import _ws_frames
+from fantasize_rtc import RtcConfig, _ws_frames
+from fantasize_rtc import events as ev
 from fantasize_rtc._ws_frames import FrameWebSocketResponse, start_eagerly
+from fantasize_rtc.web import RTC_KEY, create_app
 from tests.helpers import wait_for
+from tests.test_web import bearer, connect
 
 # -- start_eagerly --------------------------------------------------------------------------------
 
@@ -223,3 +226,56 @@ async def test_a_handler_that_stops_ends_reading(fast: bool, served: tuple[TestC
     # The server reads our close frame after "after": once the handshake is done, it saw both.
     await ws.close()
     assert recorder.started == ["stop"]
+
+
+# -- the signaling socket (web.py) ------------------------------------------------------------------
+
+
+async def test_the_signaling_socket_relays_in_the_read_callback(aiohttp_client: Any, config: RtcConfig) -> None:
+    if not _ws_frames.FAST_FRAMES:  # same rule as the fixture above
+        if _ws_frames.supported(aiohttp.__version__):
+            pytest.fail(f"aiohttp {aiohttp.__version__} should have the fast path: its internals moved")
+        pytest.skip(f"no fast path for aiohttp {aiohttp.__version__}")
+    client: TestClient = await aiohttp_client(create_app(config=config, media=False))
+    rtc = client.app[RTC_KEY]
+    in_task: list[bool] = []
+    rtc.on(ev.SIGNAL, lambda event: in_task.append(asyncio.current_task() is not None))
+    alice = await connect(client, "r", "alice")
+    bob = await connect(client, "r", "bob")
+    ws_a = await client.ws_connect("/rtc/ws", headers=bearer(alice))
+    ws_b = await client.ws_connect("/rtc/ws", headers=bearer(bob))
+    for i in range(20):
+        await ws_a.send_json({"type": "signal", "signal": {"type": "n", "payload": i, "to": "bob"}})
+    got = [(await ws_b.receive_json(timeout=5))["signal"]["payload"] for _ in range(20)]
+    assert got == list(range(20))
+    assert in_task == [False] * 20  # no frame waited for the socket's task
+    await ws_a.close()
+    await ws_b.close()
+
+
+async def test_a_bug_while_handling_a_frame_closes_1011_without_a_traceback(
+    aiohttp_client: Any, config: RtcConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    client: TestClient = await aiohttp_client(create_app(config=config, media=False))
+    rtc = client.app[RTC_KEY]
+    alice = await connect(client, "r", "alice")
+    await connect(client, "r", "bob")
+    ws = await client.ws_connect("/rtc/ws", headers=bearer(alice))
+    assert (await ws.receive_json(timeout=5))["type"] == "peer:connected"
+
+    async def broken(*args: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(rtc, "submit_relay", broken)
+    await ws.send_json({"type": "signal", "signal": {"type": "n", "payload": 1, "to": "bob"}, "id": 7})
+    error = await ws.receive_json(timeout=5)
+    assert error == {"type": "error", "error": {"code": "internal_error", "message": "Internal server error."}}
+    closing = await ws.receive(timeout=5)
+    assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == aiohttp.WSCloseCode.INTERNAL_ERROR
+    assert "a bug" in caplog.text and "ZeroDivisionError" in caplog.text  # in the log, not on the wire
+    # the server goes on: alice can connect again
+    monkeypatch.undo()
+    ws = await client.ws_connect("/rtc/ws", headers=bearer(alice))
+    await ws.send_json({"type": "heartbeat", "id": "ok"})
+    assert await ws.receive_json(timeout=5) == {"type": "ack", "id": "ok"}
+    await ws.close()
