@@ -119,6 +119,8 @@ class Recorder:
         self.running = 0
         self.most_running = 0
         self.sockets: list[FrameWebSocketResponse] = []
+        self.served = 0  # handlers (of the web server) that returned
+        self.cancelled: list[str] = []
 
     async def handle(self, text: str) -> bool:
         self.in_callback.append(asyncio.current_task() is None)
@@ -126,7 +128,11 @@ class Recorder:
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         if text.startswith("slow"):
-            await self.gate.wait()
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(text)
+                raise
         self.running -= 1
         self.finished.append(text)
         return text != "stop"
@@ -153,6 +159,8 @@ async def served(aiohttp_client: Any) -> AsyncIterator[tuple[TestClient, Recorde
             elif msg.type is aiohttp.WSMsgType.BINARY:
                 await ws.send_str("binary " + msg.data.decode())
         await ws.close()
+        await ws.finish_frames()
+        recorder.served += 1
         return ws
 
     app = web.Application()
@@ -226,6 +234,20 @@ async def test_a_handler_that_stops_ends_reading(fast: bool, served: tuple[TestC
     # The server reads our close frame after "after": once the handshake is done, it saw both.
     await ws.close()
     assert recorder.started == ["stop"]
+
+
+async def test_a_running_handler_goes_with_its_socket(fast: bool, served: tuple[TestClient, Recorder]) -> None:
+    client, recorder = served
+    # Without the fast path the socket's task is busy with the slow frame and answers no close
+    # frame: the client gives up on the handshake after ws_close and drops the connection.
+    ws = await client.ws_connect("/ws", timeout=aiohttp.ClientWSTimeout(ws_close=0.5))
+    await ws.send_str("slow x")
+    await wait_for(lambda: recorder.started == ["slow x"], message="the slow frame")
+    await ws.close()
+    # aiohttp cancels the web handler when its client is gone; the handler still waiting for
+    # the slow frame is cancelled with it, not left running
+    await wait_for(lambda: recorder.cancelled == ["slow x"], message="the slow frame's handler to be cancelled")
+    assert recorder.finished == []
 
 
 # -- the signaling socket (web.py) ------------------------------------------------------------------

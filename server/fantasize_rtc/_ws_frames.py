@@ -162,6 +162,22 @@ class FrameWebSocketResponse(web.WebSocketResponse):
         if self._frames is not None:
             self._frames.handler = handler
 
+    async def finish_frames(self) -> None:
+        """Stop handling frames and wait for a handler still running (one that suspended); if
+        this is cancelled (the server shuts down), that handler is cancelled too."""
+        frames = self._frames
+        if frames is None:
+            return
+        frames.handler = None
+        frames.stopped = True
+        running = frames.running
+        if running is not None and not running.done():
+            try:
+                await asyncio.wait([running])
+            except asyncio.CancelledError:
+                running.cancel()
+                raise
+
     async def run_queued(self, handler: FrameHandler, text: str) -> bool:
         """Handle a text frame that went through the queue (it arrived while a handler was
         running, or there is no fast path): after the running one, like the others."""

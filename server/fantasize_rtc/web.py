@@ -420,6 +420,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         rtc.detach_channel(room_id, peer_id, channel)
         channel.flush()
+        await ws.finish_frames()
         if channel.closing is not None:
             await asyncio.gather(channel.closing, return_exceptions=True)
         if not ws.closed:
