@@ -211,3 +211,19 @@ def test_tune_gc_freezes_startup_objects_and_raises_the_young_threshold() -> Non
     before, after, frozen, threshold = json.loads(out.stdout)
     assert after == [threshold, before[1], before[2]] and threshold > before[0]
     assert frozen > 10_000  # the imports' objects, never walked again
+
+
+async def test_a_slow_shutdown_logs_what_it_waits_for(caplog: pytest.LogCaptureFixture) -> None:
+    from fantasize_rtc.cli import _log_waiting_tasks
+
+    async def stuck_relay() -> None:
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(stuck_relay())
+    task.set_name("stuck-relay")
+    await asyncio.sleep(0)  # let it start waiting
+    with caplog.at_level("WARNING", logger="fantasize_rtc"):
+        _log_waiting_tasks()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert "shutdown still waits for 'stuck-relay'" in caplog.text and "stuck_relay" in caplog.text

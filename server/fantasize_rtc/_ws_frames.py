@@ -163,8 +163,9 @@ class FrameWebSocketResponse(web.WebSocketResponse):
             self._frames.handler = handler
 
     async def finish_frames(self) -> None:
-        """Stop handling frames and wait for a handler still running (one that suspended); if
-        this is cancelled (the server shuts down), that handler is cancelled too."""
+        """Stop handling frames and wait for a handler still running (one that suspended). If
+        this is cancelled (aiohttp cancels a socket's handler when its client goes, and at
+        shutdown), that handler is cancelled too: none is left running."""
         frames = self._frames
         if frames is None:
             return

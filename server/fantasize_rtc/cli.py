@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import gc
 import importlib
+import io
 import logging
 import os
 import signal
@@ -229,8 +230,27 @@ async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
         await stop.wait()
         log.info("shutting down: closing sessions and sockets")
     finally:
-        await runner.cleanup()
+        # Shutdown waits up to 5 s for requests; past that, say what it still waits for.
+        slow = loop.call_later(SLOW_SHUTDOWN_S, _log_waiting_tasks)
+        try:
+            await runner.cleanup()
+        finally:
+            slow.cancel()
         log.info("stopped")
+
+
+#: Seconds after which a shutdown still in progress logs the tasks it waits for.
+SLOW_SHUTDOWN_S = 8.0
+
+
+def _log_waiting_tasks() -> None:
+    current = asyncio.current_task()
+    for task in asyncio.all_tasks():
+        if task is current or task.done():
+            continue
+        out = io.StringIO()
+        task.print_stack(limit=8, file=out)
+        log.warning("shutdown still waits for %r:\n%s", task.get_name(), out.getvalue().rstrip())
 
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
