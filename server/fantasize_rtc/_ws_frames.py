@@ -49,7 +49,17 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | None:
         yielded = coro.send(None)
     except StopIteration:
         return None
-    return asyncio.ensure_future(_carry_on(coro, yielded))
+    return _carry_on_in_task(coro, yielded)
+
+
+def _carry_on_in_task(coro: Coroutine[Any, Any, Any], yielded: Any) -> asyncio.Task[Any]:
+    """A task that carries on ``coro``, which suspended by yielding ``yielded``; its result is
+    the coroutine's."""
+    task = asyncio.ensure_future(_carry_on(coro, yielded))
+    # A task cancelled before its first step never runs its coroutine, so ``coro`` would never
+    # hear of it: close it then (its ``finally`` blocks run; a finished coroutine ignores this).
+    task.add_done_callback(lambda _: coro.close())
+    return task
 
 
 @types.coroutine
@@ -120,17 +130,17 @@ class _FrameQueue(WebSocketDataQueue):  # type: ignore[misc, valid-type]
         except Exception:  # a bug in the handler: log it; the socket goes on
             log.exception("frame handler failed")
             return
-        running = self.running = asyncio.ensure_future(self._finish(coro, yielded))
+        running = self.running = _carry_on_in_task(coro, yielded)
         running.add_done_callback(self._done)
-
-    async def _finish(self, coro: Coroutine[Any, Any, bool], yielded: Any) -> None:
-        if not await _carry_on(coro, yielded):
-            self.stopped = True
 
     def _done(self, running: asyncio.Future[Any]) -> None:
         self.running = None
-        if not running.cancelled() and running.exception() is not None:
-            log.error("frame handler failed", exc_info=running.exception())
+        if running.cancelled():
+            return
+        if (exc := running.exception()) is not None:
+            log.error("frame handler failed", exc_info=exc)
+        elif not running.result():
+            self.stopped = True
 
 
 class FrameWebSocketResponse(web.WebSocketResponse):
