@@ -512,13 +512,14 @@ class _PeerFrames:
             channel.send(_error_frame(err, _frame_id(data)))
         except Exception:
             log.exception("unhandled error on a frame from peer %s in room %s", self.peer_id, self.room_id)
-            channel.send(dumps(error_message("internal_error", "Internal server error.")))
+            channel.send(_INTERNAL_ERROR_FRAME)
             channel.begin_close(WSCloseCode.INTERNAL_ERROR, "internal error")
             return False
         return True
 
 
 _NO_ID = object()  # a frame without "id" (distinct from "id": null)
+_INTERNAL_ERROR_FRAME = dumps(error_message("internal_error", "Internal server error."))
 
 
 def _answer_relay(channel: WebSocketChannel, frame_id: Any, outcome: asyncio.Future[RelayResult]) -> None:
@@ -533,7 +534,7 @@ def _answer_relay(channel: WebSocketChannel, frame_id: Any, outcome: asyncio.Fut
         channel.send(_error_frame(err, frame_id))
     else:
         log.error("relay failed", exc_info=err)
-        channel.send(dumps(error_message("internal_error", "Internal server error.")))
+        channel.send(_INTERNAL_ERROR_FRAME)
 
 
 def _error_frame(err: RtcError, frame_id: Any) -> str:

@@ -177,14 +177,6 @@ class Backend(abc.ABC):
         self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int, now: int
     ) -> DeliveryReport: ...
 
-    async def relay(
-        self, room_id: str, from_peer_id: str, to: str | None, envelope: Envelope, *, outbox_max: int, now: int
-    ) -> DeliveryReport:
-        """:meth:`recipients` then :meth:`deliver`, in one call: the relay's hot path, which a
-        backend may do in one step."""
-        peer_ids = await self.recipients(room_id, from_peer_id, to)
-        return await self.deliver(room_id, peer_ids, envelope, outbox_max=outbox_max, now=now)
-
     async def submit(
         self,
         room_id: str,
@@ -196,12 +188,14 @@ class Backend(abc.ABC):
         now: int,
         then: Callable[[DeliveryReport | BaseException], None],
     ) -> DeliveryReport | None:
-        """:meth:`relay`, but it may return as soon as the message is on its way, in order: the
-        report when delivery is done, else None, and ``then`` gets the report (or the error)
-        later, never before this returns. A socket then reads its next frame without waiting for
-        a round trip to shared storage. Raises at once what :meth:`relay` raises before delivery
+        """Relay a message: :meth:`recipients` then :meth:`deliver` (what this default does; a
+        backend may do it in one step). It may return as soon as the message is on its way, in
+        order: the report when delivery is done, else None, and ``then`` gets the report (or the
+        error) later, never before this returns. A socket then reads its next frame without
+        waiting for a round trip to shared storage. Raises at once what fails before delivery
         (not a member, storage down)."""
-        return await self.relay(room_id, from_peer_id, to, envelope, outbox_max=outbox_max, now=now)
+        peer_ids = await self.recipients(room_id, from_peer_id, to)
+        return await self.deliver(room_id, peer_ids, envelope, outbox_max=outbox_max, now=now)
 
     @abc.abstractmethod
     async def take_outbox(self, room_id: str, peer_id: str) -> list[Envelope]: ...
