@@ -24,7 +24,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from fantasize_rtc import RtcError, create_rtc_server
-from fantasize_rtc.errors import Forbidden, InvalidRequest
+from fantasize_rtc.auth import (
+    COOKIE_MAX_AGE,
+    COOKIE_PATH,
+    connect_cookie_name,
+    connect_cookie_value,
+    token_from_cookies,
+)
+from fantasize_rtc.errors import InvalidRequest
 
 rtc = create_rtc_server(max_peers_per_room=8)
 
@@ -55,22 +62,17 @@ class SignalBody(BaseModel):
     signal: dict[str, Any]
 
 
-def cookie_name(room_id: str, peer_id: str) -> str:
-    return f"rtc!{room_id}!{peer_id}"
-
-
 def token_of(request: Request, room_id: str, peer_id: str | None) -> str | None:
     """The bearer token, else the cookie connect set for this room and peer."""
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return request.cookies.get(cookie_name(room_id, peer_id)) if peer_id else None
+    return token_from_cookies(request.cookies, room_id, peer_id) if room_id and peer_id else None
 
 
 async def authorize(request: Request, room_id: str, peer_id: str) -> None:
     """A peer may only act as itself: the token must belong to (room_id, peer_id)."""
-    if await rtc.authenticate(token_of(request, room_id, peer_id)) != (room_id, peer_id):
-        raise Forbidden("This token belongs to another peer.")
+    await rtc.authorize(token_of(request, room_id, peer_id), room_id, peer_id)
 
 
 @app.exception_handler(RtcError)
@@ -90,7 +92,12 @@ async def connect(body: ConnectBody, request: Request, response: Response) -> di
     proof = token_of(request, body.roomId, body.peerId)  # lets a peer reconnect as itself
     result = await rtc.connect_peer(body.roomId, body.peerId, body.metadata, proof=proof)
     response.set_cookie(
-        cookie_name(result.room_id, result.peer_id), result.token, path="/rtc", httponly=True, samesite="strict"
+        connect_cookie_name(result.room_id),
+        connect_cookie_value(result.peer_id, result.token),
+        path=COOKIE_PATH,
+        max_age=COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="strict",
     )
     return result.to_wire()
 

@@ -21,13 +21,16 @@ from litestar.datastructures import Cookie
 from litestar.exceptions import ValidationException
 
 from fantasize_rtc import RtcError, create_rtc_server
-from fantasize_rtc.errors import Forbidden, InvalidRequest
+from fantasize_rtc.auth import (
+    COOKIE_MAX_AGE,
+    COOKIE_PATH,
+    connect_cookie_name,
+    connect_cookie_value,
+    token_from_cookies,
+)
+from fantasize_rtc.errors import InvalidRequest
 
 rtc = create_rtc_server(max_peers_per_room=8)
-
-
-def cookie_name(room_id: str, peer_id: str) -> str:
-    return f"rtc!{room_id}!{peer_id}"
 
 
 def token_of(request: Request[Any, Any, Any], room_id: Any, peer_id: Any) -> str | None:
@@ -35,13 +38,12 @@ def token_of(request: Request[Any, Any, Any], room_id: Any, peer_id: Any) -> str
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return request.cookies.get(cookie_name(room_id, peer_id)) if peer_id else None
+    return token_from_cookies(request.cookies, room_id, peer_id) if room_id and peer_id else None
 
 
 async def authorize(request: Request[Any, Any, Any], room_id: Any, peer_id: Any) -> None:
     """A peer may only act as itself: the token must belong to (room_id, peer_id)."""
-    if await rtc.authenticate(token_of(request, room_id, peer_id)) != (room_id, peer_id):
-        raise Forbidden("This token belongs to another peer.")
+    await rtc.authorize(token_of(request, room_id, peer_id), room_id, peer_id)
 
 
 @post("/rtc/connect", status_code=200)
@@ -55,9 +57,10 @@ async def connect(data: dict[str, Any], request: Request[Any, Any, Any]) -> Resp
         proof=token_of(request, room_id, peer_id),
     )
     cookie = Cookie(
-        key=cookie_name(result.room_id, result.peer_id),
-        value=result.token,
-        path="/rtc",
+        key=connect_cookie_name(result.room_id),
+        value=connect_cookie_value(result.peer_id, result.token),
+        path=COOKIE_PATH,
+        max_age=COOKIE_MAX_AGE,
         httponly=True,
         samesite="strict",
     )

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fantasize_rtc import RtcConfig, RtcServer, create_rtc_server
-from fantasize_rtc.backends import Backend, Envelope, MemoryBackend
+from fantasize_rtc.backends import Backend, Envelope, MemoryBackend, OutboxLimits
 from fantasize_rtc.errors import (
     CapacityExceeded,
     PeerIdTaken,
@@ -280,6 +280,37 @@ async def test_recipients(backend: tuple[Backend, Hub]) -> None:
         await b.recipients("r", "dave", None)
     with pytest.raises(RoomNotFound):
         await b.recipients("nope", "alice", None)
+
+
+async def test_outboxes_are_capped_in_bytes_per_peer_and_in_all(backend: tuple[Backend, Hub]) -> None:
+    """Issue 12: a count cap alone let 256 x 48 KiB (12 MiB) wait for one offline peer, with no cap
+    on the sum. Bytes are capped per peer and over all outboxes; what does not fit is dropped for
+    that recipient (reported), and the bytes come back when outboxes are drained, expire or go."""
+    b, _ = backend
+    big = "x" * 1000
+    size = _envelope(big).size  # ~1,100 bytes; Redis also counts each item's "ts \t from \t" (~20)
+    b.outbox_limits = OutboxLimits(max_bytes=3 * size + 200, total_max_bytes=5 * size + 300)
+    for peer in ("alice", "bob", "carol", "dave"):
+        await _join(b, "r", peer)
+    assert await b.queued_bytes() == 0
+    kept = [await b.deliver("r", ["bob"], _envelope(big, NOW + i), outbox_max=100, now=NOW) for i in range(5)]
+    assert [k.queued for k in kept] == [["bob"]] * 3 + [[]] * 2
+    assert [k.dropped for k in kept] == [[]] * 3 + [["bob"]] * 2
+    queued = await b.queued_bytes()
+    assert 3 * size <= queued <= 3 * size + 200  # Redis counts each item's "ts \t from \t" prefix too
+    # two more fit for carol; then the sum over all outboxes is at its limit, so dave gets none
+    for _ in range(2):
+        assert (await b.deliver("r", ["carol"], _envelope(big), outbox_max=100, now=NOW)).queued == ["carol"]
+    assert (await b.deliver("r", ["dave"], _envelope(big), outbox_max=100, now=NOW)).dropped == ["dave"]
+    # a small message still fits for dave under the total once bob's outbox is drained
+    assert len(await b.take_outbox("r", "bob")) == 3
+    assert (await b.deliver("r", ["dave"], _envelope(big), outbox_max=100, now=NOW)).queued == ["dave"]
+    # expiry and departure give the bytes back too
+    await b.expire_outboxes(NOW + 10**6, 1)
+    assert await b.queued_bytes() == 0
+    assert (await b.deliver("r", ["carol"], _envelope(big), outbox_max=100, now=NOW)).queued == ["carol"]
+    await b.leave("r", "carol")
+    assert await b.queued_bytes() == 0
 
 
 async def test_deliver_live_queued_dropped_and_in_order(backend: tuple[Backend, Hub]) -> None:

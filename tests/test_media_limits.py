@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,11 @@ async def _offer_sdp() -> str:
         ({"sdp": "v=0\r\nnot really\r\n", "type": "offer"}, "no media"),
         (
             {"sdp": GOOD_HEAD + "m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 nosuch/8000\r\n", "type": "offer"},
-            "could not be applied",
+            "no DTLS fingerprint",
         ),
+        ({"sdp": "OFFER_NO_CODEC", "type": "offer"}, "could not be applied"),
+        ({"sdp": "OFFER_BAD_BUNDLE", "type": "offer"}, "BUNDLE group names a media section"),
+        ({"sdp": "OFFER_NO_ICE_PWD", "type": "offer"}, "no ICE credentials"),
         ({"sdp": GOOD_HEAD + "m=" + "x" * 50_000 + "\r\n", "type": "offer"}, "larger than"),
         ({"sdp": "OFFER", "type": "answer"}, "type must be 'offer'"),
         ({"sdp": "OFFER", "type": "offer", "mode": "karaoke"}, "mode must be one of"),
@@ -50,6 +55,12 @@ async def test_bad_offers_are_400_and_leave_nothing_behind(
     manager = client.app[MEDIA_KEY]
     if body.get("sdp") == "OFFER":
         body = {**body, "sdp": await _offer_sdp()}
+    elif body.get("sdp") == "OFFER_NO_CODEC":
+        body = {**body, "sdp": re.sub(r"a=rtpmap:(\d+) [^/]+/", r"a=rtpmap:\1 nosuch/", await _offer_sdp())}
+    elif body.get("sdp") == "OFFER_BAD_BUNDLE":  # aiortc applies it, then its connect task and close() fail
+        body = {**body, "sdp": (await _offer_sdp()).replace("a=mid:0", "a=mid:7")}
+    elif body.get("sdp") == "OFFER_NO_ICE_PWD":
+        body = {**body, "sdp": re.sub(r"a=ice-pwd:[^\r]*\r\n", "", await _offer_sdp())}
     before = udp_sockets()
     resp = await client.post("/rtc/offer", json=body)
     data = await resp.json()
@@ -63,7 +74,7 @@ async def test_wrong_content_type_and_broken_json(client: TestClient) -> None:  
     resp = await client.post("/rtc/offer", data="v=0", headers={"Content-Type": "application/sdp"})
     assert resp.status == 415
     resp = await client.post("/rtc/offer", data="{not json", headers={"Content-Type": "application/json"})
-    assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_request"
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_json"
     resp = await client.post("/rtc/offer", json=["a list"])
     assert resp.status == 400
 

@@ -235,7 +235,7 @@ BAD_HTTP: list[tuple[str, str, str, dict[str, Any], int, str]] = [
         "/rtc/connect",
         {"data": "{nope", "headers": {"Content-Type": "application/json"}},
         400,
-        "invalid_request",
+        "invalid_json",
     ),
     ("body is an array", "POST", "/rtc/connect", {"json": [1, 2]}, 400, "invalid_request"),
     (
@@ -486,7 +486,9 @@ async def test_bad_input_table(
 
 BAD_WS: list[tuple[str, str | bytes, str | None]] = [
     # (case, frame, error code; None: the socket is closed instead)
-    ("invalid json", "{nope", "invalid_request"),
+    ("invalid json", "{nope", "invalid_json"),
+    ("NaN", '{"type": "signal", "signal": {"type": "x", "payload": NaN}}', "invalid_json"),
+    ("lone surrogate", '{"type": "signal", "signal": {"type": "x", "payload": "\\ud800"}}', "invalid_json"),
     ("not an object", "[1, 2]", "invalid_request"),
     ("unknown frame type", '{"type": "teleport"}', "invalid_request"),
     ("missing type", '{"signal": {"type": "bye"}}', "invalid_request"),

@@ -1,4 +1,4 @@
-"""Text frames handled as aiohttp parses them (``_ws_frames``): in order, one at a time, also
+"""Text frames handled as aiohttp parses them (``_aiohttp_compat``): in order, one at a time, also
 when a handler waits (the rest of it runs as a task and later frames wait their turn), with
 aiohttp's control frames, binary frames and close handshake untouched. Each behaviour runs with
 the fast path and without it (an aiohttp the fast path does not know)."""
@@ -14,9 +14,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from fantasize_rtc import RtcConfig, _ws_frames
+from fantasize_rtc import RtcConfig
+from fantasize_rtc import _aiohttp_compat as compat
 from fantasize_rtc import events as ev
-from fantasize_rtc._ws_frames import FrameWebSocketResponse, start_eagerly
+from fantasize_rtc._aiohttp_compat import FrameWebSocketResponse, start_eagerly
 from fantasize_rtc.web import RTC_KEY, create_app
 from tests.helpers import IN_CI, wait_for
 from tests.test_web import bearer, connect
@@ -96,12 +97,12 @@ async def test_an_error_after_a_suspension_ends_the_task() -> None:
 
 def require_fast_path() -> None:
     """The fast path must be on with the aiohttp ``make test`` installs. Outside CI, an aiohttp
-    newer than _ws_frames knows skips the fast variants (the server then runs without the fast
-    path, which the "queued" variants test); in CI that fails: teach _ws_frames the new version."""
-    if _ws_frames.FAST_FRAMES:
+    newer than _aiohttp_compat knows skips the fast variants (the server then runs without the fast
+    path, which the "queued" variants test); in CI that fails: teach _aiohttp_compat the new version."""
+    if compat.FAST_FRAMES:
         return
-    if IN_CI or _ws_frames.supported(aiohttp.__version__):
-        pytest.fail(f"no fast frame path with aiohttp {aiohttp.__version__}: check _ws_frames._post_start")
+    if IN_CI or compat.supported(aiohttp.__version__):
+        pytest.fail(f"no fast frame path with aiohttp {aiohttp.__version__}: check _aiohttp_compat._post_start")
     pytest.skip(f"no fast frame path for aiohttp {aiohttp.__version__}")
 
 
@@ -109,7 +110,7 @@ def require_fast_path() -> None:
 def fast(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     if request.param:
         require_fast_path()
-    monkeypatch.setattr(_ws_frames, "FAST_FRAMES", request.param)
+    monkeypatch.setattr(compat, "FAST_FRAMES", request.param)
     return bool(request.param)
 
 

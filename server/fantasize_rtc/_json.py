@@ -5,10 +5,12 @@ parse client frames and bodies here, on the relay's hot path, where msgspec read
 offer several times faster than :func:`json.loads` and writes its payload back faster than
 :func:`protocol.dumps` (BENCHMARKS.md). msgspec, unlike orjson, keeps integers past 64 bits exact.
 
-Results are the standard library's, exactly: whatever msgspec refuses (``NaN``, ``1e400``, lone
-surrogates, malformed text) is parsed again by :func:`protocol.parse_json`, so the accepted inputs,
-the values and the errors do not depend on msgspec. Values that came through that fallback are
-written back by the standard library too (``fast`` is False).
+Results are the standard library's, exactly: whatever msgspec refuses is parsed again by
+:func:`protocol.parse_json`, so the accepted inputs, the values and the errors do not depend on
+msgspec. Both are strict: ``NaN``, ``Infinity``, ``1e400``, lone surrogates (``"\\ud800"``) and
+malformed text are refused with ``invalid_json``; what the fallback accepts (integers too large
+for msgspec, nesting msgspec gives up on) is written back by the standard library (``fast`` is
+False).
 """
 
 from __future__ import annotations

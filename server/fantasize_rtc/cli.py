@@ -202,20 +202,16 @@ def tune_gc() -> None:
 
 
 async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
-    from aiohttp import web
-
+    from . import serving
     from .web import create_app
 
+    raised = serving.raise_fd_limit()
+    if raised is not None:
+        log.info("raised the open-file limit from %d to %d (each connection needs one)", *raised)
     app = create_app(config=config)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
+    runner, site, _limiter = await serving.start(app, args.host, args.port, config)
     tune_gc()
-    port = args.port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        port = server.sockets[0].getsockname()[1]
+    port = site.port
     host = args.host if args.host not in ("0.0.0.0", "::") else "127.0.0.1"
     log.info("fantasize-rtc %s serving on http://%s:%s/ - open it in a browser", __version__, host, port)
     if config.ice_servers:

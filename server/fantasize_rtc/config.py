@@ -81,8 +81,21 @@ class RtcConfig:
     max_rooms: int = 10_000
     max_peers: int = 50_000
     outbox_max: int = 256
+    outbox_max_bytes: int = 1024 * 1024  # queued for one peer
+    outbox_total_max_bytes: int = 64 * 1024 * 1024  # queued for all peers (per process; Redis: in all)
     outbox_ttl_ms: int = 0  # 0 -> peer_timeout_ms
     poll_max_wait_ms: int = 30_000
+
+    # Per client address (docs/security.md); 0 turns a limit off. Behind a reverse proxy every
+    # client has the proxy's address: turn these off there and let the proxy limit.
+    max_connections_per_address: int = 256
+    max_rooms_per_address: int = 100
+    max_anonymous_sessions_per_address: int = 4
+    # Slow clients: a request's head must be complete this long after the connection opened or its
+    # previous response was sent (idle keep-alive connections close then too); a body must arrive
+    # within body_timeout_ms.
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 15_000
 
     # Media (the server as a WebRTC peer).
     recordings_dir: str = "./recordings"
@@ -90,6 +103,12 @@ class RtcConfig:
     max_sessions_per_peer: int = 4
     max_session_seconds: int = 3600
     max_recording_bytes: int = 512 * 1024 * 1024
+    #: A session whose peer shows no sign of ICE (no connectivity check succeeded) this long after
+    #: the answer is closed (``ice_timeout``): an offer that will never connect frees its slot fast.
+    ice_start_timeout_seconds: float = 10.0
+    #: With ``auth_secret``, media routes (``/rtc/offer``, ``/whip``) need a peer token, a connect
+    #: JWT or the admin key; this lets anonymous sessions in anyway.
+    allow_anonymous_media: bool = False
     recordings_quota_bytes: int = 5 * 1024 * 1024 * 1024
     turn_secret: str | None = None
     turn_ttl_seconds: int = 86_400
@@ -116,9 +135,18 @@ class RtcConfig:
             "max_rooms",
             "max_peers",
             "outbox_max",
+            "outbox_max_bytes",
+            "outbox_total_max_bytes",
+            "header_timeout_ms",
+            "body_timeout_ms",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        for name in ("max_connections_per_address", "max_rooms_per_address", "max_anonymous_sessions_per_address"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (off) or positive")
+        if self.ice_start_timeout_seconds <= 0:
+            raise ValueError("ice_start_timeout_seconds must be positive")
 
     def replace(self, **changes: Any) -> RtcConfig:
         """A copy with ``changes`` applied; derived defaults are recomputed."""

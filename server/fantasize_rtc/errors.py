@@ -4,6 +4,7 @@
 
     RtcError (code, status)
     ├── InvalidRequest          400 invalid_request
+    │   └── InvalidJson         400 invalid_json
     ├── Unauthorized            401 unauthorized
     ├── Forbidden               403 forbidden
     ├── NotFound                404 not_found
@@ -12,6 +13,7 @@
     │   ├── SessionNotFound     404 session_not_found
     │   └── RecordingNotFound   404 recording_not_found
     ├── MethodNotAllowed        405 method_not_allowed
+    ├── RequestTimeout          408 request_timeout
     ├── Conflict                409 conflict
     │   ├── PeerIdTaken         409 peer_id_taken
     │   ├── RoomFull            409 room_full
@@ -33,6 +35,7 @@ __all__ = [
     "CapacityExceeded",
     "Conflict",
     "Forbidden",
+    "InvalidJson",
     "InvalidRequest",
     "MethodNotAllowed",
     "NotFound",
@@ -41,6 +44,7 @@ __all__ = [
     "PeerNotFound",
     "RateLimited",
     "RecordingNotFound",
+    "RequestTimeout",
     "RoomExists",
     "RoomFull",
     "RoomNotFound",
@@ -73,6 +77,14 @@ class InvalidRequest(RtcError):
     code = "invalid_request"
     status = 400
     default_message = "The request is not valid."
+
+
+class InvalidJson(InvalidRequest):
+    """The text is not standard JSON (RFC 8259): malformed, ``NaN``/``Infinity``, a number out of
+    range, a lone UTF-16 surrogate, or bytes that are not UTF-8."""
+
+    code = "invalid_json"
+    default_message = "The body is not valid JSON."
 
 
 class Unauthorized(RtcError):
@@ -117,6 +129,14 @@ class MethodNotAllowed(RtcError):
     code = "method_not_allowed"
     status = 405
     default_message = "Method not allowed on this route."
+
+
+class RequestTimeout(RtcError):
+    """The client sent its request body too slowly; the connection is closed."""
+
+    code = "request_timeout"
+    status = 408
+    default_message = "The request body did not arrive in time."
 
 
 class Conflict(RtcError):

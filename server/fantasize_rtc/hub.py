@@ -31,15 +31,23 @@ class Channel(Protocol):
 
 
 class PollChannel:
-    """A long-poll request waiting for its first message; it takes exactly one batch."""
+    """A long-poll request waiting for its first message; it takes exactly one batch.
+
+    ``alive`` says whether the request can still be answered: a poll whose client went away (it
+    aborted, its network dropped) takes nothing, so the message waits in the outbox for the next
+    poll instead of being reported delivered and written to a dead connection."""
 
     kind = "poll"
 
-    def __init__(self) -> None:
+    def __init__(self, alive: Callable[[], bool] | None = None) -> None:
         self._future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._alive = alive
+
+    def alive(self) -> bool:
+        return not self._future.done() and (self._alive is None or self._alive())
 
     def send(self, text: str) -> bool:
-        if self._future.done():
+        if not self.alive():
             return False
         self._future.set_result([text])
         return True

@@ -6,11 +6,12 @@ Pure and synchronous; imports only the standard library. See docs/protocol.md.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .errors import InvalidRequest, PayloadTooLarge
+from .errors import InvalidJson, InvalidRequest, PayloadTooLarge
 
 __all__ = [
     "KNOWN_SIGNAL_TYPES",
@@ -33,16 +34,30 @@ _SERVER_ID_RE: Final = re.compile(r"@[A-Za-z0-9._~-]{1,63}")
 _TYPE_RE: Final = re.compile(r"[A-Za-z0-9:._-]{1,64}")
 KNOWN_SIGNAL_TYPES: Final = frozenset({"offer", "answer", "candidate", "bye"})
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+# allow_nan=False: NaN and Infinity are not JSON (RFC 8259); a browser's JSON.parse refuses them.
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False)
 
 
 def dumps(obj: Any) -> str:
-    """Compact JSON as the server sends it."""
+    """Compact JSON as the server sends it. Raises ``ValueError`` for NaN or Infinity."""
     return _encoder.encode(obj)
 
 
-def encoded_size(obj: Any) -> int:
-    return len(dumps(obj).encode())
+def dumps_client_value(obj: Any, field: str) -> str:
+    """:func:`dumps` of a value a client gave (through the facade, not a transport, which parses
+    strictly already): :class:`InvalidJson` unless it is standard JSON that UTF-8 can carry."""
+    try:
+        text = dumps(obj)
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidJson(f"{field} holds a lone UTF-16 surrogate, which UTF-8 cannot carry.") from exc
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidJson(f"{field} is not standard JSON ({exc}).") from exc
+    return text
+
+
+def encoded_size(obj: Any, field: str = "value") -> int:
+    return len(dumps_client_value(obj, field).encode())
 
 
 def is_server_peer(peer_id: str) -> bool:
@@ -85,7 +100,7 @@ def validate_metadata(value: Any, *, max_bytes: int, max_depth: int, field: str 
     if not isinstance(value, dict):
         raise InvalidRequest(f"{field} must be a JSON object.")
     check_json_depth(value, max_depth, field)
-    if encoded_size(value) > max_bytes:
+    if encoded_size(value, field) > max_bytes:
         raise PayloadTooLarge(f"{field} is larger than {max_bytes} bytes.")
     return value
 
@@ -183,12 +198,40 @@ def require_object(body: Any) -> dict[str, Any]:
     return body
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+#: A ``\uD800``-``\uDFFF`` escape: a UTF-16 surrogate, which is only text as half of a pair.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE_ESCAPE_BYTES: Final = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def parse_json(data: bytes | str, *, max_depth: int) -> Any:
-    """Parse client JSON; any malformed or absurdly nested input is an :class:`InvalidRequest`."""
+    """Parse client JSON strictly (RFC 8259): :class:`InvalidJson` for malformed text, ``NaN`` or
+    ``Infinity``, numbers no float can hold, lone UTF-16 surrogates (``"\\ud800"``: valid JSON
+    text, but no UTF-8 can carry it, so the message could never be sent on) and text that is not
+    UTF-8. :class:`InvalidRequest` for input nested deeper than ``max_depth``."""
     try:
-        value = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidRequest("The body is not valid JSON.") from exc
+        value = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise InvalidRequest(f"The body is nested deeper than {max_depth} levels.") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, our refusals
+        raise InvalidJson("The body is not valid JSON.") from exc
+    pattern = _SURROGATE_ESCAPE if isinstance(data, str) else _SURROGATE_ESCAPE_BYTES
+    if pattern.search(data):  # type: ignore[arg-type]
+        # Pairs decode to one character; a lone half stays a surrogate, which UTF-8 refuses.
+        try:
+            dumps(value).encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidJson("The body holds a lone UTF-16 surrogate (such as \\ud800), which is not text.") from exc
     check_parsed_depth(data, value, max_depth)
     return value
 

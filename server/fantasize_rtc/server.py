@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,14 +23,32 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from . import events as ev
-from .auth import mint_turn_credentials, new_peer_token, verify_connect_jwt
-from .backends import Backend, DeliveryReport, Envelope, LeaveOutcome, create_backend
+from .auth import (
+    identity_owner_key,
+    looks_like_jwt,
+    mint_turn_credentials,
+    new_peer_token,
+    token_owner_key,
+    verify_connect_jwt,
+    verify_jwt_identity,
+)
+from .backends import Backend, DeliveryReport, Envelope, LeaveOutcome, OutboxLimits, create_backend
 from .config import IceServer, RtcConfig
-from .errors import InvalidRequest, PayloadTooLarge, PeerNotFound, RateLimited, RtcError, Unauthorized
+from .errors import (
+    Forbidden,
+    InvalidRequest,
+    PayloadTooLarge,
+    PeerNotFound,
+    RateLimited,
+    RoomNotFound,
+    RtcError,
+    Unauthorized,
+)
 from .hub import Channel, Hub, PollChannel, ServerPeerHandler
 from .protocol import (
     Signal,
     dumps,
+    dumps_client_value,
     error_message,
     is_server_peer,
     peer_connected_message,
@@ -139,12 +158,19 @@ class RtcServer:
         self.config = config
         self.clock: Clock = clock or wall_clock_ms
         self.backend: Backend = backend or create_backend(config.redis_url)
+        self.backend.outbox_limits = OutboxLimits(config.outbox_max_bytes, config.outbox_total_max_bytes)
+        #: Messages not kept for a recipient because its outbox (or all outboxes) was full.
+        self.dropped_messages = 0
         self.hub = Hub()
         self._handlers: dict[str, list[Handler]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._delivered_to: dict[str, RelayResult] = {}  # _relayed's results for one recipient
+        # Rooms created per client address (max_rooms_per_address), and who created each.
+        self._rooms_by_address: dict[str, set[str]] = {}
+        self._room_creator: dict[str, str] = {}
+        self._rooms_checked: dict[str, float] = {}
         self._started = False
         self._closed = False
 
@@ -284,12 +310,14 @@ class RtcServer:
         *,
         proof: str | None = None,
         auth_token: str | None = None,
+        address: str | None = None,
     ) -> Connect:
         """Join ``peer_id`` (generated when None) to ``room_id``, creating the room when needed.
 
         ``proof`` is the peer's earlier token: with it, a taken id is replaced (the old channel is
         closed with reason ``replaced``) instead of refused. ``auth_token`` is the connect JWT when
-        the server has an ``auth_secret``.
+        the server has an ``auth_secret``. ``address`` is the client's network address: one
+        address may hold at most ``max_rooms_per_address`` rooms it created (429 past that).
         """
         room_id = validate_id(room_id, "roomId")
         if peer_id is not None:
@@ -304,20 +332,35 @@ class RtcServer:
             metadata, max_bytes=self.config.max_metadata_bytes, max_depth=self.config.max_json_depth
         )
         now = self.clock()
-        outcome = await self.backend.join(
-            room_id,
-            peer_id,
-            metadata,
-            now,
-            token=new_peer_token(),
-            proof=proof,
-            trusted=trusted,
-            default_max_peers=self.config.max_peers_per_room,
-            max_rooms=self.config.max_rooms,
-            max_peers=self.config.max_peers,
-        )
+        may_create = address is None or await self._may_create_room(address)
+        try:
+            outcome = await self.backend.join(
+                room_id,
+                peer_id,
+                metadata,
+                now,
+                token=new_peer_token(),
+                proof=proof,
+                trusted=trusted,
+                default_max_peers=self.config.max_peers_per_room,
+                max_rooms=self.config.max_rooms,
+                max_peers=self.config.max_peers,
+                may_create=may_create,
+            )
+        except RoomNotFound:
+            if may_create:
+                raise
+            limit = self.config.max_rooms_per_address
+            log.warning("room %s not created for %s: that address holds %d rooms already", room_id, address, limit)
+            raise RateLimited(
+                f"This address already holds {limit} rooms; leave some before creating more (joining existing "
+                "rooms still works)."
+            ) from None
         if outcome.room_created:
             log.info("room %s created by peer %s", room_id, peer_id)
+            if address is not None and self.config.max_rooms_per_address:
+                self._rooms_by_address.setdefault(address, set()).add(room_id)
+                self._room_creator[room_id] = address
             self.emit(ev.ROOM_CREATED, ev.RoomCreated(outcome.room))
         others = [p.peer_id for p in outcome.room.peers if p.peer_id != peer_id and not is_server_peer(p.peer_id)]
         if outcome.replaced:
@@ -341,6 +384,33 @@ class RtcServer:
             room=outcome.room,
             replaced=outcome.replaced,
         )
+
+    async def _may_create_room(self, address: str) -> bool:
+        limit = self.config.max_rooms_per_address
+        rooms = self._rooms_by_address.get(address)
+        if not limit or rooms is None or len(rooms) < limit:
+            return True
+        # Rooms closed through another process (Redis) are not seen here: look, now and then.
+        now = time.monotonic()
+        if now - self._rooms_checked.get(address, 0.0) >= 5.0:
+            self._rooms_checked[address] = now
+            for room_id in list(rooms):
+                try:
+                    await self.backend.snapshot(room_id)
+                except RoomNotFound:
+                    self._forget_room(room_id)
+        return len(self._rooms_by_address.get(address, ())) < limit
+
+    def _forget_room(self, room_id: str) -> None:
+        address = self._room_creator.pop(room_id, None)
+        if address is None:
+            return
+        rooms = self._rooms_by_address.get(address)
+        if rooms is not None:
+            rooms.discard(room_id)
+            if not rooms:
+                del self._rooms_by_address[address]
+                self._rooms_checked.pop(address, None)
 
     async def heartbeat(self, room_id: str, peer_id: str) -> int:
         """Mark the peer alive; returns its last-seen time (ms)."""
@@ -372,7 +442,7 @@ class RtcServer:
         message: dict[str, Any] | None = None
         if sig.payload_json is None:
             message = signal_message(room_id, from_peer_id, sig, now)
-            text = dumps(message)
+            text = dumps_client_value(message, "signal")
         else:
             # The payload as the transport has it (valid JSON it just parsed) instead of encoding
             # it again; the other fields are validated ids and types, safe in quotes.
@@ -411,6 +481,14 @@ class RtcServer:
                 result = self._delivered_to[delivered[0]] = RelayResult(tuple(delivered), ())
         else:
             result = RelayResult(tuple(delivered), tuple(report.queued), tuple(report.dropped))
+            if report.dropped:
+                self.dropped_messages += len(report.dropped)
+                log.debug(
+                    "signal from %s in room %s not kept for %s: outbox full",
+                    from_peer_id,
+                    room_id,
+                    ", ".join(report.dropped),
+                )
         if self.has_listeners(ev.SIGNAL):
             self.emit(ev.SIGNAL, ev.SignalRelayed(room_id, from_peer_id, sig, now, result.delivered, result.queued))
         return result
@@ -432,6 +510,48 @@ class RtcServer:
             raise Unauthorized("A peer token is required: send Authorization: Bearer <token> from connect.")
         return await self.backend.resolve(token)
 
+    async def authorize(
+        self, token: str | None, room_id: str | None = None, peer_id: str | None = None
+    ) -> tuple[str, str]:
+        """The (room_id, peer_id) a peer token stands for, which must be ``room_id`` and
+        ``peer_id`` when they are given: a peer may only act as itself. Raises Unauthorized (no
+        or unknown token) or Forbidden (another peer's token). Every transport calls this."""
+        room, peer = await self.authenticate(token)
+        if (room_id is not None and room_id != room) or (peer_id is not None and peer_id != peer):
+            raise Forbidden(f"This token belongs to peer {peer!r} in room {room!r}.")
+        return room, peer
+
+    async def authenticate_owner(self, token: str | None) -> tuple[str, str, str, bool]:
+        """Who a media request comes from: ``(room_id, peer_id, owner_key, member)``.
+
+        A peer token stands for a current member (``member`` True: what it opens ends when the
+        peer leaves). Under a JWT gate a connect JWT is accepted too (``member`` False), so a
+        publisher that is no room member (a WHIP encoder) can prove who it is. ``owner_key`` binds
+        what the caller makes to a credential the next holder of the same peer id cannot have
+        (:meth:`owner_key`). Raises Unauthorized."""
+        secret = self.config.auth_secret
+        if secret and token and looks_like_jwt(token):
+            room_id, peer_id = verify_jwt_identity(token, secret)
+            room_id, peer_id = validate_id(room_id, "room"), validate_id(peer_id, "sub")
+            return room_id, peer_id, self.owner_key(room_id, peer_id, token), False
+        room_id, peer_id = await self.authenticate(token)
+        assert token is not None
+        return room_id, peer_id, self.owner_key(room_id, peer_id, token), True
+
+    def owner_key(self, room_id: str, peer_id: str, token: str) -> str:
+        """The key that owns what a peer makes (media sessions, recordings): its token's hash, or,
+        under a JWT gate where ids are authenticated, its identity (kept across reconnects)."""
+        secret = self.config.auth_secret
+        return identity_owner_key(secret, room_id, peer_id) if secret else token_owner_key(token)
+
+    async def member_owner_key(self, room_id: str, peer_id: str) -> str | None:
+        """:meth:`owner_key` of a current member, from its token; None when it is not one."""
+        secret = self.config.auth_secret
+        if secret:
+            return identity_owner_key(secret, room_id, peer_id)
+        token = await self.backend.member_token(room_id, peer_id)
+        return None if token is None else token_owner_key(token)
+
     # -- channels -------------------------------------------------------------------------------
 
     async def attach_channel(self, room_id: str, peer_id: str, channel: Channel) -> None:
@@ -446,13 +566,19 @@ class RtcServer:
     def detach_channel(self, room_id: str, peer_id: str, channel: Channel) -> None:
         self.hub.detach(room_id, peer_id, channel)
 
-    async def poll(self, room_id: str, peer_id: str, wait_ms: int) -> list[str]:
-        """Long-poll: queued messages now, or the first one to arrive within ``wait_ms``."""
+    async def poll(
+        self, room_id: str, peer_id: str, wait_ms: int, alive: Callable[[], bool] | None = None
+    ) -> list[str]:
+        """Long-poll: queued messages now, or the first one to arrive within ``wait_ms``.
+
+        ``alive`` tells whether the poll can still be answered (the transport's connection is
+        open): while it says no, messages are not handed to this poll but stay queued. A transport
+        that fails to write what it got gives it back with :meth:`undelivered`."""
         await self.heartbeat(room_id, peer_id)
         waiting = await self.backend.take_outbox(room_id, peer_id)
         if waiting or wait_ms <= 0:
             return [e.text for e in waiting]
-        channel = PollChannel()
+        channel = PollChannel(alive)
         old = self.hub.attach(room_id, peer_id, channel)
         if old is not None:
             await old.close(4001, "replaced by a newer poll")
@@ -460,6 +586,19 @@ class RtcServer:
             return await channel.wait(min(wait_ms, self.config.poll_max_wait_ms) / 1000)
         finally:
             self.hub.detach(room_id, peer_id, channel)
+
+    async def undelivered(self, room_id: str, peer_id: str, texts: list[str]) -> None:
+        """Messages a transport took for a peer but could not write (the connection died just
+        then): deliver them again, to the peer's live channel or its outbox, in order."""
+        now = self.clock()
+        for text in texts:
+            envelope = _envelope_of(text, now)
+            try:
+                await self.backend.deliver(room_id, [peer_id], envelope, outbox_max=self.config.outbox_max, now=now)
+            except RtcError as err:  # the peer left meanwhile, or the backend is down
+                log.info("message to %s in room %s not re-queued: %s", peer_id, room_id, err.message)
+                return
+        log.info("%d messages to %s in room %s re-queued (the poll's connection died)", len(texts), peer_id, room_id)
 
     async def send_to_peer(self, room_id: str, peer_id: str, message: dict[str, Any]) -> bool:
         """Push a server message to one peer (channel or outbox); False if it is not a member."""
@@ -524,6 +663,7 @@ class RtcServer:
         await self._tell_server_peers(room_id, message)
         self.emit(ev.PEER_DISCONNECTED, ev.PeerDisconnected(room_id, peer_id, reason))
         if outcome.room_closed:
+            self._forget_room(room_id)
             log.info("room %s closed (empty)", room_id)
             self.emit(ev.ROOM_CLOSED, ev.RoomClosed(room_id))
 
@@ -538,7 +678,7 @@ class RtcServer:
         reaped = 0
         for room_id, peer_id in await self.backend.expired_peers(now, self.config.peer_timeout_ms):
             channel = self.hub.channel(room_id, peer_id)
-            if channel is not None and channel.kind == "poll":
+            if isinstance(channel, PollChannel) and channel.alive():
                 continue  # a waiting long-poll is liveness
             outcome = await self.backend.leave(room_id, peer_id)
             if outcome is not None:  # another process may have reaped it first
@@ -577,7 +717,26 @@ class RtcServer:
 
     async def stats(self) -> dict[str, Any]:
         rooms, peers = await self.backend.counts()
-        return {"rooms": rooms, "peers": peers, "channels": len(self.hub)}
+        return {
+            "rooms": rooms,
+            "peers": peers,
+            "channels": len(self.hub),
+            "queuedBytes": await self.backend.queued_bytes(),
+            "droppedMessages": self.dropped_messages,
+        }
+
+
+def _envelope_of(text: str, now: int) -> Envelope:
+    """An envelope for a message known only by its text (its sender and time read back from it)."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return Envelope(None, text, now)
+    if not isinstance(message, dict):
+        return Envelope(None, text, now)
+    ts = message.get("ts")
+    sender = message.get("fromPeerId") if message.get("type") == "signal" else None
+    return Envelope(message, text, ts if isinstance(ts, int) else now, sender if isinstance(sender, str) else None)
 
 
 def create_rtc_server(

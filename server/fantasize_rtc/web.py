@@ -17,10 +17,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http import HttpProcessingError
 
 from . import __version__, _json
+from ._aiohttp_compat import FrameWebSocketResponse
 from ._resources import static_dir
-from ._ws_frames import FrameWebSocketResponse
+from .auth import (
+    COOKIE_MAX_AGE,
+    COOKIE_PATH,
+    connect_cookie_name,
+    connect_cookie_value,
+    looks_like_jwt,
+    stale_cookies,
+    token_from_cookies,
+)
 from .config import RtcConfig
 from .errors import (
     Forbidden,
@@ -29,6 +39,7 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    RequestTimeout,
     RtcError,
     Unauthorized,
     UnsupportedMediaType,
@@ -49,8 +60,11 @@ __all__ = [
     "RTC_KEY",
     "WebSocketChannel",
     "create_app",
+    "is_admin",
     "json_response",
+    "read_body",
     "read_json",
+    "refuse_admin_key_in_url",
     "require_admin_or_token",
     "token_from_request",
 ]
@@ -73,7 +87,6 @@ _HTTP_CODES = {
     415: UnsupportedMediaType,
     429: RateLimited,
 }
-_COOKIE_PREFIX = "rtc!"
 _CLOSE_TIMEOUT = 2.0  # seconds a client gets to answer our close frame
 # Missing content type (curl -d sends form type; fetch with a string sends text/plain) is refused
 # on purpose: a cross-site form can send text/plain without a CORS preflight.
@@ -89,7 +102,12 @@ def error_response(err: RtcError) -> web.Response:
     retry_after = getattr(err, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
-    return json_response(err.to_dict(), status=err.status, headers=headers)
+    response = json_response(err.to_dict(), status=err.status, headers=headers)
+    if isinstance(err, _StaleCookie):
+        response.del_cookie(err.cookie, path=COOKIE_PATH)
+    if isinstance(err, RequestTimeout):
+        response.force_close()  # the rest of a trickling body is not worth waiting for
+    return response
 
 
 @web.middleware
@@ -151,11 +169,27 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return (await _read_json_fast(request))[0]
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request body: 413 over the size limit, 408 when it trickles in slower than the body
+    timeout (the connection is then closed), 400 when its Content-Encoding cannot be decoded."""
+    timeout = request.app[RTC_KEY].config.body_timeout_ms / 1000
+    try:
+        if request.content.is_eof():  # all there already (the common case): nothing to wait for
+            return await request.read()
+        return await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        log.warning("request body from %s on %s did not arrive within %.0f s", request.remote, request.path, timeout)
+        raise RequestTimeout(f"The request body did not arrive within {timeout:g} s.") from None
+    except HttpProcessingError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
+        encoding = request.headers.get("Content-Encoding", "")[:32]
+        raise InvalidRequest(f"The body could not be decoded (Content-Encoding: {encoding!r}).") from exc
+
+
 async def _read_json_fast(request: web.Request) -> tuple[dict[str, Any], bool]:
     ctype = request.content_type
     if request.body_exists and ctype not in _JSON_TYPES and not ctype.endswith("+json"):
         raise UnsupportedMediaType("Send the body as application/json.")
-    data = await request.read()
+    data = await read_body(request)
     if not data:
         raise InvalidRequest("The body must be a JSON object.")
     body, fast = _json.parse(data, max_depth=request.app[RTC_KEY].config.max_json_depth)
@@ -173,17 +207,20 @@ def token_from_request(request: web.Request, room_id: str | None = None, peer_id
     """Bearer header, then ``?token=``, then the connect cookie for (room, peer)."""
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
+        return _bearer(request)
     token = request.query.get("token")
     if token:
         return token
     if room_id and peer_id:
-        return request.cookies.get(_cookie_name(room_id, peer_id))
+        return token_from_cookies(request.cookies, room_id, peer_id)
     return None
 
 
-def _cookie_name(room_id: str, peer_id: str) -> str:
-    return f"{_COOKIE_PREFIX}{room_id}!{peer_id}"
+def _secure(request: web.Request) -> bool:
+    """HTTPS, here or at a proxy in front (``X-Forwarded-Proto``). Trusting that header only ever
+    makes the cookie stricter: a Secure cookie is not sent back over plain HTTP."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.secure or forwarded == "https"
 
 
 def _optional_id(body: dict[str, Any], field: str) -> str | None:
@@ -196,22 +233,50 @@ async def _peer_from(request: web.Request, body: dict[str, Any], peer_field: str
     rtc = request.app[RTC_KEY]
     room_id = _optional_id(body, "roomId")
     peer_id = _optional_id(body, peer_field)
-    room, peer = await rtc.authenticate(token_from_request(request, room_id, peer_id))
-    if (room_id is not None and room_id != room) or (peer_id is not None and peer_id != peer):
-        raise Forbidden(f"This token belongs to peer {peer!r} in room {room!r}.")
-    return room, peer
+    token = token_from_request(request, room_id, peer_id)
+    try:
+        return await rtc.authorize(token, room_id, peer_id)
+    except Unauthorized as err:
+        if room_id and token is not None and token == token_from_cookies(request.cookies, room_id, peer_id or ""):
+            raise _StaleCookie(err.message, connect_cookie_name(room_id)) from None  # its peer left or was reaped
+        raise
 
 
-def _is_admin(request: web.Request) -> bool:
+class _StaleCookie(Unauthorized):
+    """A connect cookie whose peer is gone: the 401 also clears it."""
+
+    def __init__(self, message: str, cookie: str) -> None:
+        super().__init__(message)
+        self.cookie = cookie
+
+
+def _bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() or None if auth[:7].lower() == "bearer " else None
+
+
+def _is_key(request: web.Request, given: str | None) -> bool:
     key = request.app.get(ADMIN_KEY)
-    given = token_from_request(request)
     return bool(key and given and hmac.compare_digest(key.encode(), given.encode()))
+
+
+def is_admin(request: web.Request) -> bool:
+    """The caller sent the admin key, in the Authorization header (never taken from the URL:
+    URLs end up in proxy and access logs, and the key does not expire)."""
+    return _is_key(request, _bearer(request))
+
+
+def refuse_admin_key_in_url(request: web.Request) -> None:
+    """401 with a clear sentence when the admin key came as ``?token=``."""
+    if _is_key(request, request.query.get("token")):
+        raise Unauthorized("Send the admin key in the Authorization header, not in the URL (URLs end up in logs).")
 
 
 async def require_admin_or_token(request: web.Request) -> tuple[str, str] | None:
     """None for the admin key, else the (room, peer) of the caller's peer token."""
-    if _is_admin(request):
+    if is_admin(request):
         return None
+    refuse_admin_key_in_url(request)
     return await request.app[RTC_KEY].authenticate(token_from_request(request))
 
 
@@ -228,18 +293,24 @@ async def connect(request: web.Request) -> web.Response:
     peer_id = _optional_id(body, "peerId")
     bearer = token_from_request(request, room_id, peer_id) if peer_id else token_from_request(request)
     jwt_token = body.get("authToken") if isinstance(body.get("authToken"), str) else None
-    if rtc.config.auth_secret and jwt_token is None and bearer and bearer.count(".") == 2:
+    if rtc.config.auth_secret and jwt_token is None and bearer and looks_like_jwt(bearer):
         jwt_token, bearer = bearer, None
-    result = await rtc.connect_peer(room_id, peer_id, body.get("metadata"), proof=bearer, auth_token=jwt_token)
+    result = await rtc.connect_peer(
+        room_id, peer_id, body.get("metadata"), proof=bearer, auth_token=jwt_token, address=request.remote
+    )
     response = json_response(result.to_wire())
+    name = connect_cookie_name(result.room_id)
     response.set_cookie(
-        _cookie_name(result.room_id, result.peer_id),
-        result.token,
-        path="/rtc",
+        name,
+        connect_cookie_value(result.peer_id, result.token),
+        path=COOKIE_PATH,
+        max_age=COOKIE_MAX_AGE,
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=_secure(request),
     )
+    for stale in stale_cookies(request.cookies, keep=name):
+        response.del_cookie(stale, path=COOKIE_PATH)
     return response
 
 
@@ -266,7 +337,8 @@ async def disconnect(request: web.Request) -> web.Response:
     room_id, peer_id = await _peer_from(request, await read_json(request), "peerId")
     await request.app[RTC_KEY].disconnect_peer(room_id, peer_id, "left")
     response = json_response({"disconnected": True})
-    response.del_cookie(_cookie_name(room_id, peer_id), path="/rtc")
+    if token_from_cookies(request.cookies, room_id, peer_id) is not None:
+        response.del_cookie(connect_cookie_name(room_id), path=COOKIE_PATH)
     return response
 
 
@@ -290,8 +362,33 @@ async def poll(request: web.Request) -> web.Response:
         raise InvalidRequest("waitMs must be an integer number of milliseconds.") from exc
     if not 0 <= wait_ms <= 120_000:
         raise InvalidRequest("waitMs must be from 0 to 120000.")
-    texts = await rtc.poll(room_id, peer_id, wait_ms)
-    return web.Response(text='{"messages":[' + ",".join(texts) + "]}", content_type="application/json")
+    texts = await rtc.poll(room_id, peer_id, wait_ms, alive=functools.partial(_can_answer, request))
+    response = web.Response(body=_messages_body(texts, room_id, peer_id), content_type="application/json")
+    if not texts:
+        return response
+    # Delivered means written to a live connection: a poll whose client left while its answer was
+    # on the way gives the messages back (they go to the peer's next poll or socket).
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionResetError:
+        await rtc.undelivered(room_id, peer_id, texts)
+    return response
+
+
+def _can_answer(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
+def _messages_body(texts: list[str], room_id: str, peer_id: str) -> bytes:
+    parts: list[bytes] = []
+    for text in texts:
+        try:
+            parts.append(text.encode())
+        except UnicodeEncodeError:  # never expected (input is checked at the edge); lose only this one
+            log.warning("dropped a message to %s in room %s that is not UTF-8 text", peer_id, room_id)
+    return b'{"messages":[' + b",".join(parts) + b"]}"
 
 
 #: A peer whose socket holds this much unsent data (it stopped reading) is closed with 4002; what
@@ -394,9 +491,21 @@ class WebSocketChannel:
             self.closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()[:120]))
 
 
+def _check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
+    """With ``--cors-origin`` set, a browser's WebSocket must come from the page's own origin or
+    an allowed one (browsers send Origin on every WebSocket, and CORS does not cover them)."""
+    origin = request.headers.get("Origin")
+    if not allowed or origin is None or "*" in allowed or origin in allowed:
+        return
+    if origin.partition("://")[2] == request.host:  # same origin (scheme checked by the browser)
+        return
+    raise Forbidden("This origin may not open the WebSocket (see --cors-origin).")
+
+
 @routes.get("/rtc/ws")
 async def websocket(request: web.Request) -> web.StreamResponse:
     rtc = request.app[RTC_KEY]
+    _check_origin(request, rtc.config.cors_origins)
     room_id, peer_id = await rtc.authenticate(token_from_request(request))
     # No permessage-deflate, although every browser offers it: with it, each peer holds a zlib
     # context (RSS per idle peer 18 KB -> 99 KB, BENCHMARKS.md) and each relayed offer costs
@@ -433,7 +542,7 @@ async def _serve_socket(
     rtc: RtcServer, ws: FrameWebSocketResponse, channel: WebSocketChannel, room_id: str, peer_id: str
 ) -> None:
     frames = _PeerFrames(rtc, ws, channel, room_id, peer_id)
-    # Text frames are handled as they are parsed (_ws_frames); this loop sees the others, and the
+    # Text frames are handled as they are parsed (_aiohttp_compat); this loop sees the others, and the
     # text frames that arrived while one was waiting on Redis.
     ws.handle_frames(frames.handle)
     async for msg in ws:

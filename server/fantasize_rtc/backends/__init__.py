@@ -6,7 +6,16 @@ default (one process). A Redis backend runs the same rules across processes.
 
 from __future__ import annotations
 
-from ._base import Backend, DeliveryReport, DeliverySink, Envelope, JoinOutcome, LeaveOutcome, UndeliveredNotice
+from ._base import (
+    Backend,
+    DeliveryReport,
+    DeliverySink,
+    Envelope,
+    JoinOutcome,
+    LeaveOutcome,
+    OutboxLimits,
+    UndeliveredNotice,
+)
 from .memory import MemoryBackend
 
 __all__ = [
@@ -17,6 +26,7 @@ __all__ = [
     "JoinOutcome",
     "LeaveOutcome",
     "MemoryBackend",
+    "OutboxLimits",
     "UndeliveredNotice",
     "create_backend",
 ]

@@ -10,7 +10,16 @@ from typing import Any, Protocol
 
 from ..rooms import PeerInfo, RoomSnapshot
 
-__all__ = ["Backend", "DeliveryReport", "DeliverySink", "Envelope", "JoinOutcome", "LeaveOutcome", "UndeliveredNotice"]
+__all__ = [
+    "Backend",
+    "DeliveryReport",
+    "DeliverySink",
+    "Envelope",
+    "JoinOutcome",
+    "LeaveOutcome",
+    "OutboxLimits",
+    "UndeliveredNotice",
+]
 
 
 class Envelope:
@@ -20,13 +29,22 @@ class Envelope:
     text is at hand (the relay splices the client's payload in; Redis hands over text) it is
     parsed on first use instead of on every message."""
 
-    __slots__ = ("_message", "from_peer_id", "text", "ts")
+    __slots__ = ("_message", "_size", "from_peer_id", "text", "ts")
 
     def __init__(self, message: dict[str, Any] | None, text: str, ts: int, from_peer_id: str | None = None) -> None:
         self._message = message
         self.text = text
         self.ts = ts
         self.from_peer_id = from_peer_id
+        self._size = -1
+
+    @property
+    def size(self) -> int:
+        """The text's size in UTF-8 bytes (worked out when first asked: only queued messages are)."""
+        if self._size < 0:
+            text = self.text
+            self._size = len(text) if text.isascii() else len(text.encode())
+        return self._size
 
     @property
     def message(self) -> dict[str, Any]:
@@ -115,6 +133,17 @@ class UndeliveredNotice:
     envelope: Envelope
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxLimits:
+    """Bytes an outbox may hold: one peer's (``max_bytes``) and everyone's together
+    (``total_max_bytes``: per process in memory, across processes on Redis). A message over either
+    is dropped for that recipient (reported in ``dropped``), never queued past the limit. The
+    count limit (``outbox_max``) comes with each delivery, as before."""
+
+    max_bytes: int = 1024 * 1024
+    total_max_bytes: int = 64 * 1024 * 1024
+
+
 class Backend(abc.ABC):
     """Room state and cross-process delivery. Every method may be called concurrently.
 
@@ -123,6 +152,8 @@ class Backend(abc.ABC):
     """
 
     name: str = "backend"
+    #: Set by the facade from its config before :meth:`start`.
+    outbox_limits: OutboxLimits = OutboxLimits()
 
     async def start(self, sink: DeliverySink) -> None:
         """Begin; ``sink`` delivers to live channels of this process."""
@@ -152,8 +183,10 @@ class Backend(abc.ABC):
         default_max_peers: int,
         max_rooms: int,
         max_peers: int,
+        may_create: bool = True,
     ) -> JoinOutcome:
-        """Add a peer, creating the room when needed. Raises RoomFull, PeerIdTaken, CapacityExceeded."""
+        """Add a peer, creating the room when needed (and ``may_create``: RoomNotFound else).
+        Raises RoomFull, PeerIdTaken, CapacityExceeded."""
 
     @abc.abstractmethod
     async def leave(self, room_id: str, peer_id: str) -> LeaveOutcome | None:
@@ -168,6 +201,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def resolve(self, token: str) -> tuple[str, str]:
         """The (room_id, peer_id) a token belongs to; raises Unauthorized."""
+
+    @abc.abstractmethod
+    async def member_token(self, room_id: str, peer_id: str) -> str | None:
+        """The token of a current member; None when ``peer_id`` is not one."""
 
     @abc.abstractmethod
     async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]: ...
@@ -215,3 +252,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def counts(self) -> tuple[int, int]:
         """(rooms, peers) held."""
+
+    @abc.abstractmethod
+    async def queued_bytes(self) -> int:
+        """Bytes waiting in outboxes (this process's; on Redis, all processes')."""

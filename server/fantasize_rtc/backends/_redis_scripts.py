@@ -11,7 +11,8 @@ Keys (``P`` is the configured prefix, ``m`` a member ``room/peer``; ids never co
 - ``P presence`` hash m -> id of the process holding the peer's live channel
 - ``P seq`` hash m -> last message sequence number (orders a peer's outbox)
 - ``P ob:<m>`` sorted set seq -> ``seq \\t ts \\t from \\t text`` (the outbox); ``P obidx`` sorted
-  set m -> oldest ts of that outbox
+  set m -> oldest ts of that outbox; ``P obbytes`` hash m -> bytes queued for m (the ``ts \\t from
+  \\t text`` part of each item); ``P obtotal`` the sum over all outboxes
 - ``P proc:<process>`` key with a TTL while the process lives; ``P ch:<process>`` its channel;
   ``P events`` a channel every process hears (departures)
 
@@ -46,7 +47,16 @@ local NPEERS = P .. 'npeers'
 local PRES = P .. 'presence'
 local SEQ = P .. 'seq'
 local OBIDX = P .. 'obidx'
+local OBB, OBT = P .. 'obbytes', P .. 'obtotal'
 local function ob(m) return P .. 'ob:' .. m end
+-- An outbox went (drained, its peer left, or its key expired): forget its bytes.
+local function forget_bytes(m)
+  local used = redis.call('HGET', OBB, m)
+  if used then
+    redis.call('DECRBY', OBT, used)
+    redis.call('HDEL', OBB, m)
+  end
+end
 local function alive(proc) return redis.call('EXISTS', P .. 'proc:' .. proc) == 1 end
 
 local function snapshot(rid)
@@ -152,6 +162,7 @@ redis.call('HDEL', TOKENS, token)
 redis.call('DECR', NPEERS)
 redis.call('DEL', ob(m))
 redis.call('ZREM', OBIDX, m)
+forget_bytes(m)
 redis.call('HDEL', SEQ, m)
 redis.call('HDEL', PRES, m)
 redis.call('PUBLISH', P .. 'events', '!left\t' .. ARGV[4] .. '\t' .. rid .. '\t' .. pid)
@@ -219,25 +230,41 @@ return {'ok', out}
 #: outbox. Members only. Everything for one holder goes out as one PUBLISH, its lines joined by
 #: newlines (JSON text has none), so a batch costs one round trip and one pub/sub message per
 #: process instead of one per message.
-#: ARGV: P, caller process, outbox key ttl ms, then entries: room, body (``ts \t from \t text``),
-#: outbox max, number of peers n, then n pairs (peer, seq or '' for a new message).
-#: Returns per (entry, peer) in order: 0 gone, 1 sent, 2 queued, 3 full.
+#: ARGV: P, caller process, outbox key ttl ms, bytes one outbox may hold, bytes all may hold, then
+#: entries: room, body (``ts \t from \t text``), outbox max (-1: no limit, for a message that was
+#: already accepted and goes back), number of peers n, then n pairs (peer, seq or '' for a new
+#: message). Returns per (entry, peer) in order: 0 gone, 1 sent, 2 queued, 3 full.
 DELIVER = (
     # The hot path: its own small prelude (no snapshot helper) keeps Redis's cost per message low.
     r"""
 local P = ARGV[1]
 local PRES, SEQ, OBIDX = P .. 'presence', P .. 'seq', P .. 'obidx'
+local OBB, OBT = P .. 'obbytes', P .. 'obtotal'
 local me, ttl = ARGV[2], ARGV[3]
+local max_bytes, total_max = tonumber(ARGV[4]), tonumber(ARGV[5])
 local res, lines, sent, holders, alive = {}, {}, {}, {}, {}
 local function queue(m, seq, body, ts, omax)
   local k = P .. 'ob:' .. m
-  if redis.call('ZCARD', k) >= omax then return 3 end
+  local size = #body
+  local used = tonumber(redis.call('HGET', OBB, m) or '0')
+  if used > 0 and redis.call('EXISTS', k) == 0 then
+    -- the outbox key expired (its safety-net TTL): its bytes went with it
+    redis.call('DECRBY', OBT, used)
+    redis.call('HDEL', OBB, m)
+    used = 0
+  end
+  if omax >= 0 then
+    if redis.call('ZCARD', k) >= omax or used + size > max_bytes then return 3 end
+    if tonumber(redis.call('GET', OBT) or '0') + size > total_max then return 3 end
+  end
   redis.call('ZADD', k, seq, seq .. '\t' .. body)
   redis.call('PEXPIRE', k, ttl)
   redis.call('ZADD', OBIDX, 'LT', ts, m)
+  redis.call('HINCRBY', OBB, m, size)
+  redis.call('INCRBY', OBT, size)
   return 2
 end
-local i = 4
+local i = 6
 while i <= #ARGV do
   local rid, body, omax, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   local ts = string.sub(body, 1, string.find(body, '\t', 1, true) - 1)
@@ -320,6 +347,7 @@ while i <= #ARGV do
         redis.call('DEL', k)
         redis.call('ZREM', OBIDX, m)
       end
+      forget_bytes(m)
     else
       -- check: 1 when something may have gone to the outbox meanwhile (the caller drains it)
       out = 0
@@ -349,6 +377,7 @@ for _, m in ipairs(due) do
   local k = ob(m)
   local out = {}
   local oldest = false
+  local freed = 0
   for _, item in ipairs(redis.call('ZRANGE', k, 0, -1)) do
     local t1 = string.find(item, '\t', 1, true)
     local t2 = string.find(item, '\t', t1 + 1, true)
@@ -356,11 +385,19 @@ for _, m in ipairs(due) do
     if ts < deadline then
       out[#out + 1] = item
       redis.call('ZREM', k, item)
+      freed = freed + #item - t1
     elseif not oldest or ts < oldest then
       oldest = ts
     end
   end
-  if oldest then redis.call('ZADD', OBIDX, oldest, m) else redis.call('ZREM', OBIDX, m) end
+  if oldest then
+    redis.call('ZADD', OBIDX, oldest, m)
+    redis.call('HINCRBY', OBB, m, -freed)
+    redis.call('DECRBY', OBT, freed)
+  else
+    redis.call('ZREM', OBIDX, m)
+    forget_bytes(m)
+  end
   res[#res + 1] = m
   res[#res + 1] = out
 end

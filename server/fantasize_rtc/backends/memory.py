@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,18 @@ from ._base import Backend, DeliveryReport, DeliverySink, Envelope, JoinOutcome,
 
 __all__ = ["MemoryBackend"]
 
+log = logging.getLogger(__name__)
+
+
+class _Outbox:
+    """One peer's queued messages and their size in bytes."""
+
+    __slots__ = ("items", "size")
+
+    def __init__(self) -> None:
+        self.items: deque[Envelope] = deque()
+        self.size = 0
+
 
 class MemoryBackend(Backend):
     """Rooms, tokens and outboxes in dicts. Single process; every operation is atomic because
@@ -23,7 +36,9 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self._rooms: dict[str, Room] = {}
         self._tokens: dict[str, tuple[str, str]] = {}
-        self._outboxes: dict[tuple[str, str], deque[Envelope]] = {}
+        self._outboxes: dict[tuple[str, str], _Outbox] = {}
+        self._queued_bytes = 0
+        self._full = False  # the total byte limit was hit (logged once until it frees up)
         self._peer_count = 0
         self._sink: DeliverySink | None = None
 
@@ -32,6 +47,20 @@ class MemoryBackend(Backend):
 
     async def close(self) -> None:
         self._outboxes.clear()
+        self._queued_bytes = 0
+
+    def _drop_outbox(self, key: tuple[str, str]) -> list[Envelope]:
+        box = self._outboxes.pop(key, None)
+        if box is None:
+            return []
+        self._queued_bytes -= box.size
+        self._check_freed()
+        return list(box.items)
+
+    def _check_freed(self) -> None:
+        if self._full and self._queued_bytes < self.outbox_limits.total_max_bytes // 2:
+            self._full = False
+            log.info("outboxes are below half their byte limit again (%d bytes)", self._queued_bytes)
 
     def _room(self, room_id: str) -> Room:
         room = self._rooms.get(room_id)
@@ -62,10 +91,13 @@ class MemoryBackend(Backend):
         default_max_peers: int,
         max_rooms: int,
         max_peers: int,
+        may_create: bool = True,
     ) -> JoinOutcome:
         room = self._rooms.get(room_id)
         created = room is None
         if room is None:
+            if not may_create:
+                raise RoomNotFound(f"Room {room_id!r} does not exist.")
             if len(self._rooms) >= max_rooms:
                 raise CapacityExceeded(f"The server holds its maximum of {max_rooms} rooms.")
             room = Room(room_id, default_max_peers, {}, now)
@@ -92,7 +124,7 @@ class MemoryBackend(Backend):
         self._peer_count -= 1
         if token is not None:
             self._tokens.pop(token, None)
-        self._outboxes.pop((room_id, peer_id), None)
+        self._drop_outbox((room_id, peer_id))
         closed = room.empty
         if closed:
             del self._rooms[room_id]
@@ -109,6 +141,10 @@ class MemoryBackend(Backend):
         if found is None:
             raise Unauthorized("Unknown or expired token: connect again.")
         return found
+
+    async def member_token(self, room_id: str, peer_id: str) -> str | None:
+        room = self._rooms.get(room_id)
+        return room.token_of(peer_id) if room is not None else None
 
     async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]:
         return self._room(room_id).recipients(from_peer_id, to)
@@ -150,19 +186,38 @@ class MemoryBackend(Backend):
             room = self._rooms.get(room_id)
             if room is None or peer_id not in room:
                 continue  # left while we were delivering
-            box = self._outboxes.get((room_id, peer_id))
-            if box is None:
-                box = self._outboxes[(room_id, peer_id)] = deque()
-            if len(box) >= outbox_max:
-                report.dropped.append(peer_id)
-            else:
-                box.append(envelope)
+            if self._queue(room_id, peer_id, envelope, outbox_max):
                 report.queued.append(peer_id)
+            else:
+                report.dropped.append(peer_id)
         return report
 
+    def _queue(self, room_id: str, peer_id: str, envelope: Envelope, outbox_max: int) -> bool:
+        key = (room_id, peer_id)
+        box = self._outboxes.get(key)
+        size = envelope.size
+        limits = self.outbox_limits
+        if box is not None and (len(box.items) >= outbox_max or box.size + size > limits.max_bytes):
+            return False
+        if self._queued_bytes + size > limits.total_max_bytes:
+            if not self._full:
+                self._full = True
+                log.warning(
+                    "outboxes hold %d bytes, their limit: messages to offline peers are dropped until some are taken",
+                    self._queued_bytes,
+                )
+            return False
+        if size > limits.max_bytes:
+            return False
+        if box is None:
+            box = self._outboxes[key] = _Outbox()
+        box.items.append(envelope)
+        box.size += size
+        self._queued_bytes += size
+        return True
+
     async def take_outbox(self, room_id: str, peer_id: str) -> list[Envelope]:
-        box = self._outboxes.pop((room_id, peer_id), None)
-        return list(box) if box else []
+        return self._drop_outbox((room_id, peer_id))
 
     async def expired_peers(self, now: int, timeout_ms: int) -> list[tuple[str, str]]:
         return [(rid, pid) for rid, room in self._rooms.items() for pid in room.expired(now, timeout_ms)]
@@ -171,10 +226,15 @@ class MemoryBackend(Backend):
         notices: list[UndeliveredNotice] = []
         deadline = now - ttl_ms
         for key, box in list(self._outboxes.items()):
-            while box and box[0].ts < deadline:
-                notices.append(UndeliveredNotice(key[0], key[1], box.popleft()))
-            if not box:
+            items = box.items
+            while items and items[0].ts < deadline:
+                envelope = items.popleft()
+                box.size -= envelope.size
+                self._queued_bytes -= envelope.size
+                notices.append(UndeliveredNotice(key[0], key[1], envelope))
+            if not items:
                 del self._outboxes[key]
+        self._check_freed()
         return notices
 
     async def add_server_peer(self, room_id: str, peer_id: str, now: int) -> bool:
@@ -187,3 +247,6 @@ class MemoryBackend(Backend):
 
     async def counts(self) -> tuple[int, int]:
         return len(self._rooms), self._peer_count
+
+    async def queued_bytes(self) -> int:
+        return self._queued_bytes

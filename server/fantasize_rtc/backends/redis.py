@@ -521,7 +521,7 @@ class RedisBackend(Backend):
 
     async def _requeue(self, key: Key, seq: str, envelope: Envelope) -> None:
         try:
-            await self._routed(key[0], [key[1]], envelope, 1_000_000, seq)
+            await self._routed(key[0], [key[1]], envelope, -1, seq)  # accepted already: no limit
         except (CapacityExceeded, *_UNREACHABLE):
             log.warning("message to %s in room %s lost: redis unreachable while re-queuing", key[1], key[0])
 
@@ -568,6 +568,7 @@ class RedisBackend(Backend):
         default_max_peers: int,
         max_rooms: int,
         max_peers: int,
+        may_create: bool = True,
     ) -> JoinOutcome:
         res = await self._call(
             "JOIN",
@@ -579,13 +580,15 @@ class RedisBackend(Backend):
             proof or "",
             "1" if trusted else "0",
             default_max_peers,
-            max_rooms,
+            max_rooms if may_create else 0,  # no room may be created: the script says capacity_rooms
             max_peers,
             self.process_id,
         )
         status = res[0]
         if status == "ok":
             self._forget_members(room_id)  # here at once; other processes by the notice
+        if status == "capacity_rooms" and not may_create:
+            raise RoomNotFound(f"Room {room_id!r} does not exist.")
         if status == "capacity_rooms":
             raise CapacityExceeded(f"The server holds its maximum of {max_rooms} rooms.")
         if status == "capacity_peers":
@@ -639,6 +642,13 @@ class RedisBackend(Backend):
             raise Unauthorized("Unknown or expired token: connect again.")
         room_id, _, peer_id = found.partition("/")
         return room_id, peer_id
+
+    async def member_token(self, room_id: str, peer_id: str) -> str | None:
+        client = self._client
+        record = await self._guard(
+            lambda: cast(Awaitable[str | None], client.hget(f"{self.prefix}peers:{room_id}", peer_id))  # type: ignore[union-attr]
+        )
+        return record.partition("\t")[0] if record else None
 
     async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]:
         members = self._members.get(room_id) if self._subscribed else None
@@ -764,7 +774,13 @@ class RedisBackend(Backend):
         try:
             while self._outgoing:
                 batch, self._outgoing = self._outgoing, []
-                args: list[Any] = [self.process_id, self._outbox_key_ttl_ms]
+                limits = self.outbox_limits
+                args: list[Any] = [
+                    self.process_id,
+                    self._outbox_key_ttl_ms,
+                    limits.max_bytes,
+                    limits.total_max_bytes,
+                ]
                 for room_id, body, outbox_max, peer_ids, seq, _ in batch:
                     args.extend((room_id, body, outbox_max, len(peer_ids)))
                     for peer_id in peer_ids:
@@ -850,6 +866,16 @@ class RedisBackend(Backend):
             )
         )
         return bool(removed)
+
+    async def queued_bytes(self) -> int:
+        client = self._client
+        if client is None or not self._up:
+            return 0
+        try:
+            value = await self._guard(lambda: cast(Awaitable[str | None], client.get(f"{self.prefix}obtotal")))
+        except CapacityExceeded:
+            return 0
+        return max(0, int(value or 0))
 
     async def counts(self) -> tuple[int, int]:
         """(rooms, peers) across all processes; the last known values while Redis is unreachable,

@@ -15,7 +15,15 @@ from aiortc.sdp import candidate_from_sdp
 from ..config import IceServer
 from ..errors import InvalidRequest
 
-__all__ = ["CandidateInfo", "PairInfo", "parse_candidate", "rtc_configuration", "selected_pair", "stun_rtt_ms"]
+__all__ = [
+    "CandidateInfo",
+    "PairInfo",
+    "heard_from_peer",
+    "parse_candidate",
+    "rtc_configuration",
+    "selected_pair",
+    "stun_rtt_ms",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +86,28 @@ class PairInfo:
 
 def _ice_transports(pc: RTCPeerConnection) -> list[RTCIceTransport]:
     transports: list[RTCIceTransport] = []
-    for transceiver in pc.getTransceivers():
-        ice = transceiver.receiver.transport.transport
-        if ice not in transports:
+    dtls_list = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        dtls_list.append(pc.sctp.transport)
+    for dtls in dtls_list:
+        ice = dtls.transport if dtls is not None else None
+        if ice is not None and ice not in transports:
             transports.append(ice)
-    if pc.sctp is not None and pc.sctp.transport.transport not in transports:
-        transports.append(pc.sctp.transport.transport)
     return transports
+
+
+def heard_from_peer(pc: RTCPeerConnection) -> bool:
+    """Whether the remote peer has answered any ICE connectivity check (a candidate pair
+    succeeded: the peer is there and doing ICE). True when aioice's internals are not as
+    expected, so that nothing is ended early on an aioice this was not checked against."""
+    for ice in _ice_transports(pc):
+        check_list = getattr(getattr(ice, "_connection", None), "_check_list", None)
+        if check_list is None:
+            return True
+        for pair in check_list:
+            if getattr(getattr(pair, "state", None), "name", "") == "SUCCEEDED":
+                return True
+    return False
 
 
 def _nominated(pc: RTCPeerConnection) -> Any:

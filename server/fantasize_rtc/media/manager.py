@@ -15,7 +15,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CapacityExceeded, InvalidRequest, RateLimited, RtcError, SessionNotFound
+from aiortc.sdp import SessionDescription
+
+from ..errors import CapacityExceeded, InvalidRequest, RateLimited, RtcError, SessionNotFound, Unauthorized
 from ..protocol import error_message
 from .recordings import FORMATS, RecordingStore
 from .session import MediaSession, Mode, Notify, Owner, SessionOptions, new_session_id
@@ -98,7 +100,11 @@ def parse_options(body: dict[str, Any], max_session_seconds: float) -> SessionOp
 
 
 def check_offer_sdp(sdp: Any, limit: int) -> str:
-    """Cheap checks before any socket is opened: a string, not too large, shaped like SDP."""
+    """Checks before any socket is opened: a string, not too large, SDP that could connect.
+
+    aiortc applies offers that can never connect (no DTLS fingerprint) and some it cannot handle
+    (a BUNDLE group naming a media section that is not there: its connect task then fails, and
+    ``close()`` leaves the other transports' sockets open). Those are refused here instead."""
     if not isinstance(sdp, str) or not sdp.strip():
         raise InvalidRequest("sdp must be a non-empty string (the offer's SDP).")
     if len(sdp) > limit and len(sdp.encode()) > limit:
@@ -107,6 +113,24 @@ def check_offer_sdp(sdp: Any, limit: int) -> str:
         raise InvalidRequest("The SDP must start with 'v=0'.")
     if "\nm=" not in sdp:
         raise InvalidRequest("The SDP offers no media or data section ('m=' line).")
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises many types on bad SDP; none is the server's fault
+        raise InvalidRequest(f"The SDP could not be parsed: {str(exc)[:120] or type(exc).__name__}") from exc
+    mids: list[str] = []
+    for media in description.media:
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise InvalidRequest("The offer has no DTLS fingerprint (a=fingerprint): it could never connect.")
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise InvalidRequest("The offer has no ICE credentials (a=ice-ufrag, a=ice-pwd): it could never connect.")
+        mid = media.rtp.muxId
+        if mid:
+            if mid in mids:
+                raise InvalidRequest(f"The offer has two media sections with mid {mid[:32]!r}.")
+            mids.append(mid)
+    for group in description.group:
+        if group.semantic == "BUNDLE" and any(str(item) not in mids for item in group.items):
+            raise InvalidRequest("The offer's BUNDLE group names a media section (mid) that is not in the offer.")
     return sdp
 
 
@@ -157,6 +181,17 @@ class MediaManager:
     def owned_by(self, owner: Owner) -> list[MediaSession]:
         return [s for s in self._sessions.values() if s.owner == owner]
 
+    def of_member(self, room_id: str, peer_id: str) -> list[MediaSession]:
+        """Live sessions of the room member ``peer_id`` (they end when it leaves)."""
+        return [
+            s
+            for s in self._sessions.values()
+            if s.owner is not None and s.owner.member and s.owner.room_id == room_id and s.owner.peer_id == peer_id
+        ]
+
+    def anonymous_from(self, address: str) -> int:
+        return sum(1 for s in self._sessions.values() if s.owner is None and s.address == address)
+
     # -- opening ---------------------------------------------------------------------------------
 
     def create(
@@ -168,19 +203,35 @@ class MediaManager:
         owner: Owner | None,
         via: str,
         notify: Notify | None = None,
+        address: str | None = None,
     ) -> MediaSession:
         """Validate and admit a session. Synchronous on purpose: every check happens before any
-        peer connection (and so any socket) exists, and the slot is taken before the next await."""
+        peer connection (and so any socket) exists, and the slot is taken before the next await.
+
+        ``address`` is the client's network address (anonymous sessions are limited per address)."""
+        config = self.config
+        if owner is None and config.auth_secret and not config.allow_anonymous_media:
+            raise Unauthorized(
+                "This server requires a peer token, a connect JWT or the admin key for media sessions: "
+                "send Authorization: Bearer <token>."
+            )
         factory = MODES.get(mode) if isinstance(mode, str) else None
         if factory is None:
             raise InvalidRequest(f"mode must be one of {', '.join(MODES)}.")
-        check_offer_sdp(sdp, self.config.max_signal_bytes)
+        check_offer_sdp(sdp, config.max_signal_bytes)
         if self._closing:
             raise CapacityExceeded("The server is shutting down; try another one.", retry_after=5)
-        limit = self.config.max_media_sessions
+        limit = config.max_media_sessions
         if len(self._sessions) >= limit:
             log.warning("media session refused: all %d sessions in use", limit)
             raise CapacityExceeded(f"All {limit} media sessions are in use; try again later.", retry_after=5)
+        per_address = config.max_anonymous_sessions_per_address
+        if owner is None and address and per_address and self.anonymous_from(address) >= per_address:
+            log.warning("anonymous media session from %s refused: it has %d already", address, per_address)
+            raise RateLimited(
+                f"This address already has {per_address} anonymous media sessions; end one first "
+                "(or connect to a room and send its token)."
+            )
         if owner is not None and len(self.owned_by(owner)) >= self.config.max_sessions_per_peer:
             raise RateLimited(
                 f"Peer {owner.peer_id!r} already has {self.config.max_sessions_per_peer} media sessions; end one first."
@@ -197,6 +248,7 @@ class MediaManager:
             server_peer_id="@" + mode,
             ice_servers=self.rtc.ice_servers_for(owner.peer_id if owner else "@" + mode),
             notify=notify,
+            address=address,
         )
         self._sessions[session.id] = session
         return session
@@ -217,15 +269,22 @@ class MediaManager:
                     "The session was closed while its offer was being answered.", retry_after=5
                 ) from exc
             raise
-        if session.owner is not None and not session.closed:
+        if session.owner is not None and session.owner.member and not session.closed:
             await self._list(session)
         return answer
 
     async def open(
-        self, *, mode: str, sdp: Any, options: SessionOptions, owner: Owner | None, via: str
+        self,
+        *,
+        mode: str,
+        sdp: Any,
+        options: SessionOptions,
+        owner: Owner | None,
+        via: str,
+        address: str | None = None,
     ) -> tuple[MediaSession, str]:
         """``create`` + ``start``: the one-round-trip path of ``POST /rtc/offer`` and WHIP."""
-        session = self.create(mode=mode, sdp=sdp, options=options, owner=owner, via=via)
+        session = self.create(mode=mode, sdp=sdp, options=options, owner=owner, via=via, address=address)
         return session, await self.start(session, sdp)
 
     async def _list(self, session: MediaSession) -> None:
@@ -263,9 +322,8 @@ class MediaManager:
         """Hub handler for ``@echo @record @probe @play`` (see :meth:`RtcServer.register_server_peer`)."""
         kind = message.get("type")
         if kind == "peer:disconnected":
-            owner = Owner(room_id, str(message.get("peerId")))
             reason = f"owner_{message.get('reason', 'left')}"
-            for owned in self.owned_by(owner):
+            for owned in self.of_member(room_id, str(message.get("peerId"))):
                 if owned.server_peer_id == server_peer_id:
                     log.info("%s: owner gone (%s)", owned.label, reason)
                     self.spawn(owned.close(reason))
@@ -278,6 +336,10 @@ class MediaManager:
         stype, payload = signal.get("type"), signal.get("payload")
         session: MediaSession | None
         if stype == "offer":
+            owner_key = await self.rtc.member_owner_key(room_id, owner.peer_id)
+            if owner_key is None:
+                return  # the sender left before its offer got here
+            owner = Owner(room_id, owner.peer_id, owner_key)
             old = self._signaling.pop(key, None)
             if old is not None:
                 await old.close("renegotiated")

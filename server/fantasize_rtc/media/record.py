@@ -319,6 +319,7 @@ class RecordMode(Mode):
             duration=duration,
             codecs=codecs,
             close_reason=reason,
+            owner_key=session.owner.key if session.owner else None,
         )
         session.manager.store.save(info)
         self.info = info

@@ -60,6 +60,8 @@ class RecordingInfo:
     duration: float  # seconds
     codecs: tuple[str, ...]
     close_reason: str | None = None
+    #: Whose it is (``Owner.key``: a token hash or an identity); never sent to clients.
+    owner_key: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class RecordingInfo:
             "duration": self.duration,
             "codecs": list(self.codecs),
             "closeReason": self.close_reason,
+            "ownerKey": self.owner_key,
         }
 
     @classmethod
@@ -106,6 +109,7 @@ class RecordingInfo:
             duration=float(data["duration"]),
             codecs=tuple(data.get("codecs") or ()),
             close_reason=data.get("closeReason"),
+            owner_key=data.get("ownerKey") if isinstance(data.get("ownerKey"), str) else None,
         )
 
 

@@ -1,11 +1,14 @@
 """HTTP routes of the media layer: one-round-trip offers, session reports, recordings.
 
-Who may do what (docs/media.md, "Access"):
+Who may do what (docs/media.md, "Who may see what"; docs/security.md):
 
-- a session opened with a peer token belongs to that (room, peer): only a token of that peer, or
-  the admin key, reads or ends it and reads, downloads or deletes its recording;
+- a session opened with a peer token belongs to the credential that opened it: only a caller
+  presenting that same credential (the same token, or under a JWT gate the same authenticated
+  identity), or the admin key, reads or ends it and reads, downloads or deletes its recording.
+  Another peer that later takes the same peer id has another token and is refused;
 - an anonymous session (no token) is reachable by anyone who holds its unguessable ``sessionId``
-  (its recording by its id, which contains the session id), and by the admin key;
+  (its recording by its id, which contains the session id), and by the admin key. Under a JWT
+  gate anonymous sessions are refused unless ``allow_anonymous_media``;
 - ``GET /rtc/recordings`` lists the caller's own recordings (a peer token) or all (admin key).
 """
 
@@ -17,10 +20,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..errors import Forbidden, InvalidRequest, Unauthorized
-from ..web import json_response, read_json, require_admin_or_token, token_from_request
+from ..web import RTC_KEY, is_admin, json_response, read_json, refuse_admin_key_in_url, token_from_request
 from .keys import MEDIA_KEY
 from .manager import parse_options
-from .recordings import FORMATS
+from .recordings import FORMATS, RecordingInfo
 from .session import Owner
 
 __all__ = ["Caller", "caller_of", "check_access", "routes"]
@@ -39,11 +42,16 @@ class Caller:
 
 
 async def caller_of(request: web.Request) -> Caller:
-    """No token -> anonymous; a token must be valid (401 otherwise): the admin key or a peer token."""
-    if token_from_request(request) is None:
+    """No token -> anonymous; a token must be valid (401 otherwise): the admin key (in the
+    Authorization header), a peer token, or under a JWT gate a connect JWT."""
+    token = token_from_request(request)
+    if token is None:
         return Caller()
-    who = await require_admin_or_token(request)
-    return Caller(admin=True) if who is None else Caller(owner=Owner(*who))
+    if is_admin(request):
+        return Caller(admin=True)
+    refuse_admin_key_in_url(request)
+    room_id, peer_id, key, member = await request.app[RTC_KEY].authenticate_owner(token)
+    return Caller(owner=Owner(room_id, peer_id, key, member))
 
 
 def check_access(caller: Caller, owner: Owner | None, what: str) -> None:
@@ -52,8 +60,8 @@ def check_access(caller: Caller, owner: Owner | None, what: str) -> None:
         return
     if caller.owner is None:
         raise Unauthorized(f"This {what} belongs to a room member: send that peer's token or the admin key.")
-    if caller.owner != owner:
-        raise Forbidden(f"This {what} belongs to another peer.")
+    if not caller.owner.may_access(owner):
+        raise Forbidden(f"This {what} belongs to another peer (or to an earlier peer of the same id).")
 
 
 @routes.post("/rtc/offer")
@@ -73,7 +81,7 @@ async def offer(request: web.Request) -> web.Response:
     mode = body.get("mode", "echo")
     options = parse_options(body, manager.config.max_session_seconds)
     session, answer = await manager.open(
-        mode=mode, sdp=body.get("sdp"), options=options, owner=caller.owner, via="http"
+        mode=mode, sdp=body.get("sdp"), options=options, owner=caller.owner, via="http", address=request.remote
     )
     return json_response({"sdp": answer, "type": "answer", "sessionId": session.id})
 
@@ -107,19 +115,24 @@ async def list_recordings(request: web.Request) -> web.Response:
         raise Unauthorized("Listing recordings needs a peer token (your own) or the admin key (all).")
     items = manager.store.list()
     if not caller.admin:
-        items = [i for i in items if Owner(i.room_id or "", i.peer_id or "") == caller.owner]
+        assert caller.owner is not None
+        mine = caller.owner
+        items = [i for i in items if (owner := _owner_of(i)) is not None and mine.may_access(owner)]
     return json_response({"recordings": [i.to_wire() for i in items]})
 
 
-def _owner_of(room_id: str | None, peer_id: str | None) -> Owner | None:
-    return Owner(room_id, peer_id) if room_id and peer_id else None
+def _owner_of(info: RecordingInfo) -> Owner | None:
+    """A recording's owner. One saved before owner keys existed has none: only the admin gets in."""
+    if not (info.room_id and info.peer_id):
+        return None
+    return Owner(info.room_id, info.peer_id, info.owner_key or "")
 
 
 @routes.get("/rtc/recordings/{recordingId}")
 async def download_recording(request: web.Request) -> web.StreamResponse:
     manager = request.app[MEDIA_KEY]
     info = manager.store.get(request.match_info["recordingId"])
-    check_access(await caller_of(request), _owner_of(info.room_id, info.peer_id), "recording")
+    check_access(await caller_of(request), _owner_of(info), "recording")
     fmt = FORMATS.get(info.format)
     headers = {
         "Content-Type": fmt.content_type if fmt else "application/octet-stream",
@@ -133,6 +146,6 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
 async def delete_recording(request: web.Request) -> web.Response:
     manager = request.app[MEDIA_KEY]
     info = manager.store.get(request.match_info["recordingId"])
-    check_access(await caller_of(request), _owner_of(info.room_id, info.peer_id), "recording")
+    check_access(await caller_of(request), _owner_of(info), "recording")
     manager.store.delete(info)
     return json_response({"deleted": True})

@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 from ..config import IceServer
 from ..errors import InvalidRequest, RtcError
 from .events import MEDIA_CLOSED, MEDIA_CONNECTED, MediaClosed, MediaConnected
-from .ice import PairInfo, parse_candidate, rtc_configuration, selected_pair
+from .ice import PairInfo, heard_from_peer, parse_candidate, rtc_configuration, selected_pair
 from .verdict import verdict
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ TICK_SECONDS = 0.5
 CONNECT_TIMEOUT_SECONDS = 30.0
 #: pc.close() normally takes milliseconds; never let one stuck transport hold up shutdown.
 CLOSE_TIMEOUT_SECONDS = 10.0
+#: A connected session that ends after its peer sent nothing for this long ended because the peer
+#: vanished (``connection_lost``), not because it hung up (``peer_closed``).
+SILENCE_SECONDS = 10.0
 #: How long a signaled offer that carries no candidate waits for the first trickled one. aioice
 #: starts its checks as soon as the answer is set and fails at once on an empty check list, so a
 #: trickling client whose candidates are a little late (a loaded machine) would fail every time.
@@ -56,10 +59,22 @@ def _wall_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """The room member a session belongs to (sessions opened with a peer token or by signaling)."""
+    """Who a session (and its recording) belongs to: sessions opened with a peer token, by
+    signaling, or (under a JWT gate) with a connect JWT.
+
+    ``key`` is what access is checked against (:meth:`fantasize_rtc.RtcServer.owner_key`): the
+    hash of the token that made it, or under a JWT gate the authenticated identity. The next peer
+    to take the same id has another token, so it never gets in. ``member`` is False for a JWT
+    caller that is no room member: its sessions do not end when a peer of that id leaves."""
 
     room_id: str
     peer_id: str
+    key: str = field(default="", repr=False)
+    member: bool = True
+
+    def may_access(self, owner: Owner) -> bool:
+        """Whether this caller may read, end or delete what ``owner`` made."""
+        return bool(owner.key) and self.key == owner.key
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +162,7 @@ class MediaSession:
         server_peer_id: str,
         ice_servers: tuple[IceServer, ...],
         notify: Notify | None = None,
+        address: str | None = None,
     ) -> None:
         self.manager = manager
         self.id = session_id
@@ -154,6 +170,7 @@ class MediaSession:
         self.options = options
         self.owner = owner
         self.via = via  # "http", "signaling" or "whip"
+        self.address = address  # the client's network address, when it came over HTTP
         self.server_peer_id = server_peer_id
         self.notify = notify
         self.state = "new"
@@ -178,6 +195,8 @@ class MediaSession:
         self._closing = False
         self._closed = asyncio.Event()
         self._stats_lock = asyncio.Lock()
+        self._received = 0  # packets the peer sent, as last seen by the watchdog
+        self._heard_at = time.monotonic()  # when that count last grew
 
     # -- identity --------------------------------------------------------------------------------
 
@@ -262,6 +281,10 @@ class MediaSession:
         except Exception as exc:  # aiortc raises many types for bad SDP; none is the server's fault
             raise InvalidRequest(f"The offer could not be applied: {_describe(exc)}") from exc
         self._remote_set = True
+        if any(t.receiver.transport is None for t in pc.getTransceivers()) or (
+            pc.sctp is not None and pc.sctp.transport is None
+        ):  # check_offer_sdp refuses the offers known to do this; never go on without a transport
+            raise InvalidRequest("The offer could not be applied: a media section has no transport.")
         await self.mode.after_remote_description(self)
         if self.via == "signaling" and "a=candidate:" not in offer_sdp and not self._pending_candidates:
             self._mark("awaiting-candidates")
@@ -334,6 +357,7 @@ class MediaSession:
         state = self._pc.connectionState
         if state == "connected" and not self.connected:
             self._mark("connected")
+            self._heard_at = time.monotonic()
             self.connected_at = _wall_ms()
             self.pair = selected_pair(self._pc)
             self._set_state("connected")
@@ -342,11 +366,19 @@ class MediaSession:
                 MEDIA_CONNECTED, MediaConnected(self.id, self.mode.name, *self._owner_ids(), connect_ms)
             )
             self.spawn(self.mode.on_connected(self), "on-connected")
-        elif state == "failed":
-            reason = "ice_failed" if self._pc.iceConnectionState == "failed" else "dtls_failed"
+        elif state in ("failed", "closed"):
+            ice_failed = self._pc.iceConnectionState == "failed"
+            if self.connected and time.monotonic() - self._heard_at >= SILENCE_SECONDS:
+                # It was connected, then went silent until ICE consent expired (RFC 7675, about
+                # 30 s): the peer crashed, was killed or lost its network. Not a hangup.
+                reason = "connection_lost"
+            elif ice_failed:
+                reason = "ice_failed"
+            elif state == "failed":
+                reason = "dtls_failed"
+            else:
+                reason = "peer_closed"  # the peer closed DTLS (close_notify): it hung up
             self.manager.spawn(self.close(reason))
-        elif state == "closed":
-            self.manager.spawn(self.close("peer_closed"))
 
     def _owner_ids(self) -> tuple[str | None, str | None]:
         return (self.owner.room_id, self.owner.peer_id) if self.owner else (None, None)
@@ -354,17 +386,29 @@ class MediaSession:
     # -- deadlines -------------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        connect_deadline = time.monotonic() + CONNECT_TIMEOUT_SECONDS
+        answered = time.monotonic()
+        connect_deadline = answered + CONNECT_TIMEOUT_SECONDS
+        ice_deadline = answered + self.manager.config.ice_start_timeout_seconds
+        heard = False
         end_deadline = self._t0 + self.options.max_seconds
         while not self._closing:
             await asyncio.sleep(TICK_SECONDS)
             now = time.monotonic()
             reason: str | None = None
+            if not heard and not self.connected and self._pc is not None:
+                heard = heard_from_peer(self._pc)
             if now >= end_deadline:
                 reason = "max_duration"
+            elif not self.connected and not heard and now >= ice_deadline:
+                # An offer whose peer never does ICE (it vanished, or it never meant to connect)
+                # frees its slot in seconds, not after the full connect timeout.
+                reason = "ice_timeout"
             elif not self.connected and now >= connect_deadline:
                 reason = "connect_timeout"
             elif self.connected:
+                received = _received_packets(self._pc) if self._pc is not None else 0
+                if received != self._received:
+                    self._received, self._heard_at = received, now
                 reason = await self.mode.tick(self)
             if reason is not None:
                 self.manager.spawn(self.close(reason))
@@ -488,15 +532,55 @@ class MediaSession:
             return
         try:
             await asyncio.wait_for(pc.close(), CLOSE_TIMEOUT_SECONDS)
-        except Exception:
-            log.exception("%s: closing the peer connection failed", self.label)
+        except Exception as exc:
+            # aiortc's close() stops at the first transport that fails; stop every one it left
+            log.warning(
+                "%s: closing the peer connection failed (%s); stopping its transports", self.label, _describe(exc)
+            )
+            await _stop_transports(pc)
         # drain tasks end when their tracks end, which pc.close() causes; wait for the stragglers
         await self._cancel_tasks()
+
+
+async def _stop_transports(pc: RTCPeerConnection) -> None:
+    """Stop every DTLS and ICE transport of ``pc`` (their sockets), whatever state it is in."""
+    dtls_list = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        dtls_list.append(pc.sctp.transport)
+    for dtls in dtls_list:
+        if dtls is None:
+            continue
+        for transport in (dtls, dtls.transport):
+            try:
+                await asyncio.wait_for(transport.stop(), CLOSE_TIMEOUT_SECONDS)
+            except Exception:  # best effort: the next one must still be stopped
+                log.debug("stopping %r failed", transport, exc_info=True)
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     return text or type(exc).__name__
+
+
+def _dtls_transports(pc: RTCPeerConnection) -> list[Any]:
+    out: list[Any] = []
+    dtls_list = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        dtls_list.append(pc.sctp.transport)
+    for dtls in dtls_list:
+        if dtls is not None and all(dtls is not seen for seen in out):
+            out.append(dtls)
+    return out
+
+
+def _received_packets(pc: RTCPeerConnection) -> int:
+    """Packets received on the session's transports (aiortc keeps the counters private)."""
+    total = 0
+    for dtls in _dtls_transports(pc):
+        for stat in dtls._get_stats().values():
+            if getattr(stat, "type", "") == "transport":
+                total += stat.packetsReceived
+    return total
 
 
 async def _collect_stats(pc: RTCPeerConnection) -> dict[str, Any]:
@@ -515,14 +599,7 @@ async def _collect_stats(pc: RTCPeerConnection) -> dict[str, Any]:
         elif kind == "remote-inbound-rtp" and stat.roundTripTime:
             rtts.append(stat.roundTripTime * 1000)
     transport: dict[str, int] = {"bytesReceived": 0, "bytesSent": 0, "transportPacketsReceived": 0}
-    seen: set[int] = set()
-    dtls_list = [t.receiver.transport for t in pc.getTransceivers()]
-    if pc.sctp is not None:
-        dtls_list.append(pc.sctp.transport)
-    for dtls in dtls_list:
-        if id(dtls) in seen:
-            continue
-        seen.add(id(dtls))
+    for dtls in _dtls_transports(pc):
         for stat in dtls._get_stats().values():  # aiortc keeps transport counters private
             if getattr(stat, "type", "") == "transport":
                 transport["bytesReceived"] += stat.bytesReceived

@@ -9,6 +9,7 @@ __all__ = ["verdict"]
 _FAILURES = {
     "ice_failed": "failed: no candidate pair succeeded (ICE failed)",
     "dtls_failed": "failed: ICE connected but the DTLS handshake did not complete",
+    "ice_timeout": "failed: the peer never answered an ICE connectivity check",
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import InvalidRequest, UnsupportedMediaType
+from ..web import read_body
 from .keys import MEDIA_KEY
 from .manager import parse_options
 from .routes import caller_of, check_access
@@ -48,7 +49,7 @@ async def whip_post(request: web.Request) -> web.Response:
     if request.content_type != "application/sdp":
         raise UnsupportedMediaType("WHIP offers must be sent as application/sdp.")
     try:
-        sdp = (await request.read()).decode("utf-8")
+        sdp = (await read_body(request)).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequest("The SDP must be UTF-8 text.") from exc
     mode = request.query.get("mode", "record")
@@ -56,7 +57,9 @@ async def whip_post(request: web.Request) -> web.Response:
         raise InvalidRequest(f"WHIP mode must be one of {', '.join(WHIP_MODES)}.")
     options = parse_options(_query_options(dict(request.query)), manager.config.max_session_seconds)
     caller = await caller_of(request)
-    session, answer = await manager.open(mode=mode, sdp=sdp, options=options, owner=caller.owner, via="whip")
+    session, answer = await manager.open(
+        mode=mode, sdp=sdp, options=options, owner=caller.owner, via="whip", address=request.remote
+    )
     # relative to where the app is mounted (request.path carries any prefix)
     location = f"{request.path.rstrip('/')}/{session.id}"
     return web.Response(

@@ -1,4 +1,15 @@
-"""Text frames handled as aiohttp parses them, without a task wake-up per frame.
+"""Everything this package does inside aiohttp, behind one version gate (:func:`supported`).
+
+Two things, each with a fallback on an aiohttp it was not checked against:
+
+1. **Text frames handled as aiohttp parses them** (:class:`FrameWebSocketResponse`), below.
+2. **A guarded HTTP server** (:class:`GuardedSite`, :class:`GuardedRequestHandler`): a connection
+   limit per client address, and malformed requests answered with this package's JSON error
+   shape and a one-line warning instead of aiohttp's text body, which quotes the offending header
+   (tokens and cookies included), and its ERROR traceback. Fallback: a plain ``TCPSite``.
+
+Text frames, without a task wake-up per frame
+----------------------------------------------
 
 aiohttp hands every parsed WebSocket message to a queue, and the socket's handler task wakes up
 to ``receive()`` it: a future, a task step and ``receive()``'s bookkeeping per message. With many
@@ -23,15 +34,26 @@ it is used only with the aiohttp versions it was written and tested against
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import types
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, Protocol, cast
 
 import aiohttp
 from aiohttp import WSMsgType, web
 
-__all__ = ["FAST_FRAMES", "FrameHandler", "FrameWebSocketResponse", "start_eagerly", "supported"]
+__all__ = [
+    "FAST_FRAMES",
+    "GUARDED_SERVER",
+    "ConnectionGate",
+    "FrameHandler",
+    "FrameWebSocketResponse",
+    "GuardedRequestHandler",
+    "GuardedSite",
+    "start_eagerly",
+    "supported",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +105,7 @@ def _carry_on(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, An
 
 
 def supported(version: str) -> bool:
-    """Whether the fast path was written for this aiohttp version (3.14)."""
+    """Whether this module was written and checked against this aiohttp version (3.14)."""
     try:
         major, minor = (int(part) for part in version.split(".")[:2])
     except ValueError:
@@ -207,3 +229,126 @@ class FrameWebSocketResponse(web.WebSocketResponse):
         finally:
             marker, frames.running = frames.running, None
             marker.set_result(None)
+
+
+# -- the guarded HTTP server -----------------------------------------------------------------------
+
+
+class ConnectionGate(Protocol):
+    """Admits connections (:class:`fantasize_rtc.serving.ConnectionLimiter` is one)."""
+
+    def admit(self, address: str) -> bool: ...
+
+    def release(self, address: str) -> None: ...
+
+    def malformed(self, address: str, status: int, what: str) -> None:
+        """A malformed request came from ``address`` (log it, without the request's bytes)."""
+
+
+#: Whether :class:`GuardedSite` can build its handlers (an aiohttp this module knows).
+GUARDED_SERVER = supported(aiohttp.__version__)
+
+
+def _describe_bad_request(exc: BaseException | None) -> str:
+    """A sentence for a malformed request that never quotes the request (aiohttp's own messages
+    quote the offending line: a Cookie or Authorization header with its secrets)."""
+    name = type(exc).__name__ if exc is not None else ""
+    return {
+        "LineTooLong": "A request line or header is longer than the server accepts.",
+        "BadHttpMethod": "This is not an HTTP request.",
+        "BadStatusLine": "The request line is malformed.",
+        "InvalidURLError": "The request line is malformed.",
+        "InvalidHeader": "A request header is malformed.",
+        "TransferEncodingError": "The request body's chunked encoding is malformed.",
+        "ContentLengthError": "The request body is shorter than its Content-Length.",
+        "ContentEncodingError": "The request body could not be decoded.",
+    }.get(name, "The request is malformed.")
+
+
+class GuardedRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, admitted by a :class:`ConnectionGate` and answering malformed
+    requests quietly. Nothing here runs per read: only on connect, disconnect and bad requests."""
+
+    __slots__ = ("_address", "_gate")
+    _address: str
+    _gate: ConnectionGate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else ""
+        gate = self._gate
+        if address and not gate.admit(address):
+            self._address = ""
+            cast(asyncio.Transport, transport).abort()  # before aiohttp sees it: no task, nothing to clean up but this
+            return
+        self._address = address
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._address:
+            self._gate.release(self._address)
+            self._address = ""
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status == 500:  # a bug (aiohttp's or ours) outside the app's error middleware: keep the traceback
+            return super().handle_error(request, status, exc, message)
+        what = _describe_bad_request(exc)
+        self._gate.malformed(self._address or str(request.remote), status, type(exc).__name__ if exc else "")
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        body = '{"error":{"code":"invalid_request","message":' + json.dumps(what) + "}}"
+        response = web.Response(status=status, text=body, content_type="application/json")
+        response.force_close()
+        return response
+
+
+class GuardedSite(web.TCPSite):
+    """``TCPSite`` whose connections are :class:`GuardedRequestHandler`\\ s admitted by ``gate``.
+
+    ``handler_args`` must be what the runner was given (keep-alive timeout ...): aiohttp builds
+    its handlers from its ``Server``'s arguments, and this site builds its own the same way."""
+
+    __slots__ = ("_gate_", "_handler_args")
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str | None, port: int, *, gate: ConnectionGate, handler_args: dict[str, Any]
+    ) -> None:
+        super().__init__(runner, host, port)
+        self._gate_ = gate
+        self._handler_args = handler_args
+
+    def _make_handler(self) -> GuardedRequestHandler:
+        server = self._runner.server
+        assert server is not None
+        handler = GuardedRequestHandler(server, loop=asyncio.get_running_loop(), **self._handler_args)
+        handler._gate = self._gate_
+        handler._address = ""
+        return handler
+
+    async def start(self) -> None:
+        if not GUARDED_SERVER:
+            await super().start()
+            return
+        # aiohttp 3.14's TCPSite.start, with our handler factory in place of the runner's server.
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._make_handler,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        if self._server.sockets:
+            self._bound_port = self._server.sockets[0].getsockname()[1]
+        else:
+            self._bound_port = self._port

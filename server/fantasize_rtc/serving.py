@@ -1,0 +1,147 @@
+"""Serving the app on a port, guarded against slow and greedy clients (docs/security.md).
+
+``fantasize-rtc serve`` runs :func:`start`; an embedder running :func:`fantasize_rtc.create_app`
+with its own aiohttp runner can call it too::
+
+    runner, site = await serving.start(app, "0.0.0.0", 8080, config)
+    ...
+    await runner.cleanup()
+
+What it adds to a plain ``aiohttp.web.AppRunner`` + ``TCPSite``:
+
+- a request's head must be complete within ``header_timeout_ms`` of the connection opening or of
+  its previous response (slowloris: 1,500 sockets trickling headers used to stay open forever,
+  and with the usual 1,024 file descriptors they locked everyone out); idle keep-alive
+  connections close then too. Bodies get ``body_timeout_ms`` (the transport's ``read_body``);
+- at most ``max_connections_per_address`` open connections per client address, refused and
+  logged past that;
+- malformed requests answered in the JSON error shape, logged as one warning line at most every
+  10 s per address, never quoting the request (aiohttp's default quotes the bad header line,
+  cookies and tokens included, and logs a traceback at ERROR).
+
+:func:`raise_fd_limit` lifts the soft open-file limit to the hard one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ._aiohttp_compat import GUARDED_SERVER, GuardedSite
+from .config import RtcConfig
+
+__all__ = ["ConnectionLimiter", "raise_fd_limit", "start"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two warnings about the same client address.
+LOG_EVERY_S = 10.0
+
+
+class ConnectionLimiter:
+    """Open connections per client address, and quiet logging of what it refuses."""
+
+    def __init__(self, per_address: int, clock: Any = time.monotonic) -> None:
+        self.per_address = per_address
+        self.refused = 0
+        self.malformed_requests = 0
+        self._open: dict[str, int] = {}
+        self._logged: dict[str, float] = {}
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return sum(self._open.values())
+
+    def open_from(self, address: str) -> int:
+        return self._open.get(address, 0)
+
+    def admit(self, address: str) -> bool:
+        count = self._open.get(address, 0)
+        if self.per_address and count >= self.per_address:
+            self.refused += 1
+            if self._should_log(address):
+                log.warning(
+                    "refused a connection from %s: it has %d open, the limit per address (%d refused in all)",
+                    address,
+                    count,
+                    self.refused,
+                )
+            return False
+        self._open[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self._open.get(address, 0) - 1
+        if count > 0:
+            self._open[address] = count
+        else:
+            self._open.pop(address, None)
+
+    def malformed(self, address: str, status: int, what: str) -> None:
+        self.malformed_requests += 1
+        if self._should_log(address):
+            log.warning("malformed HTTP request from %s answered %d (%s)", address, status, what or "bad request")
+
+    def _should_log(self, address: str) -> bool:
+        now = self._clock()
+        last = self._logged.get(address)
+        if last is not None and now - last < LOG_EVERY_S:
+            return False
+        if len(self._logged) > 10_000:  # many addresses: forget the old ones
+            self._logged = {a: t for a, t in self._logged.items() if now - t < LOG_EVERY_S}
+        self._logged[address] = now
+        return True
+
+
+def raise_fd_limit() -> tuple[int, int] | None:
+    """Raise the soft limit on open files to the hard limit (each connection is one); returns
+    (old, new) when it changed. Many systems start processes at 1,024."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return None
+        return soft, target
+    return None
+
+
+def handler_args(config: RtcConfig) -> dict[str, Any]:
+    """What every connection handler is built with: the runner's and the guarded site's."""
+    # aiohttp's keep-alive timer runs from a connection's start and from each response until a
+    # whole request head is in, and closes an idle connection when it fires: a header timeout.
+    return {"keepalive_timeout": config.header_timeout_ms / 1000}
+
+
+async def start(
+    app: web.Application, host: str, port: int, config: RtcConfig, *, shutdown_timeout: float = 5.0
+) -> tuple[web.AppRunner, web.TCPSite, ConnectionLimiter]:
+    """Start ``app`` on ``host:port`` with the guards above; returns (runner, site, limiter).
+    Clean up with ``await runner.cleanup()``."""
+    args = handler_args(config)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout, **args)
+    await runner.setup()
+    limiter = ConnectionLimiter(config.max_connections_per_address)
+    site: web.TCPSite
+    if GUARDED_SERVER:
+        site = GuardedSite(runner, host, port, gate=limiter, handler_args=args)
+    else:
+        log.warning(
+            "this aiohttp is not one fantasize_rtc._aiohttp_compat was checked against: no connection "
+            "limit per address, and malformed requests get aiohttp's own answers"
+        )
+        site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, site, limiter
