@@ -127,6 +127,11 @@ class ServerProcess:
                 "warning",
                 "--rate-limit-per-sec",
                 "0",
+                # every benchmark client comes from 127.0.0.1: the per-address limits would refuse them
+                "--max-connections-per-address",
+                "0",
+                "--max-rooms-per-address",
+                "0",
                 "--max-peers-per-room",
                 "8",
                 "--event-loop",

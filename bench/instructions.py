@@ -45,6 +45,10 @@ def _command(kind: str, port: int, uvloop: bool) -> list[str]:
             "warning",
             "--rate-limit-per-sec",
             "0",
+            "--max-connections-per-address",
+            "0",
+            "--max-rooms-per-address",
+            "0",
             "--event-loop",
             "uvloop" if uvloop else "asyncio",
         ]

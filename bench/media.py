@@ -451,6 +451,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             str(free_port()),
             "--max-media-sessions",
             "64",
+            "--max-anonymous-sessions-per-address",
+            "0",
             "--log-level",
             "warning",
             "--event-loop",

@@ -90,6 +90,7 @@ def _worker(port: int, redis_url: str | None) -> int:
     config = RtcConfig(
         redis_url=redis_url,
         rate_limit_per_sec=0,
+        max_rooms_per_address=0,  # every benchmark client comes from 127.0.0.1
         heartbeat_interval_ms=60_000,
         max_peers_per_room=2,
         recordings_dir=tempfile.gettempdir(),

@@ -399,6 +399,10 @@ export class RtcClient extends Emitter {
     try {
       msg = JSON.parse(text);
     } catch {
+      // Never silently: a frame we cannot read may have been an offer or an answer.
+      const err = new RtcError("bad_message", "The server sent a message that is not valid JSON; it was skipped.");
+      this._noteError(err);
+      this.emit("error", { code: err.code, message: err.message, text: text.slice(0, 200) });
       return;
     }
     this._onMessage(msg);
@@ -614,10 +618,16 @@ export class RtcClient extends Emitter {
     }
     const text = await response.text().catch(() => "");
     let data = null;
+    let unreadable = false;
     try {
       data = text ? JSON.parse(text) : null;
     } catch {
-      data = null;
+      unreadable = true; // a proxy's error page, or a body JSON.parse refuses (NaN ...)
+    }
+    if (response.ok && unreadable) {
+      throw this._noteError(
+        new RtcError("bad_response", `The server's answer to ${method} ${path} is not valid JSON.`, response.status),
+      );
     }
     if (!response.ok) {
       const code = data?.error?.code ?? `http_${response.status}`;

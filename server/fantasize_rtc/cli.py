@@ -103,6 +103,39 @@ _SERVE_FLAGS: list[tuple[str, str | None, Any, Any, str, bool]] = [
         "Signals per second one peer may send (burst 200); 0 turns the limit off. (default: 50)",
         False,
     ),
+    (
+        "max-connections-per-address",
+        "max_connections_per_address",
+        int,
+        256,
+        "Open connections one client address may hold; 0 turns the limit off (do that behind a reverse proxy, "
+        "where every client has the proxy's address, and limit there).",
+        False,
+    ),
+    (
+        "max-rooms-per-address",
+        "max_rooms_per_address",
+        int,
+        100,
+        "Rooms one client address may have created and still open; 0 turns the limit off.",
+        False,
+    ),
+    (
+        "max-anonymous-sessions-per-address",
+        "max_anonymous_sessions_per_address",
+        int,
+        4,
+        "Media sessions without a token one client address may hold at once; 0 turns the limit off.",
+        False,
+    ),
+    (
+        "allow-anonymous-media",
+        "allow_anonymous_media",
+        bool,
+        False,
+        "With --auth-secret, still answer media offers (/rtc/offer, /whip) that carry no token.",
+        False,
+    ),
     ("event-loop", None, str, "auto", "auto (uvloop when it is installed), uvloop or asyncio.", False),
     ("log-level", None, str, "info", "debug, info, warning or error.", False),
 ]
@@ -114,6 +147,8 @@ def _env_default(flag: str, kind: Any, default: Any, repeatable: bool) -> Any:
         return default
     if repeatable:
         return [part.strip() for part in raw.split(",") if part.strip()]
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
     return kind(raw)
 
 
@@ -135,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         env = ENV_PREFIX + flag.upper().replace("-", "_")
         value = _env_default(flag, kind, default, repeatable)
         shown = "" if default is None else f" (default: {default})"
+        if kind is bool:
+            serve.add_argument(f"--{flag}", default=value, action="store_true", help=f"{text} [env {env}]")
+            continue
         serve.add_argument(
             f"--{flag}",
             type=kind,

@@ -82,6 +82,7 @@ _BY_STATUS: dict[int, type[RtcError]] = {
     403: errors.Forbidden,
     404: errors.NotFound,
     405: errors.MethodNotAllowed,
+    408: errors.RequestTimeout,
     409: errors.Conflict,
     413: errors.PayloadTooLarge,
     415: errors.UnsupportedMediaType,

@@ -187,3 +187,32 @@ def test_dropped_websocket_reconnects_without_leaving_the_room(
     assert server.room_peers(room) == {"alice", "bob"}
     page.evaluate("Promise.all([t.a.disconnect(), t.b.disconnect()])")
     assert page_errors.errors == []
+
+
+def test_unreadable_answers_and_frames_are_reported_not_swallowed(
+    new_page, server: ServerProcess, page_errors: PageErrors
+) -> None:
+    """Issue 12: a 200 whose body JSON.parse refuses (such as NaN echoed by an older server) was
+    turned into null, and an unreadable frame dropped without a word. Both are errors now."""
+    page: Page = new_page("unreadable", server.url)
+    routes: list[tuple[WebSocketRoute, WebSocketRoute]] = []
+
+    def proxy(ws: WebSocketRoute) -> None:
+        routes.append((ws, ws.connect_to_server()))
+
+    page.route_web_socket("**/rtc/ws*", proxy)
+    page.route(
+        "**/rtc/heartbeat*",
+        lambda route: route.fulfill(status=200, content_type="application/json", body='{"lastSeen": NaN}'),
+    )
+    page.goto("/static/rtc-client.js")
+    page.evaluate(SETUP, unique("unreadable"))
+    page.evaluate("t.errors = []; t.a.on('error', (e) => t.errors.push(e)); null")
+    err = page.evaluate("t.b.request('POST', '/rtc/heartbeat', {}).then(() => null, (e) => [e.code, e.status])")
+    assert err == ["bad_response", 200]
+    wait_for_sync(lambda: len(routes) == 1, timeout=10, message="alice's WebSocket")
+    routes[0][0].send('{"type": "signal", "signal": {"payload": NaN}}')
+    wait_for_sync(lambda: page.evaluate("t.errors.length") == 1, timeout=10, message="the error event")
+    assert page.evaluate("t.errors[0].code") == "bad_message"
+    assert page.evaluate("t.a.state") == "connected"  # one bad frame does not cost the connection
+    assert page_errors.errors == []
