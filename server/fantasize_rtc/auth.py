@@ -46,6 +46,9 @@ COOKIE_MAX_AGE = 86_400
 #: More connect cookies than this in a request: connect clears all but the one it sets. ~115 stale
 #: cookies used to push the Cookie header past the server's header limit (issue 12).
 MAX_COOKIES = 8
+#: At most this many are cleared by one answer (clients limit the headers of an answer: aiohttp's
+#: to about 128); the rest go with the next connects.
+CLEAR_AT_ONCE = 32
 
 
 def connect_cookie_name(room_id: str) -> str:
@@ -69,7 +72,7 @@ def stale_cookies(cookies: Mapping[str, str], keep: str | None = None) -> list[s
     and always those of the older ``rtc!<room>!<peer>`` form."""
     ours = [name for name in cookies if name.startswith(COOKIE_PREFIX) and name != keep]
     legacy = [name for name in ours if name.count("!") > 1]
-    return ours if len(ours) >= MAX_COOKIES else legacy
+    return (ours if len(ours) >= MAX_COOKIES else legacy)[:CLEAR_AT_ONCE]
 
 
 def looks_like_jwt(token: str) -> bool:

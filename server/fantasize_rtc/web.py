@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import json
 import logging
 import struct
 import time
@@ -48,7 +49,6 @@ from .protocol import (
     Signal,
     dumps,
     error_message,
-    parse_json,
     require_object,
     validate_id,
     validate_signal,
@@ -105,8 +105,8 @@ def error_response(err: RtcError) -> web.Response:
     response = json_response(err.to_dict(), status=err.status, headers=headers)
     if isinstance(err, _StaleCookie):
         response.del_cookie(err.cookie, path=COOKIE_PATH)
-    if isinstance(err, RequestTimeout):
-        response.force_close()  # the rest of a trickling body is not worth waiting for
+    if isinstance(err, (RequestTimeout, _UndecodableBody)):
+        response.force_close()
     return response
 
 
@@ -116,6 +116,15 @@ async def error_middleware(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
+    except (RequestTimeout, _UndecodableBody) as err:
+        # The rest of the body is not worth reading: answer, then close (aiohttp would otherwise
+        # linger reading it, up to 10 s of a trickle, or fail on it again and log an ERROR).
+        response = error_response(err)
+        await response.prepare(request)
+        await response.write_eof()
+        if request.protocol is not None:
+            request.protocol.force_close()  # the transport sends what it holds, then closes
+        return response
     except RtcError as err:
         return error_response(err)
     except web.HTTPException as exc:
@@ -180,9 +189,13 @@ async def read_body(request: web.Request) -> bytes:
     except asyncio.TimeoutError:
         log.warning("request body from %s on %s did not arrive within %.0f s", request.remote, request.path, timeout)
         raise RequestTimeout(f"The request body did not arrive within {timeout:g} s.") from None
-    except HttpProcessingError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
+    except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. gzip on a body that is not gzip
         encoding = request.headers.get("Content-Encoding", "")[:32]
-        raise InvalidRequest(f"The body could not be decoded (Content-Encoding: {encoding!r}).") from exc
+        raise _UndecodableBody(f"The body could not be decoded (Content-Encoding: {encoding!r}).") from exc
+
+
+class _UndecodableBody(InvalidRequest):
+    """A body that cannot be read to its end: the answer closes the connection."""
 
 
 async def _read_json_fast(request: web.Request) -> tuple[dict[str, Any], bool]:
@@ -655,9 +668,11 @@ def _error_frame(err: RtcError, frame_id: Any) -> str:
 
 
 def _frame_id(data: str) -> Any:
+    """The ``id`` of a refused frame, to put on its error, read leniently: a frame refused for a
+    NaN or a lone surrogate in its payload still gets its id back."""
     try:
-        frame = parse_json(data, max_depth=4)
-    except RtcError:
+        frame = json.loads(data)
+    except (ValueError, RecursionError):
         return None
     return frame.get("id") if isinstance(frame, dict) else None
 
