@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint bench clean system-deps
+.PHONY: run test lint bench fuzz clean system-deps
 
 run: $(VENV)/.installed
 	$(BIN)/fantasize-rtc serve $(ARGS)
@@ -18,6 +18,13 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check server tests examples bench
 	$(BIN)/ruff format --check server tests examples bench
 	$(BIN)/mypy
+
+# The fuzzing suite at length (the default suite runs a bounded sample of it): FUZZ_EXAMPLES cases
+# per test (default 2000), seed printed; replay a run with `make fuzz SEED=<seed>`.
+fuzz: $(VENV)/.installed-test system-deps
+	@seed=$${SEED:-$$(date +%s)}; echo "fuzz seed $$seed (replay: make fuzz SEED=$$seed)"; \
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(BIN)/python -m pytest tests/test_fuzz.py \
+		tests/test_media_fuzz.py --hypothesis-seed=$$seed --hypothesis-show-statistics --timeout 3600 $(ARGS)
 
 bench: $(VENV)/.installed-test system-deps
 	$(BIN)/python -m pip install --quiet -e '.[fast]'
@@ -40,4 +47,4 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.venv-created
 	@touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts

@@ -105,8 +105,6 @@ def error_response(err: RtcError) -> web.Response:
     response = json_response(err.to_dict(), status=err.status, headers=headers)
     if isinstance(err, _StaleCookie):
         response.del_cookie(err.cookie, path=COOKIE_PATH)
-    if isinstance(err, (RequestTimeout, _UndecodableBody)):
-        response.force_close()
     return response
 
 
@@ -114,19 +112,12 @@ def error_response(err: RtcError) -> web.Response:
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    drain = True  # the rest of an unread body is worth reading (keeps the connection)
     try:
-        return await handler(request)
-    except (RequestTimeout, _UndecodableBody) as err:
-        # The rest of the body is not worth reading: answer, then close (aiohttp would otherwise
-        # linger reading it, up to 10 s of a trickle, or fail on it again and log an ERROR).
-        response = error_response(err)
-        await response.prepare(request)
-        await response.write_eof()
-        if request.protocol is not None:
-            request.protocol.force_close()  # the transport sends what it holds, then closes
-        return response
+        response = await handler(request)
     except RtcError as err:
-        return error_response(err)
+        response = error_response(err)
+        drain = not isinstance(err, (RequestTimeout, _UndecodableBody))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -134,12 +125,39 @@ async def error_middleware(
         response = json_response(cls(exc.reason + ".").to_dict(), status=exc.status)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
-        return response
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_response({"error": {"code": "internal_error", "message": "Internal server error."}}, status=500)
+        response = json_response({"error": {"code": "internal_error", "message": "Internal server error."}}, status=500)
+        drain = False
+    if request.body_exists and not request.content.is_eof():
+        await _finish_unread_body(request, response, drain)
+    return response
+
+
+#: Seconds the rest of a body the handler did not read may take to arrive (aiohttp's own
+#: "lingering" read allows 10 s, which a trickling client fills).
+_UNREAD_BODY_S = 1.0
+
+
+async def _finish_unread_body(request: web.Request, response: web.StreamResponse, drain: bool) -> None:
+    """Read the rest of a body the handler did not read (it answered before reading, or could
+    not read it), as aiohttp would, but within a second and without logging an undecodable body
+    as an unhandled ERROR; a body that cannot be read closes the connection after the answer."""
+    if not isinstance(response, web.Response) or response.prepared:
+        return  # a WebSocket or a stream: it owns the connection
+    if drain:
+        try:
+            await asyncio.wait_for(request.read(), _UNREAD_BODY_S)
+            return
+        except Exception:  # too large, undecodable, too slow: not worth reading
+            log.debug("unread body of %s %s not drained; closing after the answer", request.method, request.path)
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.protocol is not None:
+        request.protocol.force_close()  # the transport sends what it holds, then closes
 
 
 def cors_middleware(origins: tuple[str, ...]) -> Any:

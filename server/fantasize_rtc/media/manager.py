@@ -119,6 +119,8 @@ def check_offer_sdp(sdp: Any, limit: int) -> str:
         raise InvalidRequest(f"The SDP could not be parsed: {str(exc)[:120] or type(exc).__name__}") from exc
     mids: list[str] = []
     for media in description.media:
+        if media.kind not in ("audio", "video", "application"):
+            raise InvalidRequest(f"The offer has a media section of unknown kind {media.kind[:16]!r}.")
         if media.dtls is None or not media.dtls.fingerprints:
             raise InvalidRequest("The offer has no DTLS fingerprint (a=fingerprint): it could never connect.")
         if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
