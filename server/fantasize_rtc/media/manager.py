@@ -180,6 +180,10 @@ class MediaManager:
             raise SessionNotFound(f"No media session {session_id[:64]!r} (or it ended long ago).")
         return ended[0], None, ended[1]
 
+    def ended_reports(self) -> list[tuple[Owner | None, dict[str, Any]]]:
+        """(owner, report) of the recently ended sessions, oldest first."""
+        return list(self._ended.values())
+
     def owned_by(self, owner: Owner) -> list[MediaSession]:
         return [s for s in self._sessions.values() if s.owner == owner]
 
