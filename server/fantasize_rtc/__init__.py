@@ -17,7 +17,7 @@ from .server import Connect, RelayResult, RtcServer, create_rtc_server
 if TYPE_CHECKING:
     from .web import create_app
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Connect",
