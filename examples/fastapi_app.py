@@ -24,13 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from fantasize_rtc import RtcError, create_rtc_server
-from fantasize_rtc.auth import (
-    COOKIE_MAX_AGE,
-    COOKIE_PATH,
-    connect_cookie_name,
-    connect_cookie_value,
-    token_from_cookies,
-)
+from fantasize_rtc.auth import connect_cookie, token_from_cookies
 from fantasize_rtc.errors import InvalidRequest
 
 rtc = create_rtc_server(max_peers_per_room=8)
@@ -91,14 +85,7 @@ async def invalid_body(request: Request, exc: RequestValidationError) -> JSONRes
 async def connect(body: ConnectBody, request: Request, response: Response) -> dict[str, Any]:
     proof = token_of(request, body.roomId, body.peerId)  # lets a peer reconnect as itself
     result = await rtc.connect_peer(body.roomId, body.peerId, body.metadata, proof=proof)
-    response.set_cookie(
-        connect_cookie_name(result.room_id),
-        connect_cookie_value(result.peer_id, result.token),
-        path=COOKIE_PATH,
-        max_age=COOKIE_MAX_AGE,
-        httponly=True,
-        samesite="strict",
-    )
+    response.set_cookie(**connect_cookie(result.room_id, result.peer_id, result.token))
     return result.to_wire()
 
 

@@ -21,13 +21,7 @@ from litestar.datastructures import Cookie
 from litestar.exceptions import ValidationException
 
 from fantasize_rtc import RtcError, create_rtc_server
-from fantasize_rtc.auth import (
-    COOKIE_MAX_AGE,
-    COOKIE_PATH,
-    connect_cookie_name,
-    connect_cookie_value,
-    token_from_cookies,
-)
+from fantasize_rtc.auth import connect_cookie, token_from_cookies
 from fantasize_rtc.errors import InvalidRequest
 
 rtc = create_rtc_server(max_peers_per_room=8)
@@ -56,15 +50,7 @@ async def connect(data: dict[str, Any], request: Request[Any, Any, Any]) -> Resp
         data.get("metadata"),
         proof=token_of(request, room_id, peer_id),
     )
-    cookie = Cookie(
-        key=connect_cookie_name(result.room_id),
-        value=connect_cookie_value(result.peer_id, result.token),
-        path=COOKIE_PATH,
-        max_age=COOKIE_MAX_AGE,
-        httponly=True,
-        samesite="strict",
-    )
-    return Response(result.to_wire(), cookies=[cookie])
+    return Response(result.to_wire(), cookies=[Cookie(**connect_cookie(result.room_id, result.peer_id, result.token))])
 
 
 @post("/rtc/heartbeat", status_code=200)

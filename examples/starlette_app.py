@@ -22,13 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fantasize_rtc import RtcError, create_rtc_server
-from fantasize_rtc.auth import (
-    COOKIE_MAX_AGE,
-    COOKIE_PATH,
-    connect_cookie_name,
-    connect_cookie_value,
-    token_from_cookies,
-)
+from fantasize_rtc.auth import connect_cookie, token_from_cookies
 from fantasize_rtc.errors import InvalidRequest
 
 rtc = create_rtc_server(max_peers_per_room=8)
@@ -68,14 +62,7 @@ async def connect(request: Request) -> Response:
         proof=token_of(request, room_id, peer_id),
     )
     response = JSONResponse(result.to_wire())
-    response.set_cookie(
-        connect_cookie_name(result.room_id),
-        connect_cookie_value(result.peer_id, result.token),
-        path=COOKIE_PATH,
-        max_age=COOKIE_MAX_AGE,
-        httponly=True,
-        samesite="strict",
-    )
+    response.set_cookie(**connect_cookie(result.room_id, result.peer_id, result.token))
     return response
 
 

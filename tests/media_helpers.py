@@ -191,6 +191,16 @@ async def http_offer(
     return dict(body)
 
 
+def _fd_targets() -> list[str]:
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed while we looked
+            continue
+    return targets
+
+
 def udp_sockets() -> int:
     """UDP sockets this process holds (ICE opens them; a refused offer must not)."""
     inodes: set[str] = set()
@@ -201,15 +211,12 @@ def udp_sockets() -> int:
                 inodes.update(line.split()[9] for line in f)
         except FileNotFoundError:
             continue
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            count += 1
-    return count
+    return sum(1 for target in _fd_targets() if target.startswith("socket:[") and target[8:-1] in inodes)
+
+
+def other_fds() -> int:
+    """Open file descriptors that are not sockets (files, pipes, event fds)."""
+    return sum(1 for target in _fd_targets() if not target.startswith("socket:["))
 
 
 async def wait_closed(manager: Any, timeout: float = 20.0) -> None:

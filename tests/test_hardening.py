@@ -20,6 +20,7 @@ from fantasize_rtc.errors import InvalidJson
 from fantasize_rtc.hub import PollChannel
 from fantasize_rtc.web import RTC_KEY, create_app
 from tests.helpers import wait_for
+from tests.test_web import bearer, connect
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 OFFER = {"type": "offer", "payload": {"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"}}
@@ -37,20 +38,6 @@ def strict_json(text: str) -> Any:
 async def post_raw(client: TestClient, path: str, text: str, **headers: str) -> tuple[int, Any]:  # type: ignore[type-arg]
     resp = await client.post(path, data=text.encode(), headers={"Content-Type": "application/json", **headers})
     return resp.status, strict_json(await resp.text())
-
-
-async def connect(client: TestClient, room: str = "r", peer: str | None = None, **extra: Any) -> dict[str, Any]:  # type: ignore[type-arg]
-    body: dict[str, Any] = {"roomId": room, **extra}
-    if peer is not None:
-        body["peerId"] = peer
-    resp = await client.post("/rtc/connect", json=body)
-    assert resp.status == 200, await resp.text()
-    data: dict[str, Any] = await resp.json()
-    return data
-
-
-def bearer(conn: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {conn['token']}"}
 
 
 async def next_frame(ws: aiohttp.ClientWebSocketResponse, *types: str) -> dict[str, Any]:

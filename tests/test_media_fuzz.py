@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,7 +21,7 @@ from fantasize_rtc.media import MEDIA_KEY
 from fantasize_rtc.web import create_app
 from tests.fuzzing import check_answer, check_log
 from tests.helpers import wait_for
-from tests.media_helpers import client_peer, udp_sockets
+from tests.media_helpers import client_peer, other_fds, udp_sockets
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
@@ -97,18 +96,6 @@ def mutate(sdp: str, steps: list[tuple[str, int, str]]) -> str:
         if not lines:
             lines = ["v=0"]
     return "\r\n".join(lines)
-
-
-def other_fds() -> int:
-    """Open file descriptors that are not sockets (files, pipes, event fds)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        count += not target.startswith("socket:[")
-    return count
 
 
 class MediaWorld:

@@ -17,6 +17,7 @@ from .errors import Forbidden, Unauthorized
 __all__ = [
     "COOKIE_MAX_AGE",
     "COOKIE_PATH",
+    "connect_cookie",
     "connect_cookie_name",
     "connect_cookie_value",
     "identity_owner_key",
@@ -59,6 +60,19 @@ def connect_cookie_name(room_id: str) -> str:
 
 def connect_cookie_value(peer_id: str, token: str) -> str:
     return f"{peer_id}:{token}"
+
+
+def connect_cookie(room_id: str, peer_id: str, token: str) -> dict[str, Any]:
+    """The connect cookie as keyword arguments of Starlette's ``set_cookie`` and Litestar's
+    ``Cookie`` (``key``, ``value``, ``path``, ``max_age``, ``httponly``, ``samesite``)."""
+    return {
+        "key": connect_cookie_name(room_id),
+        "value": connect_cookie_value(peer_id, token),
+        "path": COOKIE_PATH,
+        "max_age": COOKIE_MAX_AGE,
+        "httponly": True,
+        "samesite": "strict",
+    }
 
 
 def token_from_cookies(cookies: Mapping[str, str], room_id: str, peer_id: str) -> str | None:
