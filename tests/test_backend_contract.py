@@ -282,6 +282,46 @@ async def test_recipients(backend: tuple[Backend, Hub]) -> None:
         await b.recipients("nope", "alice", None)
 
 
+async def test_join_without_creating_and_member_tokens(backend: tuple[Backend, Hub]) -> None:
+    """What the per-address room limit and owner keys ask of a backend."""
+    b, _ = backend
+    with pytest.raises(RoomNotFound):
+        await b.join(
+            "new",
+            "a",
+            {},
+            NOW,
+            token="t-a",
+            proof=None,
+            trusted=False,
+            default_max_peers=4,
+            max_rooms=10,
+            max_peers=10,
+            may_create=False,
+        )
+    assert await b.counts() == (0, 0)
+    first = await _join(b, "r", "alice")
+    joined = await b.join(
+        "r",
+        "bob",
+        {},
+        NOW,
+        token="t-b",
+        proof=None,
+        trusted=False,
+        default_max_peers=4,
+        max_rooms=10,
+        max_peers=10,
+        may_create=False,
+    )
+    assert not joined.room_created
+    assert await b.member_token("r", "alice") == first.token
+    assert await b.member_token("r", "bob") == "t-b"
+    assert await b.member_token("r", "nobody") is None and await b.member_token("nope", "alice") is None
+    await b.leave("r", "alice")
+    assert await b.member_token("r", "alice") is None
+
+
 async def test_outboxes_are_capped_in_bytes_per_peer_and_in_all(backend: tuple[Backend, Hub]) -> None:
     """Issue 12: a count cap alone let 256 x 48 KiB (12 MiB) wait for one offline peer, with no cap
     on the sum. Bytes are capped per peer and over all outboxes; what does not fit is dropped for

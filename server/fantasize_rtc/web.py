@@ -199,17 +199,24 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 async def read_body(request: web.Request) -> bytes:
     """The request body: 413 over the size limit, 408 when it trickles in slower than the body
     timeout (the connection is then closed), 400 when its Content-Encoding cannot be decoded."""
+    if request.content.is_eof():  # all there already (the common case): nothing to wait for
+        try:
+            return await request.read()
+        except (web.RequestPayloadError, HttpProcessingError) as exc:
+            raise _undecodable(request) from exc
     timeout = request.app[RTC_KEY].config.body_timeout_ms / 1000
     try:
-        if request.content.is_eof():  # all there already (the common case): nothing to wait for
-            return await request.read()
         return await asyncio.wait_for(request.read(), timeout)
     except asyncio.TimeoutError:
         log.warning("request body from %s on %s did not arrive within %.0f s", request.remote, request.path, timeout)
         raise RequestTimeout(f"The request body did not arrive within {timeout:g} s.") from None
     except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. gzip on a body that is not gzip
-        encoding = request.headers.get("Content-Encoding", "")[:32]
-        raise _UndecodableBody(f"The body could not be decoded (Content-Encoding: {encoding!r}).") from exc
+        raise _undecodable(request) from exc
+
+
+def _undecodable(request: web.Request) -> _UndecodableBody:
+    encoding = request.headers.get("Content-Encoding", "")[:32]
+    return _UndecodableBody(f"The body could not be decoded (Content-Encoding: {encoding!r}).")
 
 
 class _UndecodableBody(InvalidRequest):
@@ -238,7 +245,7 @@ def token_from_request(request: web.Request, room_id: str | None = None, peer_id
     """Bearer header, then ``?token=``, then the connect cookie for (room, peer)."""
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
-        return _bearer(request)
+        return auth[7:].strip() or None
     token = request.query.get("token")
     if token:
         return token
@@ -266,11 +273,14 @@ async def _peer_from(request: web.Request, body: dict[str, Any], peer_field: str
     peer_id = _optional_id(body, peer_field)
     token = token_from_request(request, room_id, peer_id)
     try:
-        return await rtc.authorize(token, room_id, peer_id)
+        room, peer = await rtc.authenticate(token)
     except Unauthorized as err:
         if room_id and token is not None and token == token_from_cookies(request.cookies, room_id, peer_id or ""):
             raise _StaleCookie(err.message, connect_cookie_name(room_id)) from None  # its peer left or was reaped
         raise
+    if (room_id is not None and room_id != room) or (peer_id is not None and peer_id != peer):
+        raise Forbidden(f"This token belongs to peer {peer!r} in room {room!r}.")  # as rtc.authorize
+    return room, peer
 
 
 class _StaleCookie(Unauthorized):
