@@ -93,8 +93,9 @@ def assert_served_as_when_idle(idle_ms: float, attacked_ms: float) -> None:
 # -- 7. slow headers (slowloris) ----------------------------------------------------------------------
 
 
-async def test_7_connections_trickling_headers_are_closed_and_others_are_served(served: Served) -> None:
+async def test_7_connections_trickling_headers_are_closed_and_others_are_served(served: Served, caplog: Any) -> None:
     """Before: 1,500 sockets trickling headers were never closed (keep-alive timeout 3630 s)."""
+    caplog.set_level(logging.WARNING, logger="fantasize_rtc.serving")
     idle = await median_latency(served)
     writers = []
     for _ in range(200):
@@ -113,6 +114,9 @@ async def test_7_connections_trickling_headers_are_closed_and_others_are_served(
             writer.transport.abort()
     assert time.monotonic() - started < 5  # header timeout 1 s (+ aiohttp's 1 s timer granularity)
     assert_served_as_when_idle(idle, attacked)
+    assert served.limiter.header_timeouts == 200
+    warnings = [r.getMessage() for r in caplog.records if "sent no complete request head" in r.getMessage()]
+    assert len(warnings) == 1 and "from 127.0.0.1" in warnings[0]  # said once, not 200 times
 
 
 async def _trickle(writers: list[asyncio.StreamWriter]) -> None:

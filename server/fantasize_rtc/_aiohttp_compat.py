@@ -244,6 +244,10 @@ class ConnectionGate(Protocol):
     def malformed(self, address: str, status: int, what: str) -> None:
         """A malformed request came from ``address`` (log it, without the request's bytes)."""
 
+    def no_request(self, address: str, seconds: float) -> None:
+        """A connection from ``address`` closed after ``seconds`` without one complete request
+        head: the header timeout ended it (slow headers), or it never sent anything."""
+
 
 #: Whether :class:`GuardedSite` can build its handlers (an aiohttp this module knows).
 GUARDED_SERVER = supported(aiohttp.__version__)
@@ -269,9 +273,10 @@ class GuardedRequestHandler(web.RequestHandler):
     """aiohttp's connection handler, admitted by a :class:`ConnectionGate` and answering malformed
     requests quietly. Nothing here runs per read: only on connect, disconnect and bad requests."""
 
-    __slots__ = ("_address", "_gate")
+    __slots__ = ("_address", "_gate", "_opened_at")
     _address: str
     _gate: ConnectionGate
+    _opened_at: float
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -282,12 +287,16 @@ class GuardedRequestHandler(web.RequestHandler):
             cast(asyncio.Transport, transport).abort()  # before aiohttp sees it: no task, nothing to clean up but this
             return
         self._address = address
+        self._opened_at = self._loop.time()
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._address:
-            self._gate.release(self._address)
+        address = self._address
+        if address:
             self._address = ""
+            self._gate.release(address)
+            if self._request_count == 0:  # aiohttp counts the request heads it parsed
+                self._gate.no_request(address, self._loop.time() - self._opened_at)
         super().connection_lost(exc)
 
     def handle_error(

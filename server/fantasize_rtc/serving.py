@@ -12,7 +12,8 @@ What it adds to a plain ``aiohttp.web.AppRunner`` + ``TCPSite``:
 - a request's head must be complete within ``header_timeout_ms`` of the connection opening or of
   its previous response (slowloris: 1,500 sockets trickling headers used to stay open forever,
   and with the usual 1,024 file descriptors they locked everyone out); idle keep-alive
-  connections close then too. Bodies get ``body_timeout_ms`` (the transport's ``read_body``);
+  connections close then too. Many such closes from one address are logged as a warning. Bodies
+  get ``body_timeout_ms`` (the transport's ``read_body``);
 - at most ``max_connections_per_address`` open connections per client address, refused and
   logged past that;
 - malformed requests answered in the JSON error shape, logged as one warning line at most every
@@ -39,15 +40,21 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two warnings about the same client address.
 LOG_EVERY_S = 10.0
+#: Connections closed by the header timeout from one address before that is worth a warning.
+SLOW_WARNING_AT = 10
 
 
 class ConnectionLimiter:
     """Open connections per client address, and quiet logging of what it refuses."""
 
-    def __init__(self, per_address: int, clock: Any = time.monotonic) -> None:
+    def __init__(self, per_address: int, header_timeout_s: float = 10.0, clock: Any = time.monotonic) -> None:
         self.per_address = per_address
+        self.header_timeout_s = header_timeout_s
         self.refused = 0
         self.malformed_requests = 0
+        #: Connections the header timeout closed before a whole request head came in.
+        self.header_timeouts = 0
+        self._slow: dict[str, int] = {}  # per address, since its last warning
         self._open: dict[str, int] = {}
         self._logged: dict[str, float] = {}
         self._clock = clock
@@ -84,6 +91,22 @@ class ConnectionLimiter:
         self.malformed_requests += 1
         if self._should_log(address):
             log.warning("malformed HTTP request from %s answered %d (%s)", address, status, what or "bad request")
+
+    def no_request(self, address: str, seconds: float) -> None:
+        if seconds < self.header_timeout_s * 0.9:
+            return  # the client closed it: nothing to say
+        self.header_timeouts += 1
+        # A browser leaves a preconnected socket unused now and then; many from one address is
+        # slowloris (or a broken proxy): say so, at most every LOG_EVERY_S per address.
+        slow = self._slow[address] = self._slow.get(address, 0) + 1
+        if slow >= SLOW_WARNING_AT and self._should_log("slow " + address):
+            log.warning(
+                "closed %d connections from %s that sent no complete request head within %.0f s (slow headers)",
+                slow,
+                address,
+                self.header_timeout_s,
+            )
+            self._slow[address] = 0
 
     def _should_log(self, address: str) -> bool:
         now = self._clock()
@@ -129,7 +152,7 @@ async def start(
     args = handler_args(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout, **args)
     await runner.setup()
-    limiter = ConnectionLimiter(config.max_connections_per_address)
+    limiter = ConnectionLimiter(config.max_connections_per_address, config.header_timeout_ms / 1000)
     site: web.TCPSite
     if GUARDED_SERVER:
         site = GuardedSite(runner, host, port, gate=limiter, handler_args=args)
