@@ -18,7 +18,7 @@ import time
 from bench.loadgen import CANDIDATE, SDP
 from fantasize_rtc import create_rtc_server
 from fantasize_rtc._aiohttp_compat import start_eagerly
-from fantasize_rtc.web import _PeerFrames
+from fantasize_rtc.web._socket import _PeerFrames
 
 
 class OpenSocket:

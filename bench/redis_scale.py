@@ -84,8 +84,8 @@ def _worker(port: int, redis_url: str | None) -> int:
     from aiohttp import web
 
     from fantasize_rtc import RtcConfig
+    from fantasize_rtc.app import create_app
     from fantasize_rtc.cli import tune_gc
-    from fantasize_rtc.web import create_app
 
     config = RtcConfig(
         redis_url=redis_url,

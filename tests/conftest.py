@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from fantasize_rtc import RtcConfig, RtcServer, create_rtc_server
-from fantasize_rtc.web import create_app
+from fantasize_rtc.app import create_app
 from tests.helpers import FakeClock
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

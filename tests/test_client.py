@@ -12,8 +12,9 @@ import pytest
 from aiohttp import web
 
 from fantasize_rtc import RtcConfig, errors
+from fantasize_rtc.app import create_app
 from fantasize_rtc.client import ConnectionLost, RtcClient, ServerError, error_from_response, split_candidates
-from fantasize_rtc.web import RTC_KEY, create_app
+from fantasize_rtc.web import RTC_KEY
 from tests.helpers import wait_for
 
 Factory = Callable[..., Awaitable[str]]

@@ -16,8 +16,9 @@ import av
 import pytest
 
 from fantasize_rtc import RtcConfig
+from fantasize_rtc.app import create_app
 from fantasize_rtc.client import RtcClient
-from fantasize_rtc.web import RTC_KEY, create_app
+from fantasize_rtc.web import RTC_KEY
 from tests.helpers import free_port, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from fantasize_rtc import RtcConfig, serving
 from fantasize_rtc._aiohttp_compat import GUARDED_SERVER
-from fantasize_rtc.web import RTC_KEY, create_app
+from fantasize_rtc.app import create_app
+from fantasize_rtc.web import RTC_KEY
 from tests import fuzzing
 from tests.fuzzing import body_of, check_answer, check_log, hostile_json, ids, json_values, strict_json
 from tests.helpers import IN_CI

@@ -16,9 +16,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from fantasize_rtc import RtcConfig, create_rtc_server, serving
+from fantasize_rtc.app import create_app
 from fantasize_rtc.errors import InvalidJson
 from fantasize_rtc.hub import PollChannel
-from fantasize_rtc.web import RTC_KEY, create_app
+from fantasize_rtc.web import RTC_KEY
 from tests.helpers import wait_for
 from tests.test_web import bearer, connect
 

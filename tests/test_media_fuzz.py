@@ -17,8 +17,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fantasize_rtc import RtcConfig
+from fantasize_rtc.app import create_app
 from fantasize_rtc.media import MEDIA_KEY
-from fantasize_rtc.web import create_app
 from tests.fuzzing import check_answer, check_log
 from tests.helpers import wait_for
 from tests.media_helpers import client_peer, other_fds, udp_sockets

@@ -21,9 +21,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from fantasize_rtc import RtcConfig
+from fantasize_rtc.app import create_app
 from fantasize_rtc.media import MEDIA_CLOSED, MEDIA_KEY, RECORDING_SAVED
 from fantasize_rtc.media import session as media_session
-from fantasize_rtc.web import create_app
 from tests.helpers import wait_for
 from tests.media_helpers import client_peer, http_offer, udp_sockets, wait_closed
 from tests.test_media_recordings import record_briefly

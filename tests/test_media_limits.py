@@ -10,8 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from fantasize_rtc import RtcConfig
+from fantasize_rtc.app import create_app
 from fantasize_rtc.media import MEDIA_CLOSED, MEDIA_KEY, RECORDING_SAVED
-from fantasize_rtc.web import create_app
 from tests.helpers import wait_for
 from tests.media_helpers import client_peer, http_offer, udp_sockets, wait_closed
 

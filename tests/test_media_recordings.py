@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from fantasize_rtc import RtcConfig
+from fantasize_rtc.app import create_app
 from fantasize_rtc.media import MEDIA_CLOSED, MEDIA_KEY, RECORDING_SAVED
-from fantasize_rtc.web import create_app
 from tests.helpers import wait_for
 from tests.media_helpers import ClientPeer, client_peer, http_offer
 

@@ -8,8 +8,8 @@ from typing import Any
 from aiortc import RTCIceServer, RTCIceTransportPolicy
 
 from fantasize_rtc import RtcConfig
+from fantasize_rtc.app import create_app
 from fantasize_rtc.config import IceServer
-from fantasize_rtc.web import create_app
 from tests.helpers import wait_for
 from tests.media_helpers import client_peer, http_offer
 from tests.turn_fixtures import TURN_SECRET, coturn

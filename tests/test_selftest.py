@@ -10,10 +10,11 @@ import sys
 from typing import Any
 
 from fantasize_rtc import RtcConfig
+from fantasize_rtc.app import create_app
 from fantasize_rtc.cli import build_parser
 from fantasize_rtc.media.keys import MEDIA_KEY
 from fantasize_rtc.selftest import CHECKS, CheckResult, format_table, run_selftest
-from fantasize_rtc.web import RTC_KEY, create_app
+from fantasize_rtc.web import RTC_KEY
 from tests.helpers import free_port, wait_for
 
 

@@ -23,7 +23,8 @@ import pytest
 
 from fantasize_rtc import RtcConfig, serving
 from fantasize_rtc._aiohttp_compat import GUARDED_SERVER
-from fantasize_rtc.web import RTC_KEY, create_app
+from fantasize_rtc.app import create_app
+from fantasize_rtc.web import RTC_KEY
 from tests.helpers import IN_CI, wait_for
 
 OTHER_ADDRESS = "127.0.0.2"  # any 127/8 address reaches a server on 127.0.0.1 (Linux)

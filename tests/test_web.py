@@ -11,7 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from fantasize_rtc import RtcConfig
-from fantasize_rtc.web import RTC_KEY, create_app
+from fantasize_rtc.app import create_app
+from fantasize_rtc.web import RTC_KEY
 from tests.helpers import wait_for
 
 ADMIN = {"Authorization": "Bearer admin-secret"}

@@ -18,7 +18,8 @@ from fantasize_rtc import RtcConfig
 from fantasize_rtc import _aiohttp_compat as compat
 from fantasize_rtc import events as ev
 from fantasize_rtc._aiohttp_compat import FrameWebSocketResponse, start_eagerly
-from fantasize_rtc.web import RTC_KEY, create_app
+from fantasize_rtc.app import create_app
+from fantasize_rtc.web import RTC_KEY
 from tests.helpers import IN_CI, wait_for
 from tests.test_web import bearer, connect
 

@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 
 from fantasize_rtc import RtcConfig
 from fantasize_rtc import web as rtc_web
-from fantasize_rtc.web import create_app
+from fantasize_rtc.app import create_app
+from fantasize_rtc.web import _channel as rtc_channel
 from tests.helpers import wait_for
 from tests.test_web import bearer, connect
 
@@ -71,7 +72,7 @@ async def _raw_websocket_that_never_reads(port: int, token: str) -> tuple[asynci
 async def test_a_peer_that_stops_reading_is_closed_and_keeps_what_it_missed(
     aiohttp_client: Any, config: RtcConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rtc_web, "SEND_BUFFER_LIMIT", 256 * 1024)
+    monkeypatch.setattr(rtc_channel, "SEND_BUFFER_LIMIT", 256 * 1024)
     config = dataclasses.replace(config, rate_limit_per_sec=0)
     client: TestClient = await aiohttp_client(create_app(config=config))
     alice = await connect(client, "r", "alice")

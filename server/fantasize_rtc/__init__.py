@@ -1,13 +1,14 @@
 """fantasize-rtc-server: WebRTC signaling rooms and a real WebRTC peer, on aiohttp + aiortc.
 
 The core (``protocol``, ``rooms``, ``errors``, ``config``, ``events``) and the facade import
-no web framework; :func:`create_app` (aiohttp) is imported on first use.
+no web framework; :func:`create_app` (aiohttp, and the media layer) is imported on first use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .config import IceServer, RtcConfig
 from .errors import RtcError
 from .protocol import Signal
@@ -15,9 +16,8 @@ from .rooms import PeerInfo, RoomSnapshot
 from .server import Connect, RelayResult, RtcServer, create_rtc_server
 
 if TYPE_CHECKING:
-    from .web import create_app
+    from .app import create_app
 
-__version__ = "0.2.0"
 
 __all__ = [
     "Connect",
@@ -37,7 +37,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from .web import create_app
+        from .app import create_app
 
         return create_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .config import IceServer, RtcConfig
 
 __all__ = ["main"]
@@ -241,7 +241,7 @@ def tune_gc() -> None:
 
 async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
     from . import serving
-    from .web import create_app
+    from .app import create_app
 
     raised = serving.raise_fd_limit()
     if raised is not None:

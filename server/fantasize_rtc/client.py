@@ -34,6 +34,7 @@ import aiohttp
 
 from . import errors
 from .errors import RtcError, Unauthorized
+from .protocol import CloseCode
 
 __all__ = ["ConnectionLost", "RtcClient", "ServerError", "error_from_response", "split_candidates"]
 
@@ -41,9 +42,6 @@ log = logging.getLogger(__name__)
 
 Transport = Literal["auto", "ws", "poll"]
 
-# Close codes the server uses (web.py): 1000 left, 1001 shutting down, 4000 reaped, 4001 replaced.
-_CLOSE_REPLACED = 4001
-_CLOSE_REAPED = 4000
 _CLOSE_DONE = object()  # sentinel put on the queue when the stream ends normally
 
 
@@ -630,11 +628,11 @@ class RtcClient:
         log.info("%s: WebSocket closed by the server (code %s)", where, code)
         if self._closing:
             return "closed"
-        if code == _CLOSE_REPLACED:
+        if code == CloseCode.REPLACED:
             return "replaced"
-        if code == 1000:
+        if code == CloseCode.LEFT:
             return "left"
-        if code == _CLOSE_REAPED:
+        if code == CloseCode.REMOVED:
             raise ConnectionLost("The server disconnected this peer (timeout).")
         return None  # going away, network trouble: try again
 

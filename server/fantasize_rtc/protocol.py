@@ -5,6 +5,7 @@ Pure and synchronous; imports only the standard library. See docs/protocol.md.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import re
@@ -16,23 +17,65 @@ from .errors import InvalidJson, InvalidRequest, PayloadTooLarge
 __all__ = [
     "KNOWN_SIGNAL_TYPES",
     "SERVER_PEER_PREFIX",
+    "CloseCode",
+    "LeaveReason",
     "Signal",
     "check_json_depth",
     "check_parsed_depth",
     "dumps",
+    "dumps_client_value",
     "encoded_size",
+    "error_message",
     "is_server_peer",
+    "parse_json",
+    "peer_connected_message",
+    "peer_disconnected_message",
+    "require_object",
+    "signal_message",
     "validate_id",
     "validate_metadata",
     "validate_signal",
 ]
 
-PROTOCOL_VERSION: Final = 1
 SERVER_PEER_PREFIX: Final = "@"
 _ID_RE: Final = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 _SERVER_ID_RE: Final = re.compile(r"@[A-Za-z0-9._~-]{1,63}")
 _TYPE_RE: Final = re.compile(r"[A-Za-z0-9:._-]{1,64}")
 KNOWN_SIGNAL_TYPES: Final = frozenset({"offer", "answer", "candidate", "bye"})
+
+
+class CloseCode(enum.IntEnum):
+    """Every WebSocket close code the server sends (docs/protocol.md; rtc-client.js has the same
+    names)."""
+
+    #: The peer left (a ``disconnect`` frame or route).
+    LEFT = 1000
+    #: The server is shutting down.
+    GOING_AWAY = 1001
+    #: A binary frame: only text frames are spoken.
+    UNSUPPORTED_DATA = 1003
+    #: The peer sent faster than its rate limit.
+    POLICY_VIOLATION = 1008
+    #: A frame over the frame limit (aiohttp closes with it).
+    MESSAGE_TOO_BIG = 1009
+    #: A server bug while handling a frame (after an ``internal_error`` frame).
+    INTERNAL_ERROR = 1011
+    #: The peer was removed: reaped for silence, or it left through another process.
+    REMOVED = 4000
+    #: A newer connection of the same peer took over.
+    REPLACED = 4001
+    #: The peer stopped reading: 4 MiB waited unsent.
+    TOO_SLOW = 4002
+
+
+class LeaveReason:
+    """Why a peer left a room: the ``reason`` of ``peer:disconnected`` (and its event)."""
+
+    LEFT: Final = "left"
+    TIMEOUT: Final = "timeout"
+    REPLACED: Final = "replaced"
+    ALL: Final = (LEFT, TIMEOUT, REPLACED)
+
 
 # allow_nan=False: NaN and Infinity are not JSON (RFC 8259); a browser's JSON.parse refuses them.
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False)

@@ -46,6 +46,8 @@ from .errors import (
 )
 from .hub import Channel, Hub, PollChannel, ServerPeerHandler
 from .protocol import (
+    CloseCode,
+    LeaveReason,
     Signal,
     dumps,
     dumps_client_value,
@@ -192,7 +194,7 @@ class RtcServer:
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
-        await self.hub.close_all(1001, "server shutting down")
+        await self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -367,9 +369,10 @@ class RtcServer:
             log.info("peer %s in room %s reconnected; old channel replaced", peer_id, room_id)
             old = self.hub.detach(room_id, peer_id)
             if old is not None:
-                await old.close(4001, "replaced")
-            await self._broadcast(room_id, others, peer_disconnected_message(room_id, peer_id, "replaced"))
-            self.emit(ev.PEER_DISCONNECTED, ev.PeerDisconnected(room_id, peer_id, "replaced"))
+                await old.close(CloseCode.REPLACED, "replaced")
+            message = peer_disconnected_message(room_id, peer_id, LeaveReason.REPLACED)
+            await self._broadcast(room_id, others, message)
+            self.emit(ev.PEER_DISCONNECTED, ev.PeerDisconnected(room_id, peer_id, LeaveReason.REPLACED))
         log.info("peer %s connected to room %s (%d peers)", peer_id, room_id, len(others) + 1)
         await self._broadcast(room_id, others, peer_connected_message(room_id, outcome.peer.to_wire()))
         self.emit(ev.PEER_CONNECTED, ev.PeerConnected(room_id, outcome.peer))
@@ -493,7 +496,7 @@ class RtcServer:
             self.emit(ev.SIGNAL, ev.SignalRelayed(room_id, from_peer_id, sig, now, result.delivered, result.queued))
         return result
 
-    async def disconnect_peer(self, room_id: str, peer_id: str, reason: str = "left") -> bool:
+    async def disconnect_peer(self, room_id: str, peer_id: str, reason: str = LeaveReason.LEFT) -> bool:
         """Remove a peer; tells the room and closes the room when it empties. False if absent."""
         outcome = await self.backend.leave(room_id, peer_id)
         if outcome is None:
@@ -558,7 +561,7 @@ class RtcServer:
         """Make ``channel`` the peer's live channel and flush its outbox into it."""
         old = self.hub.attach(room_id, peer_id, channel)
         if old is not None:
-            await old.close(4001, "replaced by a newer connection")
+            await old.close(CloseCode.REPLACED, "replaced by a newer connection")
         for envelope in await self.backend.take_outbox(room_id, peer_id):
             if not channel.send(envelope.text):
                 break
@@ -581,7 +584,7 @@ class RtcServer:
         channel = PollChannel(alive)
         old = self.hub.attach(room_id, peer_id, channel)
         if old is not None:
-            await old.close(4001, "replaced by a newer poll")
+            await old.close(CloseCode.REPLACED, "replaced by a newer poll")
         try:
             return await channel.wait(min(wait_ms, self.config.poll_max_wait_ms) / 1000)
         finally:
@@ -659,7 +662,7 @@ class RtcServer:
         await self._broadcast(room_id, outcome.remaining, message)
         channel = self.hub.detach(room_id, peer_id)
         if channel is not None:
-            await channel.close(1000 if reason == "left" else 4000, reason)
+            await channel.close(CloseCode.LEFT if reason == LeaveReason.LEFT else CloseCode.REMOVED, reason)
         await self._tell_server_peers(room_id, message)
         self.emit(ev.PEER_DISCONNECTED, ev.PeerDisconnected(room_id, peer_id, reason))
         if outcome.room_closed:
@@ -686,7 +689,7 @@ class RtcServer:
                 log.info(
                     "peer %s in room %s timed out after %d ms of silence", peer_id, room_id, self.config.peer_timeout_ms
                 )
-                await self._after_leave(outcome, "timeout")
+                await self._after_leave(outcome, LeaveReason.TIMEOUT)
         for notice in await self.backend.expire_outboxes(now, self.config.outbox_ttl_ms):
             sender = notice.envelope.from_peer_id
             if sender is None:

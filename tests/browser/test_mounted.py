@@ -17,7 +17,7 @@ HOST_APP = """
 import sys
 from aiohttp import web
 from fantasize_rtc import RtcConfig
-from fantasize_rtc.web import create_app
+from fantasize_rtc.app import create_app
 
 async def home(request):
     return web.Response(text="the host app")

@@ -36,7 +36,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import CapacityExceeded, PeerIdTaken, PeerNotFound, RoomExists, RoomFull, RoomNotFound, Unauthorized
-from ..protocol import is_server_peer, peer_disconnected_message
+from ..protocol import CloseCode, LeaveReason, is_server_peer, peer_disconnected_message
 from ..rooms import PeerInfo, RoomSnapshot
 from . import _redis_scripts as scripts
 from ._base import Backend, DeliveryReport, DeliverySink, Envelope, JoinOutcome, LeaveOutcome, UndeliveredNotice
@@ -501,7 +501,7 @@ class RedisBackend(Backend):
             channel = sink.detach(room_id, peer_id) if sink is not None else None
             if channel is not None:
                 log.info("peer %s in room %s reconnected elsewhere; old channel replaced", peer_id, room_id)
-                await channel.close(4001, "replaced")
+                await channel.close(CloseCode.REPLACED, "replaced")
         elif parts[0] == "left" and len(parts) == 4 and parts[1] != self.process_id and sink is not None:
             # The peer left (or was reaped) through another process: close its channel here, as
             # the facade does on its own process, and tell our server peers so its sessions end.
@@ -510,8 +510,8 @@ class RedisBackend(Backend):
             channel = sink.detach(room_id, peer_id)
             if channel is not None:
                 log.info("peer %s in room %s left through another process; closing its channel", peer_id, room_id)
-                await channel.close(4000, "disconnected")
-            message = peer_disconnected_message(room_id, peer_id, "left")
+                await channel.close(CloseCode.REMOVED, "disconnected")
+            message = peer_disconnected_message(room_id, peer_id, LeaveReason.LEFT)
             for server_peer_id in sink.server_peer_ids():
                 await sink.push_local(room_id, server_peer_id, Envelope(message, "", 0))
 

@@ -1,7 +1,7 @@
 """The server as a WebRTC peer: echo, record, probe and play sessions, and WHIP ingest.
 
-This is the only package that imports aiortc and PyAV. ``fantasize_rtc.web.create_app`` calls
-:func:`setup_media` (unless ``media=False``), which adds the routes ``POST /rtc/offer``,
+This is the only package that imports aiortc and PyAV. ``fantasize_rtc.create_app`` plugs
+:func:`setup_media` into the transport (unless ``media=False``), which adds the routes ``POST /rtc/offer``,
 ``GET/DELETE /rtc/sessions/{id}``, ``GET /rtc/recordings``, ``GET/DELETE /rtc/recordings/{id}``,
 ``POST /whip`` and ``DELETE /whip/{id}``, registers the server peers ``@echo @record @probe
 @play`` on the facade, and closes every session (finalizing recordings) on app cleanup.
@@ -54,6 +54,7 @@ def setup_media(app: web.Application) -> MediaManager:
         rtc.register_server_peer(peer_id, manager.on_server_peer_message)
 
     async def media_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        manager.begin()
         yield
         # Runs before the facade closes (cleanup_ctx unwinds in reverse): sessions end and
         # recordings are finalized while rooms and channels still exist.

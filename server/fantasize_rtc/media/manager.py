@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +60,9 @@ SERVER_PEERS = tuple("@" + name for name in MODES)
 
 #: Reports of ended sessions stay readable this long (the newest 256 of them).
 ENDED_KEEP = 256
+#: Messages from one peer to one server peer that may wait to be handled (its rate limit, 50/s,
+#: keeps it far below this).
+INBOX_MAX = 256
 
 
 def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
@@ -148,7 +151,12 @@ class MediaManager:
         self._signaling: dict[tuple[str, str, str], MediaSession] = {}
         self._listed: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._inboxes: dict[tuple[str, str, str], deque[tuple[str, str, dict[str, Any]]]] = {}
         self._closing = False
+
+    def begin(self) -> None:
+        """Before serving: count what the recordings folder holds."""
+        self.store.load()
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
@@ -325,7 +333,44 @@ class MediaManager:
     # -- the server peers ------------------------------------------------------------------------
 
     async def on_server_peer_message(self, room_id: str, server_peer_id: str, message: dict[str, Any]) -> None:
-        """Hub handler for ``@echo @record @probe @play`` (see :meth:`RtcServer.register_server_peer`)."""
+        """Hub handler for ``@echo @record @probe @play`` (see :meth:`RtcServer.register_server_peer`).
+
+        It returns at once: the message is handled by a task of the manager, after the earlier
+        ones from the same peer to the same server peer (an offer, then its candidates, in
+        order). The sender's relay never waits for an answer to be made or an old session to
+        close (which can take seconds)."""
+        peer_id = message.get("fromPeerId") if message.get("type") == "signal" else message.get("peerId")
+        key = (room_id, str(peer_id), server_peer_id)
+        inbox = self._inboxes.get(key)
+        if inbox is None:
+            inbox = self._inboxes[key] = deque()
+            self.spawn(self._work_inbox(key, inbox))
+        if len(inbox) >= INBOX_MAX:
+            log.warning(
+                "%s: dropped a message from %s in room %s (its last %d wait)",
+                server_peer_id,
+                peer_id,
+                room_id,
+                INBOX_MAX,
+            )
+            return
+        inbox.append((room_id, server_peer_id, message))
+
+    async def _work_inbox(self, key: tuple[str, str, str], inbox: deque[tuple[str, str, dict[str, Any]]]) -> None:
+        try:
+            while inbox:
+                room_id, server_peer_id, message = inbox.popleft()
+                try:
+                    await self._handle(room_id, server_peer_id, message)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug on one message must not stop the ones behind it
+                    log.exception("%s failed on a message in room %s", server_peer_id, room_id)
+        finally:
+            if self._inboxes.get(key) is inbox:
+                del self._inboxes[key]
+
+    async def _handle(self, room_id: str, server_peer_id: str, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "peer:disconnected":
             reason = f"owner_{message.get('reason', 'left')}"

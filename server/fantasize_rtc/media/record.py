@@ -272,6 +272,7 @@ class RecordMode(Mode):
             fmt = FORMATS[session.options.format]
             self.recording_id, path = session.manager.store.new_path(session.id, fmt)
             self.recorder = Recorder(path, fmt, session.id[:8], session.frames)
+            session.manager.store.writing(self.recording_id, self.recorder.size)
         if not wanted or not self.recorder.add_track(track):
             session.drain(track)
 
@@ -296,6 +297,8 @@ class RecordMode(Mode):
         if recorder is None:
             return
         has_media = await recorder.stop()
+        assert self.recording_id is not None
+        session.manager.store.done_writing(self.recording_id)
         if not has_media:
             log.info("%s: nothing was recorded; no file kept", session.label)
             recorder.path.unlink(missing_ok=True)

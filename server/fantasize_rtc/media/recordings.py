@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,18 @@ class RecordingInfo:
 
 
 class RecordingStore:
-    """The recordings folder (created on first use)."""
+    """The recordings folder (created on first use).
+
+    What it holds is counted once (:meth:`load`, at startup) and then kept up to date as
+    recordings are saved and deleted, plus the recordings being written (:meth:`writing`): the
+    quota is checked on every new session and every half second of every recording, and a scan
+    of the folder each time would block the event loop as the folder grows. Files other
+    processes put there meanwhile are seen at the next start."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
+        self._saved: int | None = None  # bytes of what is in the folder, apart from what is written now
+        self._writing: dict[str, Callable[[], int]] = {}
 
     def _inside(self, name: str) -> Path:
         path = (self.root / name).resolve()
@@ -133,12 +142,31 @@ class RecordingStore:
             raise ValueError("session ids are url-safe tokens")
         return recording_id, self._inside(f"{recording_id}.{fmt.ext}")
 
-    def used_bytes(self) -> int:
+    def scan(self) -> int:
+        """Bytes in the folder now (a walk over it: not for the event loop)."""
         try:
             with os.scandir(self.root) as entries:
                 return sum(e.stat().st_size for e in entries if e.is_file(follow_symlinks=False))
         except FileNotFoundError:
             return 0
+
+    def load(self) -> None:
+        """Count what the folder holds. At startup, before the server takes requests: the walk
+        blocks, once."""
+        self._saved = self.scan() - sum(size() for size in self._writing.values())
+
+    def writing(self, recording_id: str, size: Callable[[], int]) -> None:
+        """A recording is being written; ``size()`` tells its bytes so far (it counts to the quota)."""
+        self._writing[recording_id] = size
+
+    def done_writing(self, recording_id: str) -> None:
+        self._writing.pop(recording_id, None)
+
+    def used_bytes(self) -> int:
+        """Bytes in the folder: counted at :meth:`load` (or now, once, without it), then kept."""
+        if self._saved is None:
+            self._saved = self.scan()
+        return self._saved + sum(size() for size in self._writing.values())
 
     def check_quota(self, quota: int) -> None:
         used = self.used_bytes()
@@ -149,8 +177,11 @@ class RecordingStore:
     def save(self, info: RecordingInfo) -> None:
         sidecar = self._inside(f"{info.id}.json")
         tmp = sidecar.with_name(sidecar.name + ".tmp")
-        tmp.write_text(json.dumps(info.to_json()))
+        text = json.dumps(info.to_json())
+        tmp.write_text(text)
         os.replace(tmp, sidecar)
+        if self._saved is not None:
+            self._saved += info.size + len(text)
 
     def list(self) -> list[RecordingInfo]:
         out = []
@@ -188,8 +219,12 @@ class RecordingStore:
 
     def delete(self, info: RecordingInfo) -> None:
         for name in (f"{info.id}.json", info.file):
+            path = self._inside(name)
             with contextlib.suppress(FileNotFoundError):
-                self._inside(name).unlink()
+                size = path.stat().st_size
+                path.unlink()
+                if self._saved is not None:
+                    self._saved = max(0, self._saved - size)
         log.info("recording %s deleted", info.id)
 
 

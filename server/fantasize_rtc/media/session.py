@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
@@ -27,9 +27,11 @@ from .ice import PairInfo, heard_from_peer, parse_candidate, rtc_configuration, 
 from .verdict import verdict
 
 if TYPE_CHECKING:
-    from .manager import MediaManager
+    from ..config import RtcConfig
+    from ..server import RtcServer
+    from .recordings import RecordingStore
 
-__all__ = ["MediaSession", "Mode", "Owner", "SessionOptions", "new_session_id", "skip_backlog"]
+__all__ = ["MediaSession", "Mode", "Owner", "SessionHost", "SessionOptions", "new_session_id", "skip_backlog"]
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +149,26 @@ class Mode:
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class SessionHost(Protocol):
+    """What a session needs from whoever admitted it (the :class:`~.manager.MediaManager`): the
+    facade (events), the config, the recordings folder, a place for its tasks, and to be told
+    when it ends. A protocol, so that sessions never import the manager that imports them."""
+
+    rtc: RtcServer
+    config: RtcConfig
+    store: RecordingStore
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
+
+    async def release(self, session: MediaSession) -> None: ...
+
+
 class MediaSession:
     """A server-side peer connection in one mode. Created and owned by :class:`MediaManager`."""
 
     def __init__(
         self,
-        manager: MediaManager,
+        manager: SessionHost,
         *,
         session_id: str,
         mode: Mode,

@@ -1,0 +1,31 @@
+"""The whole server as one aiohttp application: the transport with the media layer plugged in.
+
+This is what ``fantasize-rtc serve`` runs and what ``from fantasize_rtc import create_app`` gives.
+It sits above both layers it assembles (docs/architecture.md): neither imports the other's way up.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import RtcConfig
+from .server import RtcServer
+from .web import Plugin
+from .web import create_app as create_transport_app
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    rtc: RtcServer | None = None, config: RtcConfig | None = None, *, media: bool = True, static: bool = True
+) -> web.Application:
+    """Signaling routes, WebSocket, long-poll, health, the demo page (``static``) and, with
+    ``media``, the server's own WebRTC peers (``/rtc/offer``, ``/whip``, recordings, ``@echo`` ...).
+
+    ``media=False`` never imports aiortc (as :func:`fantasize_rtc.web.create_app` alone)."""
+    plugins: list[Plugin] = []
+    if media:
+        from .media import setup_media
+
+        plugins.append(setup_media)
+    return create_transport_app(rtc, config, plugins=plugins, static=static)

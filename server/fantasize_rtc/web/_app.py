@@ -1,0 +1,82 @@
+"""``create_app``: the aiohttp application of the transport, with plugins (the media layer is one)."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from .._resources import static_dir
+from ..config import RtcConfig
+from ..protocol import CloseCode
+from ..server import RtcServer, create_rtc_server
+from . import _routes, _socket
+from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel, WriteBatch
+from ._middleware import cors_middleware, error_middleware
+from ._requests import ADMIN_KEY, RTC_KEY, STARTED_KEY
+
+__all__ = ["Plugin", "create_app"]
+
+#: Adds routes, server peers or cleanup to an app :func:`create_app` made (before it starts):
+#: ``fantasize_rtc.media.setup_media`` is one. Its return value is ignored.
+Plugin = Callable[[web.Application], Any]
+
+
+def create_app(
+    rtc: RtcServer | None = None,
+    config: RtcConfig | None = None,
+    *,
+    plugins: Iterable[Plugin] = (),
+    static: bool = True,
+) -> web.Application:
+    """The aiohttp application: signaling routes, WebSocket, long-poll, health and (``static``)
+    the demo page; then each of ``plugins`` adds its part.
+
+    This is the transport alone: it never imports the media layer (aiortc). The whole server, the
+    server's own WebRTC peers included, is :func:`fantasize_rtc.create_app`, which passes
+    ``plugins=[fantasize_rtc.media.setup_media]``.
+
+    Pass ``rtc`` to share one facade with your own code; otherwise one is made from ``config``.
+    The app starts the facade on startup and, when it made it, closes it on cleanup.
+    """
+    owns_rtc = rtc is None
+    if rtc is None:
+        rtc = create_rtc_server(config)
+    config = rtc.config
+    middlewares: list[Any] = [error_middleware]
+    if config.cors_origins:
+        middlewares.insert(0, cors_middleware(config.cors_origins))
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
+    app[RTC_KEY] = rtc
+    sockets: weakref.WeakSet[WebSocketChannel] = weakref.WeakSet()
+    app[SOCKETS_KEY] = sockets
+    app[WRITE_BATCH_KEY] = WriteBatch()
+    app[STARTED_KEY] = time.monotonic()
+    if config.admin_key:
+        app[ADMIN_KEY] = config.admin_key
+    app.add_routes(_routes.routes)
+    app.add_routes(_socket.routes)
+
+    async def rtc_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await rtc.start()
+        yield
+        if owns_rtc:
+            await rtc.close()
+
+    async def close_sockets(app: web.Application) -> None:
+        channels = app[SOCKETS_KEY]
+        for channel in list(channels):
+            channel.flush()
+            await channel.ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
+
+    app.cleanup_ctx.append(rtc_lifecycle)
+    app.on_shutdown.append(close_sockets)
+    for plugin in plugins:
+        plugin(app)
+    if static:
+        app.router.add_get("/", _routes.index)
+        app.router.add_static("/static/", static_dir(), append_version=False)
+    return app

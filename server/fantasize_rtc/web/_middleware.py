@@ -1,0 +1,120 @@
+"""The transport's middleware: every error becomes ``{"error": {code, message}}`` with its status
+(never a traceback), bodies a handler did not read are settled, and CORS when it is configured."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import (
+    Forbidden,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    RtcError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from ._requests import UndecodableBody, error_response, json_response
+
+__all__ = ["cors_middleware", "error_middleware"]
+
+log = logging.getLogger("fantasize_rtc.web")
+
+_HTTP_CODES = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    429: RateLimited,
+}
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    drain = True  # the rest of an unread body is worth reading (keeps the connection)
+    try:
+        response = await handler(request)
+    except RtcError as err:
+        response = error_response(err)
+        drain = not isinstance(err, (RequestTimeout, UndecodableBody))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        cls = _HTTP_CODES.get(exc.status, InvalidRequest)
+        response = json_response(cls(exc.reason + ".").to_dict(), status=exc.status)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = json_response({"error": {"code": "internal_error", "message": "Internal server error."}}, status=500)
+        drain = False
+    if request.body_exists and not request.content.is_eof():
+        await _finish_unread_body(request, response, drain)
+    return response
+
+
+#: Seconds the rest of a body the handler did not read may take to arrive (aiohttp's own
+#: "lingering" read allows 10 s, which a trickling client fills).
+_UNREAD_BODY_S = 1.0
+
+
+async def _finish_unread_body(request: web.Request, response: web.StreamResponse, drain: bool) -> None:
+    """Read the rest of a body the handler did not read (it answered before reading, or could
+    not read it), as aiohttp would, but within a second and without logging an undecodable body
+    as an unhandled ERROR; a body that cannot be read closes the connection after the answer."""
+    if not isinstance(response, web.Response) or response.prepared:
+        return  # a WebSocket or a stream: it owns the connection
+    if drain:
+        try:
+            await asyncio.wait_for(request.read(), _UNREAD_BODY_S)
+            return
+        except Exception:  # too large, undecodable, too slow: not worth reading
+            log.debug("unread body of %s %s not drained; closing after the answer", request.method, request.path)
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.protocol is not None:
+        request.protocol.force_close()  # the transport sends what it holds, then closes
+
+
+def cors_middleware(origins: tuple[str, ...]) -> Any:
+    allow_all = "*" in origins
+    allowed = frozenset(origins)
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        ok = origin is not None and (allow_all or origin in allowed)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            if not ok:
+                return json_response(Forbidden("Origin not allowed.").to_dict(), status=403)
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        if ok and origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After"
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware

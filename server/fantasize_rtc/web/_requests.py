@@ -1,0 +1,197 @@
+"""What every route of the aiohttp transport (and the media layer's routes) needs from a request:
+the app keys, the JSON answer and error shape, the body, the caller's token and the admin key."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http import HttpProcessingError
+
+from .. import _json
+from ..auth import COOKIE_PATH, connect_cookie_name, token_from_cookies
+from ..errors import Forbidden, InvalidRequest, RequestTimeout, RtcError, Unauthorized, UnsupportedMediaType
+from ..protocol import Signal, dumps, require_object, validate_id, validate_signal
+from ..server import RtcServer
+
+__all__ = [
+    "ADMIN_KEY",
+    "RTC_KEY",
+    "STARTED_KEY",
+    "StaleCookie",
+    "UndecodableBody",
+    "error_response",
+    "is_admin",
+    "is_secure",
+    "json_response",
+    "optional_id",
+    "peer_from",
+    "read_body",
+    "read_json",
+    "read_json_fast",
+    "refuse_admin_key_in_url",
+    "require_admin_or_token",
+    "signal_of",
+    "token_from_request",
+]
+
+log = logging.getLogger("fantasize_rtc.web")
+
+RTC_KEY = web.AppKey("rtc", RtcServer)
+
+
+STARTED_KEY = web.AppKey("started_at", float)
+
+
+ADMIN_KEY = web.AppKey("admin_key", str)
+# Missing content type (curl -d sends form type; fetch with a string sends text/plain) is refused
+# on purpose: a cross-site form can send text/plain without a CORS preflight.
+_JSON_TYPES = ("application/json",)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(err: RtcError) -> web.Response:
+    headers = {}
+    retry_after = getattr(err, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    response = json_response(err.to_dict(), status=err.status, headers=headers)
+    if isinstance(err, StaleCookie):
+        response.del_cookie(err.cookie, path=COOKIE_PATH)
+    return response
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object: 415 unless JSON, 413 when too large, 400 when malformed."""
+    return (await read_json_fast(request))[0]
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body: 413 over the size limit, 408 when it trickles in slower than the body
+    timeout (the connection is then closed), 400 when its Content-Encoding cannot be decoded."""
+    if request.content.is_eof():  # all there already (the common case): nothing to wait for
+        try:
+            return await request.read()
+        except (web.RequestPayloadError, HttpProcessingError) as exc:
+            raise undecodable(request) from exc
+    timeout = request.app[RTC_KEY].config.body_timeout_ms / 1000
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        log.warning("request body from %s on %s did not arrive within %.0f s", request.remote, request.path, timeout)
+        raise RequestTimeout(f"The request body did not arrive within {timeout:g} s.") from None
+    except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. gzip on a body that is not gzip
+        raise undecodable(request) from exc
+
+
+def undecodable(request: web.Request) -> UndecodableBody:
+    encoding = request.headers.get("Content-Encoding", "")[:32]
+    return UndecodableBody(f"The body could not be decoded (Content-Encoding: {encoding!r}).")
+
+
+class UndecodableBody(InvalidRequest):
+    """A body that cannot be read to its end: the answer closes the connection."""
+
+
+async def read_json_fast(request: web.Request) -> tuple[dict[str, Any], bool]:
+    ctype = request.content_type
+    if request.body_exists and ctype not in _JSON_TYPES and not ctype.endswith("+json"):
+        raise UnsupportedMediaType("Send the body as application/json.")
+    data = await read_body(request)
+    if not data:
+        raise InvalidRequest("The body must be a JSON object.")
+    body, fast = _json.parse(data, max_depth=request.app[RTC_KEY].config.max_json_depth)
+    return require_object(body), fast
+
+
+def signal_of(value: Any, fast: bool, max_depth: int) -> Signal:
+    """Validate a client's signal; its payload is kept as JSON text, written back by msgspec when
+    msgspec read it, so the relay does not encode an SDP (most of a message) on the way out."""
+    payload_json = _json.encode(value["payload"], fast) if type(value) is dict and "payload" in value else None
+    return validate_signal(value, max_depth=max_depth, payload_json=payload_json)
+
+
+def token_from_request(request: web.Request, room_id: str | None = None, peer_id: str | None = None) -> str | None:
+    """Bearer header, then ``?token=``, then the connect cookie for (room, peer)."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    token = request.query.get("token")
+    if token:
+        return token
+    if room_id and peer_id:
+        return token_from_cookies(request.cookies, room_id, peer_id)
+    return None
+
+
+def is_secure(request: web.Request) -> bool:
+    """HTTPS, here or at a proxy in front (``X-Forwarded-Proto``). Trusting that header only ever
+    makes the cookie stricter: a Secure cookie is not sent back over plain HTTP."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.secure or forwarded == "https"
+
+
+def optional_id(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    return None if value is None else validate_id(value, field)
+
+
+async def peer_from(request: web.Request, body: dict[str, Any], peer_field: str) -> tuple[str, str]:
+    """Authenticate the caller; the ids in the body, when present, must be the token's."""
+    rtc = request.app[RTC_KEY]
+    room_id = optional_id(body, "roomId")
+    peer_id = optional_id(body, peer_field)
+    token = token_from_request(request, room_id, peer_id)
+    try:
+        room, peer = await rtc.authenticate(token)
+    except Unauthorized as err:
+        if room_id and token is not None and token == token_from_cookies(request.cookies, room_id, peer_id or ""):
+            raise StaleCookie(err.message, connect_cookie_name(room_id)) from None  # its peer left or was reaped
+        raise
+    if (room_id is not None and room_id != room) or (peer_id is not None and peer_id != peer):
+        raise Forbidden(f"This token belongs to peer {peer!r} in room {room!r}.")  # as rtc.authorize
+    return room, peer
+
+
+class StaleCookie(Unauthorized):
+    """A connect cookie whose peer is gone: the 401 also clears it."""
+
+    def __init__(self, message: str, cookie: str) -> None:
+        super().__init__(message)
+        self.cookie = cookie
+
+
+def _bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() or None if auth[:7].lower() == "bearer " else None
+
+
+def _is_key(request: web.Request, given: str | None) -> bool:
+    key = request.app.get(ADMIN_KEY)
+    return bool(key and given and hmac.compare_digest(key.encode(), given.encode()))
+
+
+def is_admin(request: web.Request) -> bool:
+    """The caller sent the admin key, in the Authorization header (never taken from the URL:
+    URLs end up in proxy and access logs, and the key does not expire)."""
+    return _is_key(request, _bearer(request))
+
+
+def refuse_admin_key_in_url(request: web.Request) -> None:
+    """401 with a clear sentence when the admin key came as ``?token=``."""
+    if _is_key(request, request.query.get("token")):
+        raise Unauthorized("Send the admin key in the Authorization header, not in the URL (URLs end up in logs).")
+
+
+async def require_admin_or_token(request: web.Request) -> tuple[str, str] | None:
+    """None for the admin key, else the (room, peer) of the caller's peer token."""
+    if is_admin(request):
+        return None
+    refuse_admin_key_in_url(request)
+    return await request.app[RTC_KEY].authenticate(token_from_request(request))

@@ -1,0 +1,169 @@
+"""The HTTP routes of docs/protocol.md: connect, heartbeat, signal, disconnect, snapshot, long-poll,
+health, and the demo page."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+from aiohttp import web
+
+from .._resources import static_dir
+from .._version import __version__
+from ..auth import (
+    COOKIE_MAX_AGE,
+    COOKIE_PATH,
+    connect_cookie_name,
+    connect_cookie_value,
+    looks_like_jwt,
+    stale_cookies,
+    token_from_cookies,
+)
+from ..errors import Forbidden, InvalidRequest
+from ..protocol import LeaveReason, validate_id
+from ._requests import (
+    RTC_KEY,
+    STARTED_KEY,
+    is_secure,
+    json_response,
+    optional_id,
+    peer_from,
+    read_json,
+    read_json_fast,
+    require_admin_or_token,
+    signal_of,
+    token_from_request,
+)
+
+__all__ = ["index", "routes"]
+
+log = logging.getLogger("fantasize_rtc.web")
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/rtc/connect")
+async def connect(request: web.Request) -> web.Response:
+    rtc = request.app[RTC_KEY]
+    body = await read_json(request)
+    room_id = validate_id(body.get("roomId"), "roomId")
+    peer_id = optional_id(body, "peerId")
+    bearer = token_from_request(request, room_id, peer_id) if peer_id else token_from_request(request)
+    jwt_token = body.get("authToken") if isinstance(body.get("authToken"), str) else None
+    if rtc.config.auth_secret and jwt_token is None and bearer and looks_like_jwt(bearer):
+        jwt_token, bearer = bearer, None
+    result = await rtc.connect_peer(
+        room_id, peer_id, body.get("metadata"), proof=bearer, auth_token=jwt_token, address=request.remote
+    )
+    response = json_response(result.to_wire())
+    name = connect_cookie_name(result.room_id)
+    response.set_cookie(
+        name,
+        connect_cookie_value(result.peer_id, result.token),
+        path=COOKIE_PATH,
+        max_age=COOKIE_MAX_AGE,
+        httponly=True,
+        samesite="Strict",
+        secure=is_secure(request),
+    )
+    for stale in stale_cookies(request.cookies, keep=name):
+        response.del_cookie(stale, path=COOKIE_PATH)
+    return response
+
+
+@routes.post("/rtc/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    room_id, peer_id = await peer_from(request, await read_json(request), "peerId")
+    last_seen = await request.app[RTC_KEY].heartbeat(room_id, peer_id)
+    return json_response({"lastSeen": last_seen})
+
+
+@routes.post("/rtc/signal")
+async def signal(request: web.Request) -> web.Response:
+    body, fast = await read_json_fast(request)
+    room_id, peer_id = await peer_from(request, body, "fromPeerId")
+    if "signal" not in body:
+        raise InvalidRequest("signal is required: {type, payload, to?}.")
+    rtc = request.app[RTC_KEY]
+    result = await rtc.relay(room_id, peer_id, signal_of(body["signal"], fast, rtc.config.max_json_depth))
+    return json_response(result.to_wire())
+
+
+@routes.post("/rtc/disconnect")
+async def disconnect(request: web.Request) -> web.Response:
+    room_id, peer_id = await peer_from(request, await read_json(request), "peerId")
+    await request.app[RTC_KEY].disconnect_peer(room_id, peer_id, LeaveReason.LEFT)
+    response = json_response({"disconnected": True})
+    if token_from_cookies(request.cookies, room_id, peer_id) is not None:
+        response.del_cookie(connect_cookie_name(room_id), path=COOKIE_PATH)
+    return response
+
+
+@routes.get("/rtc/rooms/{roomId}")
+async def room_snapshot(request: web.Request) -> web.Response:
+    room_id = validate_id(request.match_info["roomId"], "roomId")
+    caller = await require_admin_or_token(request)
+    if caller is not None and caller[0] != room_id:
+        raise Forbidden("Only members of a room (or the admin key) may see its snapshot.")
+    snapshot = await request.app[RTC_KEY].get_room_snapshot(room_id)
+    return json_response(snapshot.to_wire())
+
+
+@routes.get("/rtc/poll")
+async def poll(request: web.Request) -> web.Response:
+    rtc = request.app[RTC_KEY]
+    room_id, peer_id = await rtc.authenticate(token_from_request(request))
+    try:
+        wait_ms = int(request.query.get("waitMs", "25000"))
+    except ValueError as exc:
+        raise InvalidRequest("waitMs must be an integer number of milliseconds.") from exc
+    if not 0 <= wait_ms <= 120_000:
+        raise InvalidRequest("waitMs must be from 0 to 120000.")
+    texts = await rtc.poll(room_id, peer_id, wait_ms, alive=functools.partial(_can_answer, request))
+    response = web.Response(body=_messages_body(texts, room_id, peer_id), content_type="application/json")
+    if not texts:
+        return response
+    # Delivered means written to a live connection: a poll whose client left while its answer was
+    # on the way gives the messages back (they go to the peer's next poll or socket).
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionResetError:
+        await rtc.undelivered(room_id, peer_id, texts)
+    return response
+
+
+def _can_answer(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
+def _messages_body(texts: list[str], room_id: str, peer_id: str) -> bytes:
+    parts: list[bytes] = []
+    for text in texts:
+        try:
+            parts.append(text.encode())
+        except UnicodeEncodeError:  # never expected (input is checked at the edge); lose only this one
+            log.warning("dropped a message to %s in room %s that is not UTF-8 text", peer_id, room_id)
+    return b'{"messages":[' + b",".join(parts) + b"]}"
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    rtc = request.app[RTC_KEY]
+    health = rtc.backend.health()
+    return json_response(
+        {
+            "status": "ok" if health.get("ok", True) else "degraded",
+            "version": __version__,
+            "uptimeMs": int((time.monotonic() - request.app[STARTED_KEY]) * 1000),
+            **(await rtc.stats()),
+            "backend": health,
+        },
+        status=200 if health.get("ok", True) else 503,
+    )
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(static_dir() / "index.html", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,203 @@
+"""``GET /rtc/ws``: a peer's WebSocket, and what its text frames do (signal, heartbeat, disconnect)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .. import _json
+from .._aiohttp_compat import FrameWebSocketResponse
+from ..errors import Forbidden, InvalidRequest, RateLimited, RtcError
+from ..protocol import CloseCode, LeaveReason, dumps, error_message
+from ..server import RelayResult, RtcServer
+from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel
+from ._requests import RTC_KEY, signal_of, token_from_request
+
+__all__ = ["routes"]
+
+log = logging.getLogger("fantasize_rtc.web")
+
+routes = web.RouteTableDef()
+
+_CLOSE_TIMEOUT = 2.0  # seconds a client gets to answer our close frame
+
+
+def _check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
+    """With ``--cors-origin`` set, a browser's WebSocket must come from the page's own origin or
+    an allowed one (browsers send Origin on every WebSocket, and CORS does not cover them)."""
+    origin = request.headers.get("Origin")
+    if not allowed or origin is None or "*" in allowed or origin in allowed:
+        return
+    if origin.partition("://")[2] == request.host:  # same origin (scheme checked by the browser)
+        return
+    raise Forbidden("This origin may not open the WebSocket (see --cors-origin).")
+
+
+@routes.get("/rtc/ws")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    rtc = request.app[RTC_KEY]
+    _check_origin(request, rtc.config.cors_origins)
+    room_id, peer_id = await rtc.authenticate(token_from_request(request))
+    # No permessage-deflate, although every browser offers it: with it, each peer holds a zlib
+    # context (RSS per idle peer 18 KB -> 99 KB, BENCHMARKS.md) and each relayed offer costs
+    # ~60 us of compression, twice the rest of the relay. Signals are small; PeerJS (ws) agrees.
+    ws = FrameWebSocketResponse(max_msg_size=rtc.config.max_frame_bytes, timeout=_CLOSE_TIMEOUT, compress=False)
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:  # the client gave up during the handshake: nothing to serve
+        log.info("peer %s in room %s left during the WebSocket handshake", peer_id, room_id)
+        # not the half-prepared socket (aiohttp would try to close it); this answer is never sent
+        return web.Response(status=400, text="client left during the handshake")
+    transport = request.transport
+    if transport is None:  # gone right after the handshake
+        return ws
+    channel = WebSocketChannel(ws, transport, request.app[WRITE_BATCH_KEY])  # type: ignore[arg-type]
+    request.app[SOCKETS_KEY].add(channel)
+    log.info("peer %s in room %s opened a WebSocket", peer_id, room_id)
+    try:
+        await rtc.attach_channel(room_id, peer_id, channel)
+        await _serve_socket(rtc, ws, channel, room_id, peer_id)
+    finally:
+        rtc.detach_channel(room_id, peer_id, channel)
+        channel.flush()
+        await ws.finish_frames()
+        if channel.closing is not None:
+            await asyncio.gather(channel.closing, return_exceptions=True)
+        if not ws.closed:
+            await ws.close()
+        log.info("peer %s in room %s closed its WebSocket (code %s)", peer_id, room_id, ws.close_code)
+    return ws
+
+
+async def _serve_socket(
+    rtc: RtcServer, ws: FrameWebSocketResponse, channel: WebSocketChannel, room_id: str, peer_id: str
+) -> None:
+    frames = _PeerFrames(rtc, ws, channel, room_id, peer_id)
+    # Text frames are handled as they are parsed (_aiohttp_compat); this loop sees the others, and the
+    # text frames that arrived while one was waiting on Redis.
+    ws.handle_frames(frames.handle)
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            if not await ws.run_queued(frames.handle, msg.data):
+                break
+        else:
+            if msg.type is WSMsgType.BINARY:
+                channel.flush()
+                await ws.close(code=CloseCode.UNSUPPORTED_DATA, message=b"binary frames are not supported")
+            break
+
+
+class _PeerFrames:
+    """What one peer's text frames do: signal, heartbeat, disconnect (docs/protocol.md)."""
+
+    __slots__ = ("channel", "in_flight", "last_touch", "max_depth", "peer_id", "room_id", "rtc", "ws")
+
+    def __init__(
+        self, rtc: RtcServer, ws: web.WebSocketResponse, channel: WebSocketChannel, room_id: str, peer_id: str
+    ) -> None:
+        self.rtc = rtc
+        self.ws = ws
+        self.channel = channel
+        self.room_id = room_id
+        self.peer_id = peer_id
+        self.max_depth = rtc.config.max_json_depth
+        self.last_touch = 0.0
+        # Reading ahead: a relay through Redis is on its way, in order, before its report is in;
+        # the next frame is read meanwhile and the ack (or error) follows when the report comes.
+        self.in_flight: asyncio.Future[RelayResult] | None = None
+
+    async def handle(self, data: str) -> bool:
+        """Handle one frame; False when the socket is closing and reading should stop."""
+        channel = self.channel
+        if channel.closing is not None or self.ws.closed:
+            return False
+        rtc = self.rtc
+        now = time.monotonic()
+        try:
+            if now - self.last_touch >= 1.0:  # any frame is liveness; touch at most once a second
+                self.last_touch = now
+                await rtc.heartbeat(self.room_id, self.peer_id)
+            frame, fast = _json.parse(data, max_depth=self.max_depth)
+            if type(frame) is not dict:
+                raise InvalidRequest("The body must be a JSON object.")
+            kind = frame.get("type")
+            if kind == "signal":
+                if "signal" not in frame:
+                    raise InvalidRequest("A signal frame needs a signal: {type, payload, to?}.")
+                signal = signal_of(frame["signal"], fast, self.max_depth)
+                outcome = await rtc.submit_relay(self.room_id, self.peer_id, signal)
+                if isinstance(outcome, RelayResult):
+                    if "id" in frame:
+                        channel.send(dumps({"type": "ack", "id": frame["id"], **outcome.to_wire()}))
+                else:
+                    frame_id = frame.get("id", _NO_ID)
+                    outcome.add_done_callback(functools.partial(_answer_relay, channel, frame_id))
+                    self.in_flight = outcome
+            elif kind == "heartbeat":
+                if "id" in frame:
+                    channel.send(dumps({"type": "ack", "id": frame["id"]}))
+            elif kind == "disconnect":
+                if self.in_flight is not None:  # the peer's last signals go out before its departure
+                    await asyncio.wait([self.in_flight])
+                await rtc.disconnect_peer(self.room_id, self.peer_id, LeaveReason.LEFT)
+                channel.begin_close(CloseCode.LEFT, "")
+                return False
+            else:
+                raise InvalidRequest("Unknown frame type: expected signal, heartbeat or disconnect.")
+        except RateLimited as err:
+            channel.send(dumps(error_message(err.code, err.message)))
+            channel.begin_close(CloseCode.POLICY_VIOLATION, "rate limited")
+            return False
+        except RtcError as err:
+            channel.send(_error_frame(err, _frame_id(data)))
+        except Exception:
+            log.exception("unhandled error on a frame from peer %s in room %s", self.peer_id, self.room_id)
+            channel.send(_INTERNAL_ERROR_FRAME)
+            channel.begin_close(CloseCode.INTERNAL_ERROR, "internal error")
+            return False
+        return True
+
+
+_NO_ID = object()  # a frame without "id" (distinct from "id": null)
+
+
+_INTERNAL_ERROR_FRAME = dumps(error_message("internal_error", "Internal server error."))
+
+
+def _answer_relay(channel: WebSocketChannel, frame_id: Any, outcome: asyncio.Future[RelayResult]) -> None:
+    """The ack (when the frame asked for one) or the error of a relay that finished later."""
+    if outcome.cancelled():
+        return
+    err = outcome.exception()
+    if err is None:
+        if frame_id is not _NO_ID:
+            channel.send(dumps({"type": "ack", "id": frame_id, **outcome.result().to_wire()}))
+    elif isinstance(err, RtcError):
+        channel.send(_error_frame(err, frame_id))
+    else:
+        log.error("relay failed", exc_info=err)
+        channel.send(_INTERNAL_ERROR_FRAME)
+
+
+def _error_frame(err: RtcError, frame_id: Any) -> str:
+    """An ``error`` frame, carrying the refused frame's ``id`` when it had a usable one."""
+    error = error_message(err.code, err.message, **err.details)
+    if isinstance(frame_id, (str, int)):
+        error["id"] = frame_id
+    return dumps(error)
+
+
+def _frame_id(data: str) -> Any:
+    """The ``id`` of a refused frame, to put on its error, read leniently: a frame refused for a
+    NaN or a lone surrogate in its payload still gets its id back."""
+    try:
+        frame = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return frame.get("id") if isinstance(frame, dict) else None
