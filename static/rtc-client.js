@@ -35,6 +35,25 @@
  */
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 10000;
+
+/**
+ * WebSocket close codes the server sends: the names of the server's
+ * `fantasize_rtc.protocol.CloseCode` (docs/protocol.md lists what each means).
+ */
+export const CloseCode = Object.freeze({
+  LEFT: 1000,
+  GOING_AWAY: 1001,
+  UNSUPPORTED_DATA: 1003,
+  POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  REMOVED: 4000,
+  REPLACED: 4001,
+  TOO_SLOW: 4002,
+});
+
+/** Why a peer left a room: `peer:disconnected`'s `reason` (the server's `protocol.LeaveReason`). */
+export const LeaveReason = Object.freeze({ LEFT: "left", TIMEOUT: "timeout", REPLACED: "replaced" });
 const POLL_WAIT_MS = 25000;
 const MAX_BACKOFF_MS = 5000;
 
@@ -385,7 +404,7 @@ export class RtcClient extends Emitter {
           });
         } catch (err) {
           if (life.signal.aborted) return;
-          this._onChannelLost(err.status === 401 ? 4000 : 1006, err.message);
+          this._onChannelLost(err.status === 401 ? CloseCode.REMOVED : 1006, err.message);
           return;
         }
         for (const msg of reply.messages ?? []) this._onMessage(msg);
@@ -448,7 +467,7 @@ export class RtcClient extends Emitter {
   /** The live channel ended without us asking: decide whether and how to come back. */
   _onChannelLost(code, reason) {
     if (this.state === "closed" || this._life?.signal.aborted) return;
-    if (code === 4001) {
+    if (code === CloseCode.REPLACED) {
       // Another tab or device connected with our peer id and our token: it is us now, not this.
       this._teardown();
       this._setState("failed", {
@@ -456,7 +475,7 @@ export class RtcClient extends Emitter {
       });
       return;
     }
-    if (code === 1000 && reason === "left") {
+    if (code === CloseCode.LEFT && reason === LeaveReason.LEFT) {
       this._teardown();
       this._setState("closed");
       return;
@@ -466,7 +485,7 @@ export class RtcClient extends Emitter {
       this._setState("failed", { error: new RtcError("network_error", "Lost the connection to the server.") });
       return;
     }
-    this._reconnect(code === 1001 ? "The server is shutting down or restarting." : "Lost the connection to the server.");
+    this._reconnect(code === CloseCode.GOING_AWAY ? "The server is shutting down or restarting." : "Lost the connection to the server.");
   }
 
   async _reconnect(why) {
@@ -542,7 +561,7 @@ export class RtcClient extends Emitter {
       await this._wsRequest({ type: "heartbeat" });
     } catch {
       // No ack in time: the socket is dead without knowing it (sleeping laptop, NAT timeout).
-      if (this._ws === ws) ws.close(4002, "no heartbeat ack");
+      if (this._ws === ws) ws.close(CloseCode.TOO_SLOW, "no heartbeat ack");
     }
   }
 
@@ -655,7 +674,7 @@ export class RtcClient extends Emitter {
     this._failPending(new RtcError("closed", "The client was disconnected."));
     const ws = this._ws;
     this._ws = null;
-    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, "bye");
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(CloseCode.LEFT, "bye");
     this.transport = null;
   }
 }

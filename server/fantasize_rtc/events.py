@@ -6,7 +6,7 @@ The names are the seed library's; payloads are frozen dataclasses with snake_cas
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -14,7 +14,12 @@ if TYPE_CHECKING:
     from .rooms import PeerInfo, RoomSnapshot
 
 __all__ = [
-    "EVENT_NAMES",
+    "PEER_CONNECTED",
+    "PEER_DISCONNECTED",
+    "PEER_HEARTBEAT",
+    "ROOM_CLOSED",
+    "ROOM_CREATED",
+    "SIGNAL",
     "PeerConnected",
     "PeerDisconnected",
     "PeerHeartbeat",
@@ -29,12 +34,6 @@ PEER_CONNECTED: Final = "peer:connected"
 PEER_DISCONNECTED: Final = "peer:disconnected"
 PEER_HEARTBEAT: Final = "peer:heartbeat"
 SIGNAL: Final = "signal"
-
-#: Signaling events, plus media events (``media:*``, ``recording:*``) emitted by the media layer.
-EVENT_NAMES: Final = frozenset({ROOM_CREATED, ROOM_CLOSED, PEER_CONNECTED, PEER_DISCONNECTED, PEER_HEARTBEAT, SIGNAL})
-
-#: Why a peer left: it asked, it went silent, or the same peer connected again.
-REASONS: Final = ("left", "timeout", "replaced")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +69,7 @@ class PeerConnected:
 class PeerDisconnected:
     room_id: str
     peer_id: str
+    #: One of :class:`fantasize_rtc.protocol.LeaveReason`: ``left``, ``timeout``, ``replaced``.
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +94,6 @@ class SignalRelayed:
     ts: int
     delivered: tuple[str, ...] = ()
     queued: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

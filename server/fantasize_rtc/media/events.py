@@ -12,7 +12,6 @@ from typing import Any, Final
 __all__ = [
     "MEDIA_CLOSED",
     "MEDIA_CONNECTED",
-    "MEDIA_EVENT_NAMES",
     "RECORDING_SAVED",
     "MediaClosed",
     "MediaConnected",
@@ -22,7 +21,6 @@ __all__ = [
 MEDIA_CONNECTED: Final = "media:connected"
 MEDIA_CLOSED: Final = "media:closed"
 RECORDING_SAVED: Final = "recording:saved"
-MEDIA_EVENT_NAMES: Final = frozenset({MEDIA_CONNECTED, MEDIA_CLOSED, RECORDING_SAVED})
 
 
 @dataclass(frozen=True, slots=True)
