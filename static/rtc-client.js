@@ -1,7 +1,7 @@
 /**
  * The fantasize-rtc browser client: one small ES module, no dependencies, no build step.
  *
- * It speaks wire protocol v1 of fantasize-rtc-server (see PROTOCOL.md): it joins a room, keeps
+ * It speaks wire protocol v1 of fantasize-rtc-server (see docs/protocol.md): it joins a room, keeps
  * the peer alive with heartbeats, receives messages over a WebSocket (or a long-poll when
  * WebSockets do not get through), reconnects by itself, and relays signals to the other peers
  * and to the server's own peers (`@echo`, `@record`, `@probe`, `@play`).

@@ -32,8 +32,9 @@ ADMIN_KEY = "browser-admin-key"
 expect.set_options(timeout=15_000)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
-# Seen working on this machine (see DESIGN.md): fake camera/microphone, no permission prompts,
-# loopback candidates allowed, real local IPs in candidates instead of mDNS names.
+# Seen working on this machine (docs/architecture.md, "Testing in a browser"): fake camera and
+# microphone, no permission prompts, loopback candidates allowed, real local IPs in candidates
+# instead of mDNS names.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--use-fake-device-for-media-stream",

@@ -147,8 +147,12 @@ class OutboxLimits:
 class Backend(abc.ABC):
     """Room state and cross-process delivery. Every method may be called concurrently.
 
-    Rules (capacity, id taken, recipients) are the core's (:mod:`fantasize_rtc.rooms`); a backend
-    applies them atomically for its storage.
+    The rules (capacity, id taken, who receives, outbox limits, ownership of tokens) are stated
+    once, in :mod:`fantasize_rtc.rooms`, and the memory backend runs that code. The Redis backend
+    cannot: each rule must read and write shared state in one atomic step, so it re-states them
+    in Lua (:mod:`._redis_scripts`). What keeps the two the same is ``tests/test_backend_contract.py``:
+    every rule has a test there that runs against both backends (a real ``redis-server`` for the
+    second), and that file, not this docstring, is the definition a new backend must pass.
     """
 
     name: str = "backend"
