@@ -13,7 +13,7 @@ from aiohttp.http import HttpProcessingError
 
 from .. import _json
 from ..auth import COOKIE_PATH, connect_cookie_name, token_from_cookies
-from ..errors import Forbidden, InvalidRequest, RequestTimeout, RtcError, Unauthorized, UnsupportedMediaType
+from ..errors import InvalidRequest, RequestTimeout, RtcError, Unauthorized, UnsupportedMediaType
 from ..protocol import Signal, dumps, require_object, validate_id, validate_signal
 from ..server import RtcServer
 
@@ -149,14 +149,11 @@ async def peer_from(request: web.Request, body: dict[str, Any], peer_field: str)
     peer_id = optional_id(body, peer_field)
     token = token_from_request(request, room_id, peer_id)
     try:
-        room, peer = await rtc.authenticate(token)
+        return await rtc.authorize(token, room_id, peer_id)
     except Unauthorized as err:
         if room_id and token is not None and token == token_from_cookies(request.cookies, room_id, peer_id or ""):
             raise StaleCookie(err.message, connect_cookie_name(room_id)) from None  # its peer left or was reaped
         raise
-    if (room_id is not None and room_id != room) or (peer_id is not None and peer_id != peer):
-        raise Forbidden(f"This token belongs to peer {peer!r} in room {room!r}.")  # as rtc.authorize
-    return room, peer
 
 
 class StaleCookie(Unauthorized):
