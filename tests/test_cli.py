@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fantasize_rtc.cli import _SERVE_FLAGS, _shown_default, build_parser, config_from_args
+from fantasize_rtc.config import IceServer, RtcConfig
 from tests.helpers import free_port, wait_for, wait_for_sync
 
 OFFER = {"type": "offer", "payload": {"sdp": "v=0\r\n"}}
@@ -108,6 +110,92 @@ def test_help_explains_every_flag() -> None:
     assert "FANTASIZE_RTC_PORT" in out
     top = subprocess.run([sys.executable, "-m", "fantasize_rtc", "--help"], capture_output=True, text=True, check=True)
     assert "serve" in top.stdout
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No FANTASIZE_RTC_* from the shell that runs the tests: build_parser reads them."""
+    for name in list(os.environ):
+        if name.startswith("FANTASIZE_RTC_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def serve_help() -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "fantasize_rtc", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FANTASIZE_RTC_")},
+    )
+    return out.stdout
+
+
+def test_help_states_every_flags_default_and_env_variable(clean_env: pytest.MonkeyPatch) -> None:
+    serve = build_parser().parse_args(["serve"])
+    text = " ".join(serve_help().split())  # argparse wraps lines anywhere
+    for flag in _SERVE_FLAGS:
+        assert hasattr(serve, flag.dest)
+        assert f"--{flag.name}" in text and f"(default: {_shown_default(flag)}) [env {flag.env}]" in text, flag
+
+
+def test_config_flags_default_to_rtc_config_itself(clean_env: pytest.MonkeyPatch) -> None:
+    assert config_from_args(build_parser().parse_args(["serve"])) == RtcConfig()
+    # A derived default stays derived: the timeout follows an interval given on the command line.
+    args = build_parser().parse_args(["serve", "--heartbeat-interval-ms", "1000"])
+    assert config_from_args(args).peer_timeout_ms == 2500
+
+
+def test_environment_sets_flags_and_the_command_line_wins(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("FANTASIZE_RTC_MAX_PEERS_PER_ROOM", "3")
+    clean_env.setenv("FANTASIZE_RTC_RATE_LIMIT_PER_SEC", "2.5")
+    clean_env.setenv("FANTASIZE_RTC_ALLOW_ANONYMOUS_MEDIA", "yes")
+    clean_env.setenv("FANTASIZE_RTC_CORS_ORIGIN", "https://a.example, https://c.example")
+    config = config_from_args(build_parser().parse_args(["serve", "--rate-limit-per-sec", "7"]))
+    assert (config.max_peers_per_room, config.rate_limit_per_sec, config.allow_anonymous_media) == (3, 7.0, True)
+    assert config.cors_origins == ("https://a.example", "https://c.example")
+
+
+@pytest.mark.parametrize(
+    ("flag", "env_value", "given", "field", "expected"),
+    [
+        (
+            "cors-origin",
+            "https://a.example,https://c.example",
+            ["https://b.example"],
+            "cors_origins",
+            ("https://b.example",),
+        ),
+        (
+            "cors-origin",
+            "https://a.example",
+            ["https://b.example", "https://d.example"],
+            "cors_origins",
+            ("https://b.example", "https://d.example"),
+        ),
+        (
+            "ice-server",
+            "stun:env.example:3478",
+            ["stun:cli.example:3478"],
+            "ice_servers",
+            (IceServer(("stun:cli.example:3478",)),),
+        ),
+        (
+            "ice-server",
+            "stun:env.example:3478",
+            ["stun:one.example:3478", "turn:u:p@two.example:3478"],
+            "ice_servers",
+            (IceServer(("stun:one.example:3478",)), IceServer(("turn:two.example:3478",), "u", "p")),
+        ),
+    ],
+)
+def test_a_repeatable_flag_on_the_command_line_replaces_the_environments_list(
+    clean_env: pytest.MonkeyPatch, flag: str, env_value: str, given: list[str], field: str, expected: tuple[Any, ...]
+) -> None:
+    clean_env.setenv("FANTASIZE_RTC_" + flag.upper().replace("-", "_"), env_value)
+    argv = ["serve"] + [part for value in given for part in (f"--{flag}", value)]
+    assert getattr(config_from_args(build_parser().parse_args(argv)), field) == expected
 
 
 def test_bad_flag_value_is_a_clear_error() -> None:

@@ -1,7 +1,12 @@
 """``fantasize-rtc``: run the server (``serve``) or check a running one (``selftest``).
 
 Every ``serve`` flag can also come from an environment variable ``FANTASIZE_RTC_<FLAG>``
-(e.g. ``FANTASIZE_RTC_PORT=9000``); a flag on the command line wins.
+(e.g. ``FANTASIZE_RTC_PORT=9000``; repeatable flags take a comma-separated list); a flag on the
+command line wins, and a repeatable one replaces the variable's list rather than adding to it.
+
+The flags that set an ``RtcConfig`` field, their help and their defaults come from the field
+itself (``config.cli_flags()``); only the flags that are not config (address, event loop, log
+level) are listed here.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import logging
 import os
 import signal
 import sys
+import typing
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ._version import __version__
-from .config import IceServer, RtcConfig
+from .config import CliFlag, RtcConfig, cli_flags
 
 __all__ = ["main"]
 
@@ -27,129 +34,109 @@ log = logging.getLogger("fantasize_rtc")
 
 ENV_PREFIX = "FANTASIZE_RTC_"
 
-# (flag, config field or None, type, default, help, repeatable)
-_SERVE_FLAGS: list[tuple[str, str | None, Any, Any, str, bool]] = [
-    ("host", None, str, "127.0.0.1", "Address to listen on (0.0.0.0 for every interface).", False),
-    ("port", None, int, 8080, "Port to listen on (0 picks a free one).", False),
-    (
-        "ice-server",
-        "ice_servers",
-        str,
-        None,
-        "ICE server handed to browsers and used by the server's own peers: stun:host:port or "
-        "turn:user:pass@host:port?transport=udp. Repeat for several; env: comma-separated.",
-        True,
-    ),
-    ("max-peers-per-room", "max_peers_per_room", int, 8, "Peers a room admits.", False),
-    ("heartbeat-interval-ms", "heartbeat_interval_ms", int, 30_000, "How often peers should heartbeat.", False),
-    (
-        "peer-timeout-ms",
-        "peer_timeout_ms",
-        int,
-        None,
-        "Silence after which a peer is reaped (default 2.5 x the heartbeat interval).",
-        False,
-    ),
-    (
-        "auth-secret",
-        "auth_secret",
-        str,
-        None,
-        "HS256 secret: connect then requires a JWT with claims room, sub (peer id) and exp.",
-        False,
-    ),
-    (
-        "cors-origin",
-        "cors_origins",
-        str,
-        None,
-        "Origin allowed to call the API from a browser (repeatable; * for any). Off by default.",
-        True,
-    ),
-    (
-        "admin-key",
-        "admin_key",
-        str,
-        None,
-        "Bearer key for operators: snapshots of any room, every media session and recording.",
-        False,
-    ),
-    ("recordings-dir", "recordings_dir", str, "./recordings", "Folder for recordings.", False),
-    ("max-media-sessions", "max_media_sessions", int, 32, "Concurrent server-side media sessions.", False),
-    ("max-session-seconds", "max_session_seconds", int, 3600, "Longest media session.", False),
-    ("max-recording-bytes", "max_recording_bytes", int, 512 * 1024 * 1024, "Largest single recording.", False),
-    (
-        "turn-secret",
-        "turn_secret",
-        str,
-        None,
-        "TURN shared secret (coturn use-auth-secret): mint time-limited TURN credentials.",
-        False,
-    ),
-    ("turn-ttl-seconds", "turn_ttl_seconds", int, 86_400, "Lifetime of minted TURN credentials.", False),
-    (
-        "redis-url",
-        "redis_url",
-        str,
-        None,
-        "Share rooms across processes through Redis (redis://host:port/db). Needs the [redis] extra.",
-        False,
-    ),
-    (
-        "rate-limit-per-sec",
-        "rate_limit_per_sec",
-        float,
-        None,
-        "Signals per second one peer may send (burst 200); 0 turns the limit off. (default: 50)",
-        False,
-    ),
-    (
-        "max-connections-per-address",
-        "max_connections_per_address",
-        int,
-        256,
-        "Open connections one client address may hold; 0 turns the limit off (do that behind a reverse proxy, "
-        "where every client has the proxy's address, and limit there).",
-        False,
-    ),
-    (
-        "max-rooms-per-address",
-        "max_rooms_per_address",
-        int,
-        100,
-        "Rooms one client address may have created and still open; 0 turns the limit off.",
-        False,
-    ),
-    (
-        "max-anonymous-sessions-per-address",
-        "max_anonymous_sessions_per_address",
-        int,
-        4,
-        "Media sessions without a token one client address may hold at once; 0 turns the limit off.",
-        False,
-    ),
-    (
-        "allow-anonymous-media",
-        "allow_anonymous_media",
-        bool,
-        False,
-        "With --auth-secret, still answer media offers (/rtc/offer, /whip) that carry no token.",
-        False,
-    ),
-    ("event-loop", None, str, "auto", "auto (uvloop when it is installed), uvloop or asyncio.", False),
-    ("log-level", None, str, "info", "debug, info, warning or error.", False),
+
+@dataclass(frozen=True, slots=True)
+class _Flag:
+    """One ``serve`` flag; ``field`` is the ``RtcConfig`` field it sets, None for the process's own."""
+
+    name: str
+    field: str | None
+    kind: Callable[[str], Any]
+    default: Any
+    help: str
+    repeatable: bool = False
+    shown_default: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+
+# The flags that are not RtcConfig fields: where to listen (shown first) and how to run the process
+# (shown last).
+_LISTEN_FLAGS = [
+    _Flag("host", None, str, "127.0.0.1", "Address to listen on (0.0.0.0 for every interface)."),
+    _Flag("port", None, int, 8080, "Port to listen on (0 picks a free one)."),
+]
+_PROCESS_FLAGS = [
+    _Flag("event-loop", None, str, "auto", "auto (uvloop when it is installed), uvloop or asyncio."),
+    _Flag("log-level", None, str, "info", "debug, info, warning or error."),
 ]
 
 
-def _env_default(flag: str, kind: Any, default: Any, repeatable: bool) -> Any:
-    raw = os.environ.get(ENV_PREFIX + flag.upper().replace("-", "_"))
+def _config_flag(name: str, default: Any, hint: Any, cli: CliFlag) -> _Flag:
+    # Tuple fields are lists of strings on the command line (RtcConfig parses ICE server URLs);
+    # str | None is a str that defaults to None.
+    repeatable = typing.get_origin(hint) is tuple
+    kind = hint if hint in (int, float, bool) else str
+    return _Flag(cli.name, name, kind, default, cli.help, repeatable, cli.shown_default)
+
+
+def _serve_flags() -> list[_Flag]:
+    hints = typing.get_type_hints(RtcConfig)
+    from_config = [_config_flag(f.name, f.default, hints[f.name], cli) for f, cli in cli_flags()]
+    return [*_LISTEN_FLAGS, *from_config, *_PROCESS_FLAGS]
+
+
+_SERVE_FLAGS = _serve_flags()
+
+
+def _env_default(flag: _Flag) -> Any:
+    raw = os.environ.get(flag.env)
     if raw is None:
-        return default
-    if repeatable:
+        return flag.default
+    if flag.repeatable:
         return [part.strip() for part in raw.split(",") if part.strip()]
-    if kind is bool:
+    if flag.kind is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")
-    return kind(raw)
+    return flag.kind(raw)
+
+
+def _shown_default(flag: _Flag) -> str:
+    """The default as --help states it: the field's own (not the environment's) in words."""
+    if flag.shown_default is not None:
+        return flag.shown_default
+    if flag.default is None or flag.default == ():
+        return "none"
+    if flag.default is False:
+        return "off"
+    if isinstance(flag.default, float) and flag.default.is_integer():
+        return str(int(flag.default))
+    return str(flag.default)
+
+
+class _ReplaceThenAppend(argparse.Action):
+    """A repeatable flag whose first use replaces the default, later uses add to it.
+
+    argparse's own ``append`` adds to the default, and the default is the environment variable's
+    list when it is set: the command line would extend the environment instead of winning."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest)
+        # Still the default object itself means this is the flag's first use.
+        given = [] if current is self.default else list(current)
+        setattr(namespace, self.dest, [*given, values])
+
+
+def _add_flag(serve: argparse.ArgumentParser, flag: _Flag) -> None:
+    value = _env_default(flag)
+    text = f"{flag.help} (default: {_shown_default(flag)}) [env {flag.env}]"
+    if flag.kind is bool:
+        serve.add_argument(f"--{flag.name}", default=value, action="store_true", help=text)
+    elif flag.repeatable:
+        serve.add_argument(f"--{flag.name}", type=flag.kind, default=value, action=_ReplaceThenAppend, help=text)
+    else:
+        serve.add_argument(f"--{flag.name}", type=flag.kind, default=value, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,20 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the signaling server, the server's own WebRTC peers and the demo page. "
         f"Each flag may also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT).",
     )
-    for flag, _field, kind, default, text, repeatable in _SERVE_FLAGS:
-        env = ENV_PREFIX + flag.upper().replace("-", "_")
-        value = _env_default(flag, kind, default, repeatable)
-        shown = "" if default is None else f" (default: {default})"
-        if kind is bool:
-            serve.add_argument(f"--{flag}", default=value, action="store_true", help=f"{text} [env {env}]")
-            continue
-        serve.add_argument(
-            f"--{flag}",
-            type=kind,
-            default=value,
-            action="append" if repeatable else "store",
-            help=f"{text}{shown} [env {env}]",
-        )
+    for flag in _SERVE_FLAGS:
+        _add_flag(serve, flag)
     _add_selftest(sub)
     return parser
 
@@ -193,18 +168,14 @@ def _add_selftest(sub: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RtcConfig:
+    # Every config flag has a value (the field's default when neither flag nor env gave one), so
+    # RtcConfig derives what it derives (peer_timeout_ms 0 -> 2.5 x the interval) as it would alone.
     values: dict[str, Any] = {}
-    for flag, field, _kind, _default, _text, repeatable in _SERVE_FLAGS:
-        if field is None:
+    for flag in _SERVE_FLAGS:
+        if flag.field is None:
             continue
-        value = getattr(args, flag.replace("-", "_"))
-        if value is None:
-            continue
-        if repeatable:
-            value = tuple(value)
-            if field == "ice_servers":
-                value = tuple(IceServer.parse(v) for v in value)
-        values[field] = value
+        value = getattr(args, flag.dest)
+        values[flag.field] = tuple(value) if flag.repeatable else value
     return RtcConfig(**values)
 
 

@@ -9,7 +9,7 @@ from urllib.parse import unquote
 
 from .errors import InvalidRequest
 
-__all__ = ["IceServer", "RtcConfig"]
+__all__ = ["CliFlag", "IceServer", "RtcConfig", "cli_flags"]
 
 _ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 
@@ -55,20 +55,67 @@ class IceServer:
 
 
 @dataclass(frozen=True, slots=True)
+class CliFlag:
+    """How a config field appears on ``fantasize-rtc serve``: ``--<name>``, its help and, where the
+    field's value would not say it (0 standing for a derived default, None for "off"), the default
+    as ``--help`` states it."""
+
+    name: str
+    help: str
+    shown_default: str | None = None
+
+
+def _flag(name: str, help: str, shown_default: str | None = None) -> dict[str, CliFlag]:
+    """Field metadata naming the field's ``serve`` flag: the CLI reads flags, help texts and defaults
+    from here, so a default is written once (on the field) and cannot drift."""
+    return {"cli": CliFlag(name, help, shown_default)}
+
+
+@dataclass(frozen=True, slots=True)
 class RtcConfig:
     """Everything the server can be told. Times are milliseconds unless the name says otherwise.
 
     ``peer_timeout_ms`` defaults to 2.5 x ``heartbeat_interval_ms``: a peer may miss one heartbeat
-    and be late with the next before it is reaped.
+    and be late with the next before it is reaped. Fields with ``_flag`` metadata are flags of
+    ``fantasize-rtc serve`` (``cli_flags()``).
     """
 
-    ice_servers: tuple[IceServer, ...] = ()
-    max_peers_per_room: int = 8
-    heartbeat_interval_ms: int = 30_000
-    peer_timeout_ms: int = 0  # 0 -> 2.5 x heartbeat_interval_ms
-    auth_secret: str | None = None
-    admin_key: str | None = None
-    cors_origins: tuple[str, ...] = ()
+    ice_servers: tuple[IceServer, ...] = field(
+        default=(),
+        metadata=_flag(
+            "ice-server",
+            "ICE server handed to browsers and used by the server's own peers: stun:host:port or "
+            "turn:user:pass@host:port?transport=udp. Repeat for several; env: comma-separated.",
+        ),
+    )
+    max_peers_per_room: int = field(default=8, metadata=_flag("max-peers-per-room", "Peers a room admits."))
+    heartbeat_interval_ms: int = field(
+        default=30_000, metadata=_flag("heartbeat-interval-ms", "How often peers should heartbeat.")
+    )
+    peer_timeout_ms: int = field(  # 0 -> 2.5 x heartbeat_interval_ms
+        default=0,
+        metadata=_flag("peer-timeout-ms", "Silence after which a peer is reaped.", "2.5 x the heartbeat interval"),
+    )
+    auth_secret: str | None = field(
+        default=None,
+        metadata=_flag(
+            "auth-secret", "HS256 secret: connect then requires a JWT with claims room, sub (peer id) and exp."
+        ),
+    )
+    admin_key: str | None = field(
+        default=None,
+        metadata=_flag(
+            "admin-key", "Bearer key for operators: snapshots of any room, every media session and recording."
+        ),
+    )
+    cors_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=_flag(
+            "cors-origin",
+            "Origin allowed to call the API from a browser (repeatable; * for any).",
+            "none, CORS off",
+        ),
+    )
 
     # Limits (README "Limits").
     max_body_bytes: int = 64 * 1024
@@ -76,7 +123,12 @@ class RtcConfig:
     max_signal_bytes: int = 48 * 1024
     max_metadata_bytes: int = 4 * 1024
     max_json_depth: int = 32
-    rate_limit_per_sec: float = 50.0  # 0 disables
+    rate_limit_per_sec: float = field(  # 0 disables
+        default=50.0,
+        metadata=_flag(
+            "rate-limit-per-sec", "Signals per second one peer may send (burst 200); 0 turns the limit off."
+        ),
+    )
     rate_limit_burst: int = 200
     max_rooms: int = 10_000
     max_peers: int = 50_000
@@ -88,9 +140,27 @@ class RtcConfig:
 
     # Per client address (docs/security.md); 0 turns a limit off. Behind a reverse proxy every
     # client has the proxy's address: turn these off there and let the proxy limit.
-    max_connections_per_address: int = 256
-    max_rooms_per_address: int = 100
-    max_anonymous_sessions_per_address: int = 4
+    max_connections_per_address: int = field(
+        default=256,
+        metadata=_flag(
+            "max-connections-per-address",
+            "Open connections one client address may hold; 0 turns the limit off (do that behind a reverse "
+            "proxy, where every client has the proxy's address, and limit there).",
+        ),
+    )
+    max_rooms_per_address: int = field(
+        default=100,
+        metadata=_flag(
+            "max-rooms-per-address", "Rooms one client address may have created and still open; 0 turns the limit off."
+        ),
+    )
+    max_anonymous_sessions_per_address: int = field(
+        default=4,
+        metadata=_flag(
+            "max-anonymous-sessions-per-address",
+            "Media sessions without a token one client address may hold at once; 0 turns the limit off.",
+        ),
+    )
     # Slow clients: a request's head must be complete this long after the connection opened or its
     # previous response was sent (idle keep-alive connections close then too); a body must arrive
     # within body_timeout_ms.
@@ -98,25 +168,47 @@ class RtcConfig:
     body_timeout_ms: int = 15_000
 
     # Media (the server as a WebRTC peer).
-    recordings_dir: str = "./recordings"
-    max_media_sessions: int = 32
+    recordings_dir: str = field(default="./recordings", metadata=_flag("recordings-dir", "Folder for recordings."))
+    max_media_sessions: int = field(
+        default=32, metadata=_flag("max-media-sessions", "Concurrent server-side media sessions.")
+    )
     max_sessions_per_peer: int = 4
-    max_session_seconds: int = 3600
-    max_recording_bytes: int = 512 * 1024 * 1024
+    max_session_seconds: int = field(default=3600, metadata=_flag("max-session-seconds", "Longest media session."))
+    max_recording_bytes: int = field(
+        default=512 * 1024 * 1024, metadata=_flag("max-recording-bytes", "Largest single recording.")
+    )
     #: A session whose peer shows no sign of ICE (no connectivity check succeeded) this long after
     #: the answer is closed (``ice_timeout``): an offer that will never connect frees its slot fast.
     ice_start_timeout_seconds: float = 10.0
     #: With ``auth_secret``, media routes (``/rtc/offer``, ``/whip``) need a peer token, a connect
     #: JWT or the admin key; this lets anonymous sessions in anyway.
-    allow_anonymous_media: bool = False
+    allow_anonymous_media: bool = field(
+        default=False,
+        metadata=_flag(
+            "allow-anonymous-media",
+            "With --auth-secret, still answer media offers (/rtc/offer, /whip) that carry no token.",
+        ),
+    )
     recordings_quota_bytes: int = 5 * 1024 * 1024 * 1024
-    turn_secret: str | None = None
-    turn_ttl_seconds: int = 86_400
+    turn_secret: str | None = field(
+        default=None,
+        metadata=_flag(
+            "turn-secret", "TURN shared secret (coturn use-auth-secret): mint time-limited TURN credentials."
+        ),
+    )
+    turn_ttl_seconds: int = field(
+        default=86_400, metadata=_flag("turn-ttl-seconds", "Lifetime of minted TURN credentials.")
+    )
 
     # Scale-out.
-    redis_url: str | None = None
-
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    redis_url: str | None = field(
+        default=None,
+        metadata=_flag(
+            "redis-url",
+            "Share rooms across processes through Redis (redis://host:port/db). Needs the [redis] extra.",
+            "none, rooms in memory",
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.peer_timeout_ms <= 0:
@@ -160,3 +252,8 @@ class RtcConfig:
     def reaper_interval_ms(self) -> int:
         """How often the reaper looks for silent peers: a quarter of the timeout, 50 ms to 5 s."""
         return max(50, min(self.peer_timeout_ms // 4, 5_000))
+
+
+def cli_flags() -> list[tuple[dataclasses.Field[Any], CliFlag]]:
+    """The fields that are flags of ``fantasize-rtc serve``, in field order, with their flag."""
+    return [(f, f.metadata["cli"]) for f in dataclasses.fields(RtcConfig) if "cli" in f.metadata]
