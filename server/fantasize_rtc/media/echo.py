@@ -8,21 +8,25 @@ Two ways to send media back:
   EchoTest), skipping the decoder and the encoder: a fraction of the CPU, and the peer's own
   keyframe requests are forwarded to it. Both directions of an m-line negotiate the same codec,
   which passthrough needs; a frame in another codec is dropped (and logged once).
+
+Passthrough needs aiortc internals (:mod:`._aiortc_compat`): on an aiortc that module was not
+checked against, a ``passthrough`` echo falls back to re-encoding (and says so once in the log), so
+the peer still gets its media back, at the re-encoding's CPU cost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import av
-from aiortc import MediaStreamTrack, RTCDataChannel
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError
 
-from .session import MediaSession, Mode, skip_backlog
+from ._aiortc_compat import backlog_skipper, forward_keyframe_requests, keyframe_requests, sender_codec, tap_decoder
+from .session import MediaSession, Mode
 
 if TYPE_CHECKING:
     from av.frame import Frame
@@ -52,12 +56,13 @@ class EchoTrack(MediaStreamTrack):
         self._source = source
         self._session = session
         self._keep = VIDEO_BACKLOG if source.kind == "video" else AUDIO_BACKLOG
+        self._skip_backlog = backlog_skipper()  # chosen once: recv() runs per frame
 
     async def recv(self) -> Frame:
         if self.readyState != "live":
             raise MediaStreamError
         frame = await self._source.recv()
-        dropped = skip_backlog(self._source, self._keep)
+        dropped = self._skip_backlog(self._source, self._keep)
         frames = self._session.frames
         frames[self.kind] = frames.get(self.kind, 0) + 1 + dropped
         self._session.frames_sent[self.kind] = self._session.frames_sent.get(self.kind, 0) + 1
@@ -72,67 +77,69 @@ class EchoTrack(MediaStreamTrack):
 PASSTHROUGH_BACKLOG = 60
 
 
-class _DecoderTap(queue.Queue[Any]):
-    """Stands in for a receiver's decoder queue: encoded frames go to the echo instead of the
-    decoder thread, which idles until the end marker (passed on, so the thread still exits)."""
-
-    def __init__(self, out: asyncio.Queue[Any]) -> None:
-        super().__init__()
-        self._out = out
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        # Called on the event loop thread (RTP handling and receiver shutdown both run there).
-        if item is None:
-            super().put(None)
-        self._out.put_nowait(item)
-
-
 class PassthroughTrack(MediaStreamTrack):
-    """Sends back the encoded frames a receiver gets, as ``av.Packet`` (aiortc then only packetizes)."""
+    """Sends back the encoded frames a receiver gets, as ``av.Packet`` (aiortc then only packetizes).
 
-    def __init__(self, kind: str, session: MediaSession, transceiver: Any) -> None:
+    Made by :meth:`tap`, which diverts the receiver's encoded frames to it."""
+
+    def __init__(
+        self, kind: str, session: MediaSession, receiver: RTCRtpReceiver, codec: RTCRtpCodecParameters
+    ) -> None:
         super().__init__()
         self.kind = kind
         self._session = session
-        self._transceiver = transceiver
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._receiver = receiver
+        self._frames: asyncio.Queue[Any] = asyncio.Queue()
+        self._sender_mime = codec.mimeType
+        self._sender_mime_lower = codec.mimeType.lower()
         self._warned = False
-        transceiver.receiver._RTCRtpReceiver__decoder_queue = _DecoderTap(self._queue)
+
+    @classmethod
+    def tap(cls, kind: str, session: MediaSession, transceiver: RTCRtpTransceiver) -> PassthroughTrack | None:
+        """A passthrough track for ``transceiver``, its receiver's encoded frames diverted to it;
+        call it from the ``track`` event, before the receiver starts. None when this aiortc does
+        not allow passthrough (nothing is changed then: echo by re-encoding instead)."""
+        codec = sender_codec(transceiver)  # fixed once the offer is applied: read once, not per frame
+        if codec is None:
+            return None
+        track = cls(kind, session, transceiver.receiver, codec)
+        if not tap_decoder(transceiver.receiver, track._frames):
+            return None
         # The far end's keyframe requests reach our sender; only the peer's encoder can answer.
-        transceiver.sender._send_keyframe = self.request_keyframe
+        forward_keyframe_requests(transceiver.sender, track.request_keyframe)
+        return track
 
     def request_keyframe(self) -> None:
-        receiver = self._transceiver.receiver
-        for ssrc in list(getattr(receiver, "_RTCRtpReceiver__remote_streams", {})):
-            self._session.spawn(receiver._send_rtcp_pli(ssrc), "pli")
+        for request in keyframe_requests(self._receiver):
+            self._session.spawn(request, "pli")
 
     async def recv(self) -> Any:
+        frames = self._frames
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
-            item = await self._queue.get()
+            item = await frames.get()
             if item is None:
                 self.stop()
                 raise MediaStreamError
-            if self._queue.qsize() > PASSTHROUGH_BACKLOG:
+            if frames.qsize() > PASSTHROUGH_BACKLOG:
                 # Hopelessly behind: drop it all and restart from a fresh keyframe.
-                while self._queue.qsize():
-                    if self._queue.get_nowait() is None:
-                        self._queue.put_nowait(None)
+                while frames.qsize():
+                    if frames.get_nowait() is None:
+                        frames.put_nowait(None)
                         break
                 self.request_keyframe()
                 continue
             codec, frame = item
             self._session.frames[self.kind] = self._session.frames.get(self.kind, 0) + 1
-            codecs = self._transceiver._codecs
-            if codecs and codecs[0].mimeType.lower() != codec.mimeType.lower():
+            if codec.mimeType.lower() != self._sender_mime_lower:
                 if not self._warned:
                     self._warned = True
                     log.warning(
                         "%s: passthrough cannot send %s frames on a %s sender; dropping them",
                         self._session.label,
                         codec.mimeType,
-                        codecs[0].mimeType,
+                        self._sender_mime,
                     )
                 continue
             packet = av.Packet(frame.data)
@@ -140,6 +147,17 @@ class PassthroughTrack(MediaStreamTrack):
             packet.time_base = Fraction(1, codec.clockRate)
             self._session.frames_sent[self.kind] = self._session.frames_sent.get(self.kind, 0) + 1
             return packet
+
+
+_passthrough_unavailable_logged = False
+
+
+def _passthrough_unavailable(session: MediaSession) -> None:
+    """Say once per process, as a warning, that passthrough echo re-encodes here (then at debug)."""
+    global _passthrough_unavailable_logged
+    level = logging.DEBUG if _passthrough_unavailable_logged else logging.WARNING
+    _passthrough_unavailable_logged = True
+    log.log(level, "%s: passthrough echo is not available with this aiortc; echoing by re-encoding", session.label)
 
 
 class EchoMode(Mode):
@@ -156,10 +174,13 @@ class EchoMode(Mode):
             session.drain(track)
             return
         # Send on the same transceiver the track came in on, so the echo is the answer's m-line.
-        if session.options.passthrough:
-            transceiver.sender.replaceTrack(PassthroughTrack(track.kind, session, transceiver))
+        passthrough = PassthroughTrack.tap(track.kind, session, transceiver) if session.options.passthrough else None
+        if passthrough is not None:
+            transceiver.sender.replaceTrack(passthrough)
             session.drain(track)  # ends when the receiver stops; no decoded frame ever arrives
         else:
+            if session.options.passthrough:
+                _passthrough_unavailable(session)
             transceiver.sender.replaceTrack(EchoTrack(track, session))
         transceiver.direction = "sendrecv"
 

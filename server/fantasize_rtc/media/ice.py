@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
-from aiortc.rtcicetransport import RTCIceTransport
+from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransport, RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp
 
 from ..config import IceServer
 from ..errors import InvalidRequest
+from . import _aiortc_compat as compat
 
 __all__ = [
     "CandidateInfo",
@@ -24,8 +21,6 @@ __all__ = [
     "selected_pair",
     "stun_rtt_ms",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def rtc_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration:
@@ -76,10 +71,6 @@ class PairInfo:
     local: CandidateInfo
     remote: CandidateInfo
 
-    @property
-    def relayed(self) -> bool:
-        return "relay" in (self.local.type, self.remote.type)
-
     def to_wire(self) -> dict[str, Any]:
         return {"local": self.local.to_wire(), "remote": self.remote.to_wire()}
 
@@ -98,34 +89,18 @@ def _ice_transports(pc: RTCPeerConnection) -> list[RTCIceTransport]:
 
 def heard_from_peer(pc: RTCPeerConnection) -> bool:
     """Whether the remote peer has answered any ICE connectivity check (a candidate pair
-    succeeded: the peer is there and doing ICE). True when aioice's internals are not as
-    expected, so that nothing is ended early on an aioice this was not checked against."""
-    for ice in _ice_transports(pc):
-        check_list = getattr(getattr(ice, "_connection", None), "_check_list", None)
-        if check_list is None:
-            return True
-        for pair in check_list:
-            if getattr(getattr(pair, "state", None), "name", "") == "SUCCEEDED":
-                return True
-    return False
-
-
-def _nominated(pc: RTCPeerConnection) -> Any:
-    # aiortc does not expose the selected pair; aioice keeps it on the connection (bundled media
-    # share one transport, so the first nominated pair is the one).
-    for ice in _ice_transports(pc):
-        nominated = getattr(ice._connection, "_nominated", {})
-        for pair in nominated.values():
-            return ice._connection, pair
-    return None, None
+    succeeded: the peer is there and doing ICE). True when that cannot be known, so that nothing
+    is ended early (:func:`._aiortc_compat.heard_from_peer`)."""
+    return compat.heard_from_peer(_ice_transports(pc))
 
 
 def selected_pair(pc: RTCPeerConnection) -> PairInfo | None:
-    """The candidate pair ICE nominated, or None before ICE completes."""
-    _, pair = _nominated(pc)
-    if pair is None:
+    """The candidate pair ICE nominated, or None before ICE completes (and when aiortc's
+    internals do not tell: :func:`._aiortc_compat.selected_candidates`)."""
+    candidates = compat.selected_candidates(_ice_transports(pc))
+    if candidates is None:
         return None
-    local, remote = pair.local_candidate, pair.remote_candidate
+    local, remote = candidates
     return PairInfo(
         CandidateInfo(local.type, local.transport.lower(), local.host, local.port),
         CandidateInfo(remote.type, remote.transport.lower(), remote.host, remote.port),
@@ -133,22 +108,6 @@ def selected_pair(pc: RTCPeerConnection) -> PairInfo | None:
 
 
 async def stun_rtt_ms(pc: RTCPeerConnection, timeout: float = 2.0) -> float | None:
-    """Round trip of one STUN binding request on the selected pair (a consent check), in ms."""
-    connection, pair = _nominated(pc)
-    if pair is None or connection.remote_password is None:
-        return None
-    try:
-        request = connection.build_request(pair, nominate=False)
-        start = time.perf_counter()
-        await asyncio.wait_for(
-            pair.protocol.request(
-                request, pair.remote_addr, integrity_key=connection.remote_password.encode("utf8"), retransmissions=0
-            ),
-            timeout,
-        )
-        return (time.perf_counter() - start) * 1000
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # a lost check or a closing transport: no sample this time
-        log.debug("STUN round-trip check failed", exc_info=True)
-        return None
+    """Round trip of one STUN binding request on the selected pair (a consent check), in ms; None
+    when there is no sample (:func:`._aiortc_compat.stun_round_trip_ms`)."""
+    return await compat.stun_round_trip_ms(_ice_transports(pc), timeout)

@@ -28,9 +28,10 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from ..errors import InvalidRequest
+from ._aiortc_compat import backlog_skipper, end_received_track
 from .events import RECORDING_SAVED, RecordingSaved
 from .recordings import FORMATS, RecordingFormat, RecordingInfo
-from .session import MediaSession, Mode, skip_backlog
+from .session import MediaSession, Mode
 
 __all__ = ["RecordMode", "Recorder", "probe_file"]
 
@@ -181,6 +182,7 @@ class Recorder:
         last = -1
         rate = 1000 if kind == "video" else AUDIO_RATE
         time_base = VIDEO_TIME_BASE if kind == "video" else AUDIO_TIME_BASE
+        skip_backlog = backlog_skipper()  # chosen once: the loop runs per frame
         while True:
             try:
                 frame: Any = await track.recv()
@@ -221,10 +223,9 @@ class Recorder:
         self._stopped = True
         # Write what was already received (up to the end of the session), then stop: an end
         # marker behind the queued frames ends each reader once it has caught up.
+        # (Where that cannot be done, the readers are cancelled after DRAIN_SECONDS instead.)
         for track in self._tracks.values():
-            queue: asyncio.Queue[Any] | None = getattr(track, "_queue", None)
-            if queue is not None:
-                queue.put_nowait(None)
+            end_received_track(track)
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=DRAIN_SECONDS)
             for task in pending:

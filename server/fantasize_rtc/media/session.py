@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..config import IceServer
 from ..errors import InvalidRequest, RtcError
+from ._aiortc_compat import skip_backlog, transport_stats
 from .events import MEDIA_CLOSED, MEDIA_CONNECTED, MediaClosed, MediaConnected
 from .ice import PairInfo, heard_from_peer, parse_candidate, rtc_configuration, selected_pair
 from .verdict import verdict
@@ -92,26 +93,6 @@ class SessionOptions:
     height: int = 480
     fps: int = 30
     passthrough: bool = False
-
-
-def skip_backlog(track: MediaStreamTrack, keep: int) -> int:
-    """Drop all but ``keep`` frames waiting in a received track's queue; returns how many went.
-
-    aiortc decodes received media in a thread into an unbounded queue. When a consumer (an
-    encoder) is slower than real time, stale frames would pile up without bound; for live media
-    the newest frames are the ones worth keeping. An end-of-stream marker is never dropped.
-    """
-    queue: asyncio.Queue[Any] | None = getattr(track, "_queue", None)
-    if queue is None:
-        return 0
-    dropped = 0
-    while queue.qsize() > keep:
-        item = queue.get_nowait()
-        if item is None:  # end of stream: put it back so the next recv() ends the track
-            queue.put_nowait(None)
-            break
-        dropped += 1
-    return dropped
 
 
 class Mode:
@@ -590,12 +571,19 @@ def _dtls_transports(pc: RTCPeerConnection) -> list[Any]:
 
 
 def _received_packets(pc: RTCPeerConnection) -> int:
-    """Packets received on the session's transports (aiortc keeps the counters private)."""
+    """Packets received on the session's transports, for the silence watchdog (aiortc keeps the
+    counters private: :func:`._aiortc_compat.transport_stats`).
+
+    When they cannot be read (an aiortc the compat module was not checked against), a value that
+    differs at every call: the watchdog then counts the peer as always heard, so a hangup is never
+    called ``connection_lost`` on a guess; ICE and DTLS states still end the session."""
     total = 0
     for dtls in _dtls_transports(pc):
-        for stat in dtls._get_stats().values():
-            if getattr(stat, "type", "") == "transport":
-                total += stat.packetsReceived
+        stats = transport_stats(dtls)
+        if stats is None:
+            return time.monotonic_ns()
+        for stat in stats:
+            total += stat.packetsReceived
     return total
 
 
@@ -616,11 +604,10 @@ async def _collect_stats(pc: RTCPeerConnection) -> dict[str, Any]:
             rtts.append(stat.roundTripTime * 1000)
     transport: dict[str, int] = {"bytesReceived": 0, "bytesSent": 0, "transportPacketsReceived": 0}
     for dtls in _dtls_transports(pc):
-        for stat in dtls._get_stats().values():  # aiortc keeps transport counters private
-            if getattr(stat, "type", "") == "transport":
-                transport["bytesReceived"] += stat.bytesReceived
-                transport["bytesSent"] += stat.bytesSent
-                transport["transportPacketsReceived"] += stat.packetsReceived
+        for stat in transport_stats(dtls) or ():  # aiortc keeps these private; zeros when unreadable
+            transport["bytesReceived"] += stat.bytesReceived
+            transport["bytesSent"] += stat.bytesSent
+            transport["transportPacketsReceived"] += stat.packetsReceived
     total = inbound["packetsReceived"] + inbound["packetsLost"]
     return {
         **inbound,

@@ -1,0 +1,395 @@
+"""Everything the media layer does inside aiortc and aioice, behind one version gate (:func:`supported`).
+
+aiortc has no public API for a few things a server needs, and aioice is reached only through
+aiortc's private ``RTCIceTransport._connection``. Every such access is here, and nowhere else, so
+that an upgrade is checked in one file. Each accessor is used as written only with the versions it
+was checked against (:data:`AIORTC_CHECKED`, :data:`AIOICE_CHECKED`); on any other version, and
+whenever an internal is not what it expects, it falls back to something that keeps the server
+working, degraded, and never raises ``AttributeError``:
+
+=================================  ==================================  ======================================
+what                               inside                              fallback
+=================================  ==================================  ======================================
+:func:`skip_backlog`,              ``RemoteStreamTrack._queue``        drops nothing, returns 0 (frames queue
+:func:`backlog_skipper`                                                up when an encoder is slow)
+:func:`end_received_track`         ``RemoteStreamTrack._queue``        False: the reader must be cancelled
+:func:`sender_codec`               ``RTCRtpTransceiver._codecs``       None: passthrough echo is off
+:func:`tap_decoder`                the receiver's decoder queue        False: passthrough echo is off (the
+                                                                       echo re-encodes instead)
+:func:`forward_keyframe_requests`  ``RTCRtpSender._send_keyframe``     False: the far end's keyframe requests
+                                                                       are not forwarded
+:func:`keyframe_requests`          ``RTCRtpReceiver._send_rtcp_pli``   none: no keyframe is asked for
+:func:`transport_stats`            ``RTCDtlsTransport._get_stats``     None: callers report zeros
+:func:`heard_from_peer`            aioice's check list                 True: nothing is ended early
+:func:`selected_candidates`        aioice's nominated pair             None: no candidate pair is reported
+:func:`stun_round_trip_ms`         aioice's STUN requests              None: no round-trip sample
+:func:`consent_interval`           ``aioice.ice.CONSENT_INTERVAL``     False: the test hook changes nothing
+=================================  ==================================  ======================================
+
+One warning is logged at import when the installed versions are not the checked ones. Nothing
+here adds work per media frame: the decoder tap's ``put`` is what aiortc calls per frame (as
+before), and the hot paths bind :func:`backlog_skipper`'s choice once, at setup.
+
+To support a new aiortc or aioice: read each accessor against the new sources, run
+``tests/test_aiortc_compat.py`` and the media tests, then add the version to :func:`supported`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from typing import Any
+
+import aioice
+import aiortc
+from aioice import Candidate, Connection
+from aiortc import (
+    MediaStreamTrack,
+    RTCDtlsTransport,
+    RTCIceTransport,
+    RTCRtpCodecParameters,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCTransportStats,
+)
+
+__all__ = [
+    "AIOICE_CHECKED",
+    "AIORTC_CHECKED",
+    "aioice_supported",
+    "aiortc_supported",
+    "backlog_skipper",
+    "consent_interval",
+    "end_received_track",
+    "forward_keyframe_requests",
+    "heard_from_peer",
+    "keyframe_requests",
+    "selected_candidates",
+    "sender_codec",
+    "skip_backlog",
+    "stun_round_trip_ms",
+    "supported",
+    "tap_decoder",
+    "transport_stats",
+]
+
+log = logging.getLogger(__name__)
+
+#: The (major, minor) versions every accessor was read against and tested with.
+CHECKED_AIORTC = (1, 16)
+CHECKED_AIOICE = (0, 13)
+
+
+def _major_minor(version: str) -> tuple[int, int] | None:
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return None
+    return major, minor
+
+
+def aiortc_supported(version: str) -> bool:
+    """Whether this module was written and checked against this aiortc version (1.16)."""
+    return _major_minor(version) == CHECKED_AIORTC
+
+
+def aioice_supported(version: str) -> bool:
+    """Whether this module was written and checked against this aioice version (0.13)."""
+    return _major_minor(version) == CHECKED_AIOICE
+
+
+def supported(aiortc_version: str, aioice_version: str) -> bool:
+    """Whether this module was checked against this pair of versions (aiortc 1.16, aioice 0.13)."""
+    return aiortc_supported(aiortc_version) and aioice_supported(aioice_version)
+
+
+#: Whether aiortc's internals are used (the installed aiortc is one this module knows). Read at
+#: each call (at setup for the per-frame paths), so tests can turn it off.
+AIORTC_CHECKED: bool = aiortc_supported(aiortc.__version__)
+#: Whether aioice's internals are used. The ICE accessors reach aioice through aiortc, so they
+#: need both flags.
+AIOICE_CHECKED: bool = aioice_supported(aioice.__version__)
+
+
+def _warn_if_unchecked() -> None:
+    """One warning naming what runs degraded (called at import)."""
+    if AIORTC_CHECKED and AIOICE_CHECKED:
+        return
+    degraded = [] if AIORTC_CHECKED else ["passthrough echo re-encodes", "stale frames kept", "transport stats 0"]
+    degraded.append("no candidate pair, ICE timeout or STUN round trip")
+    log.warning(
+        "aiortc %s / aioice %s: fantasize_rtc's media layer was checked against aiortc %d.%d and aioice %d.%d "
+        "only; running without their internals (%s)",
+        aiortc.__version__,
+        aioice.__version__,
+        *CHECKED_AIORTC,
+        *CHECKED_AIOICE,
+        ", ".join(degraded),
+    )
+
+
+_warn_if_unchecked()
+
+
+# -- received tracks -------------------------------------------------------------------------------
+
+
+def _skip_backlog(track: MediaStreamTrack, keep: int) -> int:
+    # Per frame (echo, recording): keep it as lean as it is.
+    waiting: asyncio.Queue[Any] | None = getattr(track, "_queue", None)
+    if waiting is None:
+        return 0
+    dropped = 0
+    try:
+        while waiting.qsize() > keep:
+            item = waiting.get_nowait()
+            if item is None:  # end of stream: put it back so the next recv() ends the track
+                waiting.put_nowait(None)
+                break
+            dropped += 1
+    except AttributeError:  # not an asyncio.Queue after all: drop nothing more
+        pass
+    return dropped
+
+
+def _skip_nothing(track: MediaStreamTrack, keep: int) -> int:
+    return 0
+
+
+def skip_backlog(track: MediaStreamTrack, keep: int) -> int:
+    """Drop all but ``keep`` frames waiting in a received track's queue; returns how many went.
+
+    aiortc decodes received media in a thread into an unbounded queue (``RemoteStreamTrack._queue``).
+    When a consumer (an encoder) is slower than real time, stale frames would pile up without bound;
+    for live media the newest frames are the ones worth keeping. An end-of-stream marker is never
+    dropped. Unchecked aiortc: drops nothing and returns 0. Per-frame callers use
+    :func:`backlog_skipper` instead, which checks the version once.
+    """
+    return _skip_backlog(track, keep) if AIORTC_CHECKED else 0
+
+
+def backlog_skipper() -> Callable[[MediaStreamTrack, int], int]:
+    """:func:`skip_backlog` for a per-frame loop: the version is checked here, once, and the
+    function returned does only the dropping (or nothing, on an unchecked aiortc)."""
+    return _skip_backlog if AIORTC_CHECKED else _skip_nothing
+
+
+def end_received_track(track: MediaStreamTrack) -> bool:
+    """Queue an end marker behind the frames a received track already holds: its ``recv()``
+    returns them, then raises ``MediaStreamError`` (how aiortc itself ends it). This lets a
+    recording write what arrived before it stops. False, changing nothing, on an unchecked aiortc
+    or a track without that queue: the reader then has to be cancelled."""
+    if not AIORTC_CHECKED:
+        return False
+    waiting = getattr(track, "_queue", None)
+    if not isinstance(waiting, asyncio.Queue):
+        return False
+    waiting.put_nowait(None)
+    return True
+
+
+# -- passthrough echo ------------------------------------------------------------------------------
+
+_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+_DECODER_THREAD = "_RTCRtpReceiver__decoder_thread"
+_REMOTE_STREAMS = "_RTCRtpReceiver__remote_streams"
+
+
+class _DecoderTap(queue.Queue[Any]):
+    """Stands in for a receiver's decoder queue: encoded frames go to ``out`` instead of the
+    decoder thread, which idles until the end marker (passed on, so the thread still exits)."""
+
+    def __init__(self, out: asyncio.Queue[Any]) -> None:
+        super().__init__()
+        self._out = out
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        # Called per frame, on the event loop thread (RTP handling and receiver shutdown both run there).
+        if item is None:
+            super().put(None)
+        self._out.put_nowait(item)
+
+
+def sender_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None:
+    """The codec the transceiver's sender sends: the first negotiated one (aiortc keeps the list
+    private). aiortc sets it when the remote description is applied, before the ``track`` event,
+    and this server never applies a second one to a peer connection, so it can be read once then.
+    None when it cannot be known (unchecked aiortc, nothing negotiated)."""
+    if not AIORTC_CHECKED:
+        return None
+    codecs = getattr(transceiver, "_codecs", None)
+    if not isinstance(codecs, list) or not codecs or not isinstance(codecs[0], RTCRtpCodecParameters):
+        return None
+    return codecs[0]
+
+
+def tap_decoder(receiver: RTCRtpReceiver, out: asyncio.Queue[Any]) -> bool:
+    """Send the receiver's encoded frames, as ``(codec, frame)`` tuples, to ``out`` instead of its
+    decoder (then None when the receiver stops). This is what passthrough echo needs, and aiortc
+    has no hook for it: the tap replaces the receiver's private decoder queue. Call it before the
+    receiver starts (from the ``track`` event), while its decoder thread does not exist yet.
+
+    False, changing nothing, on an unchecked aiortc, when the receiver has no such queue, or when
+    its decoder thread already runs (it would wait on the old queue forever)."""
+    if not AIORTC_CHECKED:
+        return False
+    if not isinstance(getattr(receiver, _DECODER_QUEUE, None), queue.Queue):
+        return False
+    if getattr(receiver, _DECODER_THREAD, None) is not None:
+        return False
+    setattr(receiver, _DECODER_QUEUE, _DecoderTap(out))
+    return True
+
+
+def forward_keyframe_requests(sender: RTCRtpSender, callback: Callable[[], None]) -> bool:
+    """Call ``callback`` instead of forcing a keyframe from the sender's own encoder when the far
+    end asks for one (RTCP PLI or FIR). A passthrough sender has no encoder: only the peer that
+    encoded the frames can answer. False, changing nothing, when the sender has no such hook."""
+    if not AIORTC_CHECKED or not callable(getattr(sender, "_send_keyframe", None)):
+        return False
+    setattr(sender, "_send_keyframe", callback)  # noqa: B010 (mypy forbids assigning to a method)
+    return True
+
+
+def keyframe_requests(receiver: RTCRtpReceiver) -> list[Coroutine[Any, Any, None]]:
+    """One RTCP picture-loss indication per stream the receiver has heard from, as coroutines to
+    run: the sending peer answers with a keyframe. Empty when unavailable."""
+    if not AIORTC_CHECKED:
+        return []
+    try:
+        ssrcs = list(getattr(receiver, _REMOTE_STREAMS))
+        send = receiver._send_rtcp_pli
+    except (AttributeError, TypeError):
+        return []
+    return [send(ssrc) for ssrc in ssrcs]
+
+
+# -- transport counters ----------------------------------------------------------------------------
+
+
+def transport_stats(dtls: RTCDtlsTransport) -> list[RTCTransportStats] | None:
+    """The DTLS transport's packet and byte counters. ``getStats()`` reports only RTP streams;
+    aiortc keeps the transport's own counters (everything received: RTP, RTCP, DTLS, SCTP)
+    private. None on an unchecked aiortc or when they cannot be read."""
+    if not AIORTC_CHECKED:
+        return None
+    try:
+        report = dtls._get_stats()
+        return [stat for stat in report.values() if isinstance(stat, RTCTransportStats)]
+    except (AttributeError, TypeError):
+        return None
+
+
+# -- ICE -------------------------------------------------------------------------------------------
+
+
+def _ice_checked() -> bool:
+    return AIORTC_CHECKED and AIOICE_CHECKED
+
+
+def heard_from_peer(transports: Iterable[RTCIceTransport]) -> bool:
+    """Whether the remote peer has answered any ICE connectivity check on these transports (a
+    candidate pair succeeded: the peer is there and doing ICE). aiortc reports no ICE state
+    between "checking" and "completed". True when it cannot be known (unchecked versions, changed
+    internals), so that nothing is ended early."""
+    if not _ice_checked():
+        return True
+    for ice in transports:
+        check_list = getattr(getattr(ice, "_connection", None), "_check_list", None)
+        if check_list is None:
+            return True
+        try:
+            for pair in check_list:
+                if getattr(getattr(pair, "state", None), "name", "") == "SUCCEEDED":
+                    return True
+        except TypeError:
+            return True
+    return False
+
+
+def _nominated(transports: Iterable[RTCIceTransport]) -> tuple[Connection, Any] | None:
+    # aiortc does not expose the selected pair; aioice keeps it on the connection (bundled media
+    # share one transport, so the first nominated pair is the one).
+    for ice in transports:
+        connection = getattr(ice, "_connection", None)
+        nominated = getattr(connection, "_nominated", None)
+        if not isinstance(connection, Connection) or not isinstance(nominated, dict):
+            continue
+        for pair in nominated.values():
+            return connection, pair
+    return None
+
+
+def selected_candidates(transports: Iterable[RTCIceTransport]) -> tuple[Candidate, Candidate] | None:
+    """(local, remote) candidates of the pair ICE nominated; None before ICE completes, and when it
+    cannot be known (aiortc has no API for the selected pair)."""
+    if not _ice_checked():
+        return None
+    found = _nominated(transports)
+    if found is None:
+        return None
+    local = getattr(found[1], "local_candidate", None)
+    remote = getattr(found[1], "remote_candidate", None)
+    if not isinstance(local, Candidate) or not isinstance(remote, Candidate):
+        return None
+    return local, remote
+
+
+async def stun_round_trip_ms(transports: Iterable[RTCIceTransport], timeout: float = 2.0) -> float | None:
+    """Round trip of one STUN binding request on the nominated pair (a consent check, RFC 7675),
+    in ms, sent the way aioice sends its own. None before ICE completes, on a lost check or a
+    closing transport, and when it cannot be done (unchecked versions, changed internals)."""
+    if not _ice_checked():
+        return None
+    found = _nominated(transports)
+    if found is None:
+        return None
+    connection, pair = found
+    try:
+        password = connection.remote_password
+        if password is None:
+            return None
+        request = connection.build_request(pair, nominate=False)
+        start = time.perf_counter()
+        await asyncio.wait_for(
+            pair.protocol.request(request, pair.remote_addr, integrity_key=password.encode("utf8"), retransmissions=0),
+            timeout,
+        )
+        return (time.perf_counter() - start) * 1000
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # a lost check, a closing transport, or changed internals: no sample this time
+        log.debug("STUN round-trip check failed", exc_info=True)
+        return None
+
+
+# -- test hook -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def consent_interval(seconds: float) -> Iterator[bool]:
+    """Test hook: ICE consent checks (RFC 7675) every ``seconds`` (jittered) instead of aioice's
+    5 s, while the block runs, so that a vanished peer is noticed after about six intervals
+    instead of about 30 s. Process-wide (a module constant of aioice): for tests only.
+
+    Yields True when the schedule was shortened; False, changing nothing, on an unchecked aioice
+    or one without that constant (the caller should skip)."""
+    try:
+        import aioice.ice as aioice_ice
+    except ImportError:  # pragma: no cover - an aioice whose modules moved
+        yield False
+        return
+    old = getattr(aioice_ice, "CONSENT_INTERVAL", None)
+    if not AIOICE_CHECKED or not isinstance(old, int | float):
+        yield False
+        return
+    setattr(aioice_ice, "CONSENT_INTERVAL", seconds)  # noqa: B010 (typed int there; a float works)
+    try:
+        yield True
+    finally:
+        setattr(aioice_ice, "CONSENT_INTERVAL", old)  # noqa: B010
