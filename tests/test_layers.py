@@ -199,3 +199,34 @@ def test_the_transport_alone_never_imports_the_media_stack() -> None:
 def test_the_layer_check_sees_lazy_imports() -> None:
     """The checker itself: a function-level import is an import (it once hid web -> media)."""
     assert "fantasize_rtc.media" in GRAPH["fantasize_rtc.app"]
+
+
+def test_modules_import_only_what_the_other_module_exports() -> None:
+    """A name one module takes from another is in that module's ``__all__`` (its public face),
+    unless it is private (``_name``), so ``__all__`` says what the package really uses."""
+    missing = []
+    for module, path in MODULES.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.level:
+                continue
+            parts = package.split(".")
+            base = ".".join([*parts[: len(parts) - node.level + 1], node.module or ""]).strip(".")
+            if base not in MODULES:
+                continue
+            exported = _exports(MODULES[base])
+            for alias in node.names:
+                name = alias.name
+                if exported is None or name.startswith("_") or f"{base}.{name}" in MODULES:
+                    continue
+                if name not in exported:
+                    missing.append(f"{module} imports {name} from {base}, which does not list it in __all__")
+    assert missing == []
+
+
+def _exports(path: Path) -> set[str] | None:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            elements = node.value.elts if isinstance(node.value, (ast.List, ast.Tuple)) else []
+            return {elt.value for elt in elements if isinstance(elt, ast.Constant) and isinstance(elt.value, str)}
+    return None

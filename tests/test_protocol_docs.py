@@ -64,3 +64,24 @@ def test_protocol_md_lists_every_error_code_with_its_status() -> None:
 def test_protocol_md_lists_every_leave_reason() -> None:
     for reason in LeaveReason.ALL:
         assert f'"{reason}"' in PROTOCOL_MD, f"docs/protocol.md does not list the reason {reason!r}"
+
+
+MEDIA_MD = (ROOT / "docs" / "media.md").read_text()
+
+
+def test_media_md_lists_every_ending_state_and_via() -> None:
+    from fantasize_rtc.protocol import SessionEnd, SessionState, Via
+
+    endings = MEDIA_MD[MEDIA_MD.index("## Endings") :]
+    for reason in SessionEnd.ALL:
+        assert f"`{reason}`" in endings, f"docs/media.md's Endings do not list {reason!r}"
+    for value in (*SessionState.ALL[1:], *Via.ALL):
+        assert value in MEDIA_MD, f"docs/media.md does not mention {value!r}"
+
+
+def test_media_code_ends_sessions_only_for_named_reasons() -> None:
+    """Every ``close("<reason>")`` in the media layer is gone: reasons are SessionEnd names."""
+    media = ROOT / "server" / "fantasize_rtc" / "media"
+    literal = re.compile(r"""\.close\(\s*["'][a-z_]+["']\s*\)|reason = ["'][a-z_]+["']""")
+    found = [f"{p.name}: {m.group(0)}" for p in media.glob("*.py") for m in literal.finditer(p.read_text())]
+    assert found == []

@@ -19,7 +19,10 @@ __all__ = [
     "SERVER_PEER_PREFIX",
     "CloseCode",
     "LeaveReason",
+    "SessionEnd",
+    "SessionState",
     "Signal",
+    "Via",
     "check_json_depth",
     "check_parsed_depth",
     "dumps",
@@ -75,6 +78,73 @@ class LeaveReason:
     TIMEOUT: Final = "timeout"
     REPLACED: Final = "replaced"
     ALL: Final = (LEFT, TIMEOUT, REPLACED)
+
+
+class SessionState:
+    """A server-side media session's ``state`` (its report, docs/media.md)."""
+
+    NEW: Final = "new"
+    CONNECTING: Final = "connecting"
+    CONNECTED: Final = "connected"
+    CLOSING: Final = "closing"
+    CLOSED: Final = "closed"
+    ALL: Final = (NEW, CONNECTING, CONNECTED, CLOSING, CLOSED)
+
+
+class Via:
+    """How a media session was opened: its report's ``via``."""
+
+    HTTP: Final = "http"
+    SIGNALING: Final = "signaling"
+    WHIP: Final = "whip"
+    ALL: Final = (HTTP, SIGNALING, WHIP)
+
+
+class SessionEnd:
+    """Why a media session ended: its report's ``closeReason`` and ``media:closed``'s ``reason``
+    (docs/media.md, "Endings"). ``owner_<leave reason>`` when its owner left the room."""
+
+    BYE: Final = "bye"
+    DELETED: Final = "deleted"
+    PEER_CLOSED: Final = "peer_closed"
+    CONNECTION_LOST: Final = "connection_lost"
+    ICE_FAILED: Final = "ice_failed"
+    DTLS_FAILED: Final = "dtls_failed"
+    ICE_TIMEOUT: Final = "ice_timeout"
+    CONNECT_TIMEOUT: Final = "connect_timeout"
+    MAX_DURATION: Final = "max_duration"
+    RECORDING_LIMIT: Final = "recording_limit"
+    RECORDINGS_QUOTA: Final = "recordings_quota"
+    OWNER_LEFT: Final = "owner_left"
+    OWNER_TIMEOUT: Final = "owner_timeout"
+    OWNER_REPLACED: Final = "owner_replaced"
+    RENEGOTIATED: Final = "renegotiated"
+    REJECTED: Final = "rejected"
+    SHUTDOWN: Final = "shutdown"
+    ALL: Final = (
+        BYE,
+        DELETED,
+        PEER_CLOSED,
+        CONNECTION_LOST,
+        ICE_FAILED,
+        DTLS_FAILED,
+        ICE_TIMEOUT,
+        CONNECT_TIMEOUT,
+        MAX_DURATION,
+        RECORDING_LIMIT,
+        RECORDINGS_QUOTA,
+        OWNER_LEFT,
+        OWNER_TIMEOUT,
+        OWNER_REPLACED,
+        RENEGOTIATED,
+        REJECTED,
+        SHUTDOWN,
+    )
+
+    @staticmethod
+    def owner_gone(leave_reason: str) -> str:
+        """The ending of a session whose owner left the room for ``leave_reason``."""
+        return f"owner_{leave_reason}"
 
 
 # allow_nan=False: NaN and Infinity are not JSON (RFC 8259); a browser's JSON.parse refuses them.

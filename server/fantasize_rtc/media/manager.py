@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc.sdp import SessionDescription
 
 from ..errors import CapacityExceeded, InvalidRequest, RateLimited, RtcError, SessionNotFound, Unauthorized
-from ..protocol import error_message
+from ..protocol import LeaveReason, SessionEnd, Via, error_message
 from .recordings import FORMATS, RecordingStore
 from .session import MediaSession, Mode, Notify, Owner, SessionOptions, new_session_id
 
@@ -272,11 +272,11 @@ class MediaManager:
         try:
             answer = await session.accept(sdp)
         except RtcError:
-            await session.close("rejected")
+            await session.close(SessionEnd.REJECTED)
             raise
         except BaseException as exc:
             ended_meanwhile = session.closed or session.close_reason is not None
-            await session.close("rejected")
+            await session.close(SessionEnd.REJECTED)
             if ended_meanwhile and isinstance(exc, Exception):
                 # closed under us (shutdown, DELETE by the admin): aiortc raises its own errors then
                 raise CapacityExceeded(
@@ -373,7 +373,7 @@ class MediaManager:
     async def _handle(self, room_id: str, server_peer_id: str, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "peer:disconnected":
-            reason = f"owner_{message.get('reason', 'left')}"
+            reason = SessionEnd.owner_gone(str(message.get("reason", LeaveReason.LEFT)))
             for owned in self.of_member(room_id, str(message.get("peerId"))):
                 if owned.server_peer_id == server_peer_id:
                     log.info("%s: owner gone (%s)", owned.label, reason)
@@ -393,7 +393,7 @@ class MediaManager:
             owner = Owner(room_id, owner.peer_id, owner_key)
             old = self._signaling.pop(key, None)
             if old is not None:
-                await old.close("renegotiated")
+                await old.close(SessionEnd.RENEGOTIATED)
             try:
                 body = payload if isinstance(payload, dict) else {}
                 session = self.create(
@@ -401,7 +401,7 @@ class MediaManager:
                     sdp=body.get("sdp"),
                     options=parse_options(body, self.config.max_session_seconds),
                     owner=owner,
-                    via="signaling",
+                    via=Via.SIGNALING,
                     notify=self._notifier(owner, server_peer_id),
                 )
             except RtcError as err:
@@ -420,7 +420,7 @@ class MediaManager:
         elif stype == "bye":
             session = self._signaling.get(key)
             if session is not None:
-                self.spawn(session.close("bye"))
+                self.spawn(session.close(SessionEnd.BYE))
         else:
             log.debug("%s in room %s: ignored %r signal from %s", server_peer_id, room_id, stype, owner.peer_id)
 
@@ -460,6 +460,6 @@ class MediaManager:
         sessions = list(self._sessions.values())
         if sessions:
             log.info("closing %d media sessions for shutdown", len(sessions))
-        await asyncio.gather(*(s.close("shutdown") for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(s.close(SessionEnd.SHUTDOWN) for s in sessions), return_exceptions=True)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -28,6 +28,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from ..errors import InvalidRequest
+from ..protocol import SessionEnd
 from ._aiortc_compat import backlog_skipper, end_received_track
 from .events import RECORDING_SAVED, RecordingSaved
 from .recordings import FORMATS, RecordingFormat, RecordingInfo
@@ -288,9 +289,9 @@ class RecordMode(Mode):
             return None
         config = session.manager.config
         if self.recorder.size() >= config.max_recording_bytes:
-            return "recording_limit"
+            return SessionEnd.RECORDING_LIMIT
         if session.manager.store.used_bytes() >= config.recordings_quota_bytes:
-            return "recordings_quota"
+            return SessionEnd.RECORDINGS_QUOTA
         return None
 
     async def close(self, session: MediaSession, reason: str) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..errors import Forbidden, InvalidRequest, Unauthorized
+from ..protocol import SessionEnd, Via
 from ..web import RTC_KEY, is_admin, json_response, read_json, refuse_admin_key_in_url, token_from_request
 from .keys import MEDIA_KEY
 from .manager import parse_options
@@ -81,7 +82,7 @@ async def offer(request: web.Request) -> web.Response:
     mode = body.get("mode", "echo")
     options = parse_options(body, manager.config.max_session_seconds)
     session, answer = await manager.open(
-        mode=mode, sdp=body.get("sdp"), options=options, owner=caller.owner, via="http", address=request.remote
+        mode=mode, sdp=body.get("sdp"), options=options, owner=caller.owner, via=Via.HTTP, address=request.remote
     )
     return json_response({"sdp": answer, "type": "answer", "sessionId": session.id})
 
@@ -103,7 +104,7 @@ async def delete_session(request: web.Request) -> web.Response:
     owner, session, _ = manager.get(request.match_info["sessionId"])
     check_access(await caller_of(request), owner, "session")
     if session is not None:
-        await session.close("deleted")
+        await session.close(SessionEnd.DELETED)
     return json_response({"closed": True})
 
 

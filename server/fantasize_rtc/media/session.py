@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..config import IceServer
 from ..errors import InvalidRequest, RtcError
+from ..protocol import SessionEnd, SessionState, Via
 from ._aiortc_compat import skip_backlog, transport_stats
 from .events import MEDIA_CLOSED, MEDIA_CONNECTED, MediaClosed, MediaConnected
 from .ice import PairInfo, heard_from_peer, parse_candidate, rtc_configuration, selected_pair
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from ..server import RtcServer
     from .recordings import RecordingStore
 
-__all__ = ["MediaSession", "Mode", "Owner", "SessionHost", "SessionOptions", "new_session_id", "skip_backlog"]
+__all__ = ["MediaSession", "Mode", "Notify", "Owner", "SessionHost", "SessionOptions", "new_session_id", "skip_backlog"]
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +167,11 @@ class MediaSession:
         self.mode = mode
         self.options = options
         self.owner = owner
-        self.via = via  # "http", "signaling" or "whip"
+        self.via = via  # a Via
         self.address = address  # the client's network address, when it came over HTTP
         self.server_peer_id = server_peer_id
         self.notify = notify
-        self.state = "new"
+        self.state = SessionState.NEW
         self.close_reason: str | None = None
         self.created_at = _wall_ms()
         self.connected_at: int | None = None
@@ -264,7 +265,7 @@ class MediaSession:
 
     async def accept(self, offer_sdp: str) -> str:
         """Apply the client's offer and return the answer SDP (all server candidates included)."""
-        self._set_state("connecting")
+        self._set_state(SessionState.CONNECTING)
         self._mark("offer")
         pc = self._pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
         pc.on("track", self._on_track)
@@ -283,7 +284,7 @@ class MediaSession:
         ):  # check_offer_sdp refuses the offers known to do this; never go on without a transport
             raise InvalidRequest("The offer could not be applied: a media section has no transport.")
         await self.mode.after_remote_description(self)
-        if self.via == "signaling" and "a=candidate:" not in offer_sdp and not self._pending_candidates:
+        if self.via == Via.SIGNALING and "a=candidate:" not in offer_sdp and not self._pending_candidates:
             self._mark("awaiting-candidates")
             try:
                 await asyncio.wait_for(self._remote_candidate.wait(), TRICKLE_GRACE_SECONDS)
@@ -357,7 +358,7 @@ class MediaSession:
             self._heard_at = time.monotonic()
             self.connected_at = _wall_ms()
             self.pair = selected_pair(self._pc)
-            self._set_state("connected")
+            self._set_state(SessionState.CONNECTED)
             connect_ms = self.elapsed_ms("connected") or 0
             self.manager.rtc.emit(
                 MEDIA_CONNECTED, MediaConnected(self.id, self.mode.name, *self._owner_ids(), connect_ms)
@@ -368,13 +369,13 @@ class MediaSession:
             if self.connected and time.monotonic() - self._heard_at >= SILENCE_SECONDS:
                 # It was connected, then went silent until ICE consent expired (RFC 7675, about
                 # 30 s): the peer crashed, was killed or lost its network. Not a hangup.
-                reason = "connection_lost"
+                reason = SessionEnd.CONNECTION_LOST
             elif ice_failed:
-                reason = "ice_failed"
+                reason = SessionEnd.ICE_FAILED
             elif state == "failed":
-                reason = "dtls_failed"
+                reason = SessionEnd.DTLS_FAILED
             else:
-                reason = "peer_closed"  # the peer closed DTLS (close_notify): it hung up
+                reason = SessionEnd.PEER_CLOSED  # the peer closed DTLS (close_notify): it hung up
             self.manager.spawn(self.close(reason))
 
     def _owner_ids(self) -> tuple[str | None, str | None]:
@@ -395,13 +396,13 @@ class MediaSession:
             if not heard and not self.connected and self._pc is not None:
                 heard = heard_from_peer(self._pc)
             if now >= end_deadline:
-                reason = "max_duration"
+                reason = SessionEnd.MAX_DURATION
             elif not self.connected and not heard and now >= ice_deadline:
                 # An offer whose peer never does ICE (it vanished, or it never meant to connect)
                 # frees its slot in seconds, not after the full connect timeout.
-                reason = "ice_timeout"
+                reason = SessionEnd.ICE_TIMEOUT
             elif not self.connected and now >= connect_deadline:
-                reason = "connect_timeout"
+                reason = SessionEnd.CONNECT_TIMEOUT
             elif self.connected:
                 received = _received_packets(self._pc) if self._pc is not None else 0
                 if received != self._received:
@@ -489,7 +490,7 @@ class MediaSession:
             return
         self._closing = True
         self.close_reason = reason
-        self._set_state("closing")
+        self._set_state(SessionState.CLOSING)
         try:
             await self.refresh_stats_before_close()
             await self._cancel_tasks()
@@ -500,7 +501,7 @@ class MediaSession:
             await self._close_pc()
         finally:
             self.closed_at = _wall_ms()
-            self._set_state("closed")
+            self._set_state(SessionState.CLOSED)
             self._closed.set()
             log.info("%s: closed (%s) after %d ms", self.label, reason, self.closed_at - self.created_at)
             await self.manager.release(self)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from ..protocol import SessionEnd, SessionState
 from .ice import PairInfo
 
 __all__ = ["verdict"]
 
 _FAILURES = {
-    "ice_failed": "failed: no candidate pair succeeded (ICE failed)",
-    "dtls_failed": "failed: ICE connected but the DTLS handshake did not complete",
-    "ice_timeout": "failed: the peer never answered an ICE connectivity check",
+    SessionEnd.ICE_FAILED: "failed: no candidate pair succeeded (ICE failed)",
+    SessionEnd.DTLS_FAILED: "failed: ICE connected but the DTLS handshake did not complete",
+    SessionEnd.ICE_TIMEOUT: "failed: the peer never answered an ICE connectivity check",
 }
 
 
@@ -31,13 +32,13 @@ def verdict(
     if connect_ms is not None:  # it did connect at some point
         route = _route(pair) if pair else "(candidate pair unknown)"
         text = f"connected {route}{took}"
-        if state in ("closing", "closed") and close_reason:
+        if state in (SessionState.CLOSING, SessionState.CLOSED) and close_reason:
             text += f"; ended: {close_reason}"
         return text
     if close_reason in _FAILURES:
         return _FAILURES[close_reason]
-    if close_reason == "connect_timeout":
+    if close_reason == SessionEnd.CONNECT_TIMEOUT:
         return f"failed: not connected within {connect_timeout_s:g} s (no candidate pair succeeded)"
-    if state in ("closing", "closed"):
+    if state in (SessionState.CLOSING, SessionState.CLOSED):
         return f"closed before connecting ({close_reason})"
     return "connecting: waiting for ICE and DTLS"

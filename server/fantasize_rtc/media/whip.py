@@ -12,6 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import InvalidRequest, UnsupportedMediaType
+from ..protocol import SessionEnd, Via
 from ..web import read_body
 from .keys import MEDIA_KEY
 from .manager import parse_options
@@ -58,7 +59,7 @@ async def whip_post(request: web.Request) -> web.Response:
     options = parse_options(_query_options(dict(request.query)), manager.config.max_session_seconds)
     caller = await caller_of(request)
     session, answer = await manager.open(
-        mode=mode, sdp=sdp, options=options, owner=caller.owner, via="whip", address=request.remote
+        mode=mode, sdp=sdp, options=options, owner=caller.owner, via=Via.WHIP, address=request.remote
     )
     # relative to where the app is mounted (request.path carries any prefix)
     location = f"{request.path.rstrip('/')}/{session.id}"
@@ -76,5 +77,5 @@ async def whip_delete(request: web.Request) -> web.Response:
     owner, session, _ = manager.get(request.match_info["sessionId"])
     check_access(await caller_of(request), owner, "session")
     if session is not None:
-        await session.close("deleted")
+        await session.close(SessionEnd.DELETED)
     return web.Response(status=200)
