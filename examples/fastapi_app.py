@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from fantasize_rtc import RtcError, create_rtc_server
-from fantasize_rtc.auth import connect_cookie, token_from_cookies
+from fantasize_rtc.auth import connect_cookie, peer_token
 from fantasize_rtc.errors import InvalidRequest
 
 rtc = create_rtc_server(max_peers_per_room=8)
@@ -56,12 +56,9 @@ class SignalBody(BaseModel):
     signal: dict[str, Any]
 
 
-def token_of(request: Request, room_id: str, peer_id: str | None) -> str | None:
+def token_of(request: Request, room_id: Any, peer_id: Any) -> str | None:
     """The bearer token, else the cookie connect set for this room and peer."""
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return token_from_cookies(request.cookies, room_id, peer_id) if room_id and peer_id else None
+    return peer_token(request.headers.get("authorization"), request.cookies, room_id, peer_id)
 
 
 async def authorize(request: Request, room_id: str, peer_id: str) -> None:
@@ -71,9 +68,7 @@ async def authorize(request: Request, room_id: str, peer_id: str) -> None:
 
 @app.exception_handler(RtcError)
 async def rtc_error(request: Request, err: RtcError) -> JSONResponse:
-    retry_after = getattr(err, "retry_after", None)
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
+    return JSONResponse(err.to_dict(), status_code=err.status, headers=err.headers())
 
 
 @app.exception_handler(RequestValidationError)

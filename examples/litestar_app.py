@@ -21,7 +21,7 @@ from litestar.datastructures import Cookie
 from litestar.exceptions import ValidationException
 
 from fantasize_rtc import RtcError, create_rtc_server
-from fantasize_rtc.auth import connect_cookie, token_from_cookies
+from fantasize_rtc.auth import connect_cookie, peer_token
 from fantasize_rtc.errors import InvalidRequest
 
 rtc = create_rtc_server(max_peers_per_room=8)
@@ -29,10 +29,7 @@ rtc = create_rtc_server(max_peers_per_room=8)
 
 def token_of(request: Request[Any, Any, Any], room_id: Any, peer_id: Any) -> str | None:
     """The bearer token, else the cookie connect set for this room and peer."""
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return token_from_cookies(request.cookies, room_id, peer_id) if room_id and peer_id else None
+    return peer_token(request.headers.get("authorization"), request.cookies, room_id, peer_id)
 
 
 async def authorize(request: Request[Any, Any, Any], room_id: Any, peer_id: Any) -> None:
@@ -69,9 +66,7 @@ async def signal(data: dict[str, Any], request: Request[Any, Any, Any]) -> dict[
 def rtc_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if not isinstance(exc, RtcError):  # Litestar's own 400 for a body that is not a JSON object
         exc = InvalidRequest("The body must be a JSON object.")
-    retry_after = getattr(exc, "retry_after", None)
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return Response(exc.to_dict(), status_code=exc.status, headers=headers)
+    return Response(exc.to_dict(), status_code=exc.status, headers=exc.headers())
 
 
 @asynccontextmanager

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fantasize_rtc import RtcError, create_rtc_server
-from fantasize_rtc.auth import connect_cookie, token_from_cookies
+from fantasize_rtc.auth import connect_cookie, peer_token
 from fantasize_rtc.errors import InvalidRequest
 
 rtc = create_rtc_server(max_peers_per_room=8)
@@ -30,10 +30,7 @@ rtc = create_rtc_server(max_peers_per_room=8)
 
 def token_of(request: Request, room_id: Any, peer_id: Any) -> str | None:
     """The bearer token, else the cookie connect set for this room and peer."""
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return token_from_cookies(request.cookies, room_id, peer_id) if room_id and peer_id else None
+    return peer_token(request.headers.get("authorization"), request.cookies, room_id, peer_id)
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -81,9 +78,7 @@ async def signal(request: Request) -> Response:
 
 async def rtc_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RtcError)
-    retry_after = getattr(exc, "retry_after", None)
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers())
 
 
 @asynccontextmanager

@@ -20,12 +20,14 @@ __all__ = [
     "connect_cookie",
     "connect_cookie_name",
     "connect_cookie_value",
+    "bearer_token",
     "identity_owner_key",
     "stale_cookies",
     "token_from_cookies",
     "looks_like_jwt",
     "mint_turn_credentials",
     "new_peer_token",
+    "peer_token",
     "token_owner_key",
     "verify_connect_jwt",
     "verify_jwt_identity",
@@ -79,6 +81,24 @@ def token_from_cookies(cookies: Mapping[str, str], room_id: str, peer_id: str) -
     """The token the connect cookie holds for (room, peer), if it holds that peer's."""
     peer, sep, token = cookies.get(connect_cookie_name(room_id), "").partition(":")
     return token if sep and peer == peer_id and token else None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None for any other header)."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return None
+
+
+def peer_token(
+    authorization: str | None, cookies: Mapping[str, str], room_id: str | None, peer_id: str | None
+) -> str | None:
+    """A seed route's token: the bearer token, else the connect cookie of (room, peer). What the
+    framework examples and the aiohttp transport both read (the latter also takes ``?token=``)."""
+    token = bearer_token(authorization)
+    if token is None and room_id and peer_id:
+        token = token_from_cookies(cookies, room_id, peer_id)
+    return token
 
 
 def stale_cookies(cookies: Mapping[str, str], keep: str | None = None) -> list[str]:

@@ -72,6 +72,10 @@ class RtcError(Exception):
         body.update(self.details)
         return {"error": body}
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error's answer (``Retry-After`` for 503)."""
+        return {}
+
 
 class InvalidRequest(RtcError):
     code = "invalid_request"
@@ -186,3 +190,6 @@ class CapacityExceeded(RtcError):
     def __init__(self, message: str | None = None, *, retry_after: int = 5, **details: Any) -> None:
         super().__init__(message, **details)
         self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

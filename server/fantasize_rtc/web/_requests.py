@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.http import HttpProcessingError
 
 from .. import _json
-from ..auth import COOKIE_PATH, connect_cookie_name, token_from_cookies
+from ..auth import COOKIE_PATH, bearer_token, connect_cookie_name, peer_token, token_from_cookies
 from ..errors import InvalidRequest, RequestTimeout, RtcError, Unauthorized, UnsupportedMediaType
 from ..protocol import Signal, dumps, require_object, validate_id, validate_signal
 from ..server import RtcServer
@@ -57,11 +57,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(err: RtcError) -> web.Response:
-    headers = {}
-    retry_after = getattr(err, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    response = json_response(err.to_dict(), status=err.status, headers=headers)
+    response = json_response(err.to_dict(), status=err.status, headers=err.headers())
     if isinstance(err, StaleCookie):
         response.del_cookie(err.cookie, path=COOKIE_PATH)
     return response
@@ -119,15 +115,10 @@ def signal_of(value: Any, fast: bool, max_depth: int) -> Signal:
 
 def token_from_request(request: web.Request, room_id: str | None = None, peer_id: str | None = None) -> str | None:
     """Bearer header, then ``?token=``, then the connect cookie for (room, peer)."""
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    token = request.query.get("token")
-    if token:
+    authorization = request.headers.get("Authorization")
+    if authorization is None and (token := request.query.get("token")):
         return token
-    if room_id and peer_id:
-        return token_from_cookies(request.cookies, room_id, peer_id)
-    return None
+    return peer_token(authorization, request.cookies, room_id, peer_id)
 
 
 def is_secure(request: web.Request) -> bool:
@@ -164,11 +155,6 @@ class StaleCookie(Unauthorized):
         self.cookie = cookie
 
 
-def _bearer(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    return auth[7:].strip() or None if auth[:7].lower() == "bearer " else None
-
-
 def _is_key(request: web.Request, given: str | None) -> bool:
     key = request.app.get(ADMIN_KEY)
     return bool(key and given and hmac.compare_digest(key.encode(), given.encode()))
@@ -177,7 +163,7 @@ def _is_key(request: web.Request, given: str | None) -> bool:
 def is_admin(request: web.Request) -> bool:
     """The caller sent the admin key, in the Authorization header (never taken from the URL:
     URLs end up in proxy and access logs, and the key does not expire)."""
-    return _is_key(request, _bearer(request))
+    return _is_key(request, bearer_token(request.headers.get("Authorization")))
 
 
 def refuse_admin_key_in_url(request: web.Request) -> None:
