@@ -141,3 +141,68 @@ async def test_candidates_trickled_after_the_offer_was_applied_still_connect(cli
         await peer.wait_frames("video", 5)
         await alice.signal("@echo", "bye", None)
     await alice.ws.close()
+
+
+async def test_a_sender_never_waits_for_a_server_peer_and_its_messages_keep_their_order(
+    client: TestClient,  # type: ignore[type-arg]
+) -> None:
+    """Issue 13: an offer to a server peer was handled inside the sender's relay, which could
+    wait seconds (an old session closing). Now the relay returns at once; the manager handles
+    the messages in a task of its own, in the order they were sent."""
+    import asyncio
+
+    manager = client.app[MEDIA_KEY]
+    rtc = manager.rtc
+    await rtc.connect_peer(ROOM, "sender")
+    gate = asyncio.Event()
+    handled: list[str] = []
+    real_handle = manager._handle
+
+    async def slow_handle(room_id: str, server_peer_id: str, message: dict[str, Any]) -> None:
+        await gate.wait()  # as slow as an old session's close can be
+        handled.append(message["signal"]["type"])
+        await real_handle(room_id, server_peer_id, message)
+
+    manager._handle = slow_handle
+    try:
+        for kind in ("hello", "candidate", "bye"):
+            payload = {"candidate": ""} if kind == "candidate" else None
+            result = await asyncio.wait_for(
+                rtc.relay(ROOM, "sender", {"type": kind, "payload": payload, "to": "@echo"}), 2
+            )
+            assert result.delivered == ("@echo",)
+        assert handled == []  # all three relays returned while the first was still being handled
+        gate.set()
+        await wait_for(lambda: handled == ["hello", "candidate", "bye"], message="the three, in order")
+    finally:
+        manager._handle = real_handle
+
+
+async def test_the_recordings_quota_is_not_a_scan_of_the_folder_per_check(
+    client: TestClient,
+    monkeypatch: Any,  # type: ignore[type-arg]
+) -> None:
+    """Issue 13: every recording session scanned the recordings folder on the event loop twice a
+    second. The folder is counted once at startup; the count is kept as recordings come and go."""
+    store = client.app[MEDIA_KEY].store
+
+    def no_scan() -> int:
+        raise AssertionError("the recordings folder was scanned after startup")
+
+    monkeypatch.setattr(store, "scan", no_scan)
+    before = store.used_bytes()
+    saved: list[Any] = []
+    client.app[MEDIA_KEY].rtc.on("recording:saved", saved.append)
+    async with client_peer() as peer:
+        peer.add_media(audio=False)
+        body = await http_offer(client, peer, "record")
+        session = client.app[MEDIA_KEY].sessions()[0]
+        await wait_for(lambda: session.frames["video"] >= 10, 20, message="a few recorded frames")
+        # the recording being written counts (as the muxer flushes to the file)
+        await wait_for(lambda: store.used_bytes() > before, 20, message="the file being written to count")
+        await client.delete(f"/rtc/sessions/{body['sessionId']}")
+        await wait_for(lambda: saved, 20, message="the recording to be saved")
+    after = store.used_bytes()
+    assert after >= before + saved[0].size
+    store.delete(store.get(saved[0].recording_id))
+    assert store.used_bytes() < after
