@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -210,6 +211,60 @@ class RtcConfig:
         ),
     )
 
+    # Deployment (docs/deploy.md).
+    tls_cert: str | None = field(
+        default=None,
+        metadata=_flag("tls-cert", "Serve HTTPS and WSS with this certificate chain (PEM); needs --tls-key.", "none"),
+    )
+    tls_key: str | None = field(default=None, metadata=_flag("tls-key", "The private key (PEM) of --tls-cert.", "none"))
+    tls_self_signed: bool = field(
+        default=False,
+        metadata=_flag(
+            "tls-self-signed",
+            "Serve HTTPS with a certificate made at startup for this host's names and addresses, kept in "
+            "--state-dir (for trying the camera from a phone on the LAN).",
+        ),
+    )
+    state_dir: str = field(
+        default="./.fantasize-rtc",
+        metadata=_flag("state-dir", "Folder for what the server keeps between runs (the self-signed certificate)."),
+    )
+    udp_port: int = field(
+        default=0,
+        metadata=_flag(
+            "udp-port",
+            "Put every server-side media session on this one UDP port (open it in the firewall); 0: each "
+            "session takes random ports.",
+            "0, random ports",
+        ),
+    )
+    udp_port_range: str | None = field(
+        default=None,
+        metadata=_flag(
+            "udp-port-range",
+            "Instead of --udp-port: each media session takes free ports from A-B; a full range answers 503.",
+            "none",
+        ),
+    )
+    public_ips: tuple[str, ...] = field(
+        default=(),
+        metadata=_flag(
+            "public-ip",
+            "Address (IPv4, IPv6 or a name resolved at startup) to announce as the server's own peers' "
+            "candidate, with the --udp-port / range port: the server's public address behind NAT. Repeatable.",
+            "none",
+        ),
+    )
+    trusted_proxies: tuple[str, ...] = field(
+        default=(),
+        metadata=_flag(
+            "trusted-proxy",
+            "Network (CIDR) of a reverse proxy whose X-Forwarded-For / X-Forwarded-Proto are believed: for "
+            "logs, per-address limits and the cookie's Secure flag. Repeatable.",
+            "none",
+        ),
+    )
+
     def __post_init__(self) -> None:
         if self.peer_timeout_ms <= 0:
             object.__setattr__(self, "peer_timeout_ms", int(self.heartbeat_interval_ms * 2.5))
@@ -239,6 +294,38 @@ class RtcConfig:
                 raise ValueError(f"{name} must be 0 (off) or positive")
         if self.ice_start_timeout_seconds <= 0:
             raise ValueError("ice_start_timeout_seconds must be positive")
+        for name in ("public_ips", "trusted_proxies"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_self_signed and self.tls_cert is not None:
+            raise ValueError("--tls-self-signed or --tls-cert/--tls-key, not both")
+        if not 0 <= self.udp_port <= 65535:
+            raise ValueError("--udp-port must be from 1 to 65535 (0: off)")
+        if self.udp_port and self.udp_port_range:
+            raise ValueError("--udp-port or --udp-port-range, not both")
+        self.udp_ports  # noqa: B018 - parses (and so checks) the range
+        for network in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"--trusted-proxy must be an address or a network (CIDR): {network!r}") from None
+
+    @property
+    def udp_ports(self) -> tuple[int, int] | None:
+        """The media UDP ports (first, last): the one ``udp_port``, the range, or None (random ports)."""
+        if self.udp_port:
+            return self.udp_port, self.udp_port
+        if not self.udp_port_range:
+            return None
+        first, sep, last = self.udp_port_range.partition("-")
+        try:
+            low, high = int(first), int(last)
+        except ValueError:
+            raise ValueError(f"--udp-port-range must be A-B, e.g. 40000-40100: {self.udp_port_range!r}") from None
+        if not sep or not 1 <= low <= high <= 65535:
+            raise ValueError(f"--udp-port-range must be A-B with 1 <= A <= B <= 65535: {self.udp_port_range!r}")
+        return low, high
 
     def replace(self, **changes: Any) -> RtcConfig:
         """A copy with ``changes`` applied; derived defaults are recomputed."""
