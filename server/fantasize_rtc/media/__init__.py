@@ -54,13 +54,14 @@ def setup_media(app: web.Application) -> MediaManager:
         rtc.register_server_peer(peer_id, manager.on_server_peer_message)
 
     async def media_lifecycle(app: web.Application) -> AsyncIterator[None]:
-        manager.begin()
+        await manager.begin()
         yield
         # Runs before the facade closes (cleanup_ctx unwinds in reverse): sessions end and
         # recordings are finalized while rooms and channels still exist.
         for peer_id in SERVER_PEERS:
             rtc.unregister_server_peer(peer_id)
         await manager.close()
+        manager.end()
 
     app.cleanup_ctx.append(media_lifecycle)
     return manager

@@ -23,6 +23,8 @@ what                               inside                              fallback
 :func:`heard_from_peer`            aioice's check list                 True: nothing is ended early
 :func:`selected_candidates`        aioice's nominated pair             None: no candidate pair is reported
 :func:`stun_round_trip_ms`         aioice's STUN requests              None: no round-trip sample
+:func:`gather_on`                  aioice's candidate gathering        False: the caller refuses the session
+                                                                       (fixed UDP ports were asked for)
 :func:`consent_interval`           ``aioice.ice.CONSENT_INTERVAL``     False: the test hook changes nothing
 =================================  ==================================  ======================================
 
@@ -38,15 +40,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import queue
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aioice
+import aioice.ice as aioice_ice
 import aiortc
 from aioice import Candidate, Connection
+from aioice.candidate import candidate_foundation, candidate_priority
 from aiortc import (
     MediaStreamTrack,
     RTCDtlsTransport,
@@ -58,6 +63,9 @@ from aiortc import (
     RTCTransportStats,
 )
 
+if TYPE_CHECKING:
+    from .udp import HostSockets
+
 __all__ = [
     "AIOICE_CHECKED",
     "AIORTC_CHECKED",
@@ -67,6 +75,8 @@ __all__ = [
     "consent_interval",
     "end_received_track",
     "forward_keyframe_requests",
+    "gather_on",
+    "host_addresses",
     "heard_from_peer",
     "keyframe_requests",
     "selected_candidates",
@@ -366,6 +376,101 @@ async def stun_round_trip_ms(transports: Iterable[RTCIceTransport], timeout: flo
     except Exception:  # a lost check, a closing transport, or changed internals: no sample this time
         log.debug("STUN round-trip check failed", exc_info=True)
         return None
+
+
+def host_addresses() -> list[str]:
+    """The local addresses aioice gathers host candidates on (every interface's, but loopback and
+    link-local), which the media UDP port is bound on."""
+    return aioice_ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
+
+
+def gather_on(transports: Iterable[RTCIceTransport], sockets: HostSockets) -> bool:
+    """Make these ICE transports (before their gathering, which ``setLocalDescription`` starts)
+    open their host candidates on ``sockets`` (the UDP mux or the port range, media/udp.py)
+    instead of a random port per address; relayed (TURN) candidates as aioice makes them.
+    ``sockets.announced`` addresses are added as candidates with the same port (what a NAT in
+    front forwards to), and with ``sockets.per_session_stun`` each IPv4 socket asks the
+    configured STUN server for its server-reflexive address, as aioice would.
+
+    False, changing nothing, when it cannot be done (unchecked versions, changed internals): the
+    caller must refuse the session, since the operator asked for known ports."""
+    if not _ice_checked():
+        return False
+    connections = [getattr(ice, "_connection", None) for ice in transports]
+    if not connections or not all(
+        isinstance(c, Connection) and callable(getattr(c, "get_component_candidates", None)) for c in connections
+    ):
+        return False
+    for connection in connections:
+        assert isinstance(connection, Connection)
+        connection.get_component_candidates = _gathering_on(connection, sockets)  # type: ignore[method-assign]
+    return True
+
+
+def _gathering_on(connection: Connection, sockets: HostSockets) -> Callable[..., Coroutine[Any, Any, list[Candidate]]]:
+    original = connection.get_component_candidates
+
+    async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5) -> list[Candidate]:
+        relayed = await original(component=component, addresses=[], timeout=timeout)  # TURN only
+        bound = await sockets.bind(addresses, lambda: aioice_ice.StunProtocol(connection), connection.local_username)
+        host: list[Candidate] = []
+        for address, port, protocol in bound:
+            protocol.local_candidate = Candidate(  # type: ignore[attr-defined]
+                foundation=candidate_foundation("host", "udp", address),
+                component=component,
+                transport="udp",
+                priority=candidate_priority(component, "host"),
+                host=address,
+                port=port,
+                type="host",
+            )
+            connection._protocols.append(protocol)  # type: ignore[arg-type]
+            host.append(protocol.local_candidate)  # type: ignore[attr-defined]
+        extra = _announced(component, host, sockets)
+        if sockets.per_session_stun and connection.stun_server:
+            extra += await _reflexive(connection, [p for _, _, p in bound], timeout)
+        return host + extra + relayed
+
+    return get_component_candidates
+
+
+def _announced(component: int, host: list[Candidate], sockets: HostSockets) -> list[Candidate]:
+    out = []
+    for announced in sockets.announced:
+        version = ipaddress.ip_address(announced.address).version
+        base = next((c for c in host if ipaddress.ip_address(c.host).version == version), None)
+        if base is None or any(c.host == announced.address for c in host):
+            continue
+        out.append(
+            Candidate(
+                foundation=candidate_foundation(announced.type, "udp", announced.address),
+                component=component,
+                transport="udp",
+                priority=candidate_priority(component, announced.type),
+                host=announced.address,
+                port=base.port,
+                type=announced.type,
+                related_address=base.host if announced.type != "host" else None,
+                related_port=base.port if announced.type != "host" else None,
+            )
+        )
+    return out
+
+
+async def _reflexive(connection: Connection, protocols: list[Any], timeout: int) -> list[Candidate]:
+    stun_server = connection.stun_server
+    assert stun_server is not None
+    tasks = [
+        asyncio.ensure_future(aioice_ice.server_reflexive_candidate(p, stun_server))
+        for p in protocols
+        if ipaddress.ip_address(p.local_candidate.host).version == 4
+    ]
+    if not tasks:
+        return []
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    return [task.result()[0] for task in done if task.exception() is None]
 
 
 # -- test hook -------------------------------------------------------------------------------------

@@ -19,8 +19,10 @@ from aiortc.sdp import SessionDescription
 
 from ..errors import CapacityExceeded, InvalidRequest, RateLimited, RtcError, SessionNotFound, Unauthorized
 from ..protocol import LeaveReason, SessionEnd, Via, error_message
+from ._aiortc_compat import host_addresses
 from .recordings import FORMATS, RecordingStore
 from .session import MediaSession, Mode, Notify, Owner, SessionOptions, new_session_id
+from .udp import PortRange, UdpMux, open_host_sockets
 
 if TYPE_CHECKING:
     from ..server import RtcServer
@@ -146,6 +148,8 @@ class MediaManager:
         self.rtc = rtc
         self.config = rtc.config
         self.store = RecordingStore(Path(self.config.recordings_dir))
+        #: The media UDP port (a mux) or port range; None: sessions take random ports (aiortc's way).
+        self.udp: UdpMux | PortRange | None = None
         self._sessions: dict[str, MediaSession] = {}
         self._ended: OrderedDict[str, tuple[Owner | None, dict[str, Any]]] = OrderedDict()
         self._signaling: dict[tuple[str, str, str], MediaSession] = {}
@@ -154,9 +158,22 @@ class MediaManager:
         self._inboxes: dict[tuple[str, str, str], deque[tuple[str, str, dict[str, Any]]]] = {}
         self._closing = False
 
-    def begin(self) -> None:
-        """Before serving: count what the recordings folder holds."""
+    async def begin(self) -> None:
+        """Before serving: count what the recordings folder holds, and open the media UDP port (or
+        ready the range) when the config names one, saying what is announced and must be open."""
         self.store.load()
+        ports = self.config.udp_ports
+        if ports is None:
+            return
+        addresses = host_addresses()
+        self.udp, lines = await open_host_sockets(ports, self.config.public_ips, self.config.ice_servers, addresses)
+        for line in lines:
+            (log.warning if "WARNING" in line else log.info)("%s", line.replace("WARNING ", ""))
+
+    def end(self) -> None:
+        """After the sessions closed: close the media UDP port."""
+        if isinstance(self.udp, UdpMux):
+            self.udp.close()
 
     # -- bookkeeping -----------------------------------------------------------------------------
 

@@ -21,17 +21,19 @@ from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamError
 
 from ..config import IceServer
-from ..errors import InvalidRequest, RtcError
+from ..errors import CapacityExceeded, InvalidRequest, RtcError
 from ..protocol import SessionEnd, SessionState, Via
-from ._aiortc_compat import skip_backlog, transport_stats
+from ._aiortc_compat import gather_on, skip_backlog, transport_stats
 from .events import MEDIA_CLOSED, MEDIA_CONNECTED, MediaClosed, MediaConnected
-from .ice import PairInfo, heard_from_peer, parse_candidate, rtc_configuration, selected_pair
+from .ice import PairInfo, _ice_transports, heard_from_peer, parse_candidate, rtc_configuration, selected_pair
+from .udp import PortsExhausted
 from .verdict import verdict
 
 if TYPE_CHECKING:
     from ..config import RtcConfig
     from ..server import RtcServer
     from .recordings import RecordingStore
+    from .udp import HostSockets
 
 __all__ = ["MediaSession", "Mode", "Notify", "Owner", "SessionHost", "SessionOptions", "new_session_id", "skip_backlog"]
 
@@ -139,6 +141,11 @@ class SessionHost(Protocol):
     rtc: RtcServer
     config: RtcConfig
     store: RecordingStore
+
+    @property
+    def udp(self) -> HostSockets | None:
+        """Where sessions open their UDP sockets: the mux or the port range; None for random ports."""
+        ...
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
 
@@ -283,6 +290,13 @@ class MediaSession:
             pc.sctp is not None and pc.sctp.transport is None
         ):  # check_offer_sdp refuses the offers known to do this; never go on without a transport
             raise InvalidRequest("The offer could not be applied: a media section has no transport.")
+        udp = self.manager.udp
+        if udp is not None and not gather_on(_ice_transports(pc), udp):
+            raise CapacityExceeded(
+                "This server's media ports (--udp-port, --udp-port-range) need the aiortc and aioice versions "
+                "it was checked against; it cannot answer media offers.",
+                retry_after=60,
+            )
         await self.mode.after_remote_description(self)
         if self.via == Via.SIGNALING and "a=candidate:" not in offer_sdp and not self._pending_candidates:
             self._mark("awaiting-candidates")
@@ -297,6 +311,8 @@ class MediaSession:
             answer = await pc.createAnswer()
             self._mark("gathering")
             await pc.setLocalDescription(answer)
+        except PortsExhausted:
+            raise
         except Exception as exc:
             if self._closing:
                 raise
