@@ -16,6 +16,7 @@ from ..server import RtcServer, create_rtc_server
 from . import _routes, _socket
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel, WriteBatch
 from ._middleware import cors_middleware, error_middleware
+from ._proxy import proxy_middleware
 from ._requests import ADMIN_KEY, RTC_KEY, STARTED_KEY
 
 __all__ = ["Plugin", "create_app"]
@@ -46,9 +47,16 @@ def create_app(
     if rtc is None:
         rtc = create_rtc_server(config)
     config = rtc.config
+    # Outermost first. The proxy middleware (only with --trusted-proxy) comes before everything:
+    # CORS, the error middleware, the routes and any middleware a plugin appends all get its clone
+    # of the request, with the client's address and scheme. It raises nothing, so it needs no error
+    # middleware around it, and it runs before anything reads the body (a clone cannot be made
+    # after). CORS is next, outside the error middleware, so error answers carry its headers too.
     middlewares: list[Any] = [error_middleware]
     if config.cors_origins:
         middlewares.insert(0, cors_middleware(config.cors_origins))
+    if config.trusted_proxies:
+        middlewares.insert(0, proxy_middleware(config.trusted_proxies))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[RTC_KEY] = rtc
     sockets: weakref.WeakSet[WebSocketChannel] = weakref.WeakSet()

@@ -122,8 +122,11 @@ def token_from_request(request: web.Request, room_id: str | None = None, peer_id
 
 
 def is_secure(request: web.Request) -> bool:
-    """HTTPS, here or at a proxy in front (``X-Forwarded-Proto``). Trusting that header only ever
-    makes the cookie stricter: a Secure cookie is not sent back over plain HTTP."""
+    """HTTPS, here or at a proxy in front. ``request.secure`` is the client's scheme: TLS here, or
+    the last ``X-Forwarded-Proto`` of a trusted proxy (``--trusted-proxy``: the proxy middleware
+    hands the routes a request with that scheme). ``X-Forwarded-Proto: https`` from anyone else is
+    believed too, for this flag only: it only ever makes the cookie stricter (a Secure cookie is
+    not sent back over plain HTTP), so it needs no trust."""
     forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
     return request.secure or forwarded == "https"
 
