@@ -105,8 +105,11 @@ export class LocalMedia {
     if (this.select.value === "camera") {
       try {
         if (!navigator.mediaDevices?.getUserMedia) {
-          throw Object.assign(new Error("This browser (or an insecure http:// address other than localhost) offers no camera access"),
-            { name: "NotSupportedError" });
+          throw Object.assign(new Error(window.isSecureContext
+            ? "This browser offers no camera access"
+            : "Browsers give the camera only to secure pages: open this page over https:// (start the server with "
+              + "--tls-self-signed, or --tls-cert and --tls-key) or on localhost"),
+          { name: "NotSupportedError" });
         }
         const stream = await navigator.mediaDevices.getUserMedia({
           video: { width: { ideal: WIDTH }, height: { ideal: HEIGHT } },

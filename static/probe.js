@@ -32,6 +32,54 @@ export function explainPair(local, remote) {
   return "";
 }
 
+/** Whether a host (a name or an address, as in a URL) is only reachable inside a private network. */
+export function isPrivateHost(host) {
+  const h = host.replace(/^\[|\]$/g, "").toLowerCase();
+  if (h === "localhost" || h.endsWith(".local") || h.endsWith(".localhost") || !h.includes(".") && !h.includes(":")) return true;
+  const v4 = h.match(/^(\d+)\.(\d+)\.(\d+)\.(\d+)$/);
+  if (v4) {
+    const [a, b] = [Number(v4[1]), Number(v4[2])];
+    return a === 10 || a === 127 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168) || (a === 169 && b === 254)
+      || (a === 100 && b >= 64 && b <= 127);
+  }
+  if (h.includes(":")) return h === "::1" || /^f[cd]/.test(h) || /^fe[89ab]/.test(h);
+  return false;
+}
+
+/**
+ * What the page can tell from here about reaching the server's own peers: the addresses and UDP
+ * port(s) the server announces (`GET /rtc/media`), and, in plain words, what will not work.
+ * @param {object} info the answer of GET /rtc/media
+ * @param {{host: string, hostname: string, protocol: string}} page the page's location
+ * @param {boolean} secure window.isSecureContext
+ * @returns {{announced: string, advice: string[]}}
+ */
+export function explainSetup(info, page, secure) {
+  const udp = info?.udp ?? { mode: "random", addresses: [], announced: [] };
+  const shown = [...udp.addresses, ...udp.announced.map((a) => a.address)];
+  const port = udp.ports ? (udp.ports[0] === udp.ports[1] ? `UDP port ${udp.ports[0]}` : `UDP ports ${udp.ports[0]}-${udp.ports[1]}`)
+    : "random UDP ports";
+  const announced = `The server's own peers announce ${shown.length ? shown.join(", ") : "no address"} on ${port}.`;
+  const advice = [];
+  if (!secure) {
+    advice.push(`This page is not a secure context (it came over plain HTTP from ${page.hostname}), so your browser `
+      + "will not give it the camera or microphone. Start the server with --tls-self-signed (or --tls-cert and --tls-key) "
+      + `and open https://${page.host}/ instead.`);
+  }
+  const onlyPrivate = shown.length > 0 && shown.every(isPrivateHost);
+  if (!isPrivateHost(page.hostname)) {
+    if (onlyPrivate) {
+      advice.push(`You opened this page on ${page.hostname}, but the server announces only private addresses `
+        + `(${shown.join(", ")}): from outside its network, media will not connect. Start it with --udp-port 40000 `
+        + "--public-ip <its public address> and open that UDP port.");
+    } else if (udp.mode === "random") {
+      advice.push("The server's own peers take random UDP ports; behind a firewall or NAT give them one with --udp-port "
+        + "(and open it) so that media can get in.");
+    }
+  }
+  return { announced, advice };
+}
+
 /** `host:port`, with IPv6 addresses in brackets as in URLs. */
 function hostPort(c) {
   return c.address.includes(":") ? `[${c.address}]:${c.port}` : `${c.address}:${c.port}`;
@@ -47,6 +95,22 @@ export class ProbePanel {
     /** @type {object|null} the last report from the server */
     this.report = null;
     $("probe-start").addEventListener("click", () => this.run());
+    this.setup = this.showSetup();
+  }
+
+  /** What the server announces, and what will not work from here (before any test is run). */
+  async showSetup() {
+    let info = null;
+    try {
+      info = await this.lab.request("GET", "/rtc/media");
+    } catch (err) {
+      log("error", `Could not read the server's media setup: ${describeError(err)}`);
+    }
+    const { announced, advice } = explainSetup(info, location, window.isSecureContext);
+    $("probe-announced").textContent = info ? announced : "";
+    $("probe-advice").replaceChildren(...advice.map((text) => el("li", { text })));
+    for (const text of advice) log("page", text);
+    return { info, advice };
   }
 
   get pc() {

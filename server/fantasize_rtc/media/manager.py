@@ -205,6 +205,26 @@ class MediaManager:
             raise SessionNotFound(f"No media session {session_id[:64]!r} (or it ended long ago).")
         return ended[0], None, ended[1]
 
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /rtc/media`` says: how a client reaches the server's own peers (the UDP ports,
+        the addresses announced) and how busy they are. Nothing secret: every answer's SDP says
+        the same addresses."""
+        udp = self.udp
+        ports = self.config.udp_ports
+        mode = "mux" if isinstance(udp, UdpMux) else "range" if isinstance(udp, PortRange) else "random"
+        addresses = list(udp.endpoints) if isinstance(udp, UdpMux) else host_addresses()
+        return {
+            "udp": {
+                "mode": mode,
+                "ports": list(ports) if ports else None,
+                "addresses": addresses,
+                "announced": [{"address": a.address, "type": a.type} for a in (udp.announced if udp else ())],
+                "dropped": udp.dropped if isinstance(udp, UdpMux) else 0,
+            },
+            "sessions": len(self._sessions),
+            "maxSessions": self.config.max_media_sessions,
+        }
+
     def ended_reports(self) -> list[tuple[Owner | None, dict[str, Any]]]:
         """(owner, report) of the recently ended sessions, oldest first."""
         return list(self._ended.values())

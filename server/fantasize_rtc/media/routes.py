@@ -65,6 +65,12 @@ def check_access(caller: Caller, owner: Owner | None, what: str) -> None:
         raise Forbidden(f"This {what} belongs to another peer (or to an earlier peer of the same id).")
 
 
+@routes.get("/rtc/media")
+async def media_info(request: web.Request) -> web.Response:
+    """How clients reach the server's own peers: UDP ports, announced addresses, load."""
+    return json_response(request.app[MEDIA_KEY].describe())
+
+
 @routes.post("/rtc/offer")
 async def offer(request: web.Request) -> web.Response:
     """``{sdp, type: "offer", mode?, roomId?, ...options}`` -> ``{sdp, type: "answer", sessionId}``."""
