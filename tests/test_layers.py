@@ -88,6 +88,7 @@ LAYERS: dict[str, int] = {
     "web": 4,
     "_aiohttp_compat": 4,
     "serving": 4,
+    "tls": 4,
     # 5 media
     "media": 5,
     # 6 what assembles and uses the rest

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Protocol, cast
@@ -327,9 +328,17 @@ class GuardedSite(web.TCPSite):
     __slots__ = ("_gate_", "_handler_args")
 
     def __init__(
-        self, runner: web.BaseRunner, host: str | None, port: int, *, gate: ConnectionGate, handler_args: dict[str, Any]
+        self,
+        runner: web.BaseRunner,
+        host: str | None,
+        port: int,
+        *,
+        gate: ConnectionGate,
+        handler_args: dict[str, Any],
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, host, port)
+        # TCPSite keeps the context (start() hands it to create_server) and names the site https.
+        super().__init__(runner, host, port, ssl_context=ssl_context)
         self._gate_ = gate
         self._handler_args = handler_args
 

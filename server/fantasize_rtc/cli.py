@@ -16,9 +16,11 @@ import asyncio
 import gc
 import importlib
 import io
+import ipaddress
 import logging
 import os
 import signal
+import ssl
 import sys
 import typing
 from collections.abc import Callable, Coroutine, Sequence
@@ -211,18 +213,24 @@ def tune_gc() -> None:
 
 
 async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
-    from . import serving
+    from . import serving, tls
     from .app import create_app
 
     raised = serving.raise_fd_limit()
     if raised is not None:
         log.info("raised the open-file limit from %d to %d (each connection needs one)", *raised)
+    # Before the app: a certificate that does not load stops the start with one line, nothing opened.
+    ssl_context = tls.context_for(config)
     app = create_app(config=config)
-    runner, site, _limiter = await serving.start(app, args.host, args.port, config)
+    runner, site, _limiter = await serving.start(app, args.host, args.port, config, ssl_context=ssl_context)
     tune_gc()
     port = site.port
-    host = args.host if args.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    log.info("fantasize-rtc %s serving on http://%s:%s/ - open it in a browser", __version__, host, port)
+    scheme = "https" if ssl_context is not None else "http"
+    wildcard = args.host in ("0.0.0.0", "::", "")
+    host = "127.0.0.1" if wildcard else f"[{args.host}]" if ":" in args.host else args.host
+    log.info("fantasize-rtc %s serving on %s://%s:%s/ - open it in a browser", __version__, scheme, host, port)
+    if config.tls_self_signed:
+        _log_lan_urls(args.host, port, tls.host_addresses())
     if config.ice_servers:
         log.info("ICE servers: %s", ", ".join(u for s in config.ice_servers for u in s.urls))
     else:
@@ -231,10 +239,15 @@ async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+    if hangup is not None:
+        loop.add_signal_handler(hangup, _reload_certificate, ssl_context, config)
     try:
         await stop.wait()
         log.info("shutting down: closing sessions and sockets")
     finally:
+        if hangup is not None:
+            loop.remove_signal_handler(hangup)
         # Shutdown waits up to 5 s for requests; past that, say what it still waits for.
         slow = loop.call_later(SLOW_SHUTDOWN_S, _log_waiting_tasks)
         try:
@@ -242,6 +255,34 @@ async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
         finally:
             slow.cancel()
         log.info("stopped")
+
+
+def _reload_certificate(context: ssl.SSLContext | None, config: RtcConfig) -> None:
+    """SIGHUP: load the certificate files again (a renewed certificate, without a restart)."""
+    if context is None:
+        log.info("SIGHUP: ignored, TLS is off (it reloads the certificate of --tls-cert or --tls-self-signed)")
+        return
+    from . import tls
+
+    log.info("SIGHUP: reloading the TLS certificate")
+    tls.reload(context, config)
+
+
+def _log_lan_urls(
+    listen_host: str, port: int, addresses: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]
+) -> None:
+    """Where a phone on the LAN opens the page (it cannot use 127.0.0.1)."""
+    if listen_host not in ("0.0.0.0", "::", ""):
+        if listen_host in ("127.0.0.1", "::1", "localhost"):
+            log.info("listening on %s only: add --host 0.0.0.0 to reach it from a phone on this network", listen_host)
+        return
+    urls = [
+        f"https://{a}:{port}/" if a.version == 4 else f"https://[{a}]:{port}/"
+        for a in addresses
+        if not a.is_loopback and (a.version == 4 or listen_host == "::")
+    ]
+    if urls:
+        log.info("from a phone on this network: %s", " or ".join(urls))
 
 
 #: Seconds after which a shutdown still in progress logs the tasks it waits for.

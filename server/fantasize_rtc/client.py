@@ -28,6 +28,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any, Literal, overload
 
 import aiohttp
@@ -153,6 +154,12 @@ class RtcClient:
     ``admin_key`` is sent as the bearer token on calls made before ``connect`` (operators only).
     ``send_over="ws"`` sends this peer's signals over its open WebSocket (each one acknowledged
     by the server, saving an HTTP round trip); with no open WebSocket they go over HTTP.
+
+    An ``https://`` base URL makes the WebSocket ``wss://``. ``ssl`` is handed to aiohttp for
+    every request and the WebSocket: True (default) verifies the server's certificate as aiohttp
+    does (with a ``session`` given: as its connector says), an ``ssl.SSLContext`` verifies with
+    it (e.g. one that loads a self-signed certificate with ``load_verify_locations``), False skips
+    verification (a test server only: anyone in the path can then read and change the traffic).
     """
 
     def __init__(
@@ -168,6 +175,7 @@ class RtcClient:
         queue_size: int = 256,
         timeout: float = 30.0,
         send_over: Literal["http", "ws"] = "http",
+        ssl: SSLContext | bool = True,
     ) -> None:
         if transport not in ("auto", "ws", "poll"):
             raise ValueError("transport must be 'auto', 'ws' or 'poll'")
@@ -175,6 +183,7 @@ class RtcClient:
             raise ValueError("send_over must be 'http' or 'ws'")
         self.send_over = send_over
         self.base_url = base_url.rstrip("/")
+        self.ssl = ssl
         self.transport: Transport = transport
         self.auto_heartbeat = auto_heartbeat
         self.admin_key = admin_key
@@ -271,6 +280,14 @@ class RtcClient:
     def url(self, path: str) -> str:
         return self.base_url + path
 
+    def ws_url(self, path: str) -> str:
+        """The WebSocket URL of ``path``: ``wss://`` for an ``https://`` base URL, ``ws://`` for
+        ``http://`` (as the browser client's ``_wsUrl``)."""
+        url = self.url(path)
+        scheme, sep, rest = url.partition("://")
+        ws_scheme = {"https": "wss", "http": "ws"}.get(scheme.lower(), scheme)
+        return ws_scheme + sep + rest
+
     def _headers(self, token: str | None) -> dict[str, str]:
         # None: this client's token (or the admin key); "": no credentials at all.
         if token is None:
@@ -295,6 +312,7 @@ class RtcClient:
             params=self._with_room(params, json),
             headers=self._headers(token),
             timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+            ssl=self.ssl,
         ) as response:
             return await self._decode(response)
 
@@ -489,6 +507,7 @@ class RtcClient:
             self.url(f"/rtc/recordings/{recording_id}"),
             headers=self._headers(None),
             timeout=aiohttp.ClientTimeout(total=None, sock_read=self.timeout),
+            ssl=self.ssl,
         ) as response:
             if response.status >= 400:
                 await self._decode(response)
@@ -603,7 +622,9 @@ class RtcClient:
 
     async def _read_websocket(self, token: str, queue: asyncio.Queue[Any], where: str) -> str | None:
         """Read one WebSocket to its end; a reason when the stream is over, None to reconnect."""
-        async with self._http().ws_connect(self.url("/rtc/ws"), params=self._with_room({"token": token})) as ws:
+        async with self._http().ws_connect(
+            self.ws_url("/rtc/ws"), params=self._with_room({"token": token}), ssl=self.ssl
+        ) as ws:
             self._ws, self.channel = ws, "ws"
             log.debug("%s: WebSocket open", where)
             try:

@@ -26,6 +26,7 @@ What it adds to a plain ``aiohttp.web.AppRunner`` + ``TCPSite``:
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -145,9 +146,16 @@ def handler_args(config: RtcConfig) -> dict[str, Any]:
 
 
 async def start(
-    app: web.Application, host: str, port: int, config: RtcConfig, *, shutdown_timeout: float = 5.0
+    app: web.Application,
+    host: str,
+    port: int,
+    config: RtcConfig,
+    *,
+    shutdown_timeout: float = 5.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, web.TCPSite, ConnectionLimiter]:
     """Start ``app`` on ``host:port`` with the guards above; returns (runner, site, limiter).
+    With ``ssl_context`` (:func:`fantasize_rtc.tls.context_for`) it is HTTPS and WSS on that port.
     Clean up with ``await runner.cleanup()``."""
     args = handler_args(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout, **args)
@@ -155,13 +163,13 @@ async def start(
     limiter = ConnectionLimiter(config.max_connections_per_address, config.header_timeout_ms / 1000)
     site: web.TCPSite
     if GUARDED_SERVER:
-        site = GuardedSite(runner, host, port, gate=limiter, handler_args=args)
+        site = GuardedSite(runner, host, port, gate=limiter, handler_args=args, ssl_context=ssl_context)
     else:
         log.warning(
             "this aiohttp is not one fantasize_rtc._aiohttp_compat was checked against: no connection "
             "limit per address, and malformed requests get aiohttp's own answers"
         )
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
         await site.start()
     except BaseException:
