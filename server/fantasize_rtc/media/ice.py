@@ -27,10 +27,30 @@ def rtc_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration:
     """aiortc configuration for the given servers.
 
     An empty list stays empty: aiortc would otherwise add a public STUN server and wait for it.
+    ``turns:`` and ``turn:...?transport=tcp`` pass as they are: aiortc reaches the TURN server over
+    TLS or TCP (a ``turns:`` certificate is verified against the process's default CAs). aiortc uses
+    the first TURN URL it can (one only). A URL aiortc cannot parse (an IPv6 literal host such as
+    ``turn:[2001:db8::1]:3478``, a query other than ``?transport=``) is left out here, or it would
+    fail every session's offer; browsers still get it in ``Connect.iceServers``.
     """
-    return RTCConfiguration(
-        iceServers=[RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in servers]
-    )
+
+    def aiortc_parses(url: str) -> bool:  # aiortc 1.x: scheme:host[:digits], and turn(s) [?transport=...]
+        scheme, _, rest = url.partition(":")
+        address, sep, query = rest.partition("?")
+        host, colon, port = address.partition(":")
+        return (
+            scheme in ("stun", "stuns", "turn", "turns")
+            and bool(host)
+            and (not colon or (port.isascii() and port.isdigit()))
+            and (not sep or (scheme.startswith("turn") and query.startswith("transport=")))
+        )
+
+    ice_servers = []
+    for server in servers:
+        urls = [url for url in server.urls if aiortc_parses(url)]
+        if urls:
+            ice_servers.append(RTCIceServer(urls=urls, username=server.username, credential=server.credential))
+    return RTCConfiguration(iceServers=ice_servers)
 
 
 def parse_candidate(payload: Any) -> Any:
