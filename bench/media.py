@@ -476,7 +476,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "/offer",
         server_cores,
     )
-    servers = (baseline, ours, passthrough) if args.passthrough else (baseline, ours)
+    servers: tuple[Server, ...] = (baseline, ours, passthrough) if args.passthrough else (baseline, ours)
+    if args.udp_port:
+        # The same two echoes with every session on one UDP port (the mux): what the mux costs.
+        mux_cmd = [*ours.cmd, "--udp-port", str(args.udp_port)]
+        mux = Server("fantasize-rtc echo, one UDP port", [], ours.port, "/rtc/offer", [], {"mode": "echo"})
+        mux.cmd = mux_cmd
+        mux_passthrough = Server(
+            "fantasize-rtc echo, passthrough, one UDP port",
+            [],
+            ours.port,
+            "/rtc/offer",
+            [],
+            {"mode": "echo", "passthrough": True},
+        )
+        mux_passthrough.cmd = mux_cmd
+        servers = (*servers, mux, *((mux_passthrough,) if args.passthrough else ()))
     results: list[dict[str, Any]] = []
     latency: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as http:
@@ -535,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
         help="clients decode the echoed video (costs client CPU) instead of counting frames",
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per server and stream count (median reported)")
+    parser.add_argument(
+        "--udp-port",
+        type=int,
+        default=0,
+        help="also run our echo (and passthrough) with every session on this one UDP port (--udp-port)",
+    )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and clients to cores")
     parser.add_argument("--event-loop", default="auto", help="our server's --event-loop (auto, uvloop, asyncio)")
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)

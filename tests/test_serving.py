@@ -387,3 +387,34 @@ async def test_9_offers_that_never_connect_do_not_hold_media_slots(served: Serve
     ended = {report["closeReason"] for _, report in manager.ended_reports()}
     assert ended == {"ice_timeout"}, ended
     assert_served_as_when_idle(idle, attacked)
+
+
+def test_a_trusted_proxy_is_never_limited_per_address() -> None:
+    limiter = serving.ConnectionLimiter(1, exempt=("127.0.0.0/8",))
+    assert all(limiter.admit("127.0.0.1") for _ in range(5))  # a proxy carries every client
+    assert limiter.admit("192.0.2.1") and not limiter.admit("192.0.2.1")
+
+
+async def test_a_tls_handshake_that_never_comes_is_closed_after_the_header_timeout(
+    config: RtcConfig, tmp_path: Path
+) -> None:
+    """asyncio would hold a connection that never starts its TLS handshake 60 s; it gets the
+    header timeout (1 s here) like any slow request head."""
+    import ipaddress
+
+    from fantasize_rtc import tls
+
+    cert, key = tls.make_self_signed(["localhost"], [ipaddress.ip_address("127.0.0.1")])
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    context = tls.load_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    config = config.replace(header_timeout_ms=1000)
+    runner, site, _ = await serving.start(create_app(config=config), "127.0.0.1", 0, config, ssl_context=context)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, having said nothing
+        assert time.monotonic() - started < 5
+        writer.close()
+    finally:
+        await runner.cleanup()

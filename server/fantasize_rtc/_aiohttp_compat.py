@@ -357,6 +357,9 @@ class GuardedSite(web.TCPSite):
         # aiohttp 3.14's TCPSite.start, with our handler factory in place of the runner's server.
         await web.BaseSite.start(self)
         loop = asyncio.get_running_loop()
+        # A TLS handshake that stalls is closed after the header timeout too (asyncio's default
+        # is 60 s), since the handler below, and so its limits, only start once it is done.
+        handshake = self._handler_args.get("keepalive_timeout") if self._ssl_context is not None else None
         self._server = await loop.create_server(
             self._make_handler,
             self._host,
@@ -365,6 +368,7 @@ class GuardedSite(web.TCPSite):
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
+            ssl_handshake_timeout=handshake,
         )
         if self._server.sockets:
             self._bound_port = self._server.sockets[0].getsockname()[1]

@@ -25,9 +25,11 @@ What it adds to a plain ``aiohttp.web.AppRunner`` + ``TCPSite``:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
@@ -48,8 +50,16 @@ SLOW_WARNING_AT = 10
 class ConnectionLimiter:
     """Open connections per client address, and quiet logging of what it refuses."""
 
-    def __init__(self, per_address: int, header_timeout_s: float = 10.0, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        per_address: int,
+        header_timeout_s: float = 10.0,
+        clock: Any = time.monotonic,
+        exempt: Iterable[str] = (),
+    ) -> None:
         self.per_address = per_address
+        #: Networks not limited: trusted reverse proxies, through which every client connects.
+        self.exempt = tuple(ipaddress.ip_network(n, strict=False) for n in exempt)
         self.header_timeout_s = header_timeout_s
         self.refused = 0
         self.malformed_requests = 0
@@ -68,7 +78,7 @@ class ConnectionLimiter:
 
     def admit(self, address: str) -> bool:
         count = self._open.get(address, 0)
-        if self.per_address and count >= self.per_address:
+        if self.per_address and count >= self.per_address and not self._exempt(address):
             self.refused += 1
             if self._should_log(address):
                 log.warning(
@@ -80,6 +90,13 @@ class ConnectionLimiter:
             return False
         self._open[address] = count + 1
         return True
+
+    def _exempt(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.exempt)
 
     def release(self, address: str) -> None:
         count = self._open.get(address, 0) - 1
@@ -160,7 +177,9 @@ async def start(
     args = handler_args(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout, **args)
     await runner.setup()
-    limiter = ConnectionLimiter(config.max_connections_per_address, config.header_timeout_ms / 1000)
+    limiter = ConnectionLimiter(
+        config.max_connections_per_address, config.header_timeout_ms / 1000, exempt=config.trusted_proxies
+    )
     site: web.TCPSite
     if GUARDED_SERVER:
         site = GuardedSite(runner, host, port, gate=limiter, handler_args=args, ssl_context=ssl_context)
