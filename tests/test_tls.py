@@ -57,6 +57,15 @@ def test_a_self_signed_certificate_covers_the_hosts_names_and_addresses(tmp_path
     assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", info.fingerprint)
 
 
+def test_the_self_signed_certificate_also_covers_the_public_addresses(tmp_path: Path) -> None:
+    """Behind NAT, browsers open the address or name given with --public-ip."""
+    config = RtcConfig(tls_self_signed=True, state_dir=str(tmp_path), public_ips=("198.51.100.7", "RTC.example.org"))
+    assert tls.context_for(config) is not None
+    info = tls.describe((tmp_path / tls.CERT_FILE).read_bytes())
+    assert "198.51.100.7" in {str(a) for a in info.ip_addresses} and "rtc.example.org" in info.names
+    assert "localhost" in info.names
+
+
 def _non_loopback_interface_addresses() -> list[str]:
     import ifaddr
 

@@ -384,7 +384,14 @@ def _files_for(config: RtcConfig) -> tuple[Path, Path, SelfSigned | None] | None
     if config.tls_cert is not None and config.tls_key is not None:
         return Path(config.tls_cert), Path(config.tls_key), None
     if config.tls_self_signed:
-        made = self_signed(config.state_dir)
+        names, addresses = host_names(), host_addresses()
+        for public in config.public_ips:  # behind NAT, browsers open the public address or name
+            if _is_address(public):
+                address = ipaddress.ip_address(public)
+                addresses += [] if address in addresses else [address]
+            elif public.lower() not in names:
+                names.append(public.lower())
+        made = self_signed(config.state_dir, names=names, addresses=addresses)
         return made.cert_path, made.key_path, made
     return None
 
