@@ -42,8 +42,7 @@ class IceServer:
             if not sep or not user:
                 raise InvalidRequest(f"ICE server credentials must be user:password@host: {text!r}")
             username, credential = unquote(user), unquote(password)
-        if not rest:
-            raise InvalidRequest(f"ICE server URL has no host: {text!r}")
+        _check_ice_address(scheme, rest, text)
         return cls(urls=(scheme + rest,), username=username, credential=credential)
 
     def to_wire(self) -> dict[str, Any]:
@@ -53,6 +52,33 @@ class IceServer:
         if self.credential is not None:
             out["credential"] = self.credential
         return out
+
+
+def _check_ice_address(scheme: str, rest: str, text: str) -> None:
+    """``host[:port][?transport=udp|tcp]`` as RFC 7064/7065 allow it, or one sentence on what is wrong
+    (at startup, rather than every browser and every server-side session failing later)."""
+    address, sep, query = rest.partition("?")
+    if sep:
+        if not scheme.startswith("turn") or query.lower() not in ("transport=udp", "transport=tcp"):
+            raise InvalidRequest(f"ICE server URL: only turn:/turns: take a query, ?transport=udp or tcp: {text!r}")
+    if address.startswith("["):
+        host, bracket, port_part = address[1:].partition("]")
+        try:
+            valid_v6 = bool(bracket) and ipaddress.ip_address(host).version == 6
+        except ValueError:
+            valid_v6 = False
+        if not valid_v6 or (port_part and not port_part.startswith(":")):
+            raise InvalidRequest(f"ICE server URL has a bad IPv6 address (write [2001:db8::1]:3478): {text!r}")
+        port = port_part[1:] if port_part else None
+    else:
+        if address.count(":") > 1:
+            raise InvalidRequest(f"ICE server URL: an IPv6 address goes in brackets, [2001:db8::1]:3478: {text!r}")
+        host, colon, port_text = address.partition(":")
+        port = port_text if colon else None
+        if not host or any(c.isspace() or c in "/@" for c in host):
+            raise InvalidRequest(f"ICE server URL has no usable host: {text!r}")
+    if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise InvalidRequest(f"ICE server URL has a bad port (1-65535): {text!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +111,9 @@ class RtcConfig:
         default=(),
         metadata=_flag(
             "ice-server",
-            "ICE server handed to browsers and used by the server's own peers: stun:host:port or "
-            "turn:user:pass@host:port?transport=udp. Repeat for several; env: comma-separated.",
+            "ICE server handed to browsers and used by the server's own peers: stun:host:port, "
+            "turn:user:pass@host:port (?transport=udp or tcp) or turns:user:pass@host:443 (TURN over "
+            "TLS). Repeat for several; env: comma-separated.",
         ),
     )
     max_peers_per_room: int = field(default=8, metadata=_flag("max-peers-per-room", "Peers a room admits."))
