@@ -58,9 +58,8 @@ def _check_ice_address(scheme: str, rest: str, text: str) -> None:
     """``host[:port][?transport=udp|tcp]`` as RFC 7064/7065 allow it, or one sentence on what is wrong
     (at startup, rather than every browser and every server-side session failing later)."""
     address, sep, query = rest.partition("?")
-    if sep:
-        if not scheme.startswith("turn") or query.lower() not in ("transport=udp", "transport=tcp"):
-            raise InvalidRequest(f"ICE server URL: only turn:/turns: take a query, ?transport=udp or tcp: {text!r}")
+    if sep and (not scheme.startswith("turn") or query.lower() not in ("transport=udp", "transport=tcp")):
+        raise InvalidRequest(f"ICE server URL: only turn:/turns: take a query, ?transport=udp or tcp: {text!r}")
     if address.startswith("["):
         host, bracket, port_part = address[1:].partition("]")
         try:
