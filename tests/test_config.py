@@ -42,9 +42,9 @@ def test_ice_server_urls() -> None:
     assert RtcConfig(ice_servers=("stun:a:1",)).ice_servers == (IceServer(("stun:a:1",)),)  # type: ignore[arg-type]
     for good in ("turns:turn.example.org:443", "turn:[2001:db8::1]:3478?transport=TCP", "stun:198.51.100.1"):
         assert IceServer.parse(good).urls == (good,)
-    bad_urls = ("http://x", "turn:", "turn:user@host", "turn:host:0", "turn:host:70000", "stun:host:34x")
-    bad_urls += ("turn:2001:db8::1:3478", "turn:[2001:db8::1", "turn:[nothost]:1", "stun:host?transport=tcp")
-    bad_urls += ("turn:host?transport=sctp", "turn:host:1?foo=bar", "turn:ho st:1")
+    bad_urls = ["http://x", "turn:", "turn:user@host", "turn:host:0", "turn:host:70000", "stun:host:34x"]
+    bad_urls += ["turn:2001:db8::1:3478", "turn:[2001:db8::1", "turn:[nothost]:1", "stun:host?transport=tcp"]
+    bad_urls += ["turn:host?transport=sctp", "turn:host:1?foo=bar", "turn:ho st:1"]
     for bad in bad_urls:
         with pytest.raises(InvalidRequest):
             IceServer.parse(bad)
