@@ -383,8 +383,9 @@ async def measure_latency(
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Of repeated runs, the one with the median echoed frame rate (all runs kept under "runs")."""
-    good = sorted((r for r in runs if "error" not in r), key=lambda r: r["fpsMean"])
+    """Of repeated runs, the one with the median server CPU per stream-second, the figure the
+    targets compare (all runs kept under "runs"; the frame rates say whether a run kept up)."""
+    good = sorted((r for r in runs if "error" not in r), key=lambda r: r["cpuPerStreamSecond"])
     chosen = dict(good[len(good) // 2]) if good else dict(runs[0])
     if len(runs) > 1:
         chosen["runs"] = runs

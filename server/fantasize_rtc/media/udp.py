@@ -161,7 +161,8 @@ class MuxedTransport(asyncio.DatagramTransport):
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closing or addr is None:
             return
-        self._endpoint.sent(self._receiver, bytes(data), (addr[0], addr[1]))
+        # The hot path (every SRTP packet): a 2-tuple as aioice passes it, no copies.
+        self._endpoint.sent(self._receiver, data, addr if len(addr) == 2 else (addr[0], addr[1]))
 
     def close(self) -> None:
         if self._closing:
@@ -201,7 +202,8 @@ class MuxEndpoint(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        remote = (addr[0], addr[1])
+        # IPv4 addresses come as (host, port); IPv6 ones as (host, port, flowinfo, scope_id).
+        remote = addr if len(addr) == 2 else (addr[0], addr[1])
         if data and data[0] < 2:  # STUN (RFC 7983): route by what the message says
             head = parse_stun(data)
             receiver = self._stun_receiver(head, remote) if head is not None else None
@@ -241,7 +243,7 @@ class MuxEndpoint(asyncio.DatagramProtocol):
         receiver.connection_made(transport)
         return transport
 
-    def sent(self, receiver: _Receiver, data: bytes, remote: tuple[str, int]) -> None:
+    def sent(self, receiver: _Receiver, data: bytes, remote: tuple[Any, ...]) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
