@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the real programs the tests drive, from Debian's packages, when they are missing:
 # Chromium (browser tests), redis-server and nginx (scale-out tests), coturn (TURN tests), ffmpeg (ffprobe),
-# nftables (the NAT lab).
+# nftables and iproute2 (the NAT lab).
 # Needs root (or passwordless sudo); otherwise it says what to install and the tests that need
 # them skip (outside CI) or fail (CI=true).
 set -eu
@@ -14,6 +14,7 @@ command -v ffprobe >/dev/null 2>&1 || missing="$missing ffmpeg"
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
 # The NAT lab (tests/test_nat.py) builds its NATs with nftables in network namespaces.
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing="$missing nftables"
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$missing iproute2"
 # The signaling benchmark (make bench): wrk drives the HTTP scenario; Node + npm run the PeerJS server.
 command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
 command -v node >/dev/null 2>&1 || missing="$missing nodejs"

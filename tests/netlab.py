@@ -101,7 +101,8 @@ class NatLab:
         self.ip("natc", "route", "add", "default", "via", "203.0.113.1")
         self.ip("cli", "route", "add", "default", "via", "192.168.1.1")
         for router in ("nats", "wan", "natc"):
-            _sh("ip", "netns", "exec", self.ns[router], "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            # (not sysctl: procps may not be installed; /proc/sys is the namespace's own)
+            _sh("ip", "netns", "exec", self.ns[router], "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
         first, last = self.udp_ports
         udp = f"{first}-{last}" if first != last else str(first)
         # The server's NAT: only the TCP port and the media UDP port(s) come in.

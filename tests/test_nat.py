@@ -51,8 +51,11 @@ class LabServer:
         argv += ["--recordings-dir", str(tmp / "rec"), "--tls-self-signed", "--state-dir", str(self.state), *flags]
         self.proc = lab.popen("srv", argv, stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.url = f"https://{SERVER_PUBLIC}:{TCP_PORT}"
+
+    def wait_healthy(self) -> LabServer:
         health = self.client("health", timeout=40)
         assert health and health[0]["health"], (health, self.log.read_text()[-2000:])
+        return self
 
     @property
     def certificate(self) -> Path:
@@ -79,8 +82,8 @@ def serve(lab: NatLab, tmp_path: Path) -> Iterator[Any]:
 
     def start(*flags: str) -> LabServer:
         server = LabServer(lab, tmp_path, *flags)
-        servers.append(server)
-        return server
+        servers.append(server)  # stopped after the test, also when it never became healthy
+        return server.wait_healthy()
 
     yield start
     for server in servers:
