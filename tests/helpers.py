@@ -7,8 +7,10 @@ import inspect
 import os
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -57,6 +59,55 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def accepts_tcp(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``port`` now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> int:
+    """SIGTERM, then SIGKILL when it has not exited within ``timeout``; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def nginx_binary() -> str:
+    """nginx (Debian puts it in /usr/sbin, not always on a user's PATH)."""
+    found = shutil.which("nginx", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
+    return found or require_program("nginx")
+
+
+def nginx_config(folder: Path, http: str) -> Path:
+    """A runnable nginx.conf around ``http`` (the inside of an ``http {}`` block, as docs give
+    it), with its log, pid and temporary files in ``folder``."""
+    temp = "\n".join(
+        f"{name}_temp_path {folder / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = folder / "nginx.conf"
+    conf.write_text(
+        f"error_log {folder / 'nginx-error.log'} warn;\npid {folder / 'nginx.pid'};\n"
+        f"events {{}}\nhttp {{\naccess_log off;\n{temp}\n{http}\n}}\n"
+    )
+    return conf
+
+
+def start_nginx(conf: Path, prefix: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [nginx_binary(), "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def require_program(name: str) -> str:

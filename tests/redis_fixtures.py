@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, require_program, wait_for_sync
+from tests.helpers import free_port, require_program, stop_process, wait_for_sync
 
 __all__ = ["RedisServer", "redis_server", "unique_prefix"]
 
@@ -70,13 +70,8 @@ class RedisServer:
     def stop(self) -> None:
         """Graceful stop (SIGTERM): with AOF, every acknowledged write is on disk."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            stop_process(process)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from fantasize_rtc.cli import _SERVE_FLAGS, _shown_default, build_parser, config_from_args
 from fantasize_rtc.config import IceServer, RtcConfig
-from tests.helpers import free_port, wait_for, wait_for_sync
+from tests.helpers import free_port, stop_process, wait_for, wait_for_sync
 
 OFFER = {"type": "offer", "payload": {"sdp": "v=0\r\n"}}
 ANSWER = {"type": "answer", "payload": {"sdp": "v=0\r\n"}}
@@ -67,12 +67,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         )
         yield Served(proc, match.group(1), log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     assert proc.returncode == 0, log.read_text()
     assert "stopped" in log.read_text()
 

@@ -32,9 +32,19 @@ from fantasize_rtc.cli import build_parser, config_from_args
 from fantasize_rtc.client import RtcClient
 from fantasize_rtc.config import IceServer
 from fantasize_rtc.media.ice import rtc_configuration
-from tests.helpers import free_port, free_udp_port, require_program, wait_for, wait_for_sync
+from tests.helpers import (
+    accepts_tcp,
+    free_port,
+    free_udp_port,
+    nginx_config,
+    require_program,
+    start_nginx,
+    stop_process,
+    wait_for,
+    wait_for_sync,
+)
 from tests.media_helpers import client_peer, http_offer
-from tests.turn_fixtures import _free_udp_and_tcp_port, accepts_tcp, self_signed_certificate, stun_answers
+from tests.turn_fixtures import _free_udp_and_tcp_port, self_signed_certificate, stun_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "docs" / "deploy.md"
@@ -109,16 +119,10 @@ class Served:
 
         wait_for_sync(seen, timeout=timeout, interval=0.05, message=repr(line))
 
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self) -> int:
+        code = stop_process(self.proc, 20)
         self._out.close()
-        return self.proc.returncode
+        return code
 
 
 def presented_fingerprint(port: int) -> str:
@@ -238,9 +242,6 @@ def test_the_dockerfile_builds_the_wheel_and_starts_the_server_the_docs_describe
 def nginx_in_front(tmp_path: Path) -> Iterator[tuple[int, int, Served, ssl.SSLContext]]:
     """docs/deploy.md's nginx config and server command, run: (nginx's http port, its https port,
     the server, a context trusting nginx's certificate)."""
-    nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin") or require_program(
-        "nginx"
-    )
     cert, key, _ = certificate(tmp_path)
     http_port, https_port, upstream, udp = free_port(), free_port(), free_port(), free_udp_port()
     site = the_block("nginx", "proxy_pass")
@@ -250,32 +251,20 @@ def nginx_in_front(tmp_path: Path) -> Iterator[tuple[int, int, Served, ssl.SSLCo
     site = site.replace("/etc/letsencrypt/live/rtc.example.org/privkey.pem", str(key))
     assert "proxy_pass http://127.0.0.1:8080;" in site
     site = site.replace("proxy_pass http://127.0.0.1:8080;", f"proxy_pass http://127.0.0.1:{upstream};")
-    temp = "\n".join(
-        f"{name}_temp_path {tmp_path / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        f"error_log {tmp_path / 'nginx-error.log'} warn;\npid {tmp_path / 'nginx.pid'};\n"
-        f"events {{}}\nhttp {{\naccess_log off;\n{temp}\n{site}\n}}\n"
-    )
+    conf = nginx_config(tmp_path, site)
     command = joined(the_block("sh", "--trusted-proxy")).strip()
     argv = serve_argv(shlex.split(command))
     argv = swap(swap(argv, "--port", str(upstream)), "--udp-port", str(udp))
     # One more flag than the docs, to see whom the per-address limits count.
     argv += ["--recordings-dir", str(tmp_path / "rec"), "--max-rooms-per-address", "1"]
     server = Served(argv, tmp_path / "server.log")
-    proc = subprocess.Popen(
-        [nginx, "-c", str(conf), "-p", str(tmp_path), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_nginx(conf, tmp_path)
     try:
         server.wait_log(" serving on ")
         wait_for_sync(lambda: accepts_tcp(https_port), timeout=10, message="nginx listening")
         yield http_port, https_port, server, ssl.create_default_context(cafile=str(cert))
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
         server.stop()
 
 
@@ -361,12 +350,7 @@ def documented_coturn(tmp_path: Path) -> Iterator[tuple[int, str]]:
         assert proc.poll() is None, "coturn exited with the documented config"
         yield port, secret.group(1)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 2)
 
 
 async def test_the_coturn_config_relays_with_credentials_the_server_minted(

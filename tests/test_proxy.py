@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import socket
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from fantasize_rtc.cli import build_parser, config_from_args
 from fantasize_rtc.media import MEDIA_KEY
 from fantasize_rtc.web import create_app as create_transport_app
 from fantasize_rtc.web._proxy import TrustedProxies, parse_address
-from tests.helpers import free_port, require_program, wait_for
+from tests.helpers import accepts_tcp, free_port, nginx_config, start_nginx, stop_process, wait_for
 from tests.media_helpers import client_peer
 
 LOOPBACK = "127.0.0.1/32"
@@ -293,19 +290,9 @@ NGINX_LINES = (
 )
 
 
-def nginx_config(tmp_path: Path, listen: int, upstream: int) -> Path:
-    temp = "\n".join(
-        f"{name}_temp_path {tmp_path / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
+def nginx_site(listen: int, upstream: int) -> str:
     proxy_lines = "\n".join(f"        {line}" for line in NGINX_LINES)
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        f"""error_log {tmp_path / "nginx-error.log"} warn;
-pid {tmp_path / "nginx.pid"};
-events {{}}
-http {{
-    access_log off;
-{temp}
+    return f"""
     map $http_upgrade $connection_upgrade {{
         default upgrade;
         ''      close;
@@ -322,37 +309,18 @@ http {{
             proxy_buffering off;
         }}
     }}
-}}
 """
-    )
-    return conf
-
-
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
 def nginx_front(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """nginx on a free port in front of another free port: (nginx's port, the server's port)."""
-    nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin") or require_program(
-        "nginx"
-    )
     listen, upstream = free_port(), free_port()
-    proc = subprocess.Popen(
-        [nginx, "-c", str(nginx_config(tmp_path, listen, upstream)), "-p", str(tmp_path), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_nginx(nginx_config(tmp_path, nginx_site(listen, upstream)), tmp_path)
     try:
         yield listen, upstream
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 @pytest.fixture
@@ -373,7 +341,7 @@ async def proxied_server(
     app = create_app(config=config, media=False)
     runner, _site, _limiter = await serving.start(app, "127.0.0.1", upstream, config)
     try:
-        await wait_for(lambda: accepts(listen), timeout=10, message="nginx listening")
+        await wait_for(lambda: accepts_tcp(listen), timeout=10, message="nginx listening")
         yield f"http://127.0.0.1:{listen}", app
     finally:
         await runner.cleanup()

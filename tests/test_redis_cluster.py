@@ -8,9 +8,7 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +21,16 @@ import pytest
 
 from fantasize_rtc.client import RtcClient
 from tests import redis_fixtures
-from tests.helpers import free_port, require_program, wait_for, wait_for_sync
+from tests.helpers import (
+    accepts_tcp,
+    free_port,
+    nginx_config,
+    require_program,
+    start_nginx,
+    stop_process,
+    wait_for,
+    wait_for_sync,
+)
 from tests.redis_fixtures import RedisServer
 
 redis_server = redis_fixtures.redis_server  # the fixture, shared with the other Redis tests
@@ -84,13 +91,7 @@ class Process:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        assert proc.returncode == 0, self.log.read_text()[-4000:]
+        assert stop_process(proc, 15) == 0, self.log.read_text()[-4000:]
 
 
 @pytest.fixture
@@ -461,31 +462,20 @@ def _nginx_config_from_docs(tmp_path: Path, listen: int, upstreams: list[int], w
     example = blocks[which].replace("listen 80;", f"listen 127.0.0.1:{listen};")
     example = example.replace("127.0.0.1:8081", f"127.0.0.1:{upstreams[0]}")
     example = example.replace("127.0.0.1:8082", f"127.0.0.1:{upstreams[1]}")
-    temp = "\n".join(
-        f"{name}_temp_path {tmp_path / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        f"error_log {tmp_path / 'nginx-error.log'} warn;\npid {tmp_path / 'nginx.pid'};\n"
-        f"events {{}}\nhttp {{\naccess_log off;\n{temp}\n{example}\n}}\n"
-    )
-    return conf
+    return nginx_config(tmp_path, example)
 
 
 async def test_behind_the_documented_nginx_config_without_sticky_sessions(
     redis_server: RedisServer, start_processes: Any, peers: Any, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin") or require_program(
-        "nginx"
-    )
     a, b = start_processes(redis_server, 2)
     port = free_port()
     conf = _nginx_config_from_docs(tmp_path, port, [a.port, b.port])
-    proc = _start_nginx(nginx, conf, tmp_path)
+    proc = start_nginx(conf, tmp_path)
     try:
         front = Process.__new__(Process)  # the load balancer, addressed like a server process
         front.url = f"http://127.0.0.1:{port}/"
-        await wait_for(lambda: _accepts_http(port), timeout=10, message="nginx listening")
+        await wait_for(lambda: accepts_tcp(port), timeout=10, message="nginx listening")
         # round robin spreads connects, WebSockets and requests over both processes
         alice, bob = peers("room", "alice"), peers("room", "bob")
         await alice.connect(front)
@@ -510,8 +500,7 @@ async def test_behind_the_documented_nginx_config_without_sticky_sessions(
         }
         assert len(sockets["alice"]) == len(sockets["bob"]) == 1 and sockets["alice"] != sockets["bob"], sockets
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 async def test_room_affinity_config_keeps_each_room_on_one_process(
@@ -519,15 +508,12 @@ async def test_room_affinity_config_keeps_each_room_on_one_process(
 ) -> None:
     """The room-affinity example with this package's own client (it adds ``?room=``): the peers of
     a room share a process, rooms spread over both, and signals still flow."""
-    nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin") or require_program(
-        "nginx"
-    )
     procs = start_processes(redis_server, 2)
     port = free_port()
-    proc = _start_nginx(nginx, _nginx_config_from_docs(tmp_path, port, [p.port for p in procs], which=1), tmp_path)
+    proc = start_nginx(_nginx_config_from_docs(tmp_path, port, [p.port for p in procs], which=1), tmp_path)
     clients: list[RtcClient] = []
     try:
-        await wait_for(lambda: _accepts_http(port), timeout=10, message="nginx listening")
+        await wait_for(lambda: accepts_tcp(port), timeout=10, message="nginx listening")
         rooms = [f"room-{i}" for i in range(6)]
         for room in rooms:
             for peer in ("alice", "bob"):
@@ -555,19 +541,3 @@ async def test_room_affinity_config_keeps_each_room_on_one_process(
             await client.close()
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def _start_nginx(nginx: str, conf: Path, prefix: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [nginx, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def _accepts_http(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False

@@ -27,7 +27,7 @@ import pytest
 from fantasize_rtc import RtcConfig, serving, tls
 from fantasize_rtc.app import create_app
 from fantasize_rtc.client import RtcClient
-from tests.helpers import wait_for, wait_for_sync
+from tests.helpers import stop_process, wait_for, wait_for_sync
 
 # -- the self-signed certificate and its folder ----------------------------------------------------------
 
@@ -323,12 +323,7 @@ def cli_server(tmp_path: Path, name: str, *flags: str) -> Iterator[Process]:
         match = wait_for_sync(started, timeout=30, message="the server to log its URL")
         yield Process(proc, log, match.group(1))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     assert proc.returncode == 0, log.read_text()
     assert "stopped" in log.read_text()
 

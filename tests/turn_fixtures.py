@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.helpers import free_port, free_udp_port, require_program, wait_for_sync
+from tests.helpers import accepts_tcp, free_port, free_udp_port, require_program, stop_process, wait_for_sync
 
 TURN_SECRET = "turn-test-secret"
 
@@ -53,14 +53,6 @@ def stun_answers(port: int) -> bool:
         except OSError:
             return False
         return data[8:20] == request[8:20]
-
-
-def accepts_tcp(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _free_udp_and_tcp_port() -> int:
@@ -150,12 +142,7 @@ def start_coturn(workdir: Path, relay_ports: tuple[int, int] = (40000, 40999), *
     finally:
         # Idle, it exits at once; with allocations still live (a test that lists aiohttp_client
         # before this fixture ends coturn before the app's sessions) it can take over 10 s: kill it.
-        proc.terminate()
-        try:
-            proc.wait(2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 2)
 
 
 @contextmanager
