@@ -67,6 +67,7 @@ _LISTEN_FLAGS = [
 _PROCESS_FLAGS = [
     _Flag("event-loop", None, str, "auto", "auto (uvloop when it is installed), uvloop or asyncio."),
     _Flag("log-level", None, str, "info", "debug, info, warning or error."),
+    _Flag("log-format", None, str, "text", "text (for people) or json (one object per line, for log collectors)."),
 ]
 
 

@@ -291,6 +291,29 @@ class RtcConfig:
         ),
     )
 
+    # Operations (docs/operations.md).
+    drain_seconds: float = field(
+        default=10.0,
+        metadata=_flag(
+            "drain-seconds",
+            "On SIGTERM/SIGINT: answer 503 draining, ask WebSocket peers to reconnect (close code 1012), "
+            "finish recordings and media sessions, and exit within this many seconds.",
+        ),
+    )
+    metrics_port: int = field(
+        default=0,
+        metadata=_flag(
+            "metrics-port",
+            "Serve Prometheus /metrics without a key on this port of --metrics-host; 0: only on the main "
+            "port, with the admin key.",
+            "0, main port with --admin-key",
+        ),
+    )
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata=_flag("metrics-host", "Address of the --metrics-port listener (keep it private)."),
+    )
+
     def __post_init__(self) -> None:
         if self.peer_timeout_ms <= 0:
             object.__setattr__(self, "peer_timeout_ms", int(self.heartbeat_interval_ms * 2.5))
@@ -326,6 +349,10 @@ class RtcConfig:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_self_signed and self.tls_cert is not None:
             raise ValueError("--tls-self-signed or --tls-cert/--tls-key, not both")
+        if self.drain_seconds < 0:
+            raise ValueError("--drain-seconds must be 0 or more")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError("--metrics-port must be from 1 to 65535 (0: off)")
         if not 0 <= self.udp_port <= 65535:
             raise ValueError("--udp-port must be from 1 to 65535 (0: off)")
         if self.udp_port and self.udp_port_range:
