@@ -79,6 +79,8 @@ LAYERS: dict[str, int] = {
     "_resources": 1,
     "auth": 1,
     "_json": 1,
+    "counters": 1,
+    "logs": 1,
     # 2 backends
     "backends": 2,
     # 3 the facade
@@ -93,6 +95,7 @@ LAYERS: dict[str, int] = {
     "media": 5,
     # 6 what assembles and uses the rest
     "app": 6,
+    "metrics": 6,
     "cli": 6,
     "client": 6,
     "selftest": 6,

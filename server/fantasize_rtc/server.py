@@ -34,6 +34,7 @@ from .auth import (
 )
 from .backends import Backend, DeliveryReport, Envelope, LeaveOutcome, OutboxLimits, create_backend
 from .config import IceServer, RtcConfig
+from .counters import RelayCounters
 from .errors import (
     Forbidden,
     InvalidRequest,
@@ -163,6 +164,8 @@ class RtcServer:
         self.backend.outbox_limits = OutboxLimits(config.outbox_max_bytes, config.outbox_total_max_bytes)
         #: Messages not kept for a recipient because its outbox (or all outboxes) was full.
         self.dropped_messages = 0
+        #: Relays by signal type and outcome, refusals, connects and departures (``/metrics``).
+        self.counters = RelayCounters()
         self.hub = Hub()
         self._handlers: dict[str, list[Handler]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -321,6 +324,26 @@ class RtcServer:
         the server has an ``auth_secret``. ``address`` is the client's network address: one
         address may hold at most ``max_rooms_per_address`` rooms it created (429 past that).
         """
+        try:
+            connect = await self._connect(
+                room_id, peer_id, metadata, proof=proof, auth_token=auth_token, address=address
+            )
+        except RtcError as err:
+            RelayCounters.add(self.counters.connects, err.code)
+            raise
+        RelayCounters.add(self.counters.connects, "ok")
+        return connect
+
+    async def _connect(
+        self,
+        room_id: str,
+        peer_id: str | None,
+        metadata: dict[str, Any] | None,
+        *,
+        proof: str | None,
+        auth_token: str | None,
+        address: str | None,
+    ) -> Connect:
         room_id = validate_id(room_id, "roomId")
         if peer_id is not None:
             peer_id = validate_id(peer_id, "peerId")
@@ -437,44 +460,50 @@ class RtcServer:
         and on its way, in order after the sender's earlier ones. That is the result itself when
         delivery is done (always with the memory backend), else a future of it (recipients on
         other processes, through Redis). Raises what ``relay`` raises before delivery."""
-        sig = validate_signal(signal, max_depth=self.config.max_json_depth)
-        now = self.clock()
-        if self.config.rate_limit_per_sec > 0 and not self._take_token(room_id, from_peer_id, now):
-            limit = self.config.rate_limit_per_sec
-            raise RateLimited(f"Peer {from_peer_id!r} is sending faster than {limit:g} messages/s.")
-        message: dict[str, Any] | None = None
-        if sig.payload_json is None:
-            message = signal_message(room_id, from_peer_id, sig, now)
-            text = dumps_client_value(message, "signal")
-        else:
-            # The payload as the transport has it (valid JSON it just parsed) instead of encoding
-            # it again; the other fields are validated ids and types, safe in quotes.
-            to_part = "" if sig.to is None else f',"to":"{sig.to}"'
-            text = (
-                f'{{"type":"signal","roomId":"{room_id}","fromPeerId":"{from_peer_id}",'
-                f'"signal":{{"type":"{sig.type}","payload":{sig.payload_json}{to_part}}},"ts":{now}}}'
+        try:  # free when nothing is raised (Python 3.11); counts the relays refused, by error code
+            sig = validate_signal(signal, max_depth=self.config.max_json_depth)
+            now = self.clock()
+            if self.config.rate_limit_per_sec > 0 and not self._take_token(room_id, from_peer_id, now):
+                limit = self.config.rate_limit_per_sec
+                raise RateLimited(f"Peer {from_peer_id!r} is sending faster than {limit:g} messages/s.")
+            message: dict[str, Any] | None = None
+            if sig.payload_json is None:
+                message = signal_message(room_id, from_peer_id, sig, now)
+                text = dumps_client_value(message, "signal")
+            else:
+                # The payload as the transport has it (valid JSON it just parsed) instead of encoding
+                # it again; the other fields are validated ids and types, safe in quotes.
+                to_part = "" if sig.to is None else f',"to":"{sig.to}"'
+                text = (
+                    f'{{"type":"signal","roomId":"{room_id}","fromPeerId":"{from_peer_id}",'
+                    f'"signal":{{"type":"{sig.type}","payload":{sig.payload_json}{to_part}}},"ts":{now}}}'
+                )
+            if len(text) > self.config.max_signal_bytes and len(text.encode()) > self.config.max_signal_bytes:
+                raise PayloadTooLarge(f"The signal is larger than {self.config.max_signal_bytes} bytes.")
+            envelope = Envelope(message, text, now, from_peer_id)
+            to = sig.to
+            if to is not None and is_server_peer(to):
+                await self.backend.recipients(room_id, from_peer_id, None)  # sender must be a member
+                if self.hub.server_peer(to) is None:
+                    raise PeerNotFound(f"This server has no server peer {to!r}.")
+                await self.hub.push_local(room_id, to, envelope)
+                return self._relayed(room_id, from_peer_id, sig, now, DeliveryReport([to]))
+            later = _LaterRelay(self, room_id, from_peer_id, sig, now)
+            report = await self.backend.submit(
+                room_id, from_peer_id, to, envelope, outbox_max=self.config.outbox_max, now=now, then=later
             )
-        if len(text) > self.config.max_signal_bytes and len(text.encode()) > self.config.max_signal_bytes:
-            raise PayloadTooLarge(f"The signal is larger than {self.config.max_signal_bytes} bytes.")
-        envelope = Envelope(message, text, now, from_peer_id)
-        to = sig.to
-        if to is not None and is_server_peer(to):
-            await self.backend.recipients(room_id, from_peer_id, None)  # sender must be a member
-            if self.hub.server_peer(to) is None:
-                raise PeerNotFound(f"This server has no server peer {to!r}.")
-            await self.hub.push_local(room_id, to, envelope)
-            return self._relayed(room_id, from_peer_id, sig, now, DeliveryReport([to]))
-        later = _LaterRelay(self, room_id, from_peer_id, sig, now)
-        report = await self.backend.submit(
-            room_id, from_peer_id, to, envelope, outbox_max=self.config.outbox_max, now=now, then=later
-        )
-        if report is not None:
-            return self._relayed(room_id, from_peer_id, sig, now, report)
-        later.result = asyncio.get_running_loop().create_future()
-        return later.result
+            if report is not None:
+                return self._relayed(room_id, from_peer_id, sig, now, report)
+            later.result = asyncio.get_running_loop().create_future()
+            return later.result
+        except RtcError as err:
+            counts = self.counters.refused
+            counts[err.code] = counts.get(err.code, 0) + 1
+            raise
 
     def _relayed(self, room_id: str, from_peer_id: str, sig: Signal, now: int, report: DeliveryReport) -> RelayResult:
         delivered = report.delivered
+        self.counters.relayed(sig.type, len(delivered), len(report.queued), len(report.dropped))
         if len(delivered) == 1 and not report.queued and not report.dropped:
             # Most relays: one peer took it. Results are immutable, so each peer's is made once.
             result = self._delivered_to.get(delivered[0])
@@ -657,6 +686,7 @@ class RtcServer:
     async def _after_leave(self, outcome: LeaveOutcome, reason: str) -> None:
         room_id, peer_id = outcome.room_id, outcome.peer.peer_id
         self._buckets.pop((room_id, peer_id), None)
+        RelayCounters.add(self.counters.disconnects, reason)
         log.info("peer %s left room %s (%s)", peer_id, room_id, reason)
         message = peer_disconnected_message(room_id, peer_id, reason)
         await self._broadcast(room_id, outcome.remaining, message)

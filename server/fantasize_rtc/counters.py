@@ -1,0 +1,97 @@
+"""What the server counts as it works, for ``/metrics`` (``metrics.py``) and anyone embedding it.
+
+Every layer keeps its own counts in plain integers on an object it owns (the facade's
+:class:`RelayCounters`, the transport's and the media manager's counters): a hot path pays an
+integer increment, nothing else, and nothing here knows about Prometheus. ``metrics.py`` reads
+them when it is scraped. :class:`Histogram` is a histogram with fixed buckets in the same spirit:
+``observe`` is a bisection and two additions.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Final
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "SETUP_BUCKETS",
+    "SIGNAL_TYPES",
+    "Histogram",
+    "RelayCounters",
+    "signal_type_label",
+]
+
+#: Seconds: relay latency, event-loop lag, Redis round trips (100 us to 2.5 s).
+LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Seconds: media session setup, offer to connected (10 ms to 30 s).
+SETUP_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: Signal types counted under their own name; any other type counts as ``other`` (the type is
+#: the client's to choose, and a label per value would let clients grow the metrics without end).
+SIGNAL_TYPES: Final = frozenset({"offer", "answer", "candidate", "bye", "renegotiate", "hello"})
+
+
+def signal_type_label(kind: str) -> str:
+    return kind if kind in SIGNAL_TYPES else "other"
+
+
+class Histogram:
+    """Observations counted into fixed buckets (upper bounds, ``le``) with their sum.
+
+    ``counts[i]`` counts observations in ``(bounds[i-1], bounds[i]]``; the last one is above every
+    bound (``+Inf``). Cumulative counts, as Prometheus shows them, come from :meth:`cumulative`."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float, n: int = 1) -> None:
+        """Count ``n`` observations of ``value`` (``n`` > 1: that many messages shared one value)."""
+        self.counts[bisect_left(self.bounds, value)] += n
+        self.sum += value * n
+        self.count += n
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, observations at or below it)`` for every bucket, ``+Inf`` last."""
+        out: list[tuple[float, int]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+class RelayCounters:
+    """The facade's counts (:attr:`fantasize_rtc.RtcServer.counters`).
+
+    ``signals`` maps a signal type label to ``[delivered, queued, dropped]`` recipient counts;
+    ``refused`` an error code to relays refused with it (rate limits, validation, membership).
+    ``connects`` counts joins by result (``ok`` or the refusing error's code), ``disconnects``
+    departures by reason (``protocol.LeaveReason``)."""
+
+    __slots__ = ("connects", "disconnects", "refused", "signals")
+
+    def __init__(self) -> None:
+        self.signals: dict[str, list[int]] = {}
+        self.refused: dict[str, int] = {}
+        self.connects: dict[str, int] = {}
+        self.disconnects: dict[str, int] = {}
+
+    def relayed(self, kind: str, delivered: int, queued: int, dropped: int) -> None:
+        counts = self.signals.get(kind)  # a known type: one lookup
+        if counts is None:  # its first time, or a type counted as "other" (never a key of its own)
+            label = signal_type_label(kind)
+            counts = self.signals.get(label)
+            if counts is None:
+                counts = self.signals[label] = [0, 0, 0]
+        counts[0] += delivered
+        counts[1] += queued
+        counts[2] += dropped
+
+    @staticmethod
+    def add(table: dict[str, int], key: str, n: int = 1) -> None:
+        table[key] = table.get(key, 0) + n
