@@ -18,6 +18,7 @@ __all__ = [
     "SIGNAL_TYPES",
     "Histogram",
     "RelayCounters",
+    "TransportCounters",
     "signal_type_label",
 ]
 
@@ -95,3 +96,32 @@ class RelayCounters:
     @staticmethod
     def add(table: dict[str, int], key: str, n: int = 1) -> None:
         table[key] = table.get(key, 0) + n
+
+
+class TransportCounters:
+    """The aiohttp transport's counts (``app[fantasize_rtc.web.COUNTERS_KEY]``).
+
+    ``requests`` maps ``(route, method, status)`` to answered HTTP requests (the route as
+    registered, e.g. ``/rtc/rooms/{room_id}``; ``unmatched`` for none); ``errors`` maps
+    ``(code, transport)`` to error answers (``http`` or ``ws`` frames); ``frames_in`` and
+    ``frames_out`` count WebSocket text frames; ``relay_latency`` is seconds from reading a frame to
+    writing what it caused (the relayed message, the ack) to the WebSocket(s), once per message."""
+
+    __slots__ = ("errors", "frames_in", "frames_out", "relay_latency", "requests")
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.errors: dict[tuple[str, str], int] = {}
+        self.frames_in = 0
+        self.frames_out = 0
+        self.relay_latency = Histogram(LATENCY_BUCKETS)
+
+    def answered(self, route: str, method: str, status: int, error_code: str | None) -> None:
+        key = (route, method, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if error_code is not None:
+            self.error(error_code, "http")
+
+    def error(self, code: str, transport: str) -> None:
+        key = (code, transport)
+        self.errors[key] = self.errors.get(key, 0) + 1

@@ -20,6 +20,7 @@ from ._app import Plugin, create_app
 from ._channel import WebSocketChannel
 from ._requests import (
     ADMIN_KEY,
+    COUNTERS_KEY,
     RTC_KEY,
     is_admin,
     json_response,
@@ -32,6 +33,7 @@ from ._requests import (
 
 __all__ = [
     "ADMIN_KEY",
+    "COUNTERS_KEY",
     "RTC_KEY",
     "Plugin",
     "WebSocketChannel",

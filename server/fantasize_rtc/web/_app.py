@@ -11,13 +11,14 @@ from aiohttp import web
 
 from .._resources import static_dir
 from ..config import RtcConfig
+from ..counters import TransportCounters
 from ..protocol import CloseCode
 from ..server import RtcServer, create_rtc_server
 from . import _routes, _socket
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel, WriteBatch
 from ._middleware import cors_middleware, error_middleware
 from ._proxy import proxy_middleware
-from ._requests import ADMIN_KEY, RTC_KEY, STARTED_KEY
+from ._requests import ADMIN_KEY, COUNTERS_KEY, RTC_KEY, STARTED_KEY
 
 __all__ = ["Plugin", "create_app"]
 
@@ -61,7 +62,8 @@ def create_app(
     app[RTC_KEY] = rtc
     sockets: weakref.WeakSet[WebSocketChannel] = weakref.WeakSet()
     app[SOCKETS_KEY] = sockets
-    app[WRITE_BATCH_KEY] = WriteBatch()
+    app[COUNTERS_KEY] = counters = TransportCounters()
+    app[WRITE_BATCH_KEY] = WriteBatch(counters)
     app[STARTED_KEY] = time.monotonic()
     if config.admin_key:
         app[ADMIN_KEY] = config.admin_key

@@ -22,7 +22,7 @@ from ..errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from ._requests import UndecodableBody, error_response, json_response
+from ._requests import COUNTERS_KEY, UndecodableBody, error_response, json_response
 
 __all__ = ["cors_middleware", "error_middleware"]
 
@@ -45,16 +45,21 @@ async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     drain = True  # the rest of an unread body is worth reading (keeps the connection)
+    code: str | None = None  # the error answered, for the counts
     try:
         response = await handler(request)
     except RtcError as err:
         response = error_response(err)
+        code = err.code
         drain = not isinstance(err, (RequestTimeout, UndecodableBody))
     except web.HTTPException as exc:
         if exc.status < 400:
+            _count(request, exc.status, None)
             raise
         cls = _HTTP_CODES.get(exc.status, InvalidRequest)
-        response = json_response(cls(exc.reason + ".").to_dict(), status=exc.status)
+        error = cls(exc.reason + ".")
+        code = error.code
+        response = json_response(error.to_dict(), status=exc.status)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except (asyncio.CancelledError, ConnectionResetError):
@@ -62,10 +67,19 @@ async def error_middleware(
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = json_response({"error": {"code": "internal_error", "message": "Internal server error."}}, status=500)
+        code = "internal_error"
         drain = False
+    _count(request, response.status, code)
     if request.body_exists and not request.content.is_eof():
         await _finish_unread_body(request, response, drain)
     return response
+
+
+def _count(request: web.Request, status: int, code: str | None) -> None:
+    counters = request.app.get(COUNTERS_KEY)
+    if counters is not None:
+        resource = request.match_info.route.resource
+        counters.answered(resource.canonical if resource is not None else "unmatched", request.method, status, code)
 
 
 #: Seconds the rest of a body the handler did not read may take to arrive (aiohttp's own

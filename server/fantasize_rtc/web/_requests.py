@@ -13,12 +13,14 @@ from aiohttp.http import HttpProcessingError
 
 from .. import _json
 from ..auth import COOKIE_PATH, bearer_token, connect_cookie_name, peer_token, token_from_cookies
+from ..counters import TransportCounters
 from ..errors import InvalidRequest, RequestTimeout, RtcError, Unauthorized, UnsupportedMediaType
 from ..protocol import Signal, dumps, require_object, validate_id, validate_signal
 from ..server import RtcServer
 
 __all__ = [
     "ADMIN_KEY",
+    "COUNTERS_KEY",
     "RTC_KEY",
     "STARTED_KEY",
     "StaleCookie",
@@ -47,6 +49,10 @@ STARTED_KEY = web.AppKey("started_at", float)
 
 
 ADMIN_KEY = web.AppKey("admin_key", str)
+
+
+#: What the transport counts (requests, errors, frames, relay latency): ``metrics.py`` reads it.
+COUNTERS_KEY = web.AppKey("counters", TransportCounters)
 # Missing content type (curl -d sends form type; fetch with a string sends text/plain) is refused
 # on purpose: a cross-site form can send text/plain without a CORS preflight.
 _JSON_TYPES = ("application/json",)

@@ -119,6 +119,7 @@ class _PeerFrames:
             return False
         rtc = self.rtc
         now = time.monotonic()
+        channel.batch.received(now)
         try:
             if now - self.last_touch >= 1.0:  # any frame is liveness; touch at most once a second
                 self.last_touch = now
@@ -151,11 +152,12 @@ class _PeerFrames:
             else:
                 raise InvalidRequest("Unknown frame type: expected signal, heartbeat or disconnect.")
         except RateLimited as err:
+            channel.batch.counters.error(err.code, "ws")
             channel.send(dumps(error_message(err.code, err.message)))
             channel.begin_close(CloseCode.POLICY_VIOLATION, "rate limited")
             return False
         except RtcError as err:
-            channel.send(_error_frame(err, _frame_id(data)))
+            channel.send(_error_frame(channel, err, _frame_id(data)))
         except Exception:
             log.exception("unhandled error on a frame from peer %s in room %s", self.peer_id, self.room_id)
             channel.send(_INTERNAL_ERROR_FRAME)
@@ -179,14 +181,15 @@ def _answer_relay(channel: WebSocketChannel, frame_id: Any, outcome: asyncio.Fut
         if frame_id is not _NO_ID:
             channel.send(dumps({"type": "ack", "id": frame_id, **outcome.result().to_wire()}))
     elif isinstance(err, RtcError):
-        channel.send(_error_frame(err, frame_id))
+        channel.send(_error_frame(channel, err, frame_id))
     else:
         log.error("relay failed", exc_info=err)
         channel.send(_INTERNAL_ERROR_FRAME)
 
 
-def _error_frame(err: RtcError, frame_id: Any) -> str:
+def _error_frame(channel: WebSocketChannel, err: RtcError, frame_id: Any) -> str:
     """An ``error`` frame, carrying the refused frame's ``id`` when it had a usable one."""
+    channel.batch.counters.error(err.code, "ws")
     error = error_message(err.code, err.message, **err.details)
     if isinstance(frame_id, (str, int)):
         error["id"] = frame_id
