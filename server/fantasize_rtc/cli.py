@@ -27,6 +27,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import logs
 from ._version import __version__
 from .config import CliFlag, RtcConfig, cli_flags
 
@@ -182,15 +183,9 @@ def config_from_args(args: argparse.Namespace) -> RtcConfig:
     return RtcConfig(**values)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if level.lower() != "debug":
-        for noisy in ("aioice", "aiortc", "aiohttp.access"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """``--log-level`` and ``--log-format`` (``logs.py``: text, or one JSON object per line)."""
+    logs.configure(level, fmt)
 
 
 #: Young-generation threshold of the cyclic garbage collector while serving (Python's default: 700).
@@ -347,7 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config_from_args(args)
         except Exception as exc:  # a bad flag value: say which, no traceback
             parser.error(str(exc))
-        configure_logging(args.log_level)
+        try:
+            configure_logging(args.log_level, args.log_format)
+        except ValueError as exc:
+            parser.error(str(exc))
         try:
             loop_factory = _loop_factory(args.event_loop)
         except ValueError as exc:

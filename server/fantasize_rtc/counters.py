@@ -14,9 +14,11 @@ from typing import Final
 
 __all__ = [
     "LATENCY_BUCKETS",
+    "MEDIA_TOTALS",
     "SETUP_BUCKETS",
     "SIGNAL_TYPES",
     "Histogram",
+    "MediaCounters",
     "RelayCounters",
     "TransportCounters",
     "signal_type_label",
@@ -125,3 +127,35 @@ class TransportCounters:
     def error(self, code: str, transport: str) -> None:
         key = (code, transport)
         self.errors[key] = self.errors.get(key, 0) + 1
+
+
+#: The per-session stats (``MediaSession.last_stats``) the media totals add up.
+MEDIA_TOTALS: Final = ("packetsReceived", "packetsSent", "bytesReceived", "bytesSent")
+
+
+class MediaCounters:
+    """The media manager's counts (``MediaManager.counters``).
+
+    ``opened`` maps a mode to sessions admitted, ``refused`` an error code to offers refused before
+    any session existed (``capacity_exceeded``, ``rate_limited``, ``invalid_request`` ...),
+    ``closed`` ``(mode, reason)`` to sessions ended (``protocol.SessionEnd``: ``ice_failed``,
+    ``dtls_failed``, ``ice_timeout``, ``bye`` ...); ``setup`` is seconds from offer to connected;
+    ``totals`` sums :data:`MEDIA_TOTALS` over the sessions that ended (the live ones are added
+    when they are read)."""
+
+    __slots__ = ("closed", "opened", "refused", "setup", "totals")
+
+    def __init__(self) -> None:
+        self.opened: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self.closed: dict[tuple[str, str], int] = {}
+        self.setup = Histogram(SETUP_BUCKETS)
+        self.totals = dict.fromkeys(MEDIA_TOTALS, 0)
+
+    def ended(self, mode: str, reason: str, stats: dict[str, object]) -> None:
+        key = (mode, reason)
+        self.closed[key] = self.closed.get(key, 0) + 1
+        for name in MEDIA_TOTALS:
+            value = stats.get(name)
+            if isinstance(value, int):
+                self.totals[name] += value

@@ -396,7 +396,13 @@ class RtcServer:
             message = peer_disconnected_message(room_id, peer_id, LeaveReason.REPLACED)
             await self._broadcast(room_id, others, message)
             self.emit(ev.PEER_DISCONNECTED, ev.PeerDisconnected(room_id, peer_id, LeaveReason.REPLACED))
-        log.info("peer %s connected to room %s (%d peers)", peer_id, room_id, len(others) + 1)
+        log.info(
+            "peer %s connected to room %s (%d peers)",
+            peer_id,
+            room_id,
+            len(others) + 1,
+            extra={"room": room_id, "peer": peer_id},
+        )
         await self._broadcast(room_id, others, peer_connected_message(room_id, outcome.peer.to_wire()))
         self.emit(ev.PEER_CONNECTED, ev.PeerConnected(room_id, outcome.peer))
         return Connect(
@@ -687,7 +693,7 @@ class RtcServer:
         room_id, peer_id = outcome.room_id, outcome.peer.peer_id
         self._buckets.pop((room_id, peer_id), None)
         RelayCounters.add(self.counters.disconnects, reason)
-        log.info("peer %s left room %s (%s)", peer_id, room_id, reason)
+        log.info("peer %s left room %s (%s)", peer_id, room_id, reason, extra={"room": room_id, "peer": peer_id})
         message = peer_disconnected_message(room_id, peer_id, reason)
         await self._broadcast(room_id, outcome.remaining, message)
         channel = self.hub.detach(room_id, peer_id)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc.sdp import SessionDescription
 
+from ..counters import MediaCounters
 from ..errors import CapacityExceeded, InvalidRequest, RateLimited, RtcError, SessionNotFound, Unauthorized
 from ..protocol import LeaveReason, SessionEnd, Via, error_message
 from ._aiortc_compat import host_addresses
@@ -157,6 +158,8 @@ class MediaManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inboxes: dict[tuple[str, str, str], deque[tuple[str, str, dict[str, Any]]]] = {}
         self._closing = False
+        #: Sessions opened, refused and ended, setup times, media totals (``/metrics``).
+        self.counters = MediaCounters()
 
     async def begin(self) -> None:
         """Before serving: count what the recordings folder holds, and open the media UDP port (or
@@ -260,6 +263,29 @@ class MediaManager:
         peer connection (and so any socket) exists, and the slot is taken before the next await.
 
         ``address`` is the client's network address (anonymous sessions are limited per address)."""
+        try:
+            session = self._admit(
+                mode=mode, sdp=sdp, options=options, owner=owner, via=via, notify=notify, address=address
+            )
+        except RtcError as err:
+            refused = self.counters.refused
+            refused[err.code] = refused.get(err.code, 0) + 1
+            raise
+        opened = self.counters.opened
+        opened[session.mode.name] = opened.get(session.mode.name, 0) + 1
+        return session
+
+    def _admit(
+        self,
+        *,
+        mode: str,
+        sdp: Any,
+        options: SessionOptions,
+        owner: Owner | None,
+        via: str,
+        notify: Notify | None,
+        address: str | None,
+    ) -> MediaSession:
         config = self.config
         if owner is None and config.auth_secret and not config.allow_anonymous_media:
             raise Unauthorized(
@@ -350,6 +376,7 @@ class MediaManager:
     async def release(self, session: MediaSession) -> None:
         """Called once by a closing session: free its slot and indexes, keep its report."""
         self._sessions.pop(session.id, None)
+        self.counters.ended(session.mode.name, session.close_reason or "closed", session.last_stats)
         if session.owner is not None:
             key3 = (session.owner.room_id, session.owner.peer_id, session.server_peer_id)
             if self._signaling.get(key3) is session:

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from .. import logs
 from ..config import IceServer
+from ..counters import MediaCounters
 from ..errors import CapacityExceeded, InvalidRequest, RtcError
 from ..protocol import SessionEnd, SessionState, Via
 from ._aiortc_compat import gather_on, skip_backlog, transport_stats
@@ -141,6 +143,7 @@ class SessionHost(Protocol):
     rtc: RtcServer
     config: RtcConfig
     store: RecordingStore
+    counters: MediaCounters
 
     @property
     def udp(self) -> HostSockets | None:
@@ -272,6 +275,12 @@ class MediaSession:
 
     async def accept(self, offer_sdp: str) -> str:
         """Apply the client's offer and return the answer SDP (all server candidates included)."""
+        # Log lines of this session, aiortc's tasks for it included, carry its context (logs.py).
+        room_id, peer_id = self._owner_ids()
+        with logs.bound(session=self.id, mode=self.mode.name, room=room_id, peer=peer_id, address=self.address):
+            return await self._accept(offer_sdp)
+
+    async def _accept(self, offer_sdp: str) -> str:
         self._set_state(SessionState.CONNECTING)
         self._mark("offer")
         pc = self._pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
@@ -376,6 +385,7 @@ class MediaSession:
             self.pair = selected_pair(self._pc)
             self._set_state(SessionState.CONNECTED)
             connect_ms = self.elapsed_ms("connected") or 0
+            self.manager.counters.setup.observe(self._marks["connected"] - self._t0)  # offer -> connected
             self.manager.rtc.emit(
                 MEDIA_CONNECTED, MediaConnected(self.id, self.mode.name, *self._owner_ids(), connect_ms)
             )
@@ -519,12 +529,54 @@ class MediaSession:
             self.closed_at = _wall_ms()
             self._set_state(SessionState.CLOSED)
             self._closed.set()
-            log.info("%s: closed (%s) after %d ms", self.label, reason, self.closed_at - self.created_at)
+            self._log_summary(reason)
             await self.manager.release(self)
             self.manager.rtc.emit(
                 MEDIA_CLOSED,
                 MediaClosed(self.id, self.mode.name, *self._owner_ids(), reason, self.closed_at - self.created_at),
             )
+
+    def _log_summary(self, reason: str) -> None:
+        """The one line every session ends with: mode, duration, bytes, pair, why it ended (with
+        the same as fields in JSON logs)."""
+        stats = self.last_stats
+        duration_ms = (self.closed_at or _wall_ms()) - self.created_at
+        pair = self.pair
+        pair_text = (
+            f"{pair.remote.type} {pair.remote.address}:{pair.remote.port} <-> {pair.local.type} "
+            f"{pair.local.address}:{pair.local.port} {pair.local.protocol}"
+            if pair is not None
+            else "none"
+        )
+        received, sent = stats.get("bytesReceived", 0), stats.get("bytesSent", 0)
+        room_id, peer_id = self._owner_ids()
+        log.info(
+            "%s: ended (%s) after %.1f s: %s bytes in, %s bytes out, pair %s",
+            self.label,
+            reason,
+            duration_ms / 1000,
+            received,
+            sent,
+            pair_text,
+            extra={
+                "session": self.id,
+                "mode": self.mode.name,
+                "room": room_id,
+                "peer": peer_id,
+                "address": self.address,
+                "fields": {
+                    "event": "media_session_ended",
+                    "reason": reason,
+                    "durationMs": duration_ms,
+                    "bytesReceived": received,
+                    "bytesSent": sent,
+                    "packetsReceived": stats.get("packetsReceived", 0),
+                    "packetsSent": stats.get("packetsSent", 0),
+                    "pair": pair.to_wire() if pair is not None else None,
+                    "via": self.via,
+                },
+            },
+        )
 
     async def refresh_stats_before_close(self) -> None:
         if self._pc is not None and self._remote_set:

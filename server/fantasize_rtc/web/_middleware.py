@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import logs
 from ..errors import (
     Forbidden,
     InvalidRequest,
@@ -42,6 +43,17 @@ _HTTP_CODES = {
 
 @web.middleware
 async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    # Log lines of this request (and of the tasks it starts) name the client (logs.py).
+    token = logs.bind(address=request.remote)
+    try:
+        return await _answer(request, handler)
+    finally:
+        logs.reset(token)
+
+
+async def _answer(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     drain = True  # the rest of an unread body is worth reading (keeps the connection)

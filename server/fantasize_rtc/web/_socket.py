@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .. import _json
+from .. import _json, logs
 from .._aiohttp_compat import FrameWebSocketResponse
 from ..errors import Forbidden, InvalidRequest, RateLimited, RtcError
 from ..protocol import CloseCode, LeaveReason, dumps, error_message
@@ -44,6 +44,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     rtc = request.app[RTC_KEY]
     _check_origin(request, rtc.config.cors_origins)
     room_id, peer_id = await rtc.authenticate(token_from_request(request))
+    logs.bind(room=room_id, peer=peer_id)  # this request's task only; the middleware resets it
     # No permessage-deflate, although every browser offers it: with it, each peer holds a zlib
     # context (RSS per idle peer 18 KB -> 99 KB, BENCHMARKS.md) and each relayed offer costs
     # ~60 us of compression, twice the rest of the relay. Signals are small; PeerJS (ws) agrees.
