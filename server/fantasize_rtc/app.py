@@ -17,10 +17,17 @@ __all__ = ["create_app"]
 
 
 def create_app(
-    rtc: RtcServer | None = None, config: RtcConfig | None = None, *, media: bool = True, static: bool = True
+    rtc: RtcServer | None = None,
+    config: RtcConfig | None = None,
+    *,
+    media: bool = True,
+    metrics: bool = True,
+    static: bool = True,
 ) -> web.Application:
-    """Signaling routes, WebSocket, long-poll, health, the demo page (``static``) and, with
-    ``media``, the server's own WebRTC peers (``/rtc/offer``, ``/whip``, recordings, ``@echo`` ...).
+    """Signaling routes, WebSocket, long-poll, health, the demo page (``static``), with ``media``
+    the server's own WebRTC peers (``/rtc/offer``, ``/whip``, recordings, ``@echo`` ...) and with
+    ``metrics`` Prometheus ``/metrics`` (admin key; ``metrics.start_metrics_server`` for a port of
+    its own).
 
     ``media=False`` never imports aiortc (as :func:`fantasize_rtc.web.create_app` alone)."""
     plugins: list[Plugin] = []
@@ -28,4 +35,8 @@ def create_app(
         from .media import setup_media
 
         plugins.append(setup_media)
+    if metrics:
+        from .metrics import setup_metrics
+
+        plugins.append(setup_metrics)  # after media: it reads the media manager when there is one
     return create_transport_app(rtc, config, plugins=plugins, static=static)

@@ -219,6 +219,11 @@ async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
     ssl_context = tls.context_for(config)
     app = create_app(config=config)
     runner, site, _limiter = await serving.start(app, args.host, args.port, config, ssl_context=ssl_context)
+    metrics_runner = None
+    if config.metrics_port:  # kept until the very end: a scraper sees the drain too
+        from .metrics import start_metrics_server
+
+        metrics_runner = await start_metrics_server(app, config.metrics_host, config.metrics_port)
     tune_gc()
     port = site.port
     scheme = "https" if ssl_context is not None else "http"
@@ -248,6 +253,8 @@ async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
         slow = loop.call_later(SLOW_SHUTDOWN_S, _log_waiting_tasks)
         try:
             await runner.cleanup()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
         finally:
             slow.cancel()
         log.info("stopped")

@@ -141,9 +141,9 @@ class MediaCounters:
     ``closed`` ``(mode, reason)`` to sessions ended (``protocol.SessionEnd``: ``ice_failed``,
     ``dtls_failed``, ``ice_timeout``, ``bye`` ...); ``setup`` is seconds from offer to connected;
     ``totals`` sums :data:`MEDIA_TOTALS` over the sessions that ended (the live ones are added
-    when they are read)."""
+    when they are read); ``recorded_bytes`` the sizes of the recordings saved."""
 
-    __slots__ = ("closed", "opened", "refused", "setup", "totals")
+    __slots__ = ("closed", "opened", "recorded_bytes", "refused", "setup", "totals")
 
     def __init__(self) -> None:
         self.opened: dict[str, int] = {}
@@ -151,6 +151,7 @@ class MediaCounters:
         self.closed: dict[tuple[str, str], int] = {}
         self.setup = Histogram(SETUP_BUCKETS)
         self.totals = dict.fromkeys(MEDIA_TOTALS, 0)
+        self.recorded_bytes = 0
 
     def ended(self, mode: str, reason: str, stats: dict[str, object]) -> None:
         key = (mode, reason)

@@ -91,6 +91,10 @@ class Hub:
         del self._channels[key]
         return current
 
+    def channel_kinds(self) -> list[str]:
+        """The kind (``ws``, ``poll``) of every live channel of this process."""
+        return [channel.kind for channel in self._channels.values()]
+
     def channel(self, room_id: str, peer_id: str) -> Channel | None:
         return self._channels.get((room_id, peer_id))
 

@@ -168,6 +168,14 @@ class Backend(abc.ABC):
     def health(self) -> dict[str, Any]:
         return {"backend": self.name, "ok": True}
 
+    #: Calls to the shared store that failed (unreachable, or refused by it); 0 in memory.
+    errors: int = 0
+
+    async def ping(self) -> float | None:
+        """Seconds one round trip to the shared store takes now; None without one (memory).
+        Raises what a call raises while the store is unreachable."""
+        return None
+
     @abc.abstractmethod
     async def create_room(
         self, room_id: str, max_peers: int, metadata: dict[str, Any], now: int, *, max_rooms: int

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
@@ -238,6 +239,7 @@ class RedisBackend(Backend):
         self._up = up
 
     def _set_down(self, exc: BaseException) -> None:
+        self.errors += 1
         if self._up:
             log.warning("redis unreachable at %s (process %s): %s", self._safe_url(), self.process_id, exc)
         self._up = False
@@ -262,8 +264,17 @@ class RedisBackend(Backend):
             self._set_down(exc)
             raise self._unavailable() from exc
         except RedisError as exc:  # Redis answered with an error (out of memory, ...): not our 500
+            self.errors += 1
             log.warning("redis refused a command (process %s): %s", self.process_id, exc)
             raise CapacityExceeded("The shared state store (Redis) refused the request.", retry_after=1) from exc
+
+    async def ping(self) -> float | None:
+        client = self._client
+        if client is None:
+            return None
+        started = time.perf_counter()
+        await self._guard(client.ping)
+        return time.perf_counter() - started
 
     async def _script(self, name: str, *args: Any) -> Any:
         """Run a script. Calls made in the same loop iteration share one pipelined round trip

@@ -21,6 +21,7 @@ from ..counters import MediaCounters
 from ..errors import CapacityExceeded, InvalidRequest, RateLimited, RtcError, SessionNotFound, Unauthorized
 from ..protocol import LeaveReason, SessionEnd, Via, error_message
 from ._aiortc_compat import host_addresses
+from .events import RECORDING_SAVED, RecordingSaved
 from .recordings import FORMATS, RecordingStore
 from .session import MediaSession, Mode, Notify, Owner, SessionOptions, new_session_id
 from .udp import PortRange, UdpMux, open_host_sockets
@@ -160,6 +161,10 @@ class MediaManager:
         self._closing = False
         #: Sessions opened, refused and ended, setup times, media totals (``/metrics``).
         self.counters = MediaCounters()
+        rtc.on(RECORDING_SAVED, self._count_recording)
+
+    def _count_recording(self, saved: RecordingSaved) -> None:
+        self.counters.recorded_bytes += saved.size
 
     async def begin(self) -> None:
         """Before serving: count what the recordings folder holds, and open the media UDP port (or
