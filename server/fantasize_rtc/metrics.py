@@ -26,9 +26,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from ._version import __version__
@@ -73,12 +73,14 @@ class Metrics:
         key = getattr(module, "MEDIA_KEY", None)
         return self.app.get(key) if key is not None else None
 
-    async def render(self) -> bytes:
-        """The text exposition: what needs an await (counts held by the backend) is read first."""
+    async def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition in the format the scraper accepts (Prometheus text, or OpenMetrics when
+        asked for) and its content type. What needs an await (the backend's counts) is read first."""
         rtc = self.rtc
         rooms, peers = await rtc.backend.counts()
         self._snapshot = {"rooms": rooms, "peers": peers, "queued_bytes": await rtc.backend.queued_bytes()}
-        return generate_latest(self.registry)
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
     # -- probes ------------------------------------------------------------------------------------
 
@@ -279,12 +281,12 @@ async def _metrics_route(request: web.Request) -> web.Response:
         raise Forbidden(
             "/metrics is off on this port: start the server with --admin-key, or --metrics-port for a scraper."
         )
-    return await _exposition(request.app[METRICS_KEY])
+    return await _exposition(request.app[METRICS_KEY], request)
 
 
-async def _exposition(metrics: Metrics) -> web.Response:
-    body = await metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+async def _exposition(metrics: Metrics, request: web.Request) -> web.Response:
+    body, content_type = await metrics.render(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def setup_metrics(app: web.Application) -> Metrics:
@@ -314,7 +316,7 @@ async def start_metrics_server(app: web.Application, host: str, port: int) -> we
     listener = web.Application()
 
     async def scrape(request: web.Request) -> web.Response:
-        return await _exposition(metrics)
+        return await _exposition(metrics, request)
 
     listener.router.add_get("/metrics", scrape)
     runner = web.AppRunner(listener, access_log=None)
