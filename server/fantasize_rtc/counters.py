@@ -85,15 +85,19 @@ class RelayCounters:
         self.disconnects: dict[str, int] = {}
 
     def relayed(self, kind: str, delivered: int, queued: int, dropped: int) -> None:
-        counts = self.signals.get(kind)  # a known type: one lookup
-        if counts is None:  # its first time, or a type counted as "other" (never a key of its own)
-            label = signal_type_label(kind)
-            counts = self.signals.get(label)
-            if counts is None:
-                counts = self.signals[label] = [0, 0, 0]
+        counts = self.signals.get(kind) or self.slot(kind)
         counts[0] += delivered
         counts[1] += queued
         counts[2] += dropped
+
+    def slot(self, kind: str) -> list[int]:
+        """The ``[delivered, queued, dropped]`` of ``kind``: its own (a known type, then found with
+        one lookup) or ``other``'s (never a key of its own: clients choose the types)."""
+        label = signal_type_label(kind)
+        counts = self.signals.get(label)
+        if counts is None:
+            counts = self.signals[label] = [0, 0, 0]
+        return counts
 
     @staticmethod
     def add(table: dict[str, int], key: str, n: int = 1) -> None:
