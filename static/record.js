@@ -6,6 +6,8 @@ import { openServerSession } from "./server-session.js";
 import { $, describeError, el, formatBytes, formatDuration, log, setStatus } from "./ui.js";
 
 const SAVE_TIMEOUT_MS = 20000;
+// The listing's recording states (docs/media.md, "Recordings"), as the duration column says them.
+const STATE_NOTE = Object.freeze({ recording: " (recording)", complete: "", incomplete: " (incomplete)" });
 
 export class RecordPanel {
   /**
@@ -135,7 +137,9 @@ export class RecordPanel {
     const known = new Set(this.recordings.map((r) => r.id));
     while (performance.now() < deadline) {
       await this.refresh();
-      const saved = this.recordings.find((r) => (sessionId && r.sessionId === sessionId) || (!sessionId && !known.has(r.id)));
+      // A recording is listed while it is written ("recording"); it is saved once it is not.
+      const saved = this.recordings.find((r) => r.state !== "recording"
+        && ((sessionId && r.sessionId === sessionId) || (!sessionId && !known.has(r.id))));
       if (saved) {
         setStatus($("record-status"), "connected",
           `Saved: ${formatDuration(saved.duration ?? seconds)}, ${formatBytes(saved.size)}. It is at the top of the list below.`);
@@ -190,7 +194,7 @@ export class RecordPanel {
       const label = created.toLocaleString();
       return el("tr", { "data-recording-id": rec.id },
         el("td", {}, el("time", { datetime: created.toISOString(), text: label })),
-        el("td", { text: formatDuration(rec.duration ?? rec.durationS) }),
+        el("td", { text: formatDuration(rec.duration ?? rec.durationS) + (STATE_NOTE[rec.state] ?? "") }),
         el("td", { text: formatBytes(rec.size) }),
         el("td", { text: (rec.codecs ?? []).join(", ") || "–" }),
         el("td", { class: "act" },

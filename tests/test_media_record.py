@@ -1,4 +1,5 @@
-"""Record mode: a real client streams audio+video; the file opens in PyAV with the right streams."""
+"""Record mode: a real client streams audio+video; the file opens in PyAV with the right streams.
+WebM takes the client's VP8 and Opus as they are (passthrough); MP4 needs them transcoded."""
 
 from __future__ import annotations
 
@@ -31,8 +32,16 @@ def streams_of(path: Path) -> tuple[dict[str, str], float]:
         return codecs, container.duration / 1_000_000
 
 
-@pytest.mark.parametrize(("fmt", "video", "audio"), [("webm", "vp8", "opus"), ("mp4", "h264", "aac")])
-async def test_record_writes_a_playable_file(client: TestClient, fmt: str, video: str, audio: str) -> None:  # type: ignore[type-arg]
+@pytest.mark.parametrize(
+    ("fmt", "video", "audio", "passthrough"), [("webm", "vp8", "opus", True), ("mp4", "h264", "aac", False)]
+)
+async def test_record_writes_a_playable_file(
+    client: TestClient,  # type: ignore[type-arg]
+    fmt: str,
+    video: str,
+    audio: str,
+    passthrough: bool,
+) -> None:
     manager = client.app[MEDIA_KEY]
     saved: list[Any] = []
     manager.rtc.on(RECORDING_SAVED, saved.append)
@@ -60,9 +69,11 @@ async def test_record_writes_a_playable_file(client: TestClient, fmt: str, video
     session_seconds = report["durationMs"] / 1000
     assert abs(duration - session_seconds) <= 0.2 * session_seconds, (duration, session_seconds, report)
     assert report["recording"]["saved"]["id"] == event.recording_id
+    assert report["recording"]["passthrough"] == {"audio": passthrough, "video": passthrough}
     listing = await (await client.get("/rtc/recordings", headers=ADMIN)).json()
     assert [r["id"] for r in listing["recordings"]] == [event.recording_id]
     entry = listing["recordings"][0]
     assert entry["size"] == file_size(path) and entry["sessionId"] == sid
+    assert entry["state"] == "complete" and entry["complete"] is True
     assert sorted(entry["codecs"]) == sorted([video, audio])
     assert entry["duration"] == pytest.approx(duration, abs=0.01)

@@ -14,8 +14,10 @@ what                               inside                              fallback
 :func:`backlog_skipper`                                                up when an encoder is slow)
 :func:`end_received_track`         ``RemoteStreamTrack._queue``        False: the reader must be cancelled
 :func:`sender_codec`               ``RTCRtpTransceiver._codecs``       None: passthrough echo is off
+:func:`received_codec`             ``RTCRtpTransceiver._codecs``       None: recordings transcode
 :func:`tap_decoder`                the receiver's decoder queue        False: passthrough echo is off (the
-                                                                       echo re-encodes instead)
+                                                                       echo re-encodes instead), recordings
+                                                                       transcode
 :func:`forward_keyframe_requests`  ``RTCRtpSender._send_keyframe``     False: the far end's keyframe requests
                                                                        are not forwarded
 :func:`keyframe_requests`          ``RTCRtpReceiver._send_rtcp_pli``   none: no keyframe is asked for
@@ -79,6 +81,7 @@ __all__ = [
     "host_addresses",
     "heard_from_peer",
     "keyframe_requests",
+    "received_codec",
     "selected_candidates",
     "sender_codec",
     "skip_backlog",
@@ -236,6 +239,14 @@ def sender_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None
     if not isinstance(codecs, list) or not codecs or not isinstance(codecs[0], RTCRtpCodecParameters):
         return None
     return codecs[0]
+
+
+def received_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None:
+    """The codec the peer sends on this transceiver: the first negotiated one (the answer lists
+    them in that order, and a sender sends with the first), as :func:`sender_codec` reads it.
+    Passthrough recording needs it before the first frame, to pick the container's stream. None
+    when it cannot be known (unchecked aiortc, nothing negotiated)."""
+    return sender_codec(transceiver)
 
 
 def tap_decoder(receiver: RTCRtpReceiver, out: asyncio.Queue[Any]) -> bool:

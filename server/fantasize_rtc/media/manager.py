@@ -102,7 +102,7 @@ def parse_options(body: dict[str, Any], max_session_seconds: float) -> SessionOp
         width=width - width % 2,
         height=height - height % 2,
         fps=int(_number(body, "fps", 30, 1, 30)),
-        passthrough=_bool(body, "passthrough", False),
+        passthrough=None if body.get("passthrough") is None else _bool(body, "passthrough", False),
     )
 
 
@@ -169,7 +169,7 @@ class MediaManager:
     async def begin(self) -> None:
         """Before serving: count what the recordings folder holds, and open the media UDP port (or
         ready the range) when the config names one, saying what is announced and must be open."""
-        self.store.load()
+        await self.store.load_async()  # off the loop: it scans files a dead process left unfinished
         ports = self.config.udp_ports
         if ports is None:
             return

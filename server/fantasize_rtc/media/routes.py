@@ -9,7 +9,12 @@ Who may do what (docs/media.md, "Who may see what"; docs/security.md):
 - an anonymous session (no token) is reachable by anyone who holds its unguessable ``sessionId``
   (its recording by its id, which contains the session id), and by the admin key. Under a JWT
   gate anonymous sessions are refused unless ``allow_anonymous_media``;
-- ``GET /rtc/recordings`` lists the caller's own recordings (a peer token) or all (admin key).
+- ``GET /rtc/recordings`` lists the caller's own recordings (a peer token) or all (admin key),
+  those being written too (``state: "recording"``, size and duration so far).
+
+A recording being written can be downloaded (what is written so far: a playable prefix, since
+its container is written in whole clusters or fragments) and deleted (its session ends first,
+reason ``deleted``).
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..errors import Forbidden, InvalidRequest, Unauthorized
+from ..errors import Conflict, Forbidden, InvalidRequest, RecordingNotFound, SessionNotFound, Unauthorized
 from ..protocol import SessionEnd, Via
 from ..web import RTC_KEY, is_admin, json_response, read_json, refuse_admin_key_in_url, token_from_request
 from .keys import MEDIA_KEY
 from .manager import parse_options
-from .recordings import FORMATS, RecordingInfo
+from .recordings import FORMATS, RecordingInfo, RecordingState
 from .session import Owner
 
 __all__ = ["Caller", "caller_of", "check_access", "routes"]
@@ -137,6 +142,8 @@ def _owner_of(info: RecordingInfo) -> Owner | None:
 
 @routes.get("/rtc/recordings/{recordingId}")
 async def download_recording(request: web.Request) -> web.StreamResponse:
+    """The file. While it is written: the bytes written when the request came (the length is
+    fixed then), which play up to the last whole cluster or fragment."""
     manager = request.app[MEDIA_KEY]
     info = manager.store.get(request.match_info["recordingId"])
     check_access(await caller_of(request), _owner_of(info), "recording")
@@ -152,7 +159,21 @@ async def download_recording(request: web.Request) -> web.StreamResponse:
 @routes.delete("/rtc/recordings/{recordingId}")
 async def delete_recording(request: web.Request) -> web.Response:
     manager = request.app[MEDIA_KEY]
-    info = manager.store.get(request.match_info["recordingId"])
+    store = manager.store
+    info = store.get(request.match_info["recordingId"])
     check_access(await caller_of(request), _owner_of(info), "recording")
-    manager.store.delete(info)
+    if info.state == RecordingState.RECORDING:
+        if store.live(info.id) is None:
+            raise Conflict("This recording is being written by another server process; end its session there.")
+        try:
+            _, session, _ = manager.get(info.session_id)
+        except SessionNotFound:
+            session = None
+        if session is not None:
+            await session.close(SessionEnd.DELETED)  # finalizes it (or removes it, if it holds nothing)
+        try:
+            info = store.get(info.id)
+        except RecordingNotFound:
+            return json_response({"deleted": True})
+    store.delete(info)
     return json_response({"deleted": True})

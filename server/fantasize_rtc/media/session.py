@@ -97,7 +97,9 @@ class SessionOptions:
     width: int = 640
     height: int = 480
     fps: int = 30
-    passthrough: bool = False
+    #: Pass encoded frames through without transcoding. None: the mode's default (echo: no;
+    #: record: yes, where the codecs allow).
+    passthrough: bool | None = None
 
 
 class Mode:

@@ -1,7 +1,8 @@
 """WHIP ingest (RFC 9725): ``POST /whip`` with an SDP offer -> ``201``, ``Location``, SDP answer.
 
 Records by default (``?mode=probe`` or ``?mode=echo`` also work; ``?format=mkv|mp4`` picks the
-container). ``DELETE`` on the ``Location`` ends the session. Auth is as for ``POST /rtc/offer``:
+container; ``?passthrough=false`` transcodes instead of writing the encoded frames as they came).
+``DELETE`` on the ``Location`` ends the session. Auth is as for ``POST /rtc/offer``:
 a peer token (``Authorization: Bearer``) makes that peer the owner; without one the session is
 anonymous and its ``Location`` is the capability. Trickle ICE (``PATCH``) is not supported:
 the server's answer carries all its candidates, so clients simply send a complete offer.
@@ -30,7 +31,7 @@ def _query_options(query: dict[str, str]) -> dict[str, object]:
     for key in ("format",):
         if key in query:
             out[key] = query[key]
-    for key in ("audio", "video"):
+    for key in ("audio", "video", "passthrough"):
         if key in query:
             value = query[key].lower()
             if value not in ("true", "false", "1", "0"):
