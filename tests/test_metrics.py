@@ -294,3 +294,40 @@ def _version() -> str:
     from fantasize_rtc import __version__
 
     return __version__
+
+
+async def test_the_overview_lists_rooms_peers_sessions_and_totals(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await aiohttp_client(create_app(config=RtcConfig(admin_key="k", recordings_dir=str(tmp_path))))
+    assert (await client.get("/rtc/overview")).status == 401
+    alice = await (await client.post("/rtc/connect", json={"roomId": "ops", "peerId": "alice"})).json()
+    await client.post("/rtc/connect", json={"roomId": "ops", "peerId": "bob"})
+    ws = await client.ws_connect(f"/rtc/ws?token={alice['token']}")
+    await ws.send_json({"type": "signal", "signal": {"type": "hello", "payload": 1, "to": "bob"}, "id": 1})
+    while (await ws.receive_json(timeout=5)).get("type") != "ack":
+        pass
+    async with client_peer() as peer:
+        peer.add_media(audio=False)
+        resp = await client.post(
+            "/rtc/offer",
+            json={"sdp": await peer.offer(), "type": "offer", "mode": "echo"},
+            headers={"Authorization": f"Bearer {alice['token']}"},
+        )
+        answer = await resp.json()
+        await peer.accept(answer["sdp"])
+        await peer.wait_frames("video", 5)
+        resp = await client.get("/rtc/overview", headers={"Authorization": "Bearer k"})
+        overview = await resp.json()
+    await ws.close()
+    assert overview["server"]["backend"] == "memory" and overview["server"]["draining"] is False
+    assert overview["rooms"]["total"] == 1 and overview["rooms"]["peers"] == 2
+    (room,) = overview["rooms"]["shown"]
+    transports = {p["peerId"]: p["transport"] for p in room["peers"]}
+    assert transports == {"alice": "ws", "bob": None, "@echo": None}, transports
+    (session,) = overview["sessions"]["shown"]
+    assert (session["sessionId"], session["mode"], session["state"]) == (answer["sessionId"], "echo", "connected")
+    assert session["verdict"].startswith("connected") and session["connectMs"] > 0 and session["bytesReceived"] > 0
+    counters = overview["counters"]
+    assert counters["signals"]["queued"] == 1 and counters["connects"] == {"ok": 2}  # bob has no channel
+    assert counters["mediaSessions"]["opened"] == 1 and counters["setup"]["count"] == 1
+    assert counters["websocketFrames"]["in"] == 1 and counters["relayLatency"]["count"] >= 1
+    assert overview["recordings"]["inProgress"] == []

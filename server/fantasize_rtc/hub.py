@@ -91,6 +91,10 @@ class Hub:
         del self._channels[key]
         return current
 
+    def channels(self) -> list[tuple[tuple[str, str], Channel]]:
+        """Every live channel of this process with its (room, peer)."""
+        return list(self._channels.items())
+
     def channel_kinds(self) -> list[str]:
         """The kind (``ws``, ``poll``) of every live channel of this process."""
         return [channel.kind for channel in self._channels.values()]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -33,9 +34,9 @@ from prometheus_client.registry import Collector
 
 from ._version import __version__
 from .counters import LATENCY_BUCKETS, MEDIA_TOTALS, Histogram, MediaCounters, TransportCounters
-from .errors import Forbidden, Unauthorized
-from .server import RtcServer
-from .web import COUNTERS_KEY, RTC_KEY, is_admin, refuse_admin_key_in_url
+from .errors import Forbidden, RtcError, Unauthorized
+from .server import RtcServer, wall_clock_ms
+from .web import COUNTERS_KEY, RTC_KEY, STARTED_KEY, is_admin, json_response, refuse_admin_key_in_url
 
 __all__ = ["METRICS_KEY", "Metrics", "setup_metrics", "start_metrics_server"]
 
@@ -105,6 +106,11 @@ class Metrics:
                     return  # no shared store (memory): nothing to probe
                 self.redis_roundtrip.observe(seconds)
             await asyncio.sleep(REDIS_PING_S)
+
+    async def overview(self) -> dict[str, Any]:
+        """Rooms with their peers, live media sessions, recordings in progress and running totals
+        (``GET /rtc/overview``): what an operator's page draws, refreshed every few seconds."""
+        return await _overview(self)
 
     # -- what a scrape shows ---------------------------------------------------------------------
 
@@ -267,6 +273,100 @@ def _media_families(manager: Any) -> Iterator[Metric]:
     yield _counter("recording_bytes", "Bytes of recordings saved.", counters.recorded_bytes)
 
 
+# -- the operator's overview -------------------------------------------------------------------------
+
+#: Rooms, sessions and recordings an overview lists at most (the totals count them all).
+OVERVIEW_LIMIT = 100
+
+
+async def _overview_route(request: web.Request) -> web.Response:
+    """``GET /rtc/overview`` (the admin key): what the demo page's Server panel shows."""
+    if not is_admin(request):
+        refuse_admin_key_in_url(request)
+        raise Unauthorized("The overview needs the admin key: send Authorization: Bearer <key>.")
+    return json_response(await request.app[METRICS_KEY].overview())
+
+
+def _histogram_wire(histogram: Histogram) -> dict[str, float]:
+    return {"count": histogram.count, "sum": histogram.sum}
+
+
+async def _overview(metrics: Metrics) -> dict[str, Any]:
+    rtc = metrics.rtc
+    rooms_total, peers_total = await rtc.backend.counts()
+    channels = {key: channel.kind for key, channel in rtc.hub.channels()}
+    rooms: list[dict[str, Any]] = []
+    for room_id in await rtc.backend.room_ids(OVERVIEW_LIMIT):
+        try:
+            snapshot = await rtc.backend.snapshot(room_id)
+        except RtcError:  # closed meanwhile
+            continue
+        room = snapshot.to_wire()
+        for peer in room["peers"]:
+            peer["transport"] = channels.get((room_id, peer["peerId"]))
+        rooms.append(room)
+    counters = rtc.counters
+    delivered = queued = dropped = 0
+    for d, q, x in counters.signals.values():
+        delivered, queued, dropped = delivered + d, queued + q, dropped + x
+    out: dict[str, Any] = {
+        "at": wall_clock_ms(),
+        "server": {
+            "version": __version__,
+            "backend": rtc.backend.name,
+            "uptimeMs": int((time.monotonic() - metrics.app[STARTED_KEY]) * 1000),
+            "draining": bool(getattr(rtc, "draining", False)),
+        },
+        "rooms": {"total": rooms_total, "peers": peers_total, "shown": rooms},
+        "counters": {
+            "signals": {
+                "delivered": delivered,
+                "queued": queued,
+                "dropped": dropped,
+                "refused": sum(counters.refused.values()),
+            },
+            "connects": dict(counters.connects),
+            "loopLag": _histogram_wire(metrics.loop_lag),
+        },
+        "sessions": {"total": 0, "shown": []},
+        "recordings": {"inProgress": []},
+    }
+    transport = metrics.app.get(COUNTERS_KEY)
+    if transport is not None:
+        out["counters"]["websocketFrames"] = {"in": transport.frames_in, "out": transport.frames_out}
+        out["counters"]["relayLatency"] = _histogram_wire(transport.relay_latency)
+    manager = metrics.media()
+    if manager is not None:
+        sessions = manager.sessions()
+        await asyncio.gather(*(session.refresh_stats() for session in sessions[:OVERVIEW_LIMIT]))  # bytes now
+        out["sessions"] = {
+            "total": len(sessions),
+            "shown": [_session_summary(session.report()) for session in sessions[:OVERVIEW_LIMIT]],
+        }
+        media: MediaCounters = manager.counters
+        out["counters"]["mediaSessions"] = {
+            "opened": sum(media.opened.values()),
+            "ended": sum(media.closed.values()),
+            "refused": sum(media.refused.values()),
+        }
+        out["counters"]["setup"] = _histogram_wire(media.setup)
+        listing = await asyncio.to_thread(manager.store.list)
+        out["recordings"]["inProgress"] = [
+            wire for wire in (info.to_wire() for info in listing) if wire.get("state") == "recording"
+        ][:OVERVIEW_LIMIT]
+    return out
+
+
+def _session_summary(report: dict[str, Any]) -> dict[str, Any]:
+    keep = ("sessionId", "mode", "via", "state", "roomId", "peerId", "durationMs", "verdict", "candidatePair")
+    summary = {key: report.get(key) for key in keep}
+    summary["connectMs"] = (report.get("timings") or {}).get("connectMs")
+    stats = report.get("stats") or {}
+    summary["bytesReceived"] = stats.get("bytesReceived", 0)
+    summary["bytesSent"] = stats.get("bytesSent", 0)
+    return summary
+
+
 # -- the plugin and the metrics listener ------------------------------------------------------------
 
 METRICS_KEY = web.AppKey("metrics", Metrics)
@@ -294,6 +394,7 @@ def setup_metrics(app: web.Application) -> Metrics:
     metrics = Metrics(app)
     app[METRICS_KEY] = metrics
     app.router.add_get("/metrics", _metrics_route)
+    app.router.add_get("/rtc/overview", _overview_route)
 
     async def probes(app: web.Application) -> AsyncIterator[None]:
         tasks = [

@@ -265,6 +265,11 @@ class Backend(abc.ABC):
     async def counts(self) -> tuple[int, int]:
         """(rooms, peers) held."""
 
+    async def room_ids(self, limit: int) -> list[str]:
+        """Up to ``limit`` room ids (all processes' on Redis), in no particular order: for an
+        operator's overview, not for the rules."""
+        return []
+
     @abc.abstractmethod
     async def queued_bytes(self) -> int:
         """Bytes waiting in outboxes (this process's; on Redis, all processes')."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -247,6 +248,9 @@ class MemoryBackend(Backend):
 
     async def counts(self) -> tuple[int, int]:
         return len(self._rooms), self._peer_count
+
+    async def room_ids(self, limit: int) -> list[str]:
+        return list(itertools.islice(self._rooms, limit))
 
     async def queued_bytes(self) -> int:
         return self._queued_bytes

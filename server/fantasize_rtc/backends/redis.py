@@ -888,6 +888,21 @@ class RedisBackend(Backend):
             return 0
         return max(0, int(value or 0))
 
+    async def room_ids(self, limit: int) -> list[str]:
+        client = self._client
+        if client is None or not self._up:
+            return []
+
+        async def scan() -> list[str]:
+            found: list[str] = []
+            async for member in client.sscan_iter(f"{self.prefix}rooms", count=min(limit, 1000)):
+                found.append(member.decode() if isinstance(member, bytes) else str(member))
+                if len(found) >= limit:
+                    break
+            return found
+
+        return await self._guard(scan)
+
     async def counts(self) -> tuple[int, int]:
         """(rooms, peers) across all processes; the last known values while Redis is unreachable,
         so ``/healthz`` can still answer (its ``backend`` part says Redis is down)."""
