@@ -1,4 +1,4 @@
-"""``python -m bench [signaling|media|redis|all] [options]``: run the benchmarks (default: signaling).
+"""``python -m bench [signaling|media|record|redis|all] [options]``: run the benchmarks (default: signaling).
 
 Each benchmark module is imported only when it runs, so one with missing extras cannot break
 the others. Options after the name go to that benchmark (``python -m bench signaling --help``).
@@ -9,7 +9,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = {"signaling": "bench.signaling", "media": "bench.media", "redis": "bench.redis_scale"}
+BENCHES = {
+    "signaling": "bench.signaling",
+    "media": "bench.media",
+    "record": "bench.record",
+    "redis": "bench.redis_scale",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
