@@ -32,7 +32,7 @@ from fantasize_rtc.media import recordings as recordings_module
 from fantasize_rtc.media.recordings import RecordingInfo, RecordingStore
 from tests.helpers import free_port, wait_for
 from tests.media_helpers import client_peer, http_offer
-from tests.test_record_passthrough import decode_all
+from tests.test_record_passthrough import decode_all, prefer_video_codec
 
 SECRET = "a-shared-secret-long-enough-for-hs256"
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -198,6 +198,41 @@ async def test_sigkill_mid_recording_leaves_a_playable_file_listed_as_incomplete
             await server.stop()
     log = (tmp_path / "server.log").read_text()
     assert "was interrupted" in log and "listed as incomplete" in log
+
+
+@pytest.mark.parametrize("h264", [False, True], ids=["transcoded", "h264-passthrough"])
+async def test_a_fragmented_mp4_plays_up_to_about_a_second_before_any_moment(
+    client: TestClient,  # type: ignore[type-arg]
+    tmp_path: Path,
+    h264: bool,
+) -> None:
+    """What a kill would leave is what the file holds at that moment: downloaded mid-recording
+    (the bytes written when the request came), it decodes and holds all but about the last
+    fragment; the scan that a restart runs finds the same."""
+    async with client_peer() as peer:
+        peer.add_media()
+        if h264:
+            prefer_video_codec(peer, "video/H264")
+        body = await http_offer(client, peer, "record", format="mp4")
+
+        async def grown() -> dict[str, Any] | None:
+            listing = (await (await client.get("/rtc/recordings", headers=ADMIN)).json())["recordings"]
+            mine = [r for r in listing if r["sessionId"] == body["sessionId"]]
+            return mine[0] if mine and mine[0]["duration"] >= 3.0 else None
+
+        live = await wait_for(grown, 30, interval=0.1, message="3 s recorded")
+        resp = await client.get(live["url"], headers=ADMIN)
+        assert resp.status == 200 and resp.headers["Content-Type"] == "video/mp4"
+        cut = tmp_path / "cut.mp4"
+        cut.write_bytes(await resp.read())
+        report = await (await client.get(f"/rtc/sessions/{body['sessionId']}")).json()
+        assert report["recording"]["passthrough"] == {"audio": False, "video": h264}
+    result = await asyncio.to_thread(decode_all, cut)
+    assert result["codecs"] == {"audio": "aac", "video": "h264"}
+    assert result["first_video_keyframe"] and result["monotonic"]
+    seconds, _, packets = recordings_module.probe_media(cut, scan=True)
+    assert live["duration"] - 2.0 <= seconds <= live["duration"] + 0.5, (seconds, live)
+    assert result["frames"]["video"] >= 25 * (seconds - 1.0) and packets > 0
 
 
 # -- recovery at startup, in process ---------------------------------------------------------------
