@@ -47,6 +47,7 @@ export const CloseCode = Object.freeze({
   POLICY_VIOLATION: 1008,
   MESSAGE_TOO_BIG: 1009,
   INTERNAL_ERROR: 1011,
+  SERVICE_RESTART: 1012,
   REMOVED: 4000,
   REPLACED: 4001,
   TOO_SLOW: 4002,
@@ -485,7 +486,14 @@ export class RtcClient extends Emitter {
       this._setState("failed", { error: new RtcError("network_error", "Lost the connection to the server.") });
       return;
     }
-    this._reconnect(code === CloseCode.GOING_AWAY ? "The server is shutting down or restarting." : "Lost the connection to the server.");
+    // 1012: the server is draining (a restart or a deploy) and asked us to connect again; with the
+    // same token, so the membership is kept (another process behind a load balancer takes it).
+    const why = code === CloseCode.SERVICE_RESTART
+      ? "The server is restarting; connecting again."
+      : code === CloseCode.GOING_AWAY
+        ? "The server is shutting down or restarting."
+        : "Lost the connection to the server.";
+    this._reconnect(why);
   }
 
   async _reconnect(why) {

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import faulthandler
 import gc
 import importlib
 import io
@@ -22,6 +24,8 @@ import os
 import signal
 import ssl
 import sys
+import threading
+import time
 import typing
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -208,9 +212,14 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, second, third)
 
 
-async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
+async def serve(args: argparse.Namespace, config: RtcConfig, stopping: _Stopping | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and stop within ``--drain-seconds``
+    (docs/operations.md, "Drain and restart"); ``stopping`` keeps the hard deadline of that."""
     from . import serving, tls
     from .app import create_app
+    from .web import DRAIN_KEY
+
+    stopping = stopping or _Stopping()
 
     raised = serving.raise_fd_limit()
     if raised is not None:
@@ -218,7 +227,11 @@ async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
     # Before the app: a certificate that does not load stops the start with one line, nothing opened.
     ssl_context = tls.context_for(config)
     app = create_app(config=config)
-    runner, site, _limiter = await serving.start(app, args.host, args.port, config, ssl_context=ssl_context)
+    # Requests still running after the drain get part of the cleanup's share of the budget.
+    shutdown_timeout = max(0.1, serving.cleanup_reserve(config.drain_seconds) / 2)
+    runner, site, _limiter = await serving.start(
+        app, args.host, args.port, config, ssl_context=ssl_context, shutdown_timeout=shutdown_timeout
+    )
     metrics_runner = None
     if config.metrics_port:  # kept until the very end: a scraper sees the drain too
         from .metrics import start_metrics_server
@@ -238,26 +251,39 @@ async def serve(args: argparse.Namespace, config: RtcConfig) -> None:
         log.info("ICE servers: none configured (host candidates only; fine on one machine or LAN)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    budget = config.drain_seconds
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            _hard_exit(f"{sig.name} again while draining: exiting now, without finishing the drain")
+        app[DRAIN_KEY].begin()  # /healthz answers 503 draining from this very moment
+        stopping.arm(budget)
+        stop.set()
+        log.info("%s: draining, then stopping, within %g s (--drain-seconds)", sig.name, budget)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     hangup = getattr(signal, "SIGHUP", None)  # not on Windows
     if hangup is not None:
         loop.add_signal_handler(hangup, _reload_certificate, ssl_context, config)
     try:
         await stop.wait()
-        log.info("shutting down: closing sessions and sockets")
     finally:
         if hangup is not None:
             loop.remove_signal_handler(hangup)
-        # Shutdown waits up to 5 s for requests; past that, say what it still waits for.
-        slow = loop.call_later(SLOW_SHUTDOWN_S, _log_waiting_tasks)
+        started = time.monotonic()
+        stopping.arm(budget)  # (already armed by a signal)
+        # Near the end of the budget, say what the shutdown still waits for.
+        slow = loop.call_later(budget * SLOW_SHUTDOWN_SHARE, _log_waiting_tasks)
         try:
-            await runner.cleanup()
-            if metrics_runner is not None:
-                await metrics_runner.cleanup()
+            _report, stopping.complete = await serving.stop(runner, budget)
+            if metrics_runner is not None:  # kept until now: a scraper sees the drain too
+                left = max(0.1, started + budget - time.monotonic())
+                done, _ = await asyncio.wait([asyncio.ensure_future(metrics_runner.cleanup())], timeout=left)
+                stopping.complete = stopping.complete and bool(done)
         finally:
             slow.cancel()
-        log.info("stopped")
+        log.info("stopped %.2f s after the signal", time.monotonic() - started)
 
 
 def _reload_certificate(context: ssl.SSLContext | None, config: RtcConfig) -> None:
@@ -288,8 +314,42 @@ def _log_lan_urls(
         log.info("from a phone on this network: %s", " or ".join(urls))
 
 
-#: Seconds after which a shutdown still in progress logs the tasks it waits for.
-SLOW_SHUTDOWN_S = 8.0
+#: The share of ``--drain-seconds`` after which a shutdown still in progress logs the tasks it
+#: waits for (at the whole of it, the process exits anyway: :class:`_Stopping`).
+SLOW_SHUTDOWN_SHARE = 0.8
+
+
+class _Stopping:
+    """The hard deadline of a shutdown: once armed, a timer thread ends the process when the
+    deadline passes, whatever the event loop does (a task that ignores cancellation, a blocked
+    loop, interpreter teardown waiting for a thread). ``complete`` is False when the graceful path
+    was cut short (exit status 1)."""
+
+    def __init__(self) -> None:
+        self.complete = True
+        self._timer: threading.Timer | None = None
+
+    def arm(self, seconds: float) -> None:
+        if self._timer is None:
+            message = f"shutdown did not finish within {seconds:g} s (--drain-seconds): exiting now"
+            self._timer = threading.Timer(seconds, _hard_exit, (message,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _hard_exit(reason: str) -> None:
+    """Exit now (status 1), after saying why and where every thread is."""
+    log.error("%s", reason)
+    with contextlib.suppress(Exception):
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(1)
 
 
 def _log_waiting_tasks() -> None:
@@ -357,12 +417,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop_factory = _loop_factory(args.event_loop)
         except ValueError as exc:
             parser.error(str(exc))
+        stopping = _Stopping()
         try:
-            _run(serve(args, config), loop_factory)
+            _run(serve(args, config, stopping), loop_factory)
         except OSError as exc:
             log.error("could not start: %s", exc)
             return 1
-        return 0
+        finally:
+            stopping.disarm()
+        return 0 if stopping.complete else 1
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

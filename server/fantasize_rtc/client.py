@@ -45,6 +45,10 @@ Transport = Literal["auto", "ws", "poll"]
 
 _CLOSE_DONE = object()  # sentinel put on the queue when the stream ends normally
 
+#: Seconds (at most; half of it at least, with jitter) before the socket is opened again after the
+#: server asked for it (close code 1012, a restart): soon, but its peers not all at once.
+RESTART_RECONNECT_S = 0.3
+
 
 class ServerError(RtcError):
     """An error whose code this client does not know (a newer server, or a proxy's error page)."""
@@ -207,6 +211,11 @@ class RtcClient:
         self.channel: str | None = None
         #: Why the message stream ended, once it has: "left", "replaced", "timeout", "closed" ...
         self.closed_reason: str | None = None
+        #: The close code of the last WebSocket the server closed (``protocol.CloseCode``), e.g.
+        #: 1012 when the server restarted and asked the client to connect again.
+        self.last_close_code: int | None = None
+        #: How often the message stream was opened again after the server ended it.
+        self.reconnects = 0
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -585,15 +594,27 @@ class RtcClient:
                         self.closed_reason = ended
                         await queue.put(_CLOSE_DONE)
                         return
-                    # The server closed a working socket (restart, going away): come back soon,
-                    # but a socket that keeps closing at once must not become a tight loop.
+                    self.reconnects += 1
                     lived = time.monotonic() - opened
-                    backoff = 0.2 if lived > 10 else min(max(backoff * 2, 0.2), self.max_backoff)
+                    if mode == "ws" and self.last_close_code == CloseCode.SERVICE_RESTART:
+                        # The server is draining: connect again at once (the jitter spreads its
+                        # peers), with the same token; behind a load balancer, another process
+                        # takes the socket and the membership is kept.
+                        backoff = RESTART_RECONNECT_S
+                    else:
+                        # The server closed a working socket (going away, network trouble): come
+                        # back soon, but a socket that keeps closing at once must not become a
+                        # tight loop.
+                        backoff = 0.2 if lived > 10 else min(max(backoff * 2, 0.2), self.max_backoff)
                 except aiohttp.WSServerHandshakeError as exc:
                     if exc.status == 401:
                         raise Unauthorized("The server no longer accepts this peer's token.") from exc
                     if exc.status == 429 or exc.status >= 500:  # busy or restarting: try the socket again
-                        backoff = min(max(backoff * 2, 1.0), self.max_backoff)
+                        retry_after = exc.headers.get("Retry-After") if exc.headers else None
+                        if retry_after is not None:  # 503 draining says 1 s: another process soon
+                            backoff = min(max(_int_or(retry_after, 1), 0.2), self.max_backoff)
+                        else:
+                            backoff = min(max(backoff * 2, 1.0), self.max_backoff)
                         log.info(
                             "%s: WebSocket refused (HTTP %s); retrying in about %.1f s", where, exc.status, backoff
                         )
@@ -646,6 +667,7 @@ class RtcClient:
                     if not future.done():
                         future.set_exception(ConnectionLost("The WebSocket closed before the signal was acknowledged."))
             code = ws.close_code
+        self.last_close_code = code
         log.info("%s: WebSocket closed by the server (code %s)", where, code)
         if self._closing:
             return "closed"

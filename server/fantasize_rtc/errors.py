@@ -22,6 +22,7 @@
     ├── UnsupportedMediaType    415 unsupported_media_type
     ├── RateLimited             429 rate_limited
     └── CapacityExceeded        503 capacity_exceeded (retry_after seconds)
+        └── Draining            503 draining (the process is shutting down: try again, elsewhere)
 
 Transports map an error to ``{"error": {"code", "message"}}`` with its status (HTTP)
 or to an ``{"type": "error"}`` frame (WebSocket). This module imports only the standard library.
@@ -34,6 +35,7 @@ from typing import Any, ClassVar
 __all__ = [
     "CapacityExceeded",
     "Conflict",
+    "Draining",
     "Forbidden",
     "InvalidJson",
     "InvalidRequest",
@@ -193,3 +195,14 @@ class CapacityExceeded(RtcError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class Draining(CapacityExceeded):
+    """The process is draining (SIGTERM): it takes no new connects, sockets or media sessions.
+    Another process behind the same load balancer does; or this server once it is back."""
+
+    code = "draining"
+    default_message = "This server is restarting; connect again (another server takes over)."
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 1, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)

@@ -144,11 +144,14 @@ class Hub:
     def server_peer(self, peer_id: str) -> ServerPeerHandler | None:
         return self._server_peers.get(peer_id)
 
-    async def close_all(self, code: int, reason: str) -> None:
-        channels = list(self._channels.values())
-        self._channels.clear()
+    async def close_all(self, code: int, reason: str, *, kind: str | None = None) -> int:
+        """Detach and close every live channel (of ``kind`` only, e.g. ``"poll"``, when given);
+        returns how many."""
+        keys = [key for key, channel in self._channels.items() if kind is None or channel.kind == kind]
+        channels = [self._channels.pop(key) for key in keys]
         for channel in channels:
             try:
                 await channel.close(code, reason)
             except Exception:  # closing is best effort at shutdown
                 log.debug("closing a channel failed", exc_info=True)
+        return len(channels)

@@ -63,6 +63,9 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     #: A server bug while handling a frame (after an ``internal_error`` frame).
     INTERNAL_ERROR = 1011
+    #: The server is restarting (draining): connect the socket again, with the same token; behind a
+    #: load balancer another process takes it.
+    SERVICE_RESTART = 1012
     #: The peer was removed: reaped for silence, or it left through another process.
     REMOVED = 4000
     #: A newer connection of the same peer took over.

@@ -36,6 +36,7 @@ from .backends import Backend, DeliveryReport, Envelope, LeaveOutcome, OutboxLim
 from .config import IceServer, RtcConfig
 from .counters import RelayCounters
 from .errors import (
+    Draining,
     Forbidden,
     InvalidRequest,
     PayloadTooLarge,
@@ -72,6 +73,8 @@ Handler = Callable[[Any], Any]
 H = TypeVar("H", bound=Handler)
 Clock = Callable[[], int]
 _RESULTS_KEPT = 4096
+#: Seconds :meth:`RtcServer.close` waits for cancelled event handler tasks.
+CLOSE_TASKS_S = 1.0
 
 
 def wall_clock_ms() -> int:
@@ -178,6 +181,7 @@ class RtcServer:
         self._rooms_checked: dict[str, float] = {}
         self._started = False
         self._closed = False
+        self._draining = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -189,8 +193,24 @@ class RtcServer:
         self._reaper = asyncio.create_task(self._reap_forever(), name="fantasize-rtc-reaper")
         log.info("rtc server started (backend=%s, peer timeout %d ms)", self.backend.name, self.config.peer_timeout_ms)
 
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`begin_drain` was called: the process is on its way out."""
+        return self._draining
+
+    def begin_drain(self) -> None:
+        """Take no new peers from now on: ``connect_peer`` raises :class:`~.errors.Draining`
+        (503, ``Retry-After``), so clients go to another process. Peers already here keep working
+        (relay, heartbeat, disconnect) until the process stops. Synchronous and safe to call twice."""
+        if not self._draining:
+            self._draining = True
+            log.info("draining: new connects are refused (503 draining)")
+
     async def close(self) -> None:
-        """Stop the reaper, close live channels, wait for handler tasks. Safe to call twice."""
+        """Stop the reaper, close live channels, wait for handler tasks. Safe to call twice.
+
+        Handler tasks get :data:`CLOSE_TASKS_S` to end once cancelled; one that does not is logged
+        and left behind, so a handler that ignores cancellation cannot hold the shutdown."""
         if self._closed:
             return
         self._closed = True
@@ -200,7 +220,10 @@ class RtcServer:
         await self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(list(self._tasks), timeout=CLOSE_TASKS_S)
+            for task in stuck:
+                log.warning("event handler task %r did not end within %.0f s of cancel", task.get_name(), CLOSE_TASKS_S)
         await self.backend.close()
         log.info("rtc server closed")
 
@@ -344,6 +367,8 @@ class RtcServer:
         auth_token: str | None,
         address: str | None,
     ) -> Connect:
+        if self._draining:
+            raise Draining()
         room_id = validate_id(room_id, "roomId")
         if peer_id is not None:
             peer_id = validate_id(peer_id, "peerId")

@@ -1,11 +1,11 @@
 """Serving the app on a port, guarded against slow and greedy clients (docs/security.md).
 
-``fantasize-rtc serve`` runs :func:`start`; an embedder running :func:`fantasize_rtc.create_app`
-with its own aiohttp runner can call it too::
+``fantasize-rtc serve`` runs :func:`start`, and :func:`stop` on SIGTERM; an embedder running
+:func:`fantasize_rtc.create_app` with its own aiohttp runner can call them too::
 
-    runner, site = await serving.start(app, "0.0.0.0", 8080, config)
+    runner, site, limiter = await serving.start(app, "0.0.0.0", 8080, config)
     ...
-    await runner.cleanup()
+    await serving.stop(runner, config.drain_seconds)  # drain (web._drain), then runner.cleanup()
 
 What it adds to a plain ``aiohttp.web.AppRunner`` + ``TCPSite``:
 
@@ -25,6 +25,7 @@ What it adds to a plain ``aiohttp.web.AppRunner`` + ``TCPSite``:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import ssl
@@ -36,8 +37,9 @@ from aiohttp import web
 
 from ._aiohttp_compat import GUARDED_SERVER, GuardedSite
 from .config import RtcConfig
+from .web import DrainReport, drain
 
-__all__ = ["ConnectionLimiter", "raise_fd_limit", "start"]
+__all__ = ["ConnectionLimiter", "cleanup_reserve", "raise_fd_limit", "start", "stop"]
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +197,30 @@ async def start(
         await runner.cleanup()
         raise
     return runner, site, limiter
+
+
+#: Of a stop's budget, the part kept for ``runner.cleanup()`` at most (the drain gets the rest).
+CLEANUP_RESERVE_S = 2.0
+
+
+def cleanup_reserve(seconds: float) -> float:
+    """The part of a ``seconds`` budget :func:`stop` keeps for cleanup after the drain."""
+    return min(CLEANUP_RESERVE_S, seconds / 4)
+
+
+async def stop(runner: web.AppRunner, seconds: float) -> tuple[DrainReport, bool]:
+    """Drain the app (:func:`fantasize_rtc.web.drain`: ``503 draining``, WebSockets asked to
+    reconnect, media sessions closed and recordings finished), then ``runner.cleanup()``, all
+    within ``seconds``. Returns the drain's report and whether cleanup finished in time; if it did
+    not, it still runs (the caller's event loop cancels it when it ends)."""
+    deadline = time.monotonic() + seconds
+    app = runner.app
+    assert isinstance(app, web.Application)
+    report = await drain(app, seconds - cleanup_reserve(seconds))
+    cleanup = asyncio.ensure_future(runner.cleanup())
+    done, _ = await asyncio.wait([cleanup], timeout=max(0.0, deadline - time.monotonic()))
+    if not done:
+        log.warning("shutdown: cleanup still runs at the end of its %.1f s budget; stopping anyway", seconds)
+        return report, False
+    cleanup.result()  # its error, if it failed, is the caller's
+    return report, True

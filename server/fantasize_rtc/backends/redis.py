@@ -26,7 +26,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -74,6 +74,42 @@ class _FastPackConnection(aioredis.Connection):
 
 
 _Outgoing = tuple[str, str, int, list[str], str, Callable[[list[int] | BaseException], None]]
+
+
+#: Seconds each step of :meth:`RedisBackend.close` after the queued messages may take.
+CLOSE_STEP_S = 1.0
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set or ``timeout`` passes; a cancel always gets through.
+
+    Not ``asyncio.wait_for(event.wait(), timeout)``: before Python 3.12, ``wait_for`` returns
+    normally when its task is cancelled in the loop pass in which the event is set, and the cancel
+    is lost. That lost cancel kept the refresher looping, and so :meth:`RedisBackend.close` and the
+    whole process waiting, forever, when the shutdown came right after one of the listener's
+    wake-ups, which come every backoff while Redis is down (the shutdown hang seen in CI)."""
+    handle = asyncio.get_running_loop().call_later(timeout, event.set)
+    try:
+        await event.wait()
+    finally:
+        handle.cancel()
+
+
+async def _end_within(tasks: Sequence[asyncio.Future[Any]], seconds: float, what: str) -> None:
+    """Let ``tasks`` finish within ``seconds``, cancel those that do not and give them one more
+    :data:`CLOSE_STEP_S`; one that still runs (it ignores cancellation) is logged and left."""
+    pending = {t for t in tasks if not t.done()}
+    if pending and seconds > 0:
+        _, pending = await asyncio.wait(pending, timeout=seconds)
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=CLOSE_STEP_S)
+    for task in pending:
+        log.warning("redis backend close: a %s (%r) did not end when cancelled; leaving it", what, task)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.debug("redis backend close: a %s failed", what, exc_info=task.exception())
 
 
 def _call_safely(then: Callable[[Any], None], value: Any) -> None:
@@ -199,28 +235,36 @@ class RedisBackend(Backend):
         )
 
     async def close(self) -> None:
+        """Stop listening, send what is queued for other processes, leave cleanly, disconnect.
+
+        Bounded whatever Redis does (gone, restarting, hung): each step gets a few seconds at most
+        (queued messages: the socket timeout; the rest: :data:`CLOSE_STEP_S`), then what still
+        runs is cancelled and, if even that does not end it, logged and left behind."""
         if self._closed:
             return
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._sender is not None:
-            await asyncio.gather(self._sender, return_exceptions=True)
-        if self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+        await _end_within(self._tasks, 0, "background task")
+        # Messages accepted for other processes go out if Redis takes them in time.
+        queued = [t for t in (self._sender, *self._flushes) if t is not None]
+        await _end_within(queued, self._socket_timeout, "delivery batch")
         client = self._client
         if client is not None:
             if self._up:
                 # Leave cleanly: others stop routing here at once instead of after the TTL.
-                with contextlib.suppress(RedisError, OSError):
-                    releases = [part for key in self._local for part in key]
-                    await self._script("CLAIM", self.process_id, "", "check", len(self._local), *releases)
-                    await client.delete(f"{self.prefix}proc:{self.process_id}")
-            await client.aclose(close_connection_pool=True)
+                await _end_within([asyncio.ensure_future(self._leave(client))], CLOSE_STEP_S, "leaving")
+            closing = asyncio.ensure_future(client.aclose(close_connection_pool=True))
+            await _end_within([closing], CLOSE_STEP_S, "disconnecting")
         self._local.clear()
         self._pending.clear()
         log.info("redis backend closed: process %s", self.process_id)
+
+    async def _leave(self, client: aioredis.Redis) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            releases = [part for key in self._local for part in key]
+            await self._script("CLAIM", self.process_id, "", "check", len(self._local), *releases)
+            await client.delete(f"{self.prefix}proc:{self.process_id}")
 
     def health(self) -> dict[str, Any]:
         return {
@@ -343,8 +387,7 @@ class RedisBackend(Backend):
         while True:
             timeout = self._refresh_interval if self._up else backoff
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await _wait_event(self._wake, timeout)
             try:
                 await self._refresh()
                 self._set_up(True)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ..web import RTC_KEY
+from ..web import DRAIN_KEY, RTC_KEY
 from .events import MEDIA_CLOSED, MEDIA_CONNECTED, RECORDING_SAVED, MediaClosed, MediaConnected, RecordingSaved
 from .keys import MEDIA_KEY
 from .manager import MODES, SERVER_PEERS, MediaManager
@@ -52,6 +52,9 @@ def setup_media(app: web.Application) -> MediaManager:
     app.add_routes(whip_routes)
     for peer_id in SERVER_PEERS:
         rtc.register_server_peer(peer_id, manager.on_server_peer_message)
+    # On SIGTERM (web._drain): bye to the owners of signaled sessions, then every session closed.
+    app[DRAIN_KEY].notify.append(manager.say_bye)
+    app[DRAIN_KEY].finish.append(manager.finish)
 
     async def media_lifecycle(app: web.Application) -> AsyncIterator[None]:
         await manager.begin()

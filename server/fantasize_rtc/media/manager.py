@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -18,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 from aiortc.sdp import SessionDescription
 
 from ..counters import MediaCounters
-from ..errors import CapacityExceeded, InvalidRequest, RateLimited, RtcError, SessionNotFound, Unauthorized
+from ..errors import (
+    CapacityExceeded,
+    Draining,
+    InvalidRequest,
+    RateLimited,
+    RtcError,
+    SessionNotFound,
+    Unauthorized,
+)
 from ..protocol import LeaveReason, SessionEnd, Via, error_message
 from ._aiortc_compat import host_addresses
 from .events import RECORDING_SAVED, RecordingSaved
@@ -301,8 +310,8 @@ class MediaManager:
         if factory is None:
             raise InvalidRequest(f"mode must be one of {', '.join(MODES)}.")
         check_offer_sdp(sdp, config.max_signal_bytes)
-        if self._closing:
-            raise CapacityExceeded("The server is shutting down; try another one.", retry_after=5)
+        if self._closing or self.rtc.draining:
+            raise Draining("The server is restarting; send the offer again (another server takes it).")
         limit = config.max_media_sessions
         if len(self._sessions) >= limit:
             log.warning("media session refused: all %d sessions in use", limit)
@@ -522,6 +531,45 @@ class MediaManager:
         )
 
     # -- shutdown --------------------------------------------------------------------------------
+
+    async def say_bye(self, deadline: float) -> dict[str, int]:
+        """The drain's first step (``web._drain``, ``notify``): take no new sessions, and tell the
+        owner of each session made through signaling, while its socket is still open: its server
+        peer sends ``bye`` (payload ``{reason: "shutdown", sessionId}``). Sessions of ``POST
+        /rtc/offer`` and WHIP have no signaling channel: their peer connection closing, next, is
+        what their clients see."""
+        self._closing = True
+        sessions = [s for s in self._sessions.values() if s.via == Via.SIGNALING and s.owner and not s.closed]
+        if not sessions:
+            return {}
+        sent = await asyncio.gather(*(self._bye(s) for s in sessions))
+        return {"byes sent": sum(sent)}
+
+    async def _bye(self, session: MediaSession) -> bool:
+        owner = session.owner
+        assert owner is not None
+        bye = {"type": "bye", "payload": {"reason": SessionEnd.SHUTDOWN, "sessionId": session.id}}
+        try:
+            return await self.rtc.signal_from_server_peer(owner.room_id, session.server_peer_id, owner.peer_id, bye)
+        except Exception as exc:  # the backend may be down: the session still closes
+            log.info("%s: no bye sent for shutdown (%s)", session.label, exc)
+            return False
+
+    async def finish(self, deadline: float) -> dict[str, int]:
+        """The drain's second step (``finish``): close every session for ``shutdown``, finishing
+        recordings into playable files, and wait for that until ``deadline`` (``time.monotonic()``).
+        The closes run as the manager's tasks: past the deadline they go on, and :meth:`close`
+        (at cleanup) waits for them."""
+        self._closing = True
+        sessions = list(self._sessions.values())
+        if not sessions:
+            return {}
+        log.info("closing %d media sessions for shutdown", len(sessions))
+        tasks = [self.spawn(s.close(SessionEnd.SHUTDOWN)) for s in sessions]
+        await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+        closed = [s for s in sessions if s.closed]
+        recordings = [s for s in closed if s.report().get("recording", {}).get("saved")]
+        return {"media sessions closed": len(closed), "recordings finished": len(recordings)}
 
     async def close(self) -> None:
         """Close every session (finalizing recordings), then wait for the manager's tasks."""

@@ -9,7 +9,8 @@ mount it as a sub-app or serve it (:mod:`fantasize_rtc.serving`). Errors become
 - ``_middleware``: errors to JSON, unread bodies, CORS;
 - ``_routes``: the HTTP routes; ``_socket``: ``GET /rtc/ws`` and its frames;
 - ``_channel``: a WebSocket as a hub channel (batched writes);
-- ``_app``: ``create_app`` and its plugins.
+- ``_app``: ``create_app`` and its plugins;
+- ``_drain``: what the app does between SIGTERM and its exit (``drain(app, seconds)``).
 
 This package never imports the media layer; :func:`fantasize_rtc.create_app` plugs it in.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from ._app import Plugin, create_app
 from ._channel import WebSocketChannel
+from ._drain import DRAIN_KEY, Drain, DrainReport, DrainStep, drain
 from ._requests import (
     ADMIN_KEY,
     COUNTERS_KEY,
@@ -35,11 +37,16 @@ from ._requests import (
 __all__ = [
     "ADMIN_KEY",
     "COUNTERS_KEY",
+    "DRAIN_KEY",
     "RTC_KEY",
     "STARTED_KEY",
+    "Drain",
+    "DrainReport",
+    "DrainStep",
     "Plugin",
     "WebSocketChannel",
     "create_app",
+    "drain",
     "is_admin",
     "json_response",
     "read_body",

@@ -16,7 +16,8 @@ from ..protocol import CloseCode
 from ..server import RtcServer, create_rtc_server
 from . import _routes, _socket
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel, WriteBatch
-from ._middleware import cors_middleware, error_middleware
+from ._drain import DRAIN_KEY, Drain
+from ._middleware import cors_middleware, error_middleware, requests_middleware
 from ._proxy import proxy_middleware
 from ._requests import ADMIN_KEY, COUNTERS_KEY, RTC_KEY, STARTED_KEY
 
@@ -58,6 +59,9 @@ def create_app(
         middlewares.insert(0, cors_middleware(config.cors_origins))
     if config.trusted_proxies:
         middlewares.insert(0, proxy_middleware(config.trusted_proxies))
+    # Outermost of all: the requests in progress when a drain begins are let finish (web._drain).
+    drain = Drain(rtc)
+    middlewares.insert(0, requests_middleware(drain))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[RTC_KEY] = rtc
     sockets: weakref.WeakSet[WebSocketChannel] = weakref.WeakSet()
@@ -65,6 +69,7 @@ def create_app(
     app[COUNTERS_KEY] = counters = TransportCounters()
     app[WRITE_BATCH_KEY] = WriteBatch(counters)
     app[STARTED_KEY] = time.monotonic()
+    app[DRAIN_KEY] = drain  # plugins add their steps
     if config.admin_key:
         app[ADMIN_KEY] = config.admin_key
     app.add_routes(_routes.routes)

@@ -23,9 +23,10 @@ from ..errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from ._drain import Drain
 from ._requests import COUNTERS_KEY, UndecodableBody, error_response, json_response
 
-__all__ = ["cors_middleware", "error_middleware"]
+__all__ = ["cors_middleware", "error_middleware", "requests_middleware"]
 
 log = logging.getLogger("fantasize_rtc.web")
 
@@ -116,6 +117,25 @@ async def _finish_unread_body(request: web.Request, response: web.StreamResponse
     await response.write_eof()
     if request.protocol is not None:
         request.protocol.force_close()  # the transport sends what it holds, then closes
+
+
+def requests_middleware(drain: Drain) -> Any:
+    """Counts the requests in progress that began before a drain, which the drain lets finish
+    before the process stops listening (``web._drain``). Outermost: every request counts, a
+    WebSocket for as long as it is open. Two integer steps per request."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not drain.request_started():
+            return await handler(request)
+        try:
+            return await handler(request)
+        finally:
+            drain.request_ended()
+
+    return middleware
 
 
 def cors_middleware(origins: tuple[str, ...]) -> Any:

@@ -20,7 +20,7 @@ from ..auth import (
     stale_cookies,
     token_from_cookies,
 )
-from ..errors import Forbidden, InvalidRequest
+from ..errors import Draining, Forbidden, InvalidRequest
 from ..protocol import LeaveReason, validate_id
 from ._requests import (
     RTC_KEY,
@@ -113,6 +113,8 @@ async def room_snapshot(request: web.Request) -> web.Response:
 @routes.get("/rtc/poll")
 async def poll(request: web.Request) -> web.Response:
     rtc = request.app[RTC_KEY]
+    if rtc.draining:  # a new delivery channel belongs on a process that stays (web._drain)
+        raise Draining()
     room_id, peer_id = await rtc.authenticate(token_from_request(request))
     try:
         wait_ms = int(request.query.get("waitMs", "25000"))
@@ -153,15 +155,19 @@ def _messages_body(texts: list[str], room_id: str, peer_id: str) -> bytes:
 async def healthz(request: web.Request) -> web.Response:
     rtc = request.app[RTC_KEY]
     health = rtc.backend.health()
+    ok = health.get("ok", True)
+    # Draining first: load balancers must stop sending here at once, whatever the backend says.
+    status = "draining" if rtc.draining else "ok" if ok else "degraded"
     return json_response(
         {
-            "status": "ok" if health.get("ok", True) else "degraded",
+            "status": status,
             "version": __version__,
             "uptimeMs": int((time.monotonic() - request.app[STARTED_KEY]) * 1000),
             **(await rtc.stats()),
             "backend": health,
         },
-        status=200 if health.get("ok", True) else 503,
+        status=200 if status == "ok" else 503,
+        headers={"Retry-After": str(Draining().retry_after)} if rtc.draining else None,
     )
 
 

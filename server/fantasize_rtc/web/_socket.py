@@ -13,7 +13,7 @@ from aiohttp import WSMsgType, web
 
 from .. import _json, logs
 from .._aiohttp_compat import FrameWebSocketResponse
-from ..errors import Forbidden, InvalidRequest, RateLimited, RtcError
+from ..errors import Draining, Forbidden, InvalidRequest, RateLimited, RtcError
 from ..protocol import CloseCode, LeaveReason, dumps, error_message
 from ..server import RelayResult, RtcServer
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel
@@ -42,6 +42,8 @@ def _check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
 @routes.get("/rtc/ws")
 async def websocket(request: web.Request) -> web.StreamResponse:
     rtc = request.app[RTC_KEY]
+    if rtc.draining:  # the socket belongs on a process that stays: 503, the client tries again
+        raise Draining()
     _check_origin(request, rtc.config.cors_origins)
     room_id, peer_id = await rtc.authenticate(token_from_request(request))
     logs.bind(room=room_id, peer=peer_id)  # this request's task only; the middleware resets it
@@ -62,8 +64,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     request.app[SOCKETS_KEY].add(channel)
     log.info("peer %s in room %s opened a WebSocket", peer_id, room_id)
     try:
-        await rtc.attach_channel(room_id, peer_id, channel)
-        await _serve_socket(rtc, ws, channel, room_id, peer_id)
+        if rtc.draining:  # the drain began during the handshake: this one is asked to reconnect too
+            channel.begin_close(CloseCode.SERVICE_RESTART, "server restarting: connect again")
+        else:  # (not attached then: its outbox stays in the backend for the next socket)
+            await rtc.attach_channel(room_id, peer_id, channel)
+            await _serve_socket(rtc, ws, channel, room_id, peer_id)
     finally:
         rtc.detach_channel(room_id, peer_id, channel)
         channel.flush()
