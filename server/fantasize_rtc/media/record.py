@@ -51,7 +51,7 @@ from .events import RECORDING_SAVED, RecordingSaved
 from .recordings import FORMATS, LiveRecording, RecordingFormat, RecordingInfo, RecordingState, probe_media
 from .session import MediaSession, Mode
 
-__all__ = ["EncodedSource", "RecordMode", "Recorder", "probe_file"]
+__all__ = ["EncodedSource", "RecordMode", "Recorder", "is_keyframe", "probe_file"]
 
 log = logging.getLogger(__name__)
 
