@@ -22,13 +22,17 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from fantasize_rtc import errors
+from fantasize_rtc.backends.redis import RedisBackend
 from fantasize_rtc.client import RtcClient
+from fantasize_rtc.hub import Hub
 from fantasize_rtc.media import MEDIA_KEY
 from fantasize_rtc.protocol import CloseCode
 from fantasize_rtc.web import drain
-from tests import redis_fixtures
-from tests.helpers import free_port, stop_process, wait_for, wait_for_sync
+from tests import redis_fixtures, test_redis_cluster
+from tests.helpers import accepts_tcp, free_port, start_nginx, stop_process, wait_for, wait_for_sync
 from tests.media_helpers import client_peer, http_offer
+from tests.redis_fixtures import RedisServer, unique_prefix
+from tests.test_redis_cluster import _nginx_config_from_docs
 
 redis_server = redis_fixtures.redis_server
 
@@ -345,3 +349,183 @@ class _Base:
 
     async def post(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
         return await self.http.post(self.base + path, **kwargs)
+
+
+# -- two processes on Redis behind nginx -----------------------------------------------------------
+
+start_processes = test_redis_cluster.start_processes  # the fixture: serve processes on one Redis
+
+
+class Relaying:
+    """One peer of a pair: sends numbered signals to its partner, each acknowledged (or sent again
+    after a failure), and keeps what it receives."""
+
+    def __init__(self, client: RtcClient, room: str, name: str, partner: str) -> None:
+        self.client, self.room, self.name, self.partner = client, room, name, partner
+        self.acked: list[int] = []
+        self.failures = 0
+        self.received: list[dict[str, Any]] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self, stop: asyncio.Event) -> None:
+        self.tasks = [
+            asyncio.ensure_future(self._send(stop)),
+            asyncio.ensure_future(_read_all(self.client, self.received)),
+        ]
+
+    async def _send(self, stop: asyncio.Event) -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                result = await self.client.signal({"type": "n", "payload": n}, to=self.partner)
+            except (errors.RtcError, aiohttp.ClientError, asyncio.TimeoutError):
+                self.failures += 1  # not acknowledged: sent again
+            else:
+                if self.partner in result["delivered"] or self.partner in result["queued"]:
+                    self.acked.append(n)
+                    n += 1
+            await asyncio.sleep(0.1)  # a client's pace (10 signals a second), not a wait for anything
+
+    def numbers(self) -> set[int]:
+        return {m["signal"]["payload"] for m in self.received if m["type"] == "signal" and m["signal"]["type"] == "n"}
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.client.close()
+
+
+async def test_draining_one_of_two_processes_behind_nginx_loses_no_acknowledged_message(
+    redis_server: RedisServer, start_processes: Any, tmp_path: Path
+) -> None:
+    """50 peers (25 pairs) relay numbered, acknowledged signals through the documented nginx
+    config; the process holding most of their sockets gets SIGTERM. Every socket comes back on the
+    other process within a few seconds, with the same token and room, and every acknowledged
+    message arrives."""
+    procs = start_processes(redis_server, 2, FANTASIZE_RTC_DRAIN_SECONDS="5")
+    port = free_port()
+    nginx = start_nginx(_nginx_config_from_docs(tmp_path, port, [p.port for p in procs]), tmp_path)
+    peers: list[Relaying] = []
+    stop = asyncio.Event()
+    try:
+        await wait_for(lambda: accepts_tcp(port), timeout=10, message="nginx listening")
+        front = f"http://127.0.0.1:{port}"
+        for i in range(25):
+            for name, partner in (("alice", "bob"), ("bob", "alice")):
+                client = RtcClient(front, transport="ws", send_over="ws", auto_heartbeat=False, timeout=10)
+                peers.append(Relaying(client, f"pair-{i}", name, partner))
+                await client.connect(f"pair-{i}", name)
+        await wait_for(lambda: all(p.client.channel == "ws" for p in peers), 10, message="50 sockets open")
+        async with aiohttp.ClientSession() as http:
+
+            async def sockets(proc: Any) -> int:
+                return int((await _status(http, proc.url + "healthz"))[1]["channels"])
+
+            held = [await sockets(p) for p in procs]
+            assert sum(held) == 50, held
+            target, other = (procs[0], procs[1]) if held[0] >= held[1] else (procs[1], procs[0])
+            moving = max(held)
+            tokens = {(p.room, p.name): p.client.token for p in peers}
+            for peer in peers:
+                peer.start(stop)
+            await wait_for(lambda: all(len(p.acked) >= 3 for p in peers), 20, message="every pair relaying")
+
+            assert target.proc is not None
+            drained = target.proc
+            started = time.monotonic()
+            drained.send_signal(signal.SIGTERM)
+
+            async def all_back() -> bool:
+                return all(p.client.channel == "ws" for p in peers) and await sockets(other) == 50
+
+            await wait_for(all_back, 5, interval=0.05, message="every socket back, on the other process")
+            back = time.monotonic() - started
+            code = await asyncio.wait_for(asyncio.to_thread(drained.wait), 10)
+            exited = time.monotonic() - started
+            assert code == 0 and exited < 5, (code, exited)
+            assert sum(p.client.last_close_code == CloseCode.SERVICE_RESTART for p in peers) == moving
+            assert {(p.room, p.name): p.client.token for p in peers} == tokens  # the same peers, no rejoin
+            marks = {p.name: len(p.acked) for p in peers}
+            await wait_for(
+                lambda: all(len(p.acked) >= marks[p.name] + 3 for p in peers), 20, message="relaying after the drain"
+            )
+            stop.set()
+            await asyncio.gather(*(p.tasks[0] for p in peers))
+            partner_of = {(p.room, p.name): p for p in peers}
+
+            def delivered() -> bool:
+                return all(set(p.acked) <= partner_of[(p.room, p.partner)].numbers() for p in peers)
+
+            await wait_for(delivered, 15, message="every acknowledged message received")
+            snapshot = await peers[0].client.snapshot()
+            assert sorted(m["peerId"] for m in snapshot["peers"]) == ["alice", "bob"]
+        log = target.log.read_text()
+        summary = next(line for line in log.splitlines() if "drained in" in line)
+        assert f"WebSockets asked to reconnect (1012): {moving}" in summary, summary
+        print(  # the numbers for docs/operations.md
+            f"\n{moving} sockets moved in {back:.2f} s, process exited after {exited:.2f} s, "
+            f"{sum(len(p.acked) for p in peers)} messages acknowledged, {sum(p.failures for p in peers)} sent again; "
+            f"{summary.split(': ', 1)[-1]}"
+        )
+    finally:
+        stop.set()
+        for peer in peers:
+            await peer.close()
+        stop_process(nginx)
+
+
+# -- a shutdown bounded whatever Redis does ---------------------------------------------------------
+
+
+async def test_redis_backend_close_ends_even_right_after_a_wakeup(redis_server: RedisServer) -> None:
+    """The CI shutdown hang, reproduced exactly. While Redis is down the listener wakes the
+    refresher after each failed reconnect (every backoff). A close that came in the same loop pass
+    as such a wake-up lost its cancel inside ``asyncio.wait_for`` (Python < 3.12 returns instead of
+    raising when the awaited event is set at that moment): the refresher looped on, and close(),
+    runner.cleanup() and the process never ended."""
+    backend = RedisBackend(redis_server.url, prefix=unique_prefix(), max_backoff=0.05)
+    await backend.start(Hub())
+    redis_server.stop()
+    await wait_for(lambda: not backend.health()["ok"], 10, message="the backend to see Redis gone")
+    backend._wake.set()  # what the listener does after each failed reconnect
+    await asyncio.wait_for(backend.close(), 5)
+
+
+@pytest.mark.parametrize("fate", ["stopped", "hung"])
+async def test_sigterm_right_after_redis_goes_exits_within_drain_seconds(
+    redis_server: RedisServer, served: Any, fate: str
+) -> None:
+    """The conditions of the CI hang on real processes: peers relaying over Redis, then Redis stops
+    (or hangs: SIGSTOP, its connections open and silent), then SIGTERM, at a few moments after.
+    The process exits 0 within --drain-seconds every time."""
+    delays = (0.0, 0.05, 0.5) if fate == "stopped" else (0.0,)
+    for delay in delays:
+        if redis_server.process is None:
+            redis_server.start()
+        server = served("--drain-seconds", "3", redis_url=redis_server.url)
+        async with (
+            RtcClient(server.url, transport="ws", send_over="ws", auto_heartbeat=False) as alice,
+            RtcClient(server.url, transport="ws", auto_heartbeat=False) as bob,
+        ):
+            await alice.connect(ROOM, "alice")
+            await bob.connect(ROOM, "bob")
+            await wait_for(lambda: bob.channel == "ws", 10, message="bob's socket")
+            for n in range(10):
+                await alice.signal({"type": "n", "payload": n}, to="bob")
+            redis = redis_server.process
+            assert redis is not None
+            if fate == "stopped":
+                redis_server.stop()
+            else:
+                redis.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(delay)  # the moment of SIGTERM, varied: that is the point here
+                started = time.monotonic()
+                server.proc.send_signal(signal.SIGTERM)
+                code = await asyncio.wait_for(asyncio.to_thread(server.proc.wait), 10)
+                took = time.monotonic() - started
+            finally:
+                if fate == "hung":
+                    redis.send_signal(signal.SIGCONT)
+            assert code == 0 and took < 3, (fate, delay, code, took, server.output()[-3000:])
