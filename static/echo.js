@@ -99,7 +99,11 @@ export class EchoPanel {
       }
       this.session = session;
       this.starting = false;
-      session.link.on("bye", ({ reason }) => this.finish("idle", `The server ended the session (${reason}).`));
+      session.link.on("bye", ({ reason }) => {
+        // "shutdown": the server is draining for a restart (its socket closes with 1012 next).
+        if (reason === "shutdown") this.finish("failed", "The server is restarting, so the echo ended. Press Start echo once it is back.");
+        else this.finish("idle", `The server ended the session (${reason}).`);
+      });
       this.stats = new StatsView(session.pc, $("echo-stats"));
       if (session.pc.connectionState === "connected") this.onState("connected");
     } catch (err) {
