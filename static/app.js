@@ -1,4 +1,4 @@
-// The demo page: tabs, the page's own connection to the server, and the five panels.
+// The demo page: tabs, the page's own connection to the server, and the six panels.
 
 import { RtcClient } from "./rtc-client.js";
 import { CallPanel } from "./call.js";
@@ -6,6 +6,7 @@ import { EchoPanel } from "./echo.js";
 import { LocalMedia } from "./media.js";
 import { ProbePanel } from "./probe.js";
 import { RecordPanel } from "./record.js";
+import { ServerPanel } from "./server.js";
 import { $, describeError, log, setupLogPanel, summarize } from "./ui.js";
 
 // -- tabs (WAI-ARIA tabs pattern: arrows, Home, End; the URL hash remembers the panel) ----------
@@ -135,6 +136,7 @@ function main() {
     record: new RecordPanel(lab, media),
     probe: new ProbePanel(lab),
     call: new CallPanel(media, clientOptions()),
+    server: new ServerPanel(BASE, lab),
   };
   // For tests and the curious: `demo.echo.pc.getStats()` in the console.
   window.demo = panels;
