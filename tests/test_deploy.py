@@ -233,6 +233,8 @@ def test_the_dockerfile_builds_the_wheel_and_starts_the_server_the_docs_describe
         assert set(exposed) == {f"{port}/tcp", f"{config.udp_port}/udp"}
         assert f"443:{port}/tcp" in published and f"{config.udp_port}:{config.udp_port}/udp" in published
     assert config.public_ips == ("203.0.113.10",)
+    # docker stop waits --stop-timeout before SIGKILL: longer than the drain's budget
+    assert float(run[run.index("--stop-timeout") + 1]) > config.drain_seconds
 
 
 # -- behind nginx ----------------------------------------------------------------------------------------

@@ -331,3 +331,20 @@ async def test_the_overview_lists_rooms_peers_sessions_and_totals(aiohttp_client
     assert counters["mediaSessions"]["opened"] == 1 and counters["setup"]["count"] == 1
     assert counters["websocketFrames"]["in"] == 1 and counters["relayLatency"]["count"] >= 1
     assert overview["recordings"]["inProgress"] == []
+    async with client_peer() as peer:  # a recording is listed while it is written
+        peer.add_media(audio=False)
+        resp = await client.post(
+            "/rtc/offer",
+            json={"sdp": await peer.offer(), "type": "offer", "mode": "record"},
+            headers={"Authorization": f"Bearer {alice['token']}"},
+        )
+        answer = await resp.json()
+        await peer.accept(answer["sdp"])
+
+        async def recording() -> list[dict[str, Any]]:
+            resp = await client.get("/rtc/overview", headers={"Authorization": "Bearer k"})
+            shown: list[dict[str, Any]] = (await resp.json())["recordings"]["inProgress"]
+            return [r for r in shown if r["sessionId"] == answer["sessionId"] and r["size"] > 0]
+
+        (entry,) = await wait_for(recording, 15, interval=0.2, message="the recording in progress, growing")
+        assert entry["state"] == "recording" and entry["complete"] is False

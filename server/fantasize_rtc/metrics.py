@@ -315,7 +315,7 @@ async def _overview(metrics: Metrics) -> dict[str, Any]:
             "version": __version__,
             "backend": rtc.backend.name,
             "uptimeMs": int((time.monotonic() - metrics.app[STARTED_KEY]) * 1000),
-            "draining": bool(getattr(rtc, "draining", False)),
+            "draining": rtc.draining,
         },
         "rooms": {"total": rooms_total, "peers": peers_total, "shown": rooms},
         "counters": {
