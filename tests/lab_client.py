@@ -17,6 +17,7 @@ import json
 import ssl
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -125,6 +126,8 @@ async def main(argv: list[str]) -> int:
     url = args.url.rstrip("/")
     trust: ssl.SSLContext | bool = True
     if args.ca:
+        if args.modes == ["health"]:  # a starting server may still be making its certificate
+            await until(lambda: Path(args.ca).exists(), 20)
         trust = ssl.create_default_context(cafile=args.ca)
     if args.modes == ["health"]:
         return await health(url, trust)

@@ -66,7 +66,9 @@ class LabServer:
         argv = [sys.executable, "-m", "tests.lab_client", "--ca", str(self.certificate), self.url, *modes]
         done = self.lab.run("cli", argv, timeout=timeout, cwd=ROOT)
         assert done.returncode == 0 or modes == ("health",), done.stderr[-3000:] + done.stdout[-1000:]
-        return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        assert lines or done.returncode == 0, done.stderr[-3000:]  # the client itself failed
+        return lines
 
     def stop(self) -> str:
         if self.proc.poll() is None:
