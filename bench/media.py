@@ -190,13 +190,15 @@ def encode_source() -> list[bytes]:
 
 
 class PacketSource(MediaStreamTrack):
-    """Sends pre-encoded VP8 packets at 30 fps (aiortc packetizes them without encoding)."""
+    """Sends pre-encoded packets in a loop at a fixed rate (aiortc packetizes them without
+    encoding): VP8 at 30 fps by default; ``kind="audio", rate=50, clock=48000`` for 20 ms of Opus."""
 
-    kind = "video"
-
-    def __init__(self, packets: list[bytes]) -> None:
+    def __init__(self, packets: list[bytes], kind: str = "video", rate: int = FPS, clock: int = VIDEO_CLOCK) -> None:
         super().__init__()
+        self.kind = kind
         self._packets = packets
+        self._rate, self._ticks = rate, clock // rate
+        self._time_base = Fraction(1, clock)
         self._n = 0
         self._start: float | None = None
 
@@ -208,12 +210,11 @@ class PacketSource(MediaStreamTrack):
             self._start = loop.time()
         else:
             self._n += 1
-            wait = self._start + self._n / FPS - loop.time()
+            wait = self._start + self._n / self._rate - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
         packet = av.Packet(self._packets[self._n % len(self._packets)])
-        packet.pts = self._n * (VIDEO_CLOCK // FPS)
-        packet.time_base = Fraction(1, VIDEO_CLOCK)
+        packet.pts, packet.time_base = self._n * self._ticks, self._time_base
         return packet
 
 

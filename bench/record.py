@@ -36,8 +36,7 @@ from typing import Any
 
 import aiohttp
 import av
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from bench._servers import free_port, plan_cores
 from bench.media import PacketSource, Server, encode_source, machine
@@ -70,33 +69,6 @@ def encode_audio() -> list[bytes]:
     return packets
 
 
-class AudioPacketSource(MediaStreamTrack):
-    """Sends pre-encoded Opus packets every 20 ms (aiortc packetizes them without encoding)."""
-
-    kind = "audio"
-
-    def __init__(self, packets: list[bytes]) -> None:
-        super().__init__()
-        self._packets = packets
-        self._n = 0
-        self._start: float | None = None
-
-    async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        else:
-            self._n += 1
-            wait = self._start + self._n * AUDIO_SAMPLES / AUDIO_RATE - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        packet = av.Packet(self._packets[self._n % len(self._packets)])
-        packet.pts, packet.time_base = self._n * AUDIO_SAMPLES, Fraction(1, AUDIO_RATE)
-        return packet
-
-
 class Recording:
     """One client whose media the server records."""
 
@@ -104,7 +76,7 @@ class Recording:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc.addTrack(PacketSource(video))
         if audio is not None:
-            self.pc.addTrack(AudioPacketSource(audio))
+            self.pc.addTrack(PacketSource(audio, kind="audio", rate=AUDIO_RATE // AUDIO_SAMPLES, clock=AUDIO_RATE))
         self.session_id: str | None = None
 
     async def connect(self, http: aiohttp.ClientSession, server: Server) -> None:

@@ -169,7 +169,8 @@ export class ServerPanel {
     this.sync();
   }
 
-  forget() {
+  /** Stop polling and drop the key and everything seen with it. */
+  dropKey() {
     this.stopPolling();
     try {
       sessionStorage.removeItem(KEY_STORAGE);
@@ -181,6 +182,10 @@ export class ServerPanel {
     this.last = null;
     this.samples = [];
     this.trouble = null;
+  }
+
+  forget() {
+    this.dropKey();
     $("server-key").value = "";
     this.showKeyState();
     setStatus($("server-panel-status"), "idle", "Key forgotten. Enter the admin key to see what the server is doing.");
@@ -257,17 +262,7 @@ export class ServerPanel {
 
   refused() {
     const before = this.accepted;
-    this.stopPolling();
-    try {
-      sessionStorage.removeItem(KEY_STORAGE);
-    } catch {
-      // nothing was stored
-    }
-    this.key = null;
-    this.accepted = false;
-    this.last = null;
-    this.samples = [];
-    this.trouble = null;
+    this.dropKey();
     this.showKeyState();
     setStatus($("server-panel-status"), "failed", before
       ? "The server no longer accepts this admin key (was it restarted with another --admin-key?). Enter the key again."

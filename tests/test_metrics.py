@@ -184,7 +184,11 @@ async def test_a_scraper_sees_each_counter_move_by_what_was_done(tmp_path: Path)
         assert grew("fantasize_rtc_media_packets_total", direction="in") > 0
         assert grew("fantasize_rtc_media_bytes_total", direction="out") > 0
         assert total(after, "fantasize_rtc_media_sessions") == 0
-        assert value(after, "fantasize_rtc_event_loop_lag_seconds_count") > 0
+        # The loop-lag probe observes every 0.5 s: the traffic above may have taken less.
+        async def lag_observed() -> bool:
+            return value(await server.scrape(http), "fantasize_rtc_event_loop_lag_seconds_count") > 0
+
+        await wait_for(lag_observed, 5, interval=0.1, message="an event-loop lag observation")
         assert total(after, "process_resident_memory_bytes") > 0
         # Counters never go down between two scrapes.
         for earlier, later in zip([before, *seen], [*seen, after], strict=True):
