@@ -184,6 +184,7 @@ async def test_a_scraper_sees_each_counter_move_by_what_was_done(tmp_path: Path)
         assert grew("fantasize_rtc_media_packets_total", direction="in") > 0
         assert grew("fantasize_rtc_media_bytes_total", direction="out") > 0
         assert total(after, "fantasize_rtc_media_sessions") == 0
+
         # The loop-lag probe observes every 0.5 s: the traffic above may have taken less.
         async def lag_observed() -> bool:
             return value(await server.scrape(http), "fantasize_rtc_event_loop_lag_seconds_count") > 0

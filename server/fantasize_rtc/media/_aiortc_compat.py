@@ -28,6 +28,8 @@ what                               inside                              fallback
 :func:`gather_on`                  aioice's candidate gathering        False: the caller refuses the session
                                                                        (fixed UDP ports were asked for)
 :func:`consent_interval`           ``aioice.ice.CONSENT_INTERVAL``     False: the test hook changes nothing
+:func:`use_dtls`                   ``RTCPeerConnection.__certificates``,  False: aiortc's own DTLS context (ECDSA
+                                   ``RTCCertificate._create_ssl_context``  suites only, no handshake diagnosis)
 =================================  ==================================  ======================================
 
 One warning is logged at import when the installed versions are not the checked ones. Nothing
@@ -56,8 +58,10 @@ from aioice import Candidate, Connection
 from aioice.candidate import candidate_foundation, candidate_priority
 from aiortc import (
     MediaStreamTrack,
+    RTCCertificate,
     RTCDtlsTransport,
     RTCIceTransport,
+    RTCPeerConnection,
     RTCRtpCodecParameters,
     RTCRtpReceiver,
     RTCRtpSender,
@@ -89,6 +93,7 @@ __all__ = [
     "supported",
     "tap_decoder",
     "transport_stats",
+    "use_dtls",
 ]
 
 log = logging.getLogger(__name__)
@@ -133,7 +138,11 @@ def _warn_if_unchecked() -> None:
     """One warning naming what runs degraded (called at import)."""
     if AIORTC_CHECKED and AIOICE_CHECKED:
         return
-    degraded = [] if AIORTC_CHECKED else ["passthrough echo re-encodes", "stale frames kept", "transport stats 0"]
+    degraded = (
+        []
+        if AIORTC_CHECKED
+        else ["passthrough echo re-encodes", "stale frames kept", "transport stats 0", "DTLS: ECDSA suites only"]
+    )
     degraded.append("no candidate pair, ICE timeout or STUN round trip")
     log.warning(
         "aiortc %s / aioice %s: fantasize_rtc's media layer was checked against aiortc %d.%d and aioice %d.%d "
@@ -509,3 +518,57 @@ def consent_interval(seconds: float) -> Iterator[bool]:
         yield True
     finally:
         setattr(aioice_ice, "CONSENT_INTERVAL", old)  # noqa: B010
+
+
+# -- DTLS ---------------------------------------------------------------------------------------
+
+_CERTIFICATES = "_RTCPeerConnection__certificates"
+
+
+class _Certificate(RTCCertificate):
+    """aiortc's certificate, whose DTLS context offers ``ciphers`` and reports to ``on_info``."""
+
+    def __init__(
+        self,
+        certificate: RTCCertificate,
+        ciphers: bytes,
+        on_info: Callable[..., None],
+        srtp_profiles: bytes | None,
+    ) -> None:
+        super().__init__(key=certificate._key, cert=certificate._cert)
+        self._ciphers = ciphers
+        self._on_info = on_info
+        self._srtp_profiles = srtp_profiles
+
+    def _create_ssl_context(self, srtp_profiles: Any) -> Any:
+        ctx = super()._create_ssl_context(srtp_profiles=srtp_profiles)
+        ctx.set_cipher_list(self._ciphers)
+        ctx.set_info_callback(self._on_info)
+        if self._srtp_profiles is not None:
+            ctx.set_tlsext_use_srtp(self._srtp_profiles)
+        return ctx
+
+
+def use_dtls(
+    pc: RTCPeerConnection,
+    ciphers: bytes,
+    on_info: Callable[..., None],
+    srtp_profiles: bytes | None = None,
+) -> bool:
+    """Make ``pc``'s DTLS transports offer ``ciphers`` and call ``on_info(conn, where, ret)``
+    (OpenSSL's info callback) during their handshakes. Call before any description is set.
+    ``srtp_profiles`` (OpenSSL's names, ``b"SRTP_AEAD_AES_128_GCM"``, colon-separated) offers
+    only those instead of aiortc's three: for test clients."""
+    if not AIORTC_CHECKED:
+        return False
+    certificates = getattr(pc, _CERTIFICATES, None)
+    if not (
+        isinstance(certificates, list)
+        and len(certificates) == 1
+        and hasattr(certificates[0], "_key")
+        and hasattr(certificates[0], "_cert")
+        and hasattr(RTCCertificate, "_create_ssl_context")
+    ):
+        return False
+    setattr(pc, _CERTIFICATES, [_Certificate(certificates[0], ciphers, on_info, srtp_profiles)])
+    return True

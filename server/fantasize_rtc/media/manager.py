@@ -96,8 +96,8 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
 
 def parse_options(body: dict[str, Any], max_session_seconds: float) -> SessionOptions:
     """Options of an offer request (JSON body, signaled offer payload, or WHIP query string)."""
-    fmt = body.get("format", "webm")
-    if not isinstance(fmt, str) or fmt not in FORMATS:
+    fmt = body.get("format")
+    if fmt is not None and (not isinstance(fmt, str) or fmt not in FORMATS):
         raise InvalidRequest(f"format must be one of {', '.join(FORMATS)}.")
     audio, video = _bool(body, "audio", True), _bool(body, "video", True)
     width = int(_number(body, "width", 640, 16, 1920))

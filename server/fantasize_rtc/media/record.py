@@ -15,7 +15,8 @@ Each track is written one of two ways, chosen when the session starts:
   scaled to the first size, and when the encoder falls behind stale video frames are dropped.
 
 Either way, muxing (and encoding) run in one thread per recording, never on the event loop;
-audio and video share the session's clock (each stream starts at its first frame's arrival); the
+audio and video share one clock from the first frame of either (each stream starts at its first
+frame's arrival, so the file starts with media, not with the wait for ICE and DTLS); the
 container header is written once the video stream is configured (audio that arrives before it
 waits, bounded); ``stop()`` always flushes and closes the container, so the file is finalized.
 
@@ -51,7 +52,7 @@ from .events import RECORDING_SAVED, RecordingSaved
 from .recordings import FORMATS, LiveRecording, RecordingFormat, RecordingInfo, RecordingState, probe_media
 from .session import MediaSession, Mode
 
-__all__ = ["EncodedSource", "RecordMode", "Recorder", "is_keyframe", "probe_file"]
+__all__ = ["EncodedSource", "RecordMode", "Recorder", "choose_format", "is_keyframe", "probe_file"]
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class Recorder:
         self._configured = False
         self._pending_audio: list[Any] = []
         self._muxed = False
-        self._t0 = 0.0
+        self._t0: float | None = None  # the first media frame's arrival, of any stream
         self._next_sync = 0.0
         self._stopped = False
 
@@ -208,9 +209,16 @@ class Recorder:
         self._encoded[kind] = source
         return True
 
+    def _since_first_frame(self) -> float:
+        """Seconds since the first frame of any stream arrived (0 for that one): the streams share
+        one clock, and the file starts with media, not with the wait for ICE and DTLS."""
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        return now - self._t0
+
     async def start(self) -> None:
         """Open the file and start reading the tracks."""
-        self._t0 = time.monotonic()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"record-{self.label}")
         await self._run(self._open)
         loop = asyncio.get_running_loop()
@@ -352,7 +360,7 @@ class Recorder:
             if first_pts is None:
                 # Start each stream at its arrival time, so audio and video share one clock.
                 first_pts = source
-                offset = int((time.monotonic() - self._t0) * rate)
+                offset = int(self._since_first_frame() * rate)
             pts = source - first_pts + offset
             if pts <= last:
                 continue  # reordered or duplicate timestamps would stop the muxer
@@ -415,7 +423,7 @@ class Recorder:
             if first is None:
                 # Start each stream at its arrival time, so audio and video share one clock.
                 first = frame.timestamp
-                offset = int((time.monotonic() - self._t0) * clock)
+                offset = int(self._since_first_frame() * clock)
             pts = frame.timestamp - first + offset
             if pts <= last:
                 continue  # a repeated or reordered timestamp would stop the muxer
@@ -460,8 +468,29 @@ class Recorder:
             self._executor = None
 
 
+def choose_format(session: MediaSession) -> str:
+    """The container for a recording whose offer named none: the first of webm, mkv, mp4 that
+    takes every negotiated codec of the tracks to record as it is (VP8/Opus: webm; H.264 alone or
+    with Opus, as encoders send: mkv), webm when none does or the codecs are unknown."""
+    pc = session.pc
+    wanted = {"audio": session.options.audio, "video": session.options.video}
+    codecs = set()
+    for transceiver in pc.getTransceivers() if pc is not None else ():
+        if wanted.get(transceiver.kind):
+            codec = received_codec(transceiver)
+            if codec is None:
+                return "webm"
+            codecs.add(codec.name)
+    if session.options.passthrough is not False:
+        for name in ("webm", "mkv", "mp4"):
+            if codecs <= FORMATS[name].passthrough:
+                return name
+    return "webm"
+
+
 class RecordMode(Mode):
-    """Options: ``format`` (webm, mkv, mp4), ``audio`` / ``video`` (default true), ``passthrough``
+    """Options: ``format`` (webm, mkv, mp4; by default the one that takes the codecs as they are,
+    :func:`choose_format`), ``audio`` / ``video`` (default true), ``passthrough``
     (default: where the codecs allow; ``false`` transcodes every track)."""
 
     name = "record"
@@ -476,7 +505,7 @@ class RecordMode(Mode):
     def on_track(self, session: MediaSession, track: MediaStreamTrack) -> None:
         wanted = session.options.audio if track.kind == "audio" else session.options.video
         if self.recorder is None:
-            fmt = FORMATS[session.options.format]
+            fmt = FORMATS[session.options.format or choose_format(session)]
             self.recording_id, path = session.manager.store.new_path(session.id, fmt)
             self.recorder = Recorder(path, fmt, session.id[:8], session.frames)
         recorder = self.recorder
@@ -530,7 +559,7 @@ class RecordMode(Mode):
         started = RecordingInfo(
             id=self.recording_id,
             file=recorder.path.name,
-            format=session.options.format,
+            format=recorder.fmt.name,
             session_id=session.id,
             room_id=room_id,
             peer_id=peer_id,

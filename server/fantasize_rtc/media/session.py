@@ -25,7 +25,8 @@ from ..config import IceServer
 from ..counters import MediaCounters
 from ..errors import CapacityExceeded, InvalidRequest, RtcError
 from ..protocol import SessionEnd, SessionState, Via
-from ._aiortc_compat import gather_on, skip_backlog, transport_stats
+from ._aiortc_compat import gather_on, skip_backlog, transport_stats, use_dtls
+from .dtls import CIPHERS, DtlsTrace
 from .events import MEDIA_CLOSED, MEDIA_CONNECTED, MediaClosed, MediaConnected
 from .ice import PairInfo, _ice_transports, heard_from_peer, parse_candidate, rtc_configuration, selected_pair
 from .udp import PortsExhausted
@@ -91,7 +92,8 @@ class SessionOptions:
 
     audio: bool = True
     video: bool = True
-    format: str = "webm"
+    #: Recording container; None: chosen by the negotiated codecs (``record.choose_format``).
+    format: str | None = None
     max_seconds: float = 3600.0
     probe_seconds: float = 3.0
     width: int = 640
@@ -192,6 +194,7 @@ class MediaSession:
         self.frames_sent = {"audio": 0, "video": 0}
         self.data_messages = 0
         self.pair: PairInfo | None = None
+        self.dtls = DtlsTrace()  # the handshake, for the report and a failure's log line
         self.listed = False  # the manager listed our server peer in the owner's room
         self.last_stats: dict[str, Any] = {}
         self._ice_servers = ice_servers
@@ -286,6 +289,7 @@ class MediaSession:
         self._set_state(SessionState.CONNECTING)
         self._mark("offer")
         pc = self._pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
+        use_dtls(pc, CIPHERS, self.dtls.on_info)
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_connection_state)
@@ -402,6 +406,7 @@ class MediaSession:
                 reason = SessionEnd.ICE_FAILED
             elif state == "failed":
                 reason = SessionEnd.DTLS_FAILED
+                log.warning("%s: DTLS handshake failed: %s", self.label, self.dtls.explain())
             else:
                 reason = SessionEnd.PEER_CLOSED  # the peer closed DTLS (close_notify): it hung up
             self.manager.spawn(self.close(reason))
@@ -499,6 +504,7 @@ class MediaSession:
             "iceConnectionState": pc.iceConnectionState if pc is not None else "new",
             "timings": self.timings(),
             "candidatePair": self.pair.to_wire() if self.pair else None,
+            "dtls": self.dtls.to_wire(),
             "stats": {
                 **self.last_stats,
                 "framesReceived": dict(self.frames),
