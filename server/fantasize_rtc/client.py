@@ -87,8 +87,10 @@ _BY_STATUS: dict[int, type[RtcError]] = {
     405: errors.MethodNotAllowed,
     408: errors.RequestTimeout,
     409: errors.Conflict,
+    412: errors.PreconditionFailed,
     413: errors.PayloadTooLarge,
     415: errors.UnsupportedMediaType,
+    422: errors.UnprocessableContent,
     429: errors.RateLimited,
     503: errors.CapacityExceeded,
 }

@@ -18,8 +18,10 @@
     │   ├── PeerIdTaken         409 peer_id_taken
     │   ├── RoomFull            409 room_full
     │   └── RoomExists          409 room_exists
+    ├── PreconditionFailed      412 precondition_failed
     ├── PayloadTooLarge         413 payload_too_large
     ├── UnsupportedMediaType    415 unsupported_media_type
+    ├── UnprocessableContent    422 unprocessable_content
     ├── RateLimited             429 rate_limited
     └── CapacityExceeded        503 capacity_exceeded (retry_after seconds)
         └── Draining            503 draining (the process is shutting down: try again, elsewhere)
@@ -44,6 +46,7 @@ __all__ = [
     "PayloadTooLarge",
     "PeerIdTaken",
     "PeerNotFound",
+    "PreconditionFailed",
     "RateLimited",
     "RecordingNotFound",
     "RequestTimeout",
@@ -53,6 +56,7 @@ __all__ = [
     "RtcError",
     "SessionNotFound",
     "Unauthorized",
+    "UnprocessableContent",
     "UnsupportedMediaType",
 ]
 
@@ -166,6 +170,14 @@ class RoomExists(Conflict):
     default_message = "A room with that id already exists."
 
 
+class PreconditionFailed(RtcError):
+    """A conditional request's ``If-Match`` does not match (WHIP: the ICE session's ``ETag``)."""
+
+    code = "precondition_failed"
+    status = 412
+    default_message = "The resource is not the one If-Match names."
+
+
 class PayloadTooLarge(RtcError):
     code = "payload_too_large"
     status = 413
@@ -176,6 +188,14 @@ class UnsupportedMediaType(RtcError):
     code = "unsupported_media_type"
     status = 415
     default_message = "Unsupported content type."
+
+
+class UnprocessableContent(RtcError):
+    """Well-formed, but asking for something this server does not do (WHIP: an ICE restart)."""
+
+    code = "unprocessable_content"
+    status = 422
+    default_message = "The request is understood but cannot be carried out."
 
 
 class RateLimited(RtcError):

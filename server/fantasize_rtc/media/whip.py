@@ -1,18 +1,28 @@
 """WHIP ingest (RFC 9725): ``POST /whip`` with an SDP offer -> ``201``, ``Location``, SDP answer.
 
 Records by default (``?mode=probe`` or ``?mode=echo`` also work; ``?format=mkv|mp4`` picks the
-container; ``?passthrough=false`` transcodes instead of writing the encoded frames as they came).
-``DELETE`` on the ``Location`` ends the session. Auth is as for ``POST /rtc/offer``:
-a peer token (``Authorization: Bearer``) makes that peer the owner; without one the session is
-anonymous and its ``Location`` is the capability. Trickle ICE (``PATCH``) is not supported:
-the server's answer carries all its candidates, so clients simply send a complete offer.
+container, by default the one that takes the codecs as they are; ``?passthrough=false``
+transcodes instead of writing the encoded frames as they came). Auth is as for
+``POST /rtc/offer``: a peer token (``Authorization: Bearer``) makes that peer the owner; without
+one the session is anonymous and its ``Location`` is the capability.
+
+The 201 carries the ICE servers the client may use as ``Link: <url>; rel="ice-server"`` headers
+(TURN with credentials, minted when ``--turn-secret`` is set) and an ``ETag`` naming the ICE
+session. On the session's ``Location``: ``PATCH`` with ``application/trickle-ice-sdpfrag`` adds
+trickled candidates (``204``; ``If-Match`` must be the ``ETag`` or absent, else ``412``); an ICE
+restart is ``422`` (aiortc cannot restart ICE: start a new session); ``DELETE`` ends the session.
+``OPTIONS /whip`` answers ``204`` with ``Accept-Post: application/sdp``. docs/interop.md lists
+every clause of RFC 9725 and what this does with it.
 """
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
-from ..errors import InvalidRequest, UnsupportedMediaType
+from ..config import IceServer
+from ..errors import InvalidRequest, PreconditionFailed, UnprocessableContent, UnsupportedMediaType
 from ..protocol import SessionEnd, Via
 from ..web import read_body
 from .keys import MEDIA_KEY
@@ -64,12 +74,86 @@ async def whip_post(request: web.Request) -> web.Response:
     )
     # relative to where the app is mounted (request.path carries any prefix)
     location = f"{request.path.rstrip('/')}/{session.id}"
-    return web.Response(
-        status=201,
-        text=answer,
-        content_type="application/sdp",
-        headers={"Location": location, "X-Session-Id": session.id},
-    )
+    headers = [("Location", location), ("X-Session-Id", session.id), ("ETag", _etag(answer))]
+    peer_id = caller.owner.peer_id if caller.owner and caller.owner.peer_id else f"whip-{session.id[:8]}"
+    headers += [("Link", link) for link in ice_server_links(manager.rtc.ice_servers_for(peer_id))]
+    response = web.Response(status=201, text=answer, content_type="application/sdp")
+    for name, value in headers:
+        response.headers.add(name, value)
+    return response
+
+
+@routes.options("/whip")
+async def whip_options(request: web.Request) -> web.Response:
+    """What the WHIP endpoint takes (a CORS preflight with an ``Origin`` is answered before this)."""
+    return web.Response(status=204, headers={"Allow": "OPTIONS, POST", "Accept-Post": "application/sdp"})
+
+
+def ice_server_links(servers: tuple[IceServer, ...]) -> list[str]:
+    """RFC 9725 section 4.6: one ``Link`` value per ICE server URL."""
+    links = []
+    for server in servers:
+        for url in server.urls:
+            link = f'<{url}>; rel="ice-server"'
+            if server.username is not None and server.credential is not None:
+                link += f'; username="{_quoted(server.username)}"; credential="{_quoted(server.credential)}"'
+                link += '; credential-type="password"'
+            links.append(link)
+    return links
+
+
+def _quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
+
+
+def _ufrag(sdp: str) -> str | None:
+    found = _UFRAG.search(sdp)
+    return found.group(1) if found else None
+
+
+def _etag(answer: str) -> str:
+    """The ICE session's entity tag: the answer's ICE username fragment (new on every restart)."""
+    return f'"{_ufrag(answer) or "none"}"'
+
+
+@routes.patch("/whip/{sessionId}")
+async def whip_patch(request: web.Request) -> web.Response:
+    """Trickle ICE (RFC 9725 section 4.3.1): candidates in an SDP fragment; ICE restarts: 422."""
+    manager = request.app[MEDIA_KEY]
+    owner, session, _ = manager.get(request.match_info["sessionId"])
+    check_access(await caller_of(request), owner, "session")
+    if request.content_type != "application/trickle-ice-sdpfrag":
+        raise UnsupportedMediaType("WHIP PATCH bodies must be application/trickle-ice-sdpfrag.")
+    try:
+        fragment = (await read_body(request)).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("The SDP fragment must be UTF-8 text.") from exc
+    pc = session.pc if session is not None else None
+    if session is None or pc is None or pc.localDescription is None or pc.remoteDescription is None:
+        raise UnprocessableContent("The session has ended; start a new one.")
+    etag = _etag(pc.localDescription.sdp)
+    if_match = request.headers.get("If-Match")
+    ufrag = _ufrag(fragment)
+    if if_match == "*" or (ufrag is not None and ufrag != _ufrag(pc.remoteDescription.sdp)):
+        raise UnprocessableContent(
+            "ICE restarts are not supported (the server's WebRTC stack cannot restart ICE): "
+            "DELETE this session and POST a new offer."
+        )
+    if if_match is not None and if_match != etag:
+        raise PreconditionFailed("If-Match does not name this session's ICE session (its ETag).")
+    mid: str | None = None  # the bundle's first m= section unless the fragment names one
+    for raw in fragment.splitlines():
+        line = raw.strip()
+        if line.startswith("a=mid:"):
+            mid = line[len("a=mid:") :]
+        elif line.startswith("a=candidate:"):
+            await session.add_candidate({"candidate": line[len("a=") :], "sdpMid": mid, "sdpMLineIndex": 0})
+        elif line == "a=end-of-candidates":
+            await session.add_candidate(None)
+    return web.Response(status=204, headers={"ETag": etag})
 
 
 @routes.delete("/whip/{sessionId}")

@@ -152,14 +152,14 @@ def cors_middleware(origins: tuple[str, ...]) -> Any:
             if not ok:
                 return json_response(Forbidden("Origin not allowed.").to_dict(), status=403)
             response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-Match"
             response.headers["Access-Control-Max-Age"] = "600"
         else:
             response = await handler(request)
         if ok and origin is not None:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After"
+            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After, Link, ETag, Accept-Post"
             response.headers["Vary"] = "Origin"
         return response
 
