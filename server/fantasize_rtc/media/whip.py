@@ -55,15 +55,19 @@ def _query_options(query: dict[str, str]) -> dict[str, object]:
     return out
 
 
+async def _sdp_body(request: web.Request, content_type: str, what: str) -> str:
+    if request.content_type != content_type:
+        raise UnsupportedMediaType(f"{what} must be sent as {content_type}.")
+    try:
+        return (await read_body(request)).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"{what} must be UTF-8 text.") from exc
+
+
 @routes.post("/whip")
 async def whip_post(request: web.Request) -> web.Response:
     manager = request.app[MEDIA_KEY]
-    if request.content_type != "application/sdp":
-        raise UnsupportedMediaType("WHIP offers must be sent as application/sdp.")
-    try:
-        sdp = (await read_body(request)).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("The SDP must be UTF-8 text.") from exc
+    sdp = await _sdp_body(request, "application/sdp", "WHIP offers")
     mode = request.query.get("mode", "record")
     if mode not in WHIP_MODES:
         raise InvalidRequest(f"WHIP mode must be one of {', '.join(WHIP_MODES)}.")
@@ -121,16 +125,11 @@ def _etag(answer: str) -> str:
 
 @routes.patch("/whip/{sessionId}")
 async def whip_patch(request: web.Request) -> web.Response:
-    """Trickle ICE (RFC 9725 section 4.3.1): candidates in an SDP fragment; ICE restarts: 422."""
+    """Trickle ICE (RFC 9725): candidates in an SDP fragment; ICE restarts: 422."""
     manager = request.app[MEDIA_KEY]
     owner, session, _ = manager.get(request.match_info["sessionId"])
     check_access(await caller_of(request), owner, "session")
-    if request.content_type != "application/trickle-ice-sdpfrag":
-        raise UnsupportedMediaType("WHIP PATCH bodies must be application/trickle-ice-sdpfrag.")
-    try:
-        fragment = (await read_body(request)).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("The SDP fragment must be UTF-8 text.") from exc
+    fragment = await _sdp_body(request, "application/trickle-ice-sdpfrag", "WHIP PATCH bodies")
     pc = session.pc if session is not None else None
     if session is None or pc is None or pc.localDescription is None or pc.remoteDescription is None:
         raise UnprocessableContent("The session has ended; start a new one.")
