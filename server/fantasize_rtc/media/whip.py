@@ -94,7 +94,7 @@ async def whip_options(request: web.Request) -> web.Response:
 
 
 def ice_server_links(servers: tuple[IceServer, ...]) -> list[str]:
-    """RFC 9725 section 4.6: one ``Link`` value per ICE server URL."""
+    """RFC 9725, STUN/TURN server configuration: one ``Link`` value per ICE server URL."""
     links = []
     for server in servers:
         for url in server.urls:
