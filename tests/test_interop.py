@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from fantasize_rtc.media import MEDIA_CLOSED, MEDIA_KEY, RECORDING_SAVED
@@ -30,9 +30,19 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLISH_SECONDS = 2.0
 
 
-def certificate(folder: Path, kind: str) -> tuple[Path, Path]:
-    """A self-signed certificate and its key, as an encoder's operator would make them."""
-    key: Any = rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
+async def whip_cert(folder: Path) -> tuple[Path, Path]:
+    """``fantasize-rtc whip-cert``, as docs/interop.md tells an encoder's operator to run it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fantasize_rtc", "whip-cert", "--out", str(folder), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and b"-cert_file" in out
+    return folder / "whip.crt", folder / "whip.key"
+
+
+def rsa_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed RSA 2048 certificate and its key, as GStreamer makes and an operator might."""
+    key = rsa.generate_private_key(65537, 2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "encoder")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -45,7 +55,7 @@ def certificate(folder: Path, kind: str) -> tuple[Path, Path]:
         .not_valid_after(now + datetime.timedelta(days=30))
         .sign(key, hashes.SHA256())
     )
-    cert_path, key_path = folder / f"{kind}.crt", folder / f"{kind}.key"
+    cert_path, key_path = folder / "rsa.crt", folder / "rsa.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -94,7 +104,7 @@ async def test_ffmpeg_whip_publishes_h264_that_is_recorded_as_it_came(
     saved: list[Any] = []
     manager.rtc.on(RECORDING_SAVED, saved.append)
     closed = sessions_closed(client)
-    cert, key = certificate(tmp_path, kind)
+    cert, key = await whip_cert(tmp_path) if kind == "ecdsa" else rsa_certificate(tmp_path)
     options = [f"cert_file={cert}", f"key_file={key}"]
     if role == "active":
         options.append("whip_flags=dtls_active")

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from fantasize_rtc import RtcConfig, serving, tls
 from fantasize_rtc.app import create_app
@@ -417,3 +420,14 @@ def test_a_certificate_that_does_not_load_stops_the_start_with_one_line(tmp_path
     )
     assert out.returncode == 1
     assert "could not start: cannot read the TLS certificate" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_whip_cert_writes_a_p256_pair_once(tmp_path: Path) -> None:
+    cert_path, key_path = tls.write_encoder_certificate(tmp_path / "enc", days=30)
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+    assert cert.public_key() == key.public_key()
+    with pytest.raises(FileExistsError):  # never overwrites an encoder's key
+        tls.write_encoder_certificate(tmp_path / "enc")

@@ -163,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag in _SERVE_FLAGS:
         _add_flag(serve, flag)
+    whip_cert = sub.add_parser(
+        "whip-cert",
+        help="write a P-256 certificate for a WHIP encoder (FFmpeg's cert_file/key_file)",
+        description="Write whip.crt and whip.key (ECDSA P-256) for an encoder to use in its DTLS "
+        "handshake. FFmpeg's WHIP muxer built with GnuTLS (PyAV's) makes a P-224 certificate by itself, "
+        "which WebRTC stacks refuse; pass it these instead (docs/interop.md).",
+    )
+    whip_cert.add_argument("--out", default=".", help="folder to write them into (default: here)")
+    whip_cert.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
     _add_selftest(sub)
     return parser
 
@@ -398,12 +407,28 @@ def _run(coro: Coroutine[Any, Any, None], loop_factory: Callable[[], asyncio.Abs
             loop.close()
 
 
+def _whip_cert(folder: str, days: int) -> int:
+    from .tls import write_encoder_certificate
+
+    try:
+        cert, key = write_encoder_certificate(folder, days=days)
+    except (OSError, ValueError) as exc:
+        print(f"fantasize-rtc whip-cert: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {cert} and {key} (ECDSA P-256, {days} days)")
+    print(f"FFmpeg: -f whip -cert_file {cert} -key_file {key} https://<server>/whip")
+    print(f'PyAV:   av.open(url, mode="w", format="whip", options={{"cert_file": "{cert}", "key_file": "{key}"}})')
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "whip-cert":
+        return _whip_cert(args.out, args.days)
     if args.command == "serve":
         try:
             config = config_from_args(args)

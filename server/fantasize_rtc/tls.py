@@ -49,6 +49,7 @@ __all__ = [
     "make_self_signed",
     "reload",
     "self_signed",
+    "write_encoder_certificate",
 ]
 
 log = logging.getLogger(__name__)
@@ -374,6 +375,22 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_encoder_certificate(folder: str | os.PathLike[str], *, days: int = 3650) -> tuple[Path, Path]:
+    """A P-256 certificate and key for a WHIP encoder (FFmpeg's ``cert_file``/``key_file``), written
+    as ``whip.crt`` and ``whip.key`` (0600) into ``folder``; FileExistsError if either is there.
+    WebRTC checks the certificate's fingerprint, not its name (docs/interop.md)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out / "whip.crt", out / "whip.key"
+    for path in (cert_path, key_path):
+        if path.exists():
+            raise FileExistsError(f"{path} exists; remove it or pick another folder")
+    cert_pem, key_pem = make_self_signed(["whip-encoder"], [], days=days)
+    _write_atomically(key_path, key_pem, 0o600)
+    _write_atomically(cert_path, cert_pem, 0o644)
+    return cert_path, key_path
 
 
 # -- what serve uses ----------------------------------------------------------------------------------

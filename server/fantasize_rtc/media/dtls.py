@@ -141,7 +141,7 @@ class DtlsTrace:
                 f"the peer's DTLS certificate is {key}, a curve no WebRTC stack accepts any more "
                 "(RFC 8827 needs P-256; OpenSSL 4 and browsers refuse it). FFmpeg's WHIP muxer makes "
                 "such a certificate when built with GnuTLS: give it a P-256 one with the cert_file "
-                "and key_file options (docs/interop.md)"
+                "and key_file options (`fantasize-rtc whip-cert` writes one; docs/interop.md)"
             )
         if self.done and self.srtp_profile is None:
             return (
