@@ -1,10 +1,14 @@
-"""The server as a WebRTC peer: echo, record, probe and play sessions, and WHIP ingest.
+"""The server as a WebRTC peer: echo, record, probe and play sessions, your own modes, and WHIP ingest.
 
 This is the only package that imports aiortc and PyAV. ``fantasize_rtc.create_app`` plugs
 :func:`setup_media` into the transport (unless ``media=False``), which adds the routes ``POST /rtc/offer``,
-``GET/DELETE /rtc/sessions/{id}``, ``GET /rtc/recordings``, ``GET/DELETE /rtc/recordings/{id}``,
-``POST /whip`` and ``DELETE /whip/{id}``, registers the server peers ``@echo @record @probe
-@play`` on the facade, and closes every session (finalizing recordings) on app cleanup.
+``GET /rtc/modes``, ``GET/DELETE /rtc/sessions/{id}``, ``GET /rtc/recordings``,
+``GET/DELETE /rtc/recordings/{id}``, ``POST /whip`` and ``PATCH/DELETE /whip/{id}``, registers a
+server peer ``@<mode>`` per registered mode (:data:`modes`: ``@echo @record @probe @play`` and
+yours) on the facade, and closes every session (finalizing recordings) on app cleanup.
+
+The public API for modes of your own: :class:`Mode`, :data:`modes` (:class:`ModeRegistry`),
+:class:`MediaSession`; docs/modes.md.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from aiohttp import web
 from ..web import DRAIN_KEY, RTC_KEY
 from .events import MEDIA_CLOSED, MEDIA_CONNECTED, RECORDING_SAVED, MediaClosed, MediaConnected, RecordingSaved
 from .keys import MEDIA_KEY
-from .manager import MODES, SERVER_PEERS, MediaManager
+from .manager import MediaManager
+from .modes import ModeInfo, ModeRegistry, modes
 from .recordings import FORMATS, RecordingInfo, RecordingStore
 from .routes import routes
-from .session import MediaSession, Owner, SessionOptions
+from .session import MediaSession, Mode, Owner, SessionOptions
 from .whip import routes as whip_routes
 
 __all__ = [
@@ -27,30 +32,34 @@ __all__ = [
     "MEDIA_CLOSED",
     "MEDIA_CONNECTED",
     "MEDIA_KEY",
-    "MODES",
     "RECORDING_SAVED",
-    "SERVER_PEERS",
     "MediaClosed",
     "MediaConnected",
     "MediaManager",
+    "Mode",
+    "ModeInfo",
+    "ModeRegistry",
     "MediaSession",
     "Owner",
     "RecordingInfo",
     "RecordingSaved",
     "RecordingStore",
     "SessionOptions",
+    "modes",
     "setup_media",
 ]
 
 
-def setup_media(app: web.Application) -> MediaManager:
-    """Plug the media layer into an app made by :func:`fantasize_rtc.web.create_app`."""
+def setup_media(app: web.Application, registry: ModeRegistry | None = None) -> MediaManager:
+    """Plug the media layer into an app made by :func:`fantasize_rtc.web.create_app`, with the
+    modes of ``registry`` (default: :data:`modes`)."""
     rtc = app[RTC_KEY]
-    manager = MediaManager(rtc)
+    manager = MediaManager(rtc, registry)
+    server_peers = tuple("@" + name for name in manager.modes)  # what a room can signal to
     app[MEDIA_KEY] = manager
     app.add_routes(routes)
     app.add_routes(whip_routes)
-    for peer_id in SERVER_PEERS:
+    for peer_id in server_peers:
         rtc.register_server_peer(peer_id, manager.on_server_peer_message)
     # On SIGTERM (web._drain): bye to the owners of signaled sessions, then every session closed.
     app[DRAIN_KEY].notify.append(manager.say_bye)
@@ -61,7 +70,7 @@ def setup_media(app: web.Application) -> MediaManager:
         yield
         # Runs before the facade closes (cleanup_ctx unwinds in reverse): sessions end and
         # recordings are finalized while rooms and channels still exist.
-        for peer_id in SERVER_PEERS:
+        for peer_id in server_peers:
             rtc.unregister_server_peer(peer_id)
         await manager.close()
         manager.end()

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,45 +31,19 @@ from ..errors import (
 from ..protocol import LeaveReason, SessionEnd, Via, error_message
 from ._aiortc_compat import host_addresses
 from .events import RECORDING_SAVED, RecordingSaved
+from .modes import ModeRegistry
+from .modes import modes as default_modes
 from .recordings import FORMATS, RecordingStore
-from .session import MediaSession, Mode, Notify, Owner, SessionOptions, new_session_id
+from .session import MediaSession, Notify, Owner, SessionOptions, new_session_id
 from .udp import PortRange, UdpMux, open_host_sockets
 
 if TYPE_CHECKING:
     from ..server import RtcServer
 
-__all__ = ["MODES", "SERVER_PEERS", "MediaManager", "parse_options"]
+__all__ = ["MediaManager", "parse_options"]
 
 log = logging.getLogger(__name__)
 
-
-def _echo() -> Mode:
-    from .echo import EchoMode
-
-    return EchoMode()
-
-
-def _record() -> Mode:
-    from .record import RecordMode
-
-    return RecordMode()
-
-
-def _probe() -> Mode:
-    from .probe import ProbeMode
-
-    return ProbeMode()
-
-
-def _play() -> Mode:
-    from .play import PlayMode
-
-    return PlayMode()
-
-
-#: Mode name -> factory. The server peer of a mode is ``"@" + name``.
-MODES: dict[str, Callable[[], Mode]] = {"echo": _echo, "record": _record, "probe": _probe, "play": _play}
-SERVER_PEERS = tuple("@" + name for name in MODES)
 
 #: Reports of ended sessions stay readable this long (the newest 256 of them).
 ENDED_KEEP = 256
@@ -155,8 +129,10 @@ def check_offer_sdp(sdp: Any, limit: int) -> str:
 class MediaManager:
     """Sessions of this process, their limits, and the server peers' signaling."""
 
-    def __init__(self, rtc: RtcServer) -> None:
+    def __init__(self, rtc: RtcServer, modes: ModeRegistry | None = None) -> None:
         self.rtc = rtc
+        #: The modes sessions can be opened in (``fantasize_rtc.media.modes`` unless given).
+        self.modes = modes if modes is not None else default_modes
         self.config = rtc.config
         self.store = RecordingStore(Path(self.config.recordings_dir))
         #: The media UDP port (a mux) or port range; None: sessions take random ports (aiortc's way).
@@ -306,9 +282,7 @@ class MediaManager:
                 "This server requires a peer token, a connect JWT or the admin key for media sessions: "
                 "send Authorization: Bearer <token>."
             )
-        factory = MODES.get(mode) if isinstance(mode, str) else None
-        if factory is None:
-            raise InvalidRequest(f"mode must be one of {', '.join(MODES)}.")
+        made = self.modes.create(mode)  # InvalidRequest for a name not registered
         check_offer_sdp(sdp, config.max_signal_bytes)
         if self._closing or self.rtc.draining:
             raise Draining("The server is restarting; send the offer again (another server takes it).")
@@ -327,12 +301,12 @@ class MediaManager:
             raise RateLimited(
                 f"Peer {owner.peer_id!r} already has {self.config.max_sessions_per_peer} media sessions; end one first."
             )
-        if mode == "record":
+        if made.writes_recordings:
             self.store.check_quota(self.config.recordings_quota_bytes)
         session = MediaSession(
             self,
             session_id=new_session_id(),
-            mode=factory(),
+            mode=made,
             options=options,
             owner=owner,
             via=via,

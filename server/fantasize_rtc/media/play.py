@@ -180,6 +180,7 @@ class PlayMode(Mode):
     """Options: ``audio`` / ``video`` (default true), ``width``, ``height``, ``fps`` (default 640x480 at 30)."""
 
     name = "play"
+    whip = False  # it only sends; a WHIP client only sends too
 
     async def after_remote_description(self, session: MediaSession) -> None:
         pc = session.pc

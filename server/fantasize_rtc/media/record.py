@@ -494,6 +494,7 @@ class RecordMode(Mode):
     (default: where the codecs allow; ``false`` transcodes every track)."""
 
     name = "record"
+    writes_recordings = True
 
     def __init__(self) -> None:
         self.recorder: Recorder | None = None

@@ -1,4 +1,4 @@
-"""HTTP routes of the media layer: one-round-trip offers, session reports, recordings.
+"""HTTP routes of the media layer: the modes offered, one-round-trip offers, session reports, recordings.
 
 Who may do what (docs/media.md, "Who may see what"; docs/security.md):
 
@@ -74,6 +74,12 @@ def check_access(caller: Caller, owner: Owner | None, what: str) -> None:
 async def media_info(request: web.Request) -> web.Response:
     """How clients reach the server's own peers: UDP ports, announced addresses, load."""
     return json_response(request.app[MEDIA_KEY].describe())
+
+
+@routes.get("/rtc/modes")
+async def list_modes(request: web.Request) -> web.Response:
+    """The modes sessions can be opened in (built-in and registered): what the demo page offers."""
+    return json_response({"modes": request.app[MEDIA_KEY].modes.describe()})
 
 
 @routes.post("/rtc/offer")

@@ -105,12 +105,18 @@ class SessionOptions:
 
 
 class Mode:
-    """What a session does with media. Subclasses override the hooks they need.
+    """What a session does with media. Subclasses override the hooks they need; register one with
+    :data:`fantasize_rtc.media.modes` (docs/modes.md: the lifecycle, the threading rules).
 
     Every received track must be consumed: the default :meth:`on_track` drains it.
     """
 
-    name: ClassVar[str] = ""
+    #: The name it is registered under (set on each instance by the registry).
+    name: str = ""
+    #: Whether a WHIP publisher (which only sends) can use it; the registry's default.
+    whip: ClassVar[bool] = True
+    #: Whether it writes into the recordings folder: admission checks the recordings quota first.
+    writes_recordings: ClassVar[bool] = False
 
     def on_track(self, session: MediaSession, track: MediaStreamTrack) -> None:
         session.drain(track)

@@ -33,8 +33,6 @@ __all__ = ["routes"]
 
 routes = web.RouteTableDef()
 
-WHIP_MODES = ("record", "probe", "echo")
-
 
 def _query_options(query: dict[str, str]) -> dict[str, object]:
     out: dict[str, object] = {}
@@ -69,8 +67,9 @@ async def whip_post(request: web.Request) -> web.Response:
     manager = request.app[MEDIA_KEY]
     sdp = await _sdp_body(request, "application/sdp", "WHIP offers")
     mode = request.query.get("mode", "record")
-    if mode not in WHIP_MODES:
-        raise InvalidRequest(f"WHIP mode must be one of {', '.join(WHIP_MODES)}.")
+    whip_modes = [name for name in manager.modes if manager.modes.info(name).whip]
+    if mode not in whip_modes:
+        raise InvalidRequest(f"WHIP mode must be one of {', '.join(whip_modes)}.")
     options = parse_options(_query_options(dict(request.query)), manager.config.max_session_seconds)
     caller = await caller_of(request)
     session, answer = await manager.open(
