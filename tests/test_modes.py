@@ -18,6 +18,7 @@ from tests.helpers import wait_for
 from tests.media_helpers import SmallVideo, client_peer, http_offer
 from tests.test_media_signaling import Member, from_server_peer
 
+README = Path(__file__).resolve().parent.parent / "README.md"
 EVENTS: list[tuple[str, Any]] = []
 
 
@@ -178,3 +179,22 @@ async def test_an_unknown_mode_is_refused_with_the_names(app_client: Any) -> Non
         resp = await app_client.post("/rtc/offer", json={"sdp": await peer.offer(), "type": "offer", "mode": "nosuch"})
     body = await resp.json()
     assert resp.status == 400 and "shout" in body["error"]["message"] and "echo" in body["error"]["message"]
+
+
+async def test_the_readme_snippet_registers_a_working_mode(aiohttp_client: Any, tmp_path: Path) -> None:
+    readme = README.read_text()
+    (snippet,) = [
+        block.split("```", 1)[0] for block in readme.split("```python")[1:] if 'modes.register("shout"' in block
+    ]
+    assert len(snippet.strip().splitlines()) < 30
+    exec(compile(snippet, "README.md", "exec"), {})  # registers "shout" into the global registry
+    try:
+        client = await aiohttp_client(create_app(config=RtcConfig(recordings_dir=str(tmp_path))))
+        async with client_peer() as peer:
+            channel = peer.open_channel("chat")
+            await http_offer(client, peer, mode="shout")
+            await wait_for(lambda: channel.readyState == "open", 20, message="the data channel")
+            channel.send("hey")
+            await wait_for(lambda: "HEY" in peer.messages, 10, message="the README mode's answer")
+    finally:
+        modes.unregister("shout")
