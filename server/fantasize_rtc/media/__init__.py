@@ -8,7 +8,9 @@ server peer ``@<mode>`` per registered mode (:data:`modes`: ``@echo @record @pro
 yours) on the facade, and closes every session (finalizing recordings) on app cleanup.
 
 The public API for modes of your own: :class:`Mode`, :data:`modes` (:class:`ModeRegistry`),
-:class:`MediaSession`; docs/modes.md.
+:class:`MediaSession`; frame access and sending (:mod:`.frames`: :class:`VideoFrames`,
+:class:`AudioFrames`, the ndarray conversions, :class:`OutputTrack`, :func:`transform_video`)
+and the worker pools (:class:`Workers`, ``session.workers``); docs/modes.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ from aiohttp import web
 
 from ..web import DRAIN_KEY, RTC_KEY
 from .events import MEDIA_CLOSED, MEDIA_CONNECTED, RECORDING_SAVED, MediaClosed, MediaConnected, RecordingSaved
+from .frames import (
+    AudioFrames,
+    OutputTrack,
+    VideoFrames,
+    audio_to_ndarray,
+    ndarray_to_audio,
+    ndarray_to_video,
+    transform_video,
+    video_to_ndarray,
+)
 from .keys import MEDIA_KEY
 from .manager import MediaManager
 from .modes import ModeInfo, ModeRegistry, modes
@@ -26,8 +38,10 @@ from .recordings import FORMATS, RecordingInfo, RecordingStore
 from .routes import routes
 from .session import MediaSession, Mode, Owner, SessionOptions
 from .whip import routes as whip_routes
+from .workers import Workers
 
 __all__ = [
+    "AudioFrames",
     "FORMATS",
     "MEDIA_CLOSED",
     "MEDIA_CONNECTED",
@@ -40,13 +54,21 @@ __all__ = [
     "ModeInfo",
     "ModeRegistry",
     "MediaSession",
+    "OutputTrack",
     "Owner",
     "RecordingInfo",
     "RecordingSaved",
     "RecordingStore",
     "SessionOptions",
+    "VideoFrames",
+    "Workers",
+    "audio_to_ndarray",
     "modes",
+    "ndarray_to_audio",
+    "ndarray_to_video",
     "setup_media",
+    "transform_video",
+    "video_to_ndarray",
 ]
 
 

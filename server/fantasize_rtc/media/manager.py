@@ -36,6 +36,7 @@ from .modes import modes as default_modes
 from .recordings import FORMATS, RecordingStore
 from .session import MediaSession, Notify, Owner, SessionOptions, new_session_id
 from .udp import PortRange, UdpMux, open_host_sockets
+from .workers import Workers
 
 if TYPE_CHECKING:
     from ..server import RtcServer
@@ -146,6 +147,8 @@ class MediaManager:
         self._closing = False
         #: Sessions opened, refused and ended, setup times, media totals (``/metrics``).
         self.counters = MediaCounters()
+        #: Thread and process pools for modes' CPU-heavy work (started on first use).
+        self.workers = Workers()
         rtc.on(RECORDING_SAVED, self._count_recording)
 
     def _count_recording(self, saved: RecordingSaved) -> None:
@@ -554,3 +557,4 @@ class MediaManager:
         await asyncio.gather(*(s.close(SessionEnd.SHUTDOWN) for s in sessions), return_exceptions=True)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.workers.close()  # after the sessions: nothing calls into the pools any more

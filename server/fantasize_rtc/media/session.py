@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..server import RtcServer
     from .recordings import RecordingStore
     from .udp import HostSockets
+    from .workers import Workers
 
 __all__ = ["MediaSession", "Mode", "Notify", "Owner", "SessionHost", "SessionOptions", "new_session_id", "skip_backlog"]
 
@@ -154,6 +155,8 @@ class SessionHost(Protocol):
     config: RtcConfig
     store: RecordingStore
     counters: MediaCounters
+    #: Thread and process pools for modes' CPU-heavy work (:mod:`.workers`).
+    workers: Workers
 
     @property
     def udp(self) -> HostSockets | None:
@@ -231,6 +234,13 @@ class MediaSession:
     @property
     def pc(self) -> RTCPeerConnection | None:
         return self._pc
+
+    @property
+    def workers(self) -> Workers:
+        """Where a mode runs CPU-heavy work off the event loop: ``await
+        session.workers.run_in_thread(func, *args)`` (or ``run_in_process``), shared by the
+        process's sessions (:mod:`.workers`)."""
+        return self.manager.workers
 
     @property
     def connected(self) -> bool:
