@@ -151,7 +151,10 @@ function main() {
   });
   log("page", "Page loaded.");
   showVersion();
-  connectLab(lab).then(() => panels.record.refresh());
+  connectLab(lab).then(() => {
+    panels.record.refresh();
+    panels.echo.loadModes();
+  });
 }
 
 main();

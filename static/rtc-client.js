@@ -452,14 +452,16 @@ export class RtcClient extends Emitter {
         this.emit("peer:disconnected", msg);
         this.emit("peers", [...this.peers.values()]);
         break;
-      case "error":
-        // fromPeerId is set when one of the server's own peers refused an offer of ours.
+      case "error": {
+        // error.fromPeerId is set when one of the server's own peers refused an offer of ours.
+        const fromPeerId = msg.error?.fromPeerId ?? msg.fromPeerId;
         this.emit("error", {
           code: msg.error?.code ?? "error",
           message: msg.error?.message ?? "The server refused a message.",
-          ...(msg.fromPeerId ? { fromPeerId: msg.fromPeerId } : {}),
+          ...(fromPeerId ? { fromPeerId } : {}),
         });
         break;
+      }
       default:
         break;
     }

@@ -1,18 +1,23 @@
-// A session with one of the server's own peers (@echo, @record, @probe), shared by the media
-// panels: a peer connection, the signaling link, and readable states.
+// A session with one of the server's own peers (@echo, @record, @probe, @play, or a mode of the
+// application's), shared by the media panels: a peer connection, the signaling link, and readable states.
 
 import { callServerPeer, RtcError } from "./rtc-client.js";
 import { log } from "./ui.js";
 
+/** The server's own peers of the built-in modes, there whenever the server runs its media layer. */
+const BUILT_IN = new Set(["@echo", "@record", "@probe", "@play"]);
+
 /**
  * Open a session with `serverPeerId` over the page's signaling connection.
  * @param {import("./rtc-client.js").RtcClient} lab the page's connected client
- * @param {string} serverPeerId `@echo`, `@record` or `@probe`
+ * @param {string} serverPeerId `@echo`, `@record`, `@probe`, `@play` or `@` and a registered mode's name
  * @param {object} options
  * @param {MediaStream} [options.stream] what to send
  * @param {boolean} [options.receive] ask for video and audio without sending any (for `@play`)
  * @param {boolean} [options.relayOnly] `iceTransportPolicy: "relay"` (only TURN candidates)
  * @param {boolean} [options.dataChannel] open a data channel (named after the mode)
+ * @param {(channel: RTCDataChannel) => void} [options.onChannel] called with that channel at once,
+ *   before the offer goes out, so that no event of it can be missed
  * @param {object} [options.extra] extra offer payload fields (session options)
  * @param {(track: MediaStreamTrack, streams: MediaStream[]) => void} [options.onTrack]
  * @param {(state: RTCPeerConnectionState) => void} [options.onState]
@@ -39,7 +44,10 @@ export async function openServerSession(lab, serverPeerId, options = {}) {
       pc.addTransceiver("video", { direction: "recvonly" });
       pc.addTransceiver("audio", { direction: "recvonly" });
     }
-    if (options.dataChannel) channel = pc.createDataChannel(serverPeerId.slice(1));
+    if (options.dataChannel) {
+      channel = pc.createDataChannel(serverPeerId.slice(1));
+      options.onChannel?.(channel);
+    }
     if (options.onTrack) pc.addEventListener("track", (ev) => options.onTrack(ev.track, ev.streams));
     if (options.onState) {
       pc.addEventListener("connectionstatechange", () => {
@@ -54,6 +62,12 @@ export async function openServerSession(lab, serverPeerId, options = {}) {
     return { pc, link, sessionId, channel };
   } catch (err) {
     pc.close();
+    if (err.code === "peer_not_found" && !BUILT_IN.has(serverPeerId)) {
+      // The built-in peers are there whenever the media layer is; a mode of the application's
+      // can be gone (the server restarted without it) while the page still lists it.
+      throw new RtcError("unknown_mode", `The server does not offer the mode ${serverPeerId.slice(1)} `
+        + `(there is no ${serverPeerId} on it any more).`);
+    }
     if (err.code === "peer_not_found") {
       throw new RtcError("no_media", `This server does not run its own media peers (no ${serverPeerId}): it was `
         + "started without the media layer, so only the Call panel works here.");

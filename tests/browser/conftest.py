@@ -2,11 +2,13 @@
 
 The server runs as ``python -m fantasize_rtc serve`` in a subprocess on a free port, exactly as a
 user starts it; one browser is launched for the whole package and each test opens its own
-contexts (separate cookies and storage, like separate machines).
+contexts (separate cookies and storage, like separate machines). A test that must hand the app
+Python objects (a mode registry) serves ``create_app`` in a thread instead (:class:`AppThread`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,16 +16,24 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+from aiohttp import web
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Playwright, expect, sync_playwright
 
+from fantasize_rtc.config import RtcConfig
 from tests.helpers import free_port, require_program, wait_for_sync
+
+if TYPE_CHECKING:
+    from fantasize_rtc.media import ModeRegistry
+
+T = TypeVar("T")
 
 ADMIN_KEY = "browser-admin-key"
 
@@ -50,7 +60,39 @@ CHROMIUM_ARGS = [
 ]
 
 
-class ServerProcess:
+class AdminApi:
+    """Calls to a running server's HTTP API as the admin."""
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def get(self, path: str, token: str | None = ADMIN_KEY) -> tuple[int, Any]:
+        """GET ``path``; returns (status, JSON body or None)."""
+        request = urllib.request.Request(self.url + path)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as err:
+            status, body = err.code, err.read()
+            err.close()
+        try:
+            return status, json.loads(body) if body else None
+        except ValueError:
+            return status, None
+
+    def room_peers(self, room_id: str) -> set[str] | None:
+        """The peer ids of a room's snapshot (as the admin), or None when the room does not exist."""
+        status, body = self.get(f"/rtc/rooms/{room_id}")
+        if status == 404:
+            return None
+        assert status == 200, (status, body)
+        return {p["peerId"] for p in body["peers"]}
+
+
+class ServerProcess(AdminApi):
     """``fantasize-rtc serve`` in a subprocess, with helpers to call its HTTP API as the admin."""
 
     def __init__(self, workdir: Path, name: str, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
@@ -116,29 +158,54 @@ class ServerProcess:
             self._log_file.close()
             self._log_file = None
 
-    def get(self, path: str, token: str | None = ADMIN_KEY) -> tuple[int, Any]:
-        """GET ``path``; returns (status, JSON body or None)."""
-        request = urllib.request.Request(self.url + path)
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                status, body = response.status, response.read()
-        except urllib.error.HTTPError as err:
-            status, body = err.code, err.read()
-            err.close()
-        try:
-            return status, json.loads(body) if body else None
-        except ValueError:
-            return status, None
 
-    def room_peers(self, room_id: str) -> set[str] | None:
-        """The peer ids of a room's snapshot (as the admin), or None when the room does not exist."""
-        status, body = self.get(f"/rtc/rooms/{room_id}")
-        if status == 404:
-            return None
-        assert status == 200, (status, body)
-        return {p["peerId"] for p in body["peers"]}
+class AppThread(AdminApi):
+    """``create_app(config=..., modes=...)`` served by :func:`fantasize_rtc.serving.start` on an
+    event loop in a thread of the test process: for tests that hand the app Python objects the
+    command line cannot (a mode registry with a mode defined in the test). ``call`` runs a
+    coroutine on that loop (to read the app's state there)."""
+
+    def __init__(self, workdir: Path, modes: ModeRegistry, **config: Any) -> None:
+        self.port = free_port()
+        self.modes = modes
+        self.config = RtcConfig(
+            admin_key=ADMIN_KEY, recordings_dir=str(workdir / "recordings"), drain_seconds=5.0, **config
+        )
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="app-thread", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self) -> AppThread:
+        from fantasize_rtc import create_app, serving
+
+        async def start() -> None:
+            self.app = create_app(config=self.config, modes=self.modes)
+            self._runner, _site, _limiter = await serving.start(self.app, "127.0.0.1", self.port, self.config)
+
+        self._thread.start()
+        self.call(start())
+        return self
+
+    def stop(self) -> None:
+        """Drain and stop the app, then the loop and its thread. Safe to call twice."""
+        from fantasize_rtc import serving
+
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            self.call(serving.stop(runner, self.config.drain_seconds))
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        if not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
 
 
 @pytest.fixture(scope="package")
