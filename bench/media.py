@@ -2,6 +2,9 @@
 echo server (the approach of aiortc's ``examples/server``), in the same run on the same machine.
 Our echo runs twice: as it is by default (decode + re-encode, like the baseline) and with
 ``passthrough: true`` (encoded frames sent back as they are; ``--no-passthrough`` skips it).
+``--modes`` adds a server running no-op numpy modes built with ``fantasize_rtc.media.frames``
+(decode, ``video_to_ndarray``, ``ndarray_to_video``, re-encode; rgb24 and yuv420p arrays): what
+a mode of your own costs over the transcoding echo (issue 17).
 
     python -m bench.media                       # 1, 2, 4 streams, 10 s windows, 10 latency runs
     python -m bench.media --streams 1,2 --seconds 5 --json out.json
@@ -102,6 +105,49 @@ def run_baseline_server(port: int) -> None:
     app.router.add_get("/healthz", health)
     app.on_shutdown.append(on_shutdown)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# -- a server with no-op numpy modes (--modes) -----------------------------------------------------
+
+
+def _same(image: Any) -> Any:
+    return image
+
+
+def run_modes_server(port: int, event_loop: str) -> int:
+    """``fantasize-rtc serve`` with two more modes: every received video frame through
+    :func:`~fantasize_rtc.media.transform_video` with a function that returns its array as it is
+    (``noop-rgb``: rgb24 arrays, ``noop-yuv``: yuv420p arrays, no colour conversion)."""
+    from fantasize_rtc.cli import main as serve_main
+    from fantasize_rtc.media import MediaSession, Mode, modes, transform_video
+
+    def noop(format: str) -> type[Mode]:
+        class Noop(Mode):
+            def on_track(self, session: MediaSession, track: MediaStreamTrack) -> None:
+                if track.kind == "video":
+                    transform_video(session, track, _same, format=format)
+                else:
+                    session.drain(track)
+
+        return Noop
+
+    modes.register("noop-rgb", noop("rgb24"), description="no-op numpy mode, rgb24 arrays")
+    modes.register("noop-yuv", noop("yuv420p"), description="no-op numpy mode, yuv420p arrays")
+    return serve_main(
+        [
+            "serve",
+            "--port",
+            str(port),
+            "--max-media-sessions",
+            "64",
+            "--max-anonymous-sessions-per-address",
+            "0",
+            "--log-level",
+            "warning",
+            "--event-loop",
+            event_loop,
+        ]
+    )
 
 
 # -- servers under test ---------------------------------------------------------------------------
@@ -436,6 +482,22 @@ def table(results: list[dict[str, Any]], latency: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def mode_ratios(results: list[dict[str, Any]]) -> list[str]:
+    """Lines saying what each no-op numpy mode costs per stream-second against the transcoding
+    echo with the same stream count (medians of the same run)."""
+    echo = {r["streams"]: r for r in results if r["server"] == "fantasize-rtc echo" and "error" not in r}
+    lines = []
+    for r in results:
+        base = echo.get(r["streams"])
+        if r["server"].startswith("no-op numpy mode") and "error" not in r and base and base["cpuPerStreamSecond"]:
+            ratio = r["cpuPerStreamSecond"] / base["cpuPerStreamSecond"]
+            lines.append(
+                f"{r['server']}, {r['streams']} stream(s): {r['cpuPerStreamSecond']:.4f} vs echo "
+                f"{base['cpuPerStreamSecond']:.4f} CPU s per stream-s = {ratio:.2f}x"
+            )
+    return lines
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     server_cores, client_cores = plan_cores() if args.pin else ([], [])
     if client_cores:
@@ -479,6 +541,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         server_cores,
     )
     servers: tuple[Server, ...] = (baseline, ours, passthrough) if args.passthrough else (baseline, ours)
+    if args.modes:
+        modes_port = free_port()
+        modes_cmd = [
+            sys.executable,
+            "-m",
+            "bench.media",
+            "--modes-server",
+            "--port",
+            str(modes_port),
+            "--event-loop",
+            args.event_loop,
+        ]
+        servers = (
+            *servers,
+            *(
+                Server(
+                    f"no-op numpy mode ({fmt} arrays)",
+                    modes_cmd,
+                    modes_port,
+                    "/rtc/offer",
+                    server_cores,
+                    {"mode": name},
+                )
+                for name, fmt in (("noop-rgb", "rgb24"), ("noop-yuv", "yuv420p"))
+            ),
+        )
     if args.udp_port:
         # The same two echoes with every session on one UDP port (the mux): what the mux costs.
         mux_cmd = [*ours.cmd, "--udp-port", str(args.udp_port)]
@@ -560,12 +648,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and clients to cores")
     parser.add_argument("--event-loop", default="auto", help="our server's --event-loop (auto, uvloop, asyncio)")
+    parser.add_argument(
+        "--modes",
+        action="store_true",
+        help="also run no-op numpy modes made with fantasize_rtc.media.frames (rgb24 and yuv420p arrays)",
+    )
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--modes-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.baseline_server:
         run_baseline_server(args.port)
         return 0
+    if args.modes_server:
+        return run_modes_server(args.port, args.event_loop)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("aioice").setLevel(logging.WARNING)
     Stream.decode = args.decode
@@ -576,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
         f"server on cores {m['serverCores'] or 'any'}, clients on {m['clientCores'] or 'any'}\n"
     )
     print(table(data["streams"], data["latency"]))
+    for line in mode_ratios(data["streams"]):
+        print(line)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2))

@@ -197,8 +197,9 @@ class AudioFrames(_Reader):
 
 def video_to_ndarray(frame: VideoFrame, format: str = "rgb24") -> NDArray[np.uint8]:
     """A new uint8 array of ``frame``: ``rgb24``/``bgr24`` H x W x 3, ``gray`` H x W, ``yuv420p``
-    H*3/2 x W. ``gray`` from a YUV frame is its Y plane, copied (no conversion at all); the others
-    convert with PyAV (libswscale). In a worker thread for anything but thumbnails."""
+    H*3/2 x W. ``gray`` from a YUV frame is its Y plane, copied (no conversion at all, so in the
+    frame's own range: 16-235 for the usual limited-range video, where libswscale's gray would
+    stretch it to 0-255); the others convert with PyAV (libswscale). In a worker thread for anything but thumbnails."""
     np = numpy()
     if format not in VIDEO_FORMATS:
         raise ValueError(f"format must be one of {', '.join(VIDEO_FORMATS)}, not {format!r}")
@@ -232,9 +233,15 @@ def ndarray_to_video(array: Any, like: VideoFrame | None = None, format: str | N
             np.frombuffer(chroma, np.uint8).fill(128)
     else:
         frame = VideoFrame.from_ndarray(np.ascontiguousarray(array), format=format)
-    if like is not None:
-        frame.pts, frame.time_base = like.pts, like.time_base
+    _same_timing(frame, like)
     return frame
+
+
+def _same_timing(frame: VideoFrame | AudioFrame, like: VideoFrame | AudioFrame | None) -> None:
+    if like is not None:
+        frame.pts = like.pts
+        if like.time_base is not None:  # PyAV refuses None
+            frame.time_base = like.time_base
 
 
 _PCM_SCALE = {"s16": 32768.0, "s16p": 32768.0, "s32": 2147483648.0, "s32p": 2147483648.0, "u8": 128.0, "u8p": 128.0}
@@ -248,8 +255,8 @@ def audio_to_ndarray(frame: AudioFrame, dtype: str = "int16") -> NDArray[Any]:
         raise ValueError(f"dtype must be 'int16' or 'float32', not {dtype!r}")
     channels = frame.layout.nb_channels
     array: Any = frame.to_ndarray()
-    if not frame.format.is_planar:
-        array = array.reshape(-1, channels).T  # interleaved L R L R -> one row per channel
+    if not frame.format.is_planar:  # interleaved L R L R -> one (contiguous) row per channel
+        array = np.ascontiguousarray(array.reshape(-1, channels).T)
     name = frame.format.name
     if dtype == "int16":
         if array.dtype == np.int16:
@@ -282,8 +289,7 @@ def ndarray_to_audio(array: Any, like: AudioFrame | None = None, sample_rate: in
     interleaved = np.ascontiguousarray(array.T).reshape(1, -1)
     frame = AudioFrame.from_ndarray(interleaved, format="s16", layout="mono" if array.shape[0] == 1 else "stereo")
     frame.sample_rate = like.sample_rate if like is not None else sample_rate
-    if like is not None:
-        frame.pts, frame.time_base = like.pts, like.time_base
+    _same_timing(frame, like)
     return frame
 
 
