@@ -4,7 +4,7 @@
     python examples/video_filter.py [--port 8080 ...]     # any `fantasize-rtc serve` flag
 
 Then open http://127.0.0.1:8080/ and pick the mode "filter" in the Echo panel, or offer to it:
-``POST /rtc/offer {"mode": "filter"}``, a room's ``@filter``, or WHIP ``?mode=filter``.
+``POST /rtc/offer {"mode": "filter"}`` or a room's ``@filter`` (not WHIP: a publisher receives nothing back).
 
 :func:`~fantasize_rtc.media.transform_video` does the plumbing: it reads the newest decoded frame
 (stale ones are dropped when the filter is slower than real time), converts it to an array and
