@@ -188,3 +188,39 @@ async def test_each_example_runs_as_a_script_with_its_mode(script: str, mode: st
         assert mode in listed and "echo" in listed
         async with http.get(url + "/") as resp:
             assert resp.status == 200 and "<html" in (await resp.text()).lower()  # the demo page
+
+
+def invert(gray: Any) -> Any:
+    """At a module's top level, so a worker process can import it (transform_video in_process)."""
+    return 255 - gray
+
+
+async def test_transform_video_in_a_worker_process(aiohttp_client: Any, config: RtcConfig) -> None:
+    from fantasize_rtc.media import Mode, transform_video
+
+    class Invert(Mode):
+        whip = False
+
+        def on_track(self, session: Any, track: MediaStreamTrack) -> None:
+            if track.kind == "video":
+                transform_video(session, track, invert, format="gray", in_process=True)
+            else:
+                session.drain(track)
+
+    registry = modes.copy()
+    registry.register("invert", Invert)
+    client = await aiohttp_client(create_app(config=config, modes=registry, static=False))
+    async with client_peer() as peer:
+        peer.pc.addTrack(Halves())
+        await http_offer(client, peer, mode="invert")
+        await peer.wait_frames("video", 10)  # the pool's first call starts a fresh interpreter
+        seen = peer.frames("video")
+        await wait_for(lambda: peer.frames("video") >= seen + 5, 20, message="more inverted frames")
+        gray = peer.sinks["video"].last.to_ndarray(format="gray").astype(int)
+        # dark (30) came back bright, bright (220) dark: luma of limited-range video, roughly inverted
+        assert gray[8:-8, 8:68].mean() > 180 and gray[8:-8, 92:-8].mean() < 80, (
+            gray[:, :80].mean(),
+            gray[:, 80:].mean(),
+        )
+    assert client.app[MEDIA_KEY].workers.started
+    await wait_closed(client.app[MEDIA_KEY])

@@ -98,8 +98,9 @@ class Workers:
         async with turns:
             self._check_open()
             call = functools.partial(func, *args, **kwargs) if kwargs else functools.partial(func, *args)
-            # A cancelled caller (its session closed) leaves a running call to finish on its own:
-            # a thread cannot be interrupted. The turn comes back when it does.
+            # A cancelled caller (its session closed) leaves a running call to finish on its own
+            # (a thread cannot be interrupted) and gives its turn back at once: after a burst of
+            # cancellations more calls than the bound may run for a while, never more queued.
             return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     async def close(self) -> None:
