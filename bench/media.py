@@ -114,6 +114,24 @@ def _same(image: Any) -> Any:
     return image
 
 
+def serve_args(port: int, event_loop: str) -> list[str]:
+    """``fantasize-rtc serve`` as every server under test here runs: room for many sessions from
+    one address, quiet logs."""
+    return [
+        "serve",
+        "--port",
+        str(port),
+        "--max-media-sessions",
+        "64",
+        "--max-anonymous-sessions-per-address",
+        "0",
+        "--log-level",
+        "warning",
+        "--event-loop",
+        event_loop,
+    ]
+
+
 def run_modes_server(port: int, event_loop: str) -> int:
     """``fantasize-rtc serve`` with two more modes: every received video frame through
     :func:`~fantasize_rtc.media.transform_video` with a function that returns its array as it is
@@ -133,21 +151,7 @@ def run_modes_server(port: int, event_loop: str) -> int:
 
     modes.register("noop-rgb", noop("rgb24"), description="no-op numpy mode, rgb24 arrays")
     modes.register("noop-yuv", noop("yuv420p"), description="no-op numpy mode, yuv420p arrays")
-    return serve_main(
-        [
-            "serve",
-            "--port",
-            str(port),
-            "--max-media-sessions",
-            "64",
-            "--max-anonymous-sessions-per-address",
-            "0",
-            "--log-level",
-            "warning",
-            "--event-loop",
-            event_loop,
-        ]
-    )
+    return serve_main(serve_args(port, event_loop))
 
 
 # -- servers under test ---------------------------------------------------------------------------
@@ -510,17 +514,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             sys.executable,
             "-m",
             "fantasize_rtc",
-            "serve",
-            "--port",
-            str(free_port()),
-            "--max-media-sessions",
-            "64",
-            "--max-anonymous-sessions-per-address",
-            "0",
-            "--log-level",
-            "warning",
-            "--event-loop",
-            args.event_loop,
+            *serve_args(free_port(), args.event_loop),
         ],
         0,
         "/rtc/offer",

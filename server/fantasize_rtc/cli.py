@@ -246,18 +246,8 @@ async def serve(args: argparse.Namespace, config: RtcConfig, stopping: _Stopping
         from .metrics import start_metrics_server
 
         metrics_runner = await start_metrics_server(app, config.metrics_host, config.metrics_port)
-    tune_gc()
-    port = site.port
-    scheme = "https" if ssl_context is not None else "http"
-    wildcard = args.host in ("0.0.0.0", "::", "")
-    host = "127.0.0.1" if wildcard else f"[{args.host}]" if ":" in args.host else args.host
-    log.info("fantasize-rtc %s serving on %s://%s:%s/ - open it in a browser", __version__, scheme, host, port)
-    if config.tls_self_signed:
-        _log_lan_urls(args.host, port, tls.host_addresses())
-    if config.ice_servers:
-        log.info("ICE servers: %s", ", ".join(u for s in config.ice_servers for u in s.urls))
-    else:
-        log.info("ICE servers: none configured (host candidates only; fine on one machine or LAN)")
+    # Signals are ours before the URL is logged: whoever waits for that line (systemd, a script,
+    # a test) may send SIGTERM or SIGHUP at once, and the default action would kill the process.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     budget = config.drain_seconds
@@ -275,6 +265,18 @@ async def serve(args: argparse.Namespace, config: RtcConfig, stopping: _Stopping
     hangup = getattr(signal, "SIGHUP", None)  # not on Windows
     if hangup is not None:
         loop.add_signal_handler(hangup, _reload_certificate, ssl_context, config)
+    tune_gc()
+    port = site.port
+    scheme = "https" if ssl_context is not None else "http"
+    wildcard = args.host in ("0.0.0.0", "::", "")
+    host = "127.0.0.1" if wildcard else f"[{args.host}]" if ":" in args.host else args.host
+    log.info("fantasize-rtc %s serving on %s://%s:%s/ - open it in a browser", __version__, scheme, host, port)
+    if config.tls_self_signed:
+        _log_lan_urls(args.host, port, tls.host_addresses())
+    if config.ice_servers:
+        log.info("ICE servers: %s", ", ".join(u for s in config.ice_servers for u in s.urls))
+    else:
+        log.info("ICE servers: none configured (host candidates only; fine on one machine or LAN)")
     try:
         await stop.wait()
     finally:
