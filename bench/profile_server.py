@@ -1,8 +1,9 @@
-"""Profile a server under the saturated relay load with py-spy (``pip install py-spy``).
+"""Profile a server under a saturating load with py-spy (``pip install py-spy``).
 
 ``python -m bench.profile_server --server ours --pairs 50 --seconds 8`` prints the functions that
-take the server's time (own time and inclusive time, % of samples) and leaves the collapsed
-stacks in bench/.work/profile-<server>.txt for a flame graph.
+take the server's time (own time and inclusive time, % of samples) under the relay load and
+leaves the collapsed stacks in bench/.work/profile-<server>.txt for a flame graph;
+``--scenario churn`` profiles connect + join + leave cycles instead (``--concurrency`` loops).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 import subprocess
 import sys
 
-from bench._servers import WORK, ServerProcess, plan_cores
+from bench._servers import WORK, ServerProcess, Workers, plan_cores
 from bench.signaling import Settings, relay_once
 
 
@@ -75,16 +76,42 @@ async def _run(args: argparse.Namespace) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        res = await relay_once(server, s, args.pairs, "p", lg_cores, "relay")
+        if args.scenario == "churn":
+            res = await _churn(server.port, args, lg_cores)
+        else:
+            res = await relay_once(server, s, args.pairs, "p", lg_cores, "relay")
         spy.wait(60)
     print(res)
     print(summarize(str(out), args.top))
 
 
+async def _churn(port: int, args: argparse.Namespace, lg_cores: list[int]) -> object:
+    jobs = [
+        {
+            "kind": args.server,
+            "host": "127.0.0.1",
+            "port": port,
+            "mode": "churn",
+            "concurrency": args.concurrency,
+            "warmup": 0.5,
+            "duration": args.seconds,
+            "offer_deflate": False,
+        }
+    ]
+    workers = Workers(jobs, lg_cores, args.uvloop)
+    try:
+        await workers.start()
+        return await workers.go(timeout=args.seconds + 60)
+    finally:
+        await workers.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--server", default="ours", choices=["ours", "bare"])
+    parser.add_argument("--scenario", default="relay", choices=["relay", "churn"])
     parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=16, help="churn loops")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--top", type=int, default=30)
