@@ -397,6 +397,8 @@ class MediaManager:
         peer_id = message.get("fromPeerId") if message.get("type") == "signal" else message.get("peerId")
         key = (room_id, str(peer_id), server_peer_id)
         inbox = self._inboxes.get(key)
+        if inbox is None and not self._sessions and message.get("type") == "peer:disconnected":
+            return  # every departure is told to every server peer: with no session, nothing to end
         if inbox is None:
             inbox = self._inboxes[key] = deque()
             self.spawn(self._work_inbox(key, inbox))
