@@ -70,12 +70,12 @@ MEDIA_MD = (ROOT / "docs" / "media.md").read_text()
 
 
 def test_media_md_lists_every_ending_state_and_via() -> None:
-    from fantasize_rtc.protocol import SessionEnd, SessionState, Via
+    from fantasize_rtc.protocol import RecordingState, SessionEnd, SessionState, Via
 
     endings = MEDIA_MD[MEDIA_MD.index("## Endings") :]
     for reason in SessionEnd.ALL:
         assert f"`{reason}`" in endings, f"docs/media.md's Endings do not list {reason!r}"
-    for value in (*SessionState.ALL[1:], *Via.ALL):
+    for value in (*SessionState.ALL[1:], *Via.ALL, *RecordingState.ALL):
         assert value in MEDIA_MD, f"docs/media.md does not mention {value!r}"
 
 

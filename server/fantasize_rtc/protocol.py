@@ -15,10 +15,11 @@ from typing import Any, Final
 from .errors import InvalidJson, InvalidRequest, PayloadTooLarge
 
 __all__ = [
-    "KNOWN_SIGNAL_TYPES",
-    "SERVER_PEER_PREFIX",
     "CloseCode",
+    "KNOWN_SIGNAL_TYPES",
     "LeaveReason",
+    "RecordingState",
+    "SERVER_PEER_PREFIX",
     "SessionEnd",
     "SessionState",
     "Signal",
@@ -92,6 +93,19 @@ class SessionState:
     CLOSING: Final = "closing"
     CLOSED: Final = "closed"
     ALL: Final = (NEW, CONNECTING, CONNECTED, CLOSING, CLOSED)
+
+
+class RecordingState:
+    """A recording's ``state`` in the listing (docs/media.md, "Recordings")."""
+
+    #: Being written now (its size and duration grow; a download gets what is written so far).
+    RECORDING: Final = "recording"
+    #: Finalized: the server closed the file (whatever ended the session).
+    COMPLETE: Final = "complete"
+    #: The process writing it died (killed, crashed, lost power) before finalizing it; what
+    #: reached the disk plays, up to within about a second of the end.
+    INCOMPLETE: Final = "incomplete"
+    ALL: Final = (RECORDING, COMPLETE, INCOMPLETE)
 
 
 class Via:

@@ -46,10 +46,10 @@ from aiortc import MediaStreamTrack, RTCRtpCodecParameters
 from aiortc.mediastreams import MediaStreamError
 
 from ..errors import InvalidRequest
-from ..protocol import SessionEnd
+from ..protocol import RecordingState, SessionEnd
 from ._aiortc_compat import backlog_skipper, end_received_track, keyframe_requests, received_codec, tap_decoder
 from .events import RECORDING_SAVED, RecordingSaved
-from .recordings import FORMATS, LiveRecording, RecordingFormat, RecordingInfo, RecordingState, probe_media
+from .recordings import FORMATS, LiveRecording, RecordingFormat, RecordingInfo, probe_media
 from .session import MediaSession, Mode
 
 __all__ = ["EncodedSource", "RecordMode", "Recorder", "choose_format", "is_keyframe", "probe_file"]

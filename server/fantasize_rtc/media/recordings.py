@@ -29,18 +29,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import av
 
 from ..errors import CapacityExceeded, RecordingNotFound
+from ..protocol import RecordingState
 
 __all__ = [
     "FORMATS",
     "LiveRecording",
     "RecordingFormat",
     "RecordingInfo",
-    "RecordingState",
     "RecordingStore",
     "probe_media",
 ]
@@ -48,19 +48,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{8,100}")
-
-
-class RecordingState:
-    """A recording's ``state`` in the listing (docs/media.md, "Recordings")."""
-
-    #: Being written now (its size and duration grow; a download gets what is written so far).
-    RECORDING: Final = "recording"
-    #: Finalized: the server closed the file (whatever ended the session).
-    COMPLETE: Final = "complete"
-    #: The process writing it died (killed, crashed, lost power) before finalizing it; what
-    #: reached the disk plays, up to within about a second of the end.
-    INCOMPLETE: Final = "incomplete"
-    ALL: Final = (RECORDING, COMPLETE, INCOMPLETE)
 
 
 #: Matroska (WebM, MKV): a new cluster at least every second (and every MiB), each written out

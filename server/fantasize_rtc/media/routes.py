@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..errors import Conflict, Forbidden, InvalidRequest, RecordingNotFound, SessionNotFound, Unauthorized
-from ..protocol import SessionEnd, Via
+from ..protocol import RecordingState, SessionEnd, Via
 from ..web import RTC_KEY, is_admin, json_response, read_json, refuse_admin_key_in_url, token_from_request
 from .keys import MEDIA_KEY
 from .manager import parse_options
-from .recordings import FORMATS, RecordingInfo, RecordingState
+from .recordings import FORMATS, RecordingInfo
 from .session import Owner
 
 __all__ = ["Caller", "caller_of", "check_access", "routes"]
