@@ -23,7 +23,7 @@ from fantasize_rtc.app import create_app
 from fantasize_rtc.media import MEDIA_KEY
 from fantasize_rtc.media._aiortc_compat import host_addresses
 from fantasize_rtc.media.udp import PortRange, UdpMux, mapped_address, parse_stun, stun_binding
-from tests.helpers import free_udp_port, wait_for
+from tests.helpers import IN_CI, free_udp_port, wait_for
 from tests.media_helpers import client_peer, http_offer, udp_sockets, wait_closed
 
 
@@ -49,6 +49,8 @@ def _udp_ports_of_this_process() -> set[int]:
 
 async def served(aiohttp_client: Any, config: RtcConfig, **changes: Any) -> TestClient:  # type: ignore[type-arg]
     if not host_addresses():
+        if IN_CI:
+            pytest.fail("CI needs an interface address besides loopback (aiortc gathers none on loopback)")
         pytest.skip("no interface address but loopback: aiortc gathers none")
     client: TestClient = await aiohttp_client(create_app(config=config.replace(**changes)))  # type: ignore[type-arg]
     return client
