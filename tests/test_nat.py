@@ -127,7 +127,7 @@ def test_without_the_one_port_and_the_public_address_the_same_lab_fails(serve: A
 def test_a_port_range_through_the_nat(serve: Any) -> None:
     server = serve("--udp-port-range", f"{UDP_PORT}-{UDP_PORT + 2}", "--public-ip", SERVER_PUBLIC)
     results = server.client("echo", "passthrough", "echo")
-    assert all(r["connected"] for r in results), results
+    assert all(r.get("connected") for r in results), results
     ports = {c.split()[5] for r in results for c in r["answerCandidates"] if "typ host" in c}
     assert ports == {str(UDP_PORT), str(UDP_PORT + 1), str(UDP_PORT + 2)}, ports
 
