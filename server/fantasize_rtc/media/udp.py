@@ -387,21 +387,25 @@ class PortRange:
     ) -> list[tuple[str, int, _Receiver]]:
         loop = asyncio.get_running_loop()
         size = self.last - self.first + 1
+        # Read once: concurrent sessions move _next while this one awaits its binds, and reading it
+        # at every step skipped ports (three sessions on three free ports: the third found none).
+        start = self._next
         for step in range(size):
-            port = self.first + (self._next + step) % size
+            port = self.first + (start + step) % size
             bound: list[tuple[str, int, _Receiver]] = []
             try:
                 for address in addresses:
                     receiver = make_receiver()
                     await loop.create_datagram_endpoint(lambda r=receiver: r, local_addr=(address, port))  # type: ignore[misc]
                     bound.append((address, port, receiver))
-            except OSError:  # taken (by a session of ours or anyone): close what we got, try the next
+            except OSError as exc:  # taken (by a session of ours or anyone): close what we got, try the next
+                log.debug("port range: %d not usable (%s)", port, exc)
                 for _, _, receiver in bound:
                     transport = getattr(receiver, "transport", None)
                     if transport is not None:
                         transport.close()
                 continue
-            self._next = (self._next + step + 1) % size
+            self._next = (start + step + 1) % size
             return bound
         raise PortsExhausted(self.first, self.last)
 
