@@ -514,7 +514,9 @@ async def test_room_affinity_config_keeps_each_room_on_one_process(
     clients: list[RtcClient] = []
     try:
         await wait_for(lambda: accepts_tcp(port), timeout=10, message="nginx listening")
-        rooms = [f"room-{i}" for i in range(6)]
+        # Ketama places the two upstreams (random ports) on the ring unevenly; with 6 rooms a 75/25
+        # split put every room on one process in about one run of six. 24 rooms make that ~1e-3.
+        rooms = [f"room-{i}" for i in range(24)]
         for room in rooms:
             for peer in ("alice", "bob"):
                 client = RtcClient(f"http://127.0.0.1:{port}", transport="ws", auto_heartbeat=False)
