@@ -114,7 +114,8 @@ class Via:
     HTTP: Final = "http"
     SIGNALING: Final = "signaling"
     WHIP: Final = "whip"
-    ALL: Final = (HTTP, SIGNALING, WHIP)
+    WHEP: Final = "whep"
+    ALL: Final = (HTTP, SIGNALING, WHIP, WHEP)
 
 
 class SessionEnd:
@@ -138,6 +139,8 @@ class SessionEnd:
     RENEGOTIATED: Final = "renegotiated"
     REJECTED: Final = "rejected"
     SHUTDOWN: Final = "shutdown"
+    PUBLISHER_GONE: Final = "publisher_gone"
+    NEGOTIATION_FAILED: Final = "negotiation_failed"
     ALL: Final = (
         BYE,
         DELETED,
@@ -156,6 +159,8 @@ class SessionEnd:
         RENEGOTIATED,
         REJECTED,
         SHUTDOWN,
+        PUBLISHER_GONE,
+        NEGOTIATION_FAILED,
     )
 
     @staticmethod

@@ -38,15 +38,20 @@ class RoomSnapshot:
     metadata: dict[str, Any]
     created_at: int
     peers: tuple[PeerInfo, ...]
+    #: The room's group call through the server (``publishers``: who sends what), when it has one.
+    media: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        out = {
             "roomId": self.room_id,
             "maxPeers": self.max_peers,
             "metadata": self.metadata,
             "createdAt": self.created_at,
             "peers": [p.to_wire() for p in self.peers],
         }
+        if self.media is not None:
+            out["media"] = self.media
+        return out
 
     def summary(self) -> dict[str, Any]:
         """The ``room`` object of a ``Connect`` answer."""

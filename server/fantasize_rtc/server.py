@@ -14,6 +14,7 @@ Usable with no web framework at all::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import logging
@@ -182,6 +183,9 @@ class RtcServer:
         self._started = False
         self._closed = False
         self._draining = False
+        #: What a room snapshot shows of the room's group call (who publishes what): set by the
+        #: media layer, which forwards the media; None without one.
+        self.room_media: Callable[[str], dict[str, Any] | None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -570,7 +574,9 @@ class RtcServer:
         return True
 
     async def get_room_snapshot(self, room_id: str) -> RoomSnapshot:
-        return await self.backend.snapshot(room_id)
+        snapshot = await self.backend.snapshot(room_id)
+        media = self.room_media(room_id) if self.room_media is not None else None
+        return dataclasses.replace(snapshot, media=media) if media is not None else snapshot
 
     async def authenticate(self, token: str | None) -> tuple[str, str]:
         """The (room_id, peer_id) a peer token stands for; raises Unauthorized."""

@@ -79,6 +79,7 @@ def setup_media(app: web.Application, registry: ModeRegistry | None = None) -> M
     manager = MediaManager(rtc, registry)
     server_peers = tuple("@" + name for name in manager.modes)  # what a room can signal to
     app[MEDIA_KEY] = manager
+    rtc.room_media = manager.forwarding.room  # the room snapshot's "media": who publishes what
     app.add_routes(routes)
     app.add_routes(whip_routes)
     for peer_id in server_peers:

@@ -20,6 +20,10 @@ what                               inside                              fallback
                                                                        transcode
 :func:`forward_keyframe_requests`  ``RTCRtpSender._send_keyframe``     False: the far end's keyframe requests
                                                                        are not forwarded
+:func:`send_first`                 ``RTCRtpTransceiver._codecs``       False: a WHEP viewer whose offer lists
+                                                                       another codec first is refused
+:func:`codecs_compatible`          ``rtcpeerconnection.                False: forwarding compares MIME types
+                                   is_codec_compatible``               and H.264 packetization only
 :func:`keyframe_requests`          ``RTCRtpReceiver._send_rtcp_pli``   none: no keyframe is asked for
 :func:`transport_stats`            ``RTCDtlsTransport._get_stats``     None: callers report zeros
 :func:`heard_from_peer`            aioice's check list                 True: nothing is ended early
@@ -69,6 +73,12 @@ from aiortc import (
     RTCTransportStats,
 )
 
+_is_codec_compatible: Callable[..., Any] | None
+try:
+    from aiortc.rtcpeerconnection import is_codec_compatible as _is_codec_compatible
+except ImportError:  # pragma: no cover - another aiortc
+    _is_codec_compatible = None
+
 if TYPE_CHECKING:
     from .udp import HostSockets
 
@@ -78,6 +88,7 @@ __all__ = [
     "aioice_supported",
     "aiortc_supported",
     "backlog_skipper",
+    "codecs_compatible",
     "consent_interval",
     "end_received_track",
     "forward_keyframe_requests",
@@ -91,6 +102,7 @@ __all__ = [
     "skip_backlog",
     "stun_round_trip_ms",
     "supported",
+    "send_first",
     "tap_decoder",
     "transport_stats",
     "use_dtls",
@@ -248,6 +260,42 @@ def sender_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None
     if not isinstance(codecs, list) or not codecs or not isinstance(codecs[0], RTCRtpCodecParameters):
         return None
     return codecs[0]
+
+
+def send_first(transceiver: RTCRtpTransceiver, codec: RTCRtpCodecParameters) -> bool:
+    """Make the transceiver send ``codec`` (a compatible one of its negotiated codecs, and that
+    codec's RTX) before its answer is made: forwarding must send what the publisher sends, and an
+    offer may list another codec first. Call it after the remote offer is applied, before
+    ``createAnswer`` (which lists the codecs in this order). False, changing nothing, when the
+    transceiver did not negotiate such a codec or on an unchecked aiortc."""
+    if not AIORTC_CHECKED:
+        return False
+    codecs = getattr(transceiver, "_codecs", None)
+    if not isinstance(codecs, list):
+        return False
+    match = next((c for c in codecs if c.mimeType.lower() != "video/rtx" and codecs_compatible(c, codec)), None)
+    if match is None:
+        return False
+    rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == match.payloadType]
+    rest = [c for c in codecs if c is not match and all(c is not r for r in rtx)]
+    setattr(transceiver, "_codecs", [match, *rtx, *rest])  # noqa: B010
+    return True
+
+
+def codecs_compatible(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:
+    """Whether frames of codec ``a`` can be sent as codec ``b`` without transcoding: the same MIME
+    type and clock rate, and for H.264 the same packetization mode and profile (aiortc's own
+    check, where this aiortc has it)."""
+    if a.mimeType.lower() != b.mimeType.lower() or a.clockRate != b.clockRate:
+        return False
+    if AIORTC_CHECKED and callable(_is_codec_compatible):
+        try:
+            return bool(_is_codec_compatible(a, b))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return False
+    if a.mimeType.lower() == "video/h264":
+        return a.parameters.get("packetization-mode", "0") == b.parameters.get("packetization-mode", "0")
+    return True
 
 
 def received_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None:

@@ -12,15 +12,20 @@ from typing import Any, Final
 __all__ = [
     "MEDIA_CLOSED",
     "MEDIA_CONNECTED",
+    "MEDIA_PUBLISHED",
+    "MEDIA_UNPUBLISHED",
     "RECORDING_SAVED",
     "MediaClosed",
     "MediaConnected",
+    "MediaPublished",
     "RecordingSaved",
 ]
 
 MEDIA_CONNECTED: Final = "media:connected"
 MEDIA_CLOSED: Final = "media:closed"
 RECORDING_SAVED: Final = "recording:saved"
+MEDIA_PUBLISHED: Final = "media:published"
+MEDIA_UNPUBLISHED: Final = "media:unpublished"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,4 +92,27 @@ class RecordingSaved:
             "size": self.size,
             "duration": self.duration,
             "codecs": list(self.codecs),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MediaPublished:
+    """A track began (``media:published``) or stopped (``media:unpublished``) being forwarded:
+    in a room's group call (``room_id``), or from a WHIP session to its WHEP viewers."""
+
+    session_id: str
+    room_id: str | None
+    peer_id: str
+    publication_id: str
+    kind: str
+    codec: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sessionId": self.session_id,
+            "roomId": self.room_id,
+            "peerId": self.peer_id,
+            "publicationId": self.publication_id,
+            "kind": self.kind,
+            "codec": self.codec,
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransport, RTCPeerConnection
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCIceTransport, RTCPeerConnection
 from aiortc.sdp import candidate_from_sdp
 
 from ..config import IceServer
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-def rtc_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration:
+def rtc_configuration(servers: tuple[IceServer, ...], *, max_bundle: bool = False) -> RTCConfiguration:
     """aiortc configuration for the given servers.
 
     An empty list stays empty: aiortc would otherwise add a public STUN server and wait for it.
@@ -32,6 +32,10 @@ def rtc_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration:
     the first TURN URL it can (one only). A URL aiortc cannot parse (an IPv6 literal host such as
     ``turn:[2001:db8::1]:3478``, a query other than ``?transport=``) is left out here, or it would
     fail every session's offer; browsers still get it in ``Connect.iceServers``.
+
+    ``max_bundle``: tracks added after the first answer share the bundle's transport (a mode that
+    renegotiates needs it: a new transport would open sockets and offer ICE credentials the peer
+    never saw). Only for offers that bundle every section (what browsers send).
     """
 
     def aiortc_parses(url: str) -> bool:  # aiortc 1.x: scheme:host[:digits], and turn(s) [?transport=...]
@@ -50,7 +54,8 @@ def rtc_configuration(servers: tuple[IceServer, ...]) -> RTCConfiguration:
         urls = [url for url in server.urls if aiortc_parses(url)]
         if urls:
             ice_servers.append(RTCIceServer(urls=urls, username=server.username, credential=server.credential))
-    return RTCConfiguration(iceServers=ice_servers)
+    policy = RTCBundlePolicy.MAX_BUNDLE if max_bundle else RTCBundlePolicy.BALANCED
+    return RTCConfiguration(iceServers=ice_servers, bundlePolicy=policy)
 
 
 def parse_candidate(payload: Any) -> Any:

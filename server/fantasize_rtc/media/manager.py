@@ -34,7 +34,8 @@ from .events import RECORDING_SAVED, RecordingSaved
 from .modes import ModeRegistry
 from .modes import modes as default_modes
 from .recordings import FORMATS, RecordingStore
-from .session import MediaSession, Notify, Owner, SessionOptions, new_session_id
+from .session import MediaSession, Mode, Notify, Owner, SessionOptions, new_session_id
+from .sfu import Forwarding
 from .udp import PortRange, UdpMux, open_host_sockets
 from .workers import Workers
 
@@ -149,6 +150,8 @@ class MediaManager:
         self.counters = MediaCounters()
         #: Thread and process pools for modes' CPU-heavy work (started on first use).
         self.workers = Workers()
+        #: Group calls and WHEP: what sessions forward to each other (:mod:`.sfu`).
+        self.forwarding = Forwarding(rtc)
         rtc.on(RECORDING_SAVED, self._count_recording)
 
     def _count_recording(self, saved: RecordingSaved) -> None:
@@ -244,7 +247,7 @@ class MediaManager:
     def create(
         self,
         *,
-        mode: str,
+        mode: str | Mode,
         sdp: Any,
         options: SessionOptions,
         owner: Owner | None,
@@ -271,7 +274,7 @@ class MediaManager:
     def _admit(
         self,
         *,
-        mode: str,
+        mode: str | Mode,
         sdp: Any,
         options: SessionOptions,
         owner: Owner | None,
@@ -285,7 +288,7 @@ class MediaManager:
                 "This server requires a peer token, a connect JWT or the admin key for media sessions: "
                 "send Authorization: Bearer <token>."
             )
-        made = self.modes.create(mode)  # InvalidRequest for a name not registered
+        made = mode if isinstance(mode, Mode) else self.modes.create(mode)  # InvalidRequest: not registered
         check_offer_sdp(sdp, config.max_signal_bytes)
         if self._closing or self.rtc.draining:
             raise Draining("The server is restarting; send the offer again (another server takes it).")
@@ -313,8 +316,8 @@ class MediaManager:
             options=options,
             owner=owner,
             via=via,
-            server_peer_id="@" + mode,
-            ice_servers=self.rtc.ice_servers_for(owner.peer_id if owner else "@" + mode),
+            server_peer_id="@" + made.name,
+            ice_servers=self.rtc.ice_servers_for(owner.peer_id if owner else "@" + made.name),
             notify=notify,
             address=address,
         )
@@ -344,7 +347,7 @@ class MediaManager:
     async def open(
         self,
         *,
-        mode: str,
+        mode: str | Mode,
         sdp: Any,
         options: SessionOptions,
         owner: Owner | None,
@@ -474,6 +477,14 @@ class MediaManager:
                 await session.add_candidate(payload)
             except RtcError as err:
                 await self._tell_error(owner, server_peer_id, err)
+        elif stype == "answer":
+            session = self._signaling.get(key)
+            try:
+                if session is None:  # none yet, or it ended while the peer answered
+                    raise InvalidRequest(f"{server_peer_id} sent no offer that waits for an answer.")
+                session.on_answer(payload)
+            except RtcError as err:
+                await self._tell_error(owner, server_peer_id, err)
         elif stype == "bye":
             session = self._signaling.get(key)
             if session is not None:
@@ -492,7 +503,10 @@ class MediaManager:
             session.owner.room_id,
             session.server_peer_id,
             session.owner.peer_id,
-            {"type": "answer", "payload": {"sdp": answer, "sessionId": session.id}},
+            {
+                "type": "answer",
+                "payload": {"sdp": answer, "sessionId": session.id, **session.mode.signal_extras(session)},
+            },
         )
 
     def _notifier(self, owner: Owner, server_peer_id: str) -> Notify:

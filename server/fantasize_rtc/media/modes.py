@@ -150,6 +150,11 @@ modes.register(
     description="tests the connection: how it connected, round trip and loss, in the session report",
 )
 modes.register(
+    "sfu",
+    "fantasize_rtc.media.sfu:SfuMode",
+    description="group calls: forwards what you send, as it is, to the room's other members and theirs to you",
+)
+modes.register(
     "play",
     "fantasize_rtc.media.play:PlayMode",
     description="sends a generated test video and tone",

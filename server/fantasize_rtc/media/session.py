@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ..config import RtcConfig
     from ..server import RtcServer
     from .recordings import RecordingStore
+    from .sfu import Forwarding
     from .udp import HostSockets
     from .workers import Workers
 
@@ -56,6 +57,9 @@ SILENCE_SECONDS = 10.0
 #: starts its checks as soon as the answer is set and fails at once on an empty check list, so a
 #: trickling client whose candidates are a little late (a loaded machine) would fail every time.
 TRICKLE_GRACE_SECONDS = 3.0
+#: How long the server waits for the answer to an offer it sent (renegotiation) before it ends the
+#: session (``negotiation_failed``).
+ANSWER_TIMEOUT_SECONDS = 10.0
 
 
 def new_session_id() -> str:
@@ -118,6 +122,9 @@ class Mode:
     whip: ClassVar[bool] = True
     #: Whether it writes into the recordings folder: admission checks the recordings quota first.
     writes_recordings: ClassVar[bool] = False
+    #: Whether it adds or stops tracks after the first answer (:meth:`MediaSession.renegotiate`):
+    #: then every track shares the offer's BUNDLE transport, and the offer must bundle them all.
+    renegotiates: ClassVar[bool] = False
 
     def on_track(self, session: MediaSession, track: MediaStreamTrack) -> None:
         session.drain(track)
@@ -142,6 +149,10 @@ class Mode:
         """Mode-specific fields for the session report."""
         return {}
 
+    def signal_extras(self, session: MediaSession) -> dict[str, Any]:
+        """Fields added to the payload of the answer and of every offer the session signals."""
+        return {}
+
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -157,6 +168,8 @@ class SessionHost(Protocol):
     counters: MediaCounters
     #: Thread and process pools for modes' CPU-heavy work (:mod:`.workers`).
     workers: Workers
+    #: The forwarding groups (group calls, WHIP -> WHEP) of this process (:mod:`.sfu`).
+    forwarding: Forwarding
 
     @property
     def udp(self) -> HostSockets | None:
@@ -219,6 +232,10 @@ class MediaSession:
         self._stats_lock = asyncio.Lock()
         self._received = 0  # packets the peer sent, as last seen by the watchdog
         self._heard_at = time.monotonic()  # when that count last grew
+        self._negotiation_needed = False
+        self._negotiating: asyncio.Task[Any] | None = None
+        self._answer: asyncio.Future[str] | None = None
+        self.negotiations = 0  # offers the server made and had answered
 
     # -- identity --------------------------------------------------------------------------------
 
@@ -304,7 +321,7 @@ class MediaSession:
     async def _accept(self, offer_sdp: str) -> str:
         self._set_state(SessionState.CONNECTING)
         self._mark("offer")
-        pc = self._pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
+        pc = self._pc = RTCPeerConnection(rtc_configuration(self._ice_servers, max_bundle=self.mode.renegotiates))
         use_dtls(pc, CIPHERS, self.dtls.on_info)
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
@@ -328,6 +345,8 @@ class MediaSession:
                 "it was checked against; it cannot answer media offers.",
                 retry_after=60,
             )
+        if self.mode.renegotiates:
+            _check_bundled(offer_sdp)
         await self.mode.after_remote_description(self)
         if self.via == Via.SIGNALING and "a=candidate:" not in offer_sdp and not self._pending_candidates:
             self._mark("awaiting-candidates")
@@ -352,6 +371,57 @@ class MediaSession:
         self.spawn(self._watch(), "watchdog")
         log.info("%s: answered in %d ms", self.label, self.elapsed_ms("answer") or 0)
         return str(pc.localDescription.sdp)
+
+    # -- renegotiation (offers from the server's side) --------------------------------------------
+
+    def renegotiate(self) -> None:
+        """Send the peer a new offer (the mode added or stopped tracks), once connected, through
+        the session's signaling; calls while one is under way fold into one more after it. Only
+        sessions opened by signaling can renegotiate (HTTP and WHIP have no channel back)."""
+        if self.notify is None or self._closing:
+            return
+        self._negotiation_needed = True
+        if self.connected and (self._negotiating is None or self._negotiating.done()):
+            self._negotiating = self.spawn(self._negotiate(), "negotiate")
+
+    async def _negotiate(self) -> None:
+        pc = self._pc
+        assert pc is not None and self.notify is not None
+        while self._negotiation_needed and not self._closing:
+            self._negotiation_needed = False
+            try:
+                await pc.setLocalDescription(await pc.createOffer())
+                self._answer = asyncio.get_running_loop().create_future()
+                payload = {"sdp": pc.localDescription.sdp, "sessionId": self.id, **self.mode.signal_extras(self)}
+                log.info("%s: sent an offer (renegotiation %d)", self.label, self.negotiations + 1)
+                await self.notify({"type": "offer", "payload": payload})
+                sdp = await asyncio.wait_for(self._answer, ANSWER_TIMEOUT_SECONDS)
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=_without_candidates(sdp), type="answer"))
+            except asyncio.TimeoutError:
+                log.warning("%s: no answer to the server's offer in %.0f s", self.label, ANSWER_TIMEOUT_SECONDS)
+                self.manager.spawn(self.close(SessionEnd.NEGOTIATION_FAILED))
+                return
+            except Exception as exc:
+                if self._closing:
+                    return
+                log.warning("%s: renegotiation failed: %s", self.label, _describe(exc))
+                self.manager.spawn(self.close(SessionEnd.NEGOTIATION_FAILED))
+                return
+            finally:
+                self._answer = None
+            self.negotiations += 1
+
+    def on_answer(self, payload: Any) -> None:
+        """The peer's answer to the server's offer (``{sdp}``)."""
+        sdp = payload.get("sdp") if isinstance(payload, dict) else None
+        if not isinstance(sdp, str) or not sdp.lstrip().startswith("v=0"):
+            raise InvalidRequest("An answer needs the SDP as 'sdp' (starting with 'v=0').")
+        if len(sdp) > self.manager.config.max_signal_bytes:
+            raise InvalidRequest(f"The SDP is larger than {self.manager.config.max_signal_bytes} bytes.")
+        waiting = self._answer
+        if waiting is None or waiting.done():
+            raise InvalidRequest(f"{self.server_peer_id} sent no offer that waits for an answer.")
+        waiting.set_result(sdp)
 
     async def add_candidate(self, payload: Any) -> None:
         """A trickled remote candidate (``None`` = end of candidates); queued until the offer is in."""
@@ -412,6 +482,8 @@ class MediaSession:
                 MEDIA_CONNECTED, MediaConnected(self.id, self.mode.name, *self._owner_ids(), connect_ms)
             )
             self.spawn(self.mode.on_connected(self), "on-connected")
+            if self._negotiation_needed:
+                self.renegotiate()
         elif state in ("failed", "closed"):
             ice_failed = self._pc.iceConnectionState == "failed"
             if self.connected and time.monotonic() - self._heard_at >= SILENCE_SECONDS:
@@ -645,6 +717,24 @@ async def _stop_transports(pc: RTCPeerConnection) -> None:
                 await asyncio.wait_for(transport.stop(), CLOSE_TIMEOUT_SECONDS)
             except Exception:  # best effort: the next one must still be stopped
                 log.debug("stopping %r failed", transport, exc_info=True)
+
+
+def _check_bundled(sdp: str) -> None:
+    """A mode that renegotiates needs every section of the offer in one BUNDLE group."""
+    mids = [line[6:].strip() for line in sdp.splitlines() if line.startswith("a=mid:")]
+    groups = [line.split()[1:] for line in sdp.splitlines() if line.startswith("a=group:BUNDLE")]
+    if not mids or not any(set(mids) <= set(group) for group in groups):
+        raise InvalidRequest(
+            "This mode needs every media section in one BUNDLE group (a=group:BUNDLE), as browsers send."
+        )
+
+
+def _without_candidates(sdp: str) -> str:
+    """A renegotiation's answer without candidates: the bundle's ICE is up, and aioice would pair
+    every candidate again."""
+    return "".join(
+        line for line in sdp.splitlines(keepends=True) if not line.startswith(("a=candidate:", "a=end-of-candidates"))
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,677 @@
+"""Forwarding: the server passes encoded media between peers without decoding it (an SFU).
+
+A *publication* is one track a peer sends to the server: its receiver's encoded frames are taken
+before the decoder (as passthrough echo does) and handed, the same ``av.Packet`` object, to every
+*subscriber*: a :class:`ForwardedTrack` on another session's sender, which aiortc only packetizes
+again (each subscriber has its own SSRC, payload type, sequence numbers and retransmissions).
+Nothing is decoded or encoded; a frame costs one queue put per subscriber.
+
+Publications and subscribers meet in a :class:`ForwardingGroup`: a room's group call (the
+``sfu`` mode, reached as ``@sfu``: each member publishes what it sends and receives every other
+member's publications on the same peer connection, the server renegotiating as they come and go),
+or one WHIP session and its WHEP viewers.
+
+Keyframes: a subscriber's PLI or FIR, and every new subscriber, ask the publisher for a keyframe
+through :meth:`Publication.request_keyframe`, which sends at most one request per
+:data:`KEYFRAME_INTERVAL` (the rest are folded into one sent when the interval ends): eight
+subscribers joining at once make one keyframe, not eight. A video subscriber starts at a keyframe
+(frames before it could not be decoded) and, when it falls :data:`SUBSCRIBER_BACKLOG` frames
+behind, drops them and waits for the next keyframe.
+
+Codecs: Opus, VP8 and H.264 are forwarded; a publication's codec must be one every member of the
+group can receive (H.264 only when every member offered it), else the offer is refused with a
+message that says which peer and codec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Protocol
+
+import av
+from aiortc import MediaStreamTrack, RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
+
+from ..errors import InvalidRequest
+from ..protocol import SessionEnd, Via
+from ._aiortc_compat import (
+    forward_keyframe_requests,
+    keyframe_requests,
+    received_codec,
+    send_first,
+    tap_decoder,
+)
+from .events import MEDIA_PUBLISHED, MEDIA_UNPUBLISHED, MediaPublished
+from .record import is_keyframe
+from .session import MediaSession, Mode
+
+if TYPE_CHECKING:
+    from ..server import RtcServer
+
+__all__ = [
+    "FORWARDED_CODECS",
+    "Forwarding",
+    "ForwardedTrack",
+    "ForwardingGroup",
+    "Publication",
+    "SfuMode",
+    "WhepViewerMode",
+]
+
+log = logging.getLogger(__name__)
+
+#: MIME types (lower case) the server forwards.
+FORWARDED_CODECS = ("audio/opus", "video/vp8", "video/h264")
+#: What a peer is assumed to receive when its offer has no section of that kind to say: the codecs
+#: every browser must implement (RFC 7874 for audio, RFC 7742 for video).
+_ASSUMED = {"audio": {"audio/opus"}, "video": {"video/vp8", "video/h264"}}
+#: At most one keyframe request to a publisher per this many seconds.
+KEYFRAME_INTERVAL = 0.5
+#: Encoded frames a subscriber may have waiting before it drops them (and, for video, waits for a
+#: keyframe): about two seconds of video, one of audio.
+SUBSCRIBER_BACKLOG = 60
+
+_publication_ids = itertools.count(1)
+
+
+class ForwardedTrack(MediaStreamTrack):
+    """What one subscriber's sender sends: a publication's encoded frames, as ``av.Packet``."""
+
+    def __init__(self, publication: Publication, subscriber: MediaSession) -> None:
+        super().__init__()
+        self.kind = publication.kind
+        self.publication = publication
+        self.subscriber = subscriber
+        self._queue: deque[Any] = deque()
+        self._ready = asyncio.Event()
+        self._video = publication.kind == "video"
+        self._waiting_keyframe = self._video  # a decoder can only start at a keyframe
+        self.forwarded = 0
+        self.dropped = 0
+
+    def push(self, packet: Any, keyframe: bool) -> None:
+        """Called by the publication's pump, once per frame (keep it lean)."""
+        if self._waiting_keyframe:
+            if not keyframe:
+                self.dropped += 1
+                return
+            self._waiting_keyframe = False
+        queue = self._queue
+        if len(queue) >= SUBSCRIBER_BACKLOG:
+            # The subscriber's link or sender cannot keep up: start again from a fresh keyframe.
+            self.dropped += len(queue)
+            queue.clear()
+            if self._video and not keyframe:
+                self._waiting_keyframe = True
+                self.dropped += 1
+                self.publication.request_keyframe()
+                return
+        queue.append(packet)
+        self._ready.set()
+
+    def end(self) -> None:
+        """The publication ended: recv() raises once what is queued was sent."""
+        self._queue.append(None)
+        self._ready.set()
+
+    async def recv(self) -> Any:
+        queue = self._queue
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if not queue:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            packet = queue.popleft()
+            if packet is None:
+                self.stop()
+                raise MediaStreamError
+            self.forwarded += 1
+            sent = self.subscriber.frames_sent
+            sent[self.kind] = sent.get(self.kind, 0) + 1
+            return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self.publication.unsubscribe(self)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "publicationId": self.publication.id,
+            "peerId": self.publication.peer_id,
+            "kind": self.kind,
+            "codec": self.publication.codec.mimeType,
+            "framesForwarded": self.forwarded,
+            "framesDropped": self.dropped,
+        }
+
+
+class Publication:
+    """One track a peer publishes: its encoded frames, fanned out to the subscribers."""
+
+    def __init__(
+        self, session: MediaSession, kind: str, codec: RTCRtpCodecParameters, receiver: RTCRtpReceiver
+    ) -> None:
+        self.id = f"p{next(_publication_ids)}"
+        self.session = session
+        self.kind = kind
+        self.codec = codec
+        self.peer_id = session.owner.peer_id if session.owner else f"whip-{session.id[:8]}"
+        self.frames: asyncio.Queue[Any] = asyncio.Queue()  # (codec, frame) from the decoder tap
+        self.subscribers: list[ForwardedTrack] = []
+        self.frames_in = 0
+        self.bytes_in = 0
+        self.keyframe_requests = 0  # asked for by subscribers (and new subscribers)
+        self.keyframes_requested = 0  # sent to the publisher (rate limited)
+        self._receiver = receiver
+        self._time_base = Fraction(1, codec.clockRate)
+        self._codec_name = codec.name
+        self._last_request = -KEYFRAME_INTERVAL
+        self._request_pending: asyncio.TimerHandle | None = None
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def __repr__(self) -> str:
+        return f"<Publication {self.id} {self.peer_id} {self.kind} {self.codec.mimeType}>"
+
+    async def pump(self) -> None:
+        """Run by the publisher's session: every received frame to every subscriber."""
+        frames = self.frames
+        time_base = self._time_base
+        video = self.kind == "video"
+        name = self._codec_name
+        try:
+            while True:
+                item = await frames.get()
+                if item is None:
+                    return
+                _codec, frame = item
+                data = frame.data
+                self.frames_in += 1
+                self.bytes_in += len(data)
+                if not self.subscribers:
+                    continue
+                packet = av.Packet(data)  # one packet for all: aiortc's senders only read it
+                packet.pts = frame.timestamp
+                packet.time_base = time_base
+                keyframe = is_keyframe(name, data) if video else True
+                for subscriber in self.subscribers:
+                    subscriber.push(packet, keyframe)
+        finally:
+            self.end()
+
+    def subscribe(self, subscriber: MediaSession) -> ForwardedTrack:
+        track = ForwardedTrack(self, subscriber)
+        if self._ended:
+            track.end()
+            return track
+        self.subscribers.append(track)
+        if self.kind == "video":
+            self.request_keyframe()  # the new subscriber's picture starts at the next keyframe
+        return track
+
+    def unsubscribe(self, track: ForwardedTrack) -> None:
+        if track in self.subscribers:
+            self.subscribers.remove(track)
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, at most once per :data:`KEYFRAME_INTERVAL`."""
+        if self.kind != "video" or self._ended:
+            return
+        self.keyframe_requests += 1
+        if self._request_pending is not None:
+            return  # one is already planned for the end of the interval
+        wait = self._last_request + KEYFRAME_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._send_keyframe_request()
+        else:
+            self._request_pending = asyncio.get_running_loop().call_later(wait, self._send_keyframe_request)
+
+    def _send_keyframe_request(self) -> None:
+        self._request_pending = None
+        if self._ended or self.session.closed:
+            return
+        self._last_request = time.monotonic()
+        self.keyframes_requested += 1
+        for request in keyframe_requests(self._receiver):
+            self.session.spawn(request, "pli")
+
+    def end(self) -> None:
+        """No more frames: every subscriber's track ends after what it has queued."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._request_pending is not None:
+            self._request_pending.cancel()
+            self._request_pending = None
+        for subscriber in list(self.subscribers):
+            subscriber.end()
+        self.subscribers.clear()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "publicationId": self.id,
+            "peerId": self.peer_id,
+            "sessionId": self.session.id,
+            "kind": self.kind,
+            "codec": self.codec.mimeType,
+            "framesIn": self.frames_in,
+            "bytesIn": self.bytes_in,
+            "subscribers": len(self.subscribers),
+            "keyframeRequests": self.keyframe_requests,
+            "keyframesRequested": self.keyframes_requested,
+        }
+
+
+class Member(Protocol):
+    """What a group needs of a mode in it: its session, what it can receive, and to be told of
+    publications coming and going."""
+
+    session: MediaSession | None
+    #: MIME types (lower case) this member can receive, per kind.
+    receives: dict[str, set[str]]
+
+    def add_publication(self, publication: Publication) -> None: ...
+
+    def remove_publication(self, publication: Publication) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GroupKey:
+    """``("room", room_id)`` for a room's call, ``("session", session_id)`` for a WHIP session."""
+
+    kind: str
+    name: str
+
+
+class ForwardingGroup:
+    """Publications and the members that receive them (a room's call, or a WHIP session and its
+    WHEP viewers)."""
+
+    def __init__(self, forwarding: Forwarding, key: GroupKey) -> None:
+        self.forwarding = forwarding
+        self.key = key
+        self.publications: list[Publication] = []
+        self.members: list[Member] = []
+
+    @property
+    def room_id(self) -> str | None:
+        return self.key.name if self.key.kind == "room" else None
+
+    def check_codecs(self, member: Member, publishing: list[Publication]) -> None:
+        """InvalidRequest when ``member`` cannot receive a publication of the group, or a member
+        cannot receive one of ``publishing``: the error names the peer and the codec."""
+        for publication in self.publications:
+            if publication.session is member.session:
+                continue
+            if not _receives(member, publication.codec, publication.kind):
+                raise InvalidRequest(
+                    f"Peer {publication.peer_id!r} sends {publication.codec.mimeType} in this call and your offer "
+                    f"cannot receive it: offer {publication.codec.mimeType}, or publish in another room."
+                )
+        for publication in publishing:
+            for other in self.members:
+                if other is not member and not _receives(other, publication.codec, publication.kind):
+                    owner = other.session.owner if other.session is not None else None
+                    who = owner.peer_id if owner is not None else "a viewer"
+                    raise InvalidRequest(
+                        f"Peer {who!r} in this call cannot receive {publication.codec.mimeType}: "
+                        "send VP8 video and Opus audio (list them first in your offer)."
+                    )
+
+    def join(self, member: Member) -> None:
+        self.members.append(member)
+        for publication in self.publications:
+            if publication.session is not member.session:
+                member.add_publication(publication)
+
+    def leave(self, member: Member) -> None:
+        if member in self.members:
+            self.members.remove(member)
+        for publication in [p for p in self.publications if p.session is member.session]:
+            self.unpublish(publication)
+        if not self.members and not self.publications:
+            self.forwarding.groups.pop(self.key, None)
+
+    def publish(self, publication: Publication) -> None:
+        self.publications.append(publication)
+        log.info(
+            "%s: publishing %s (%s) as %s to %d other member(s)",
+            publication.session.label,
+            publication.kind,
+            publication.codec.mimeType,
+            publication.id,
+            sum(1 for m in self.members if m.session is not publication.session),
+        )
+        for member in list(self.members):
+            if member.session is not publication.session:
+                member.add_publication(publication)
+        self.forwarding.emit(MEDIA_PUBLISHED, self, publication)
+
+    def unpublish(self, publication: Publication) -> None:
+        if publication not in self.publications:
+            return
+        self.publications.remove(publication)
+        publication.end()
+        for member in list(self.members):
+            if member.session is not publication.session:
+                member.remove_publication(publication)
+        log.info("%s: stopped publishing %s (%s)", publication.session.label, publication.kind, publication.id)
+        self.forwarding.emit(MEDIA_UNPUBLISHED, self, publication)
+
+    def to_wire(self) -> dict[str, Any]:
+        publishers: dict[str, list[dict[str, Any]]] = {}
+        for publication in self.publications:
+            publishers.setdefault(publication.peer_id, []).append(
+                {"publicationId": publication.id, "kind": publication.kind, "codec": publication.codec.mimeType}
+            )
+        return {
+            "publishers": [{"peerId": peer, "tracks": tracks} for peer, tracks in publishers.items()],
+            "members": len(self.members),
+        }
+
+
+def _receives(member: Member, codec: RTCRtpCodecParameters, kind: str) -> bool:
+    return codec.mimeType.lower() in member.receives.get(kind, _ASSUMED.get(kind, set()))
+
+
+class Forwarding:
+    """The forwarding groups of one process (the media manager holds one)."""
+
+    def __init__(self, rtc: RtcServer) -> None:
+        self.rtc = rtc
+        self.groups: dict[GroupKey, ForwardingGroup] = {}
+
+    def group(self, key: GroupKey, create: bool = True) -> ForwardingGroup | None:
+        group = self.groups.get(key)
+        if group is None and create:
+            group = self.groups[key] = ForwardingGroup(self, key)
+        return group
+
+    def room(self, room_id: str) -> dict[str, Any] | None:
+        """What the room snapshot shows of a room's call: who publishes what."""
+        group = self.groups.get(GroupKey("room", room_id))
+        return group.to_wire() if group is not None else None
+
+    def emit(self, event: str, group: ForwardingGroup, publication: Publication) -> None:
+        session = publication.session
+        self.rtc.emit(
+            event,
+            MediaPublished(
+                session_id=session.id,
+                room_id=group.room_id,
+                peer_id=publication.peer_id,
+                publication_id=publication.id,
+                kind=publication.kind,
+                codec=publication.codec.mimeType,
+            ),
+        )
+
+
+def _offered_codecs(sdp: str) -> dict[str, set[str]]:
+    """MIME types (lower case) per kind that an offer lists: what its peer can receive."""
+    out: dict[str, set[str]] = {}
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind in ("audio", "video"):
+            out.setdefault(media.kind, set()).update(c.mimeType.lower() for c in media.rtp.codecs)
+    return out
+
+
+def _transceiver_of(session: MediaSession, track: MediaStreamTrack) -> RTCRtpTransceiver | None:
+    pc = session.pc
+    return next((t for t in pc.getTransceivers() if t.receiver.track is track), None) if pc else None
+
+
+class _Publisher(Mode):
+    """What both forwarding modes share: received tracks become publications of a group."""
+
+    group: ForwardingGroup | None
+
+    def __init__(self) -> None:
+        self.group = None
+        self.session: MediaSession | None = None
+        self.receives: dict[str, set[str]] = {}
+        self.published: list[Publication] = []
+        self._refused: str | None = None
+
+    def on_track(self, session: MediaSession, track: MediaStreamTrack) -> None:
+        transceiver = _transceiver_of(session, track)
+        wanted = session.options.audio if track.kind == "audio" else session.options.video
+        codec = received_codec(transceiver) if transceiver is not None else None
+        if not wanted or transceiver is None or track.kind not in ("audio", "video"):
+            session.drain(track)
+            return
+        if codec is None or codec.mimeType.lower() not in FORWARDED_CODECS:
+            what = codec.mimeType if codec is not None else "an unknown codec"
+            self._refused = f"The server forwards Opus audio, VP8 and H.264 video; this offer's {track.kind} is {what}."
+            session.drain(track)
+            return
+        publication = Publication(session, track.kind, codec, transceiver.receiver)
+        if not tap_decoder(transceiver.receiver, publication.frames):
+            self._refused = "Forwarding needs the aiortc version this server was checked against."
+            session.drain(track)
+            return
+        self.published.append(publication)
+        session.drain(track)  # ends when the receiver stops; no decoded frame ever arrives
+
+    def check(self, session: MediaSession) -> None:
+        if self._refused is not None:
+            raise InvalidRequest(self._refused)
+        pc = session.pc
+        if pc is not None and pc.remoteDescription is not None:
+            self.receives = _offered_codecs(pc.remoteDescription.sdp)
+
+    def add_publication(self, publication: Publication) -> None:
+        """Publishing only: receives nothing."""
+
+    def remove_publication(self, publication: Publication) -> None:
+        """Publishing only: receives nothing."""
+
+    def start_publishing(self, session: MediaSession) -> None:
+        assert self.group is not None
+        for publication in self.published:
+            session.spawn(publication.pump(), f"forward-{publication.kind}")
+            self.group.publish(publication)
+
+    async def close(self, session: MediaSession, reason: str) -> None:
+        if self.group is not None:
+            self.group.leave(self)
+        for publication in self.published:
+            publication.end()
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "forwarding": {
+                "group": self.group.key.name if self.group is not None else None,
+                "published": [p.to_wire() for p in self.published],
+            }
+        }
+
+
+class SfuMode(_Publisher):
+    """Group calls through the server: what you send is forwarded, as it is, to the other members
+    of the room's call, and you receive theirs on the same connection (the server renegotiates)."""
+
+    name = "sfu"
+    renegotiates = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: publication id -> (transceiver, track) of what this member receives
+        self.forwarded: dict[str, tuple[RTCRtpTransceiver, ForwardedTrack]] = {}
+        self._tracks: dict[str, dict[str, Any]] = {}
+
+    def _key(self, session: MediaSession) -> GroupKey:
+        if session.owner is not None and session.via == Via.SIGNALING:
+            return GroupKey("room", session.owner.room_id)
+        return GroupKey("session", session.id)
+
+    async def after_remote_description(self, session: MediaSession) -> None:
+        self.check(session)
+        self.session = session
+        group = session.manager.forwarding.group(self._key(session))
+        assert group is not None
+        group.check_codecs(self, self.published)
+        self.group = group
+
+    async def on_connected(self, session: MediaSession) -> None:
+        group = self.group
+        if group is None or session.closed:
+            return
+        group.join(self)
+        self.start_publishing(session)
+        if self.forwarded:
+            session.renegotiate()
+
+    # -- what this member receives ---------------------------------------------------------------
+
+    def add_publication(self, publication: Publication) -> None:
+        session = self.session
+        pc = session.pc if session is not None else None
+        if session is None or pc is None or session.closed or session.notify is None:
+            return  # a session without signaling (WHIP, POST /rtc/offer) only publishes
+        transceiver = pc.addTransceiver(publication.kind, direction="sendonly")
+        preferred = _capability_of(publication.kind, publication.codec)
+        if preferred:
+            transceiver.setCodecPreferences(preferred)
+        track = publication.subscribe(session)
+        transceiver.sender.replaceTrack(track)
+        forward_keyframe_requests(transceiver.sender, publication.request_keyframe)
+        self.forwarded[publication.id] = (transceiver, track)
+        if session.connected:
+            session.renegotiate()
+
+    def remove_publication(self, publication: Publication) -> None:
+        entry = self.forwarded.pop(publication.id, None)
+        session = self.session
+        if entry is None or session is None:
+            return
+        transceiver, track = entry
+        track.stop()
+        transceiver.direction = "inactive"
+        if not session.closed:
+            session.spawn(_stop_sender(transceiver.sender), "stop-sender")
+            session.renegotiate()
+
+    def signal_extras(self, session: MediaSession) -> dict[str, Any]:
+        """``tracks``: mid -> whose media it carries, for the client to label what it receives."""
+        tracks: dict[str, dict[str, Any]] = {}
+        for transceiver, track in self.forwarded.values():
+            if transceiver.mid is not None:
+                publication = track.publication
+                tracks[transceiver.mid] = {
+                    "peerId": publication.peer_id,
+                    "kind": publication.kind,
+                    "publicationId": publication.id,
+                }
+        return {"tracks": tracks}
+
+    async def close(self, session: MediaSession, reason: str) -> None:
+        await super().close(session, reason)
+        for _transceiver, track in self.forwarded.values():
+            track.stop()
+        self.forwarded.clear()
+
+    def report(self) -> dict[str, Any]:
+        out = super().report()
+        out["forwarding"]["received"] = [track.to_wire() for _t, track in self.forwarded.values()]
+        return out
+
+
+async def _stop_sender(sender: RTCRtpSender) -> None:
+    await sender.stop()
+
+
+def _capability_of(kind: str, codec: RTCRtpCodecParameters) -> list[Any]:
+    """The sender capabilities matching ``codec`` (and RTX for video), for setCodecPreferences."""
+    capabilities = RTCRtpSender.getCapabilities(kind).codecs
+    out = [
+        c
+        for c in capabilities
+        if c.mimeType.lower() == codec.mimeType.lower()
+        and (codec.mimeType.lower() != "video/h264" or _h264_matches(c.parameters, codec.parameters))
+    ][:1]
+    if out and kind == "video":
+        out += [c for c in capabilities if c.mimeType.lower() == "video/rtx"][:1]
+    return out
+
+
+def _h264_matches(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    def mode(p: dict[str, Any]) -> str:
+        return str(p.get("packetization-mode", "0"))
+
+    def profile(p: dict[str, Any]) -> str:
+        return str(p.get("profile-level-id", "42001f"))[:2].lower()
+
+    return mode(a) == mode(b) and profile(a) == profile(b)
+
+
+class WhepViewerMode(Mode):
+    """A WHEP viewer: receives a live WHIP session's publications as they are."""
+
+    name = "whep"
+    whip = False
+
+    def __init__(self, group: ForwardingGroup) -> None:
+        self.group = group
+        self.received: list[ForwardedTrack] = []
+        self.session: MediaSession | None = None
+        self.receives: dict[str, set[str]] = {}
+
+    async def after_remote_description(self, session: MediaSession) -> None:
+        self.session = session
+        pc = session.pc
+        assert pc is not None
+        free = {p.kind: p for p in reversed(self.group.publications)}  # the first of each kind
+        for transceiver in pc.getTransceivers():
+            publication = free.pop(transceiver.kind, None)
+            if publication is None:
+                continue
+            if not send_first(transceiver, publication.codec):
+                codec = publication.codec.mimeType
+                raise InvalidRequest(f"The stream sends {codec} {publication.kind} and this offer cannot receive it.")
+            track = publication.subscribe(session)
+            transceiver.sender.replaceTrack(track)
+            forward_keyframe_requests(transceiver.sender, publication.request_keyframe)
+            transceiver.direction = "sendonly"
+            self.received.append(track)
+        if not self.received:
+            raise InvalidRequest("The offer receives no audio or video this stream sends (offer recvonly audio/video).")
+        self.group.members.append(self)
+
+    def add_publication(self, publication: Publication) -> None:
+        """A WHIP session publishes once: nothing comes later."""
+
+    def remove_publication(self, publication: Publication) -> None:
+        """The publisher is gone: so is what this viewer watched."""
+        session = self.session
+        if session is not None and not session.closed and all(t.publication.ended for t in self.received):
+            session.manager.spawn(session.close(SessionEnd.PUBLISHER_GONE))
+
+    async def close(self, session: MediaSession, reason: str) -> None:
+        for track in self.received:
+            track.stop()
+        if self in self.group.members:
+            self.group.members.remove(self)
+
+    def report(self) -> dict[str, Any]:
+        return {"forwarding": {"group": self.group.key.name, "received": [t.to_wire() for t in self.received]}}
+
+
+def publisher_of(session: MediaSession) -> ForwardingGroup | None:
+    """The forwarding group a live WHIP (or HTTP) ``sfu`` session publishes into, for WHEP."""
+    mode = session.mode
+    if isinstance(mode, _Publisher) and mode.group is not None and mode.group.key.kind == "session":
+        return mode.group
+    return None

@@ -1,0 +1,381 @@
+"""Group calls through the server (``@sfu``): real aiortc members in a room on a real server.
+
+What is checked is what a member sees: the encoded frames that reach a subscriber are the bytes
+its publisher sent (nothing transcoded), a subscriber's keyframe request makes the publisher send
+one (and many requests make few), members come and go with renegotiation, and bad input gets a
+clear error from ``@sfu`` while nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from fractions import Fraction
+from typing import Any
+
+import av
+import pytest
+from aiohttp.test_utils import TestClient
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+
+from fantasize_rtc.call import GroupCall
+from fantasize_rtc.client import RtcClient
+from fantasize_rtc.errors import InvalidRequest
+from fantasize_rtc.media import MEDIA_KEY
+from fantasize_rtc.media import session as session_module
+from fantasize_rtc.media._aiortc_compat import keyframe_requests, tap_decoder
+from fantasize_rtc.media.events import MEDIA_PUBLISHED, MEDIA_UNPUBLISHED
+from fantasize_rtc.media.record import is_keyframe
+from tests.helpers import wait_for
+from tests.media_helpers import SmallVideo, Tone, udp_sockets
+
+ROOM = "call"
+
+
+def encode_vp8(count: int, gop: int = 15) -> list[bytes]:
+    """``count`` VP8 frames of a moving picture, a keyframe every ``gop``."""
+    ctx = av.CodecContext.create("libvpx", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = 160, 120, "yuv420p"
+    ctx.time_base = Fraction(1, 30)
+    ctx.gop_size = gop
+    ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    out: list[bytes] = []
+    for i in range(count):
+        frame = av.VideoFrame(160, 120, "yuv420p")
+        frame.planes[0].update(bytes((i * 7 + x) % 256 for x in range(frame.planes[0].buffer_size)))
+        for plane in frame.planes[1:]:
+            plane.update(bytes([128]) * plane.buffer_size)
+        frame.pts = i
+        out += [bytes(p) for p in ctx.encode(frame)]
+    out += [bytes(p) for p in ctx.encode(None)]
+    return out
+
+
+class EncodedVideo(MediaStreamTrack):
+    """Sends pre-encoded VP8 frames at 30 fps, so what was sent is known to the byte."""
+
+    kind = "video"
+
+    def __init__(self, frames: list[bytes]) -> None:
+        super().__init__()
+        self._frames = frames
+        self._n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.Packet:
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        wait = self._start + self._n / 30 - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        packet = av.Packet(self._frames[self._n % len(self._frames)])
+        packet.pts = self._n * 3000
+        packet.time_base = Fraction(1, 90000)
+        self._n += 1
+        return packet
+
+
+class Received:
+    """One track a member receives: decoded frames counted, or encoded frames kept (tapped)."""
+
+    def __init__(self, track: MediaStreamTrack, who: dict[str, Any] | None, encoded: asyncio.Queue[Any] | None) -> None:
+        self.track, self.who = track, who
+        self.frames = 0
+        self.first_at: float | None = None
+        self.encoded: list[bytes] = []
+        self.task = asyncio.get_running_loop().create_task(self._run(encoded))
+
+    async def _run(self, encoded: asyncio.Queue[Any] | None) -> None:
+        while True:
+            if encoded is not None:
+                item = await encoded.get()
+                if item is None:
+                    return
+                self.encoded.append(item[1].data)
+            else:
+                try:
+                    await self.track.recv()
+                except MediaStreamError:
+                    return
+            self.frames += 1
+            if self.first_at is None:
+                self.first_at = time.monotonic()
+
+
+class CallMember:
+    """A room member with an aiortc peer connection in the room's group call."""
+
+    def __init__(self, url: str, name: str, tap: bool = False) -> None:
+        self.name = name
+        self.client = RtcClient(url, transport="ws", auto_heartbeat=False)
+        self.pc = RTCPeerConnection()
+        self.call = GroupCall(self.client, self.pc)
+        self.received: list[Received] = []
+        self.errors: list[dict[str, Any]] = []
+        self.messages: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            encoded: asyncio.Queue[Any] | None = None
+            if tap and track.kind == "video":
+                transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is track)
+                encoded = asyncio.Queue()
+                assert tap_decoder(transceiver.receiver, encoded)
+            self.received.append(Received(track, self.call.who(track), encoded))
+
+    async def connect(self) -> None:
+        await self.client.connect(ROOM, self.name)
+        self._task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def join(self, *tracks: MediaStreamTrack, **options: Any) -> None:
+        await self.connect()
+        for track in tracks:
+            self.pc.addTrack(track)
+        await self.call.join(**options)
+
+    async def _pump(self) -> None:
+        async for message in self.client.messages():
+            if message.get("type") == "error":
+                self.errors.append(message)
+            if not await self.call.handle(message):
+                self.messages.append(message)
+
+    def from_peer(self, peer_id: str, kind: str = "video") -> list[Received]:
+        return [
+            r
+            for r in self.received
+            if r.track.kind == kind and (self.call.who(r.track) or r.who or {}).get("peerId") == peer_id
+        ]
+
+    def frames_from(self, peer_id: str, kind: str = "video") -> int:
+        return sum(r.frames for r in self.from_peer(peer_id, kind))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for received in self.received:
+            received.task.cancel()
+        await self.pc.close()
+        await self.client.close()
+
+
+@pytest.fixture
+async def members(client: TestClient) -> Any:  # type: ignore[type-arg]
+    made: list[CallMember] = []
+    url = str(client.make_url("")).rstrip("/")
+
+    def make(name: str, tap: bool = False) -> CallMember:
+        member = CallMember(url, name, tap)
+        made.append(member)
+        return member
+
+    yield make
+    for member in made:
+        await member.close()
+
+
+def session_of(client: TestClient, peer_id: str) -> Any:  # type: ignore[type-arg]
+    return next(
+        (s for s in client.app[MEDIA_KEY].sessions() if s.owner and s.owner.peer_id == peer_id and not s.closed), None
+    )
+
+
+async def test_subscribers_get_the_publishers_bytes_starting_at_a_keyframe(client: TestClient, members: Any) -> None:  # type: ignore[type-arg]
+    sent = encode_vp8(90)
+    hashes = [hashlib.sha256(f).digest() for f in sent]
+    alice, bob, carol = members("alice"), members("bob", tap=True), members("carol", tap=True)
+    published: list[Any] = []
+    client.app[MEDIA_KEY].rtc.on(MEDIA_PUBLISHED, published.append)
+    await alice.join(EncodedVideo(sent))
+    await bob.join(Tone())
+    await carol.join(Tone())
+    for member in (bob, carol):
+        await wait_for(lambda m=member: m.frames_from("alice") >= 45, 20, message=f"{member.name} gets alice's video")
+        [received] = member.from_peer("alice")
+        got = [hashlib.sha256(f).digest() for f in received.encoded]
+        assert is_keyframe("VP8", received.encoded[0]), "a subscriber starts at a keyframe"
+        start = hashes.index(got[0])
+        expected = [hashes[(start + i) % len(hashes)] for i in range(len(got))]
+        assert got == expected, "the frames forwarded are the frames sent, in order, none changed or lost"
+    # Every member's snapshot shows who publishes what.
+    snapshot = await bob.client.snapshot()
+    publishers = {p["peerId"]: sorted(t["kind"] for t in p["tracks"]) for p in snapshot["media"]["publishers"]}
+    assert publishers == {"alice": ["video"], "bob": ["audio"], "carol": ["audio"]}
+    assert {(e.peer_id, e.kind, e.codec) for e in published} >= {("alice", "video", "video/VP8")}
+    report = session_of(client, "alice").report()["forwarding"]["published"][0]
+    assert report["codec"] == "video/VP8" and report["subscribers"] == 2 and report["framesIn"] >= 45
+
+
+async def test_keyframe_requests_reach_the_publisher_rate_limited(client: TestClient, members: Any) -> None:  # type: ignore[type-arg]
+    alice, bob = members("alice"), members("bob", tap=True)
+    await alice.join(SmallVideo())
+    await bob.join(Tone())
+    await wait_for(lambda: bob.frames_from("alice") >= 30, 20, message="bob gets alice's video")
+    [received] = bob.from_peer("alice")
+    transceiver = next(t for t in bob.pc.getTransceivers() if t.receiver.track is received.track)
+    publication = session_of(client, "alice").mode.published[0]
+    # aiortc's encoder makes a keyframe only when asked: count them, ask once, see one come.
+    before = sum(is_keyframe("VP8", f) for f in received.encoded)
+    requested = publication.keyframes_requested
+    await asyncio.sleep(0.6)  # let the rate limit's interval pass since the subscription's request
+    for request in keyframe_requests(transceiver.receiver):
+        await request
+    await wait_for(lambda: sum(is_keyframe("VP8", f) for f in received.encoded) > before, 5, message="a keyframe")
+    assert publication.keyframes_requested >= requested + 1
+    # Eight requests at once make at most two keyframe requests to the publisher (now and one
+    # for the end of the interval), not eight.
+    await asyncio.sleep(0.6)
+    requested, asked = publication.keyframes_requested, publication.keyframe_requests
+    for _ in range(8):
+        for request in keyframe_requests(transceiver.receiver):
+            await request
+    await wait_for(lambda: publication.keyframe_requests >= asked + 8, 5, message="the requests arrive")
+    await asyncio.sleep(KEYFRAME_WINDOW)
+    assert publication.keyframes_requested - requested <= 2
+
+
+KEYFRAME_WINDOW = 0.7  # a little more than sfu.KEYFRAME_INTERVAL
+
+
+async def test_members_leave_and_join_late_with_renegotiation(client: TestClient, members: Any) -> None:  # type: ignore[type-arg]
+    unpublished: list[Any] = []
+    client.app[MEDIA_KEY].rtc.on(MEDIA_UNPUBLISHED, unpublished.append)
+    alice, bob, carol = members("alice"), members("bob"), members("carol")
+    await alice.join(SmallVideo(), Tone())
+    await bob.join(SmallVideo())
+    await wait_for(lambda: bob.frames_from("alice") >= 10 and alice.frames_from("bob") >= 10, 20, message="a and b")
+    joined = time.monotonic()
+    await carol.join(SmallVideo())
+    await wait_for(lambda: carol.frames_from("alice") and carol.frames_from("bob"), 10, message="carol sees both")
+    first = max(r.first_at or 0 for r in carol.received if r.track.kind == "video")
+    assert first - joined < 2.0, f"a late joiner's first picture took {first - joined:.2f} s"
+    await wait_for(lambda: alice.frames_from("carol") and bob.frames_from("carol"), 10, message="both see carol")
+    assert carol.frames_from("alice", "audio") > 0 or await _wait_audio(carol, "alice")
+    # alice leaves: the others get an offer without her tracks and go on with each other.
+    await alice.call.leave()
+    await wait_for(lambda: {e.peer_id for e in unpublished} == {"alice"} and len(unpublished) == 2, 10, message="unpub")
+    await wait_for(lambda: not any(t.get("peerId") == "alice" for t in bob.call.tracks.values()), 10, message="bob")
+    await wait_for(lambda: not any(t.get("peerId") == "alice" for t in carol.call.tracks.values()), 10, message="carol")
+    before = bob.frames_from("carol"), carol.frames_from("bob")
+    await wait_for(
+        lambda: bob.frames_from("carol") > before[0] + 10 and carol.frames_from("bob") > before[1] + 10,
+        10,
+        message="the rest go on",
+    )
+    snapshot = await bob.client.snapshot()
+    assert sorted(p["peerId"] for p in snapshot["media"]["publishers"]) == ["bob", "carol"]
+
+
+async def _wait_audio(member: CallMember, peer_id: str) -> bool:
+    await wait_for(lambda: member.frames_from(peer_id, "audio") > 0, 10, message="audio")
+    return True
+
+
+def _pcmu_only(sdp: str) -> str:
+    """The offer with PCMU as its only audio codec."""
+    lines = []
+    for line in sdp.splitlines():
+        if line.startswith("m=audio"):
+            lines.append(" ".join([*line.split()[:3], "0"]))
+        elif not line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")) or line.startswith("a=rtpmap:0 "):
+            lines.append(line)
+    return "\r\n".join(lines) + "\r\n"
+
+
+async def test_bad_offers_and_answers_get_clear_errors(client: TestClient, members: Any) -> None:  # type: ignore[type-arg]
+    sockets = udp_sockets()
+    alice = members("alice")
+    await alice.connect()  # in the room, not in the call
+    pc = RTCPeerConnection()
+    try:
+        pc.addTrack(Tone())
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        # Audio in a codec the server does not forward.
+        await alice.client.signal({"type": "offer", "payload": {"sdp": _pcmu_only(offer)}}, to="@sfu")
+        await wait_for(lambda: alice.errors, 10, message="an error")
+        assert (
+            "audio/PCMU" in alice.errors[-1]["error"]["message"] and alice.errors[-1]["error"]["fromPeerId"] == "@sfu"
+        )
+        # Sections not in one BUNDLE group.
+        unbundled = "".join(line for line in offer.splitlines(keepends=True) if not line.startswith("a=group:"))
+        await alice.client.signal({"type": "offer", "payload": {"sdp": unbundled}}, to="@sfu")
+        await wait_for(lambda: len(alice.errors) >= 2, 10, message="a second error")
+        assert "BUNDLE" in alice.errors[-1]["error"]["message"]
+        # An answer when the server sent no offer.
+        await alice.client.signal({"type": "answer", "payload": {"sdp": "v=0\r\n"}}, to="@sfu")
+        await wait_for(lambda: len(alice.errors) >= 3, 10, message="a third error")
+        assert "no offer" in alice.errors[-1]["error"]["message"]
+        assert all("Traceback" not in e["error"]["message"] for e in alice.errors)
+        assert isinstance(alice.call.error, InvalidRequest)
+    finally:
+        await pc.close()
+    await wait_for(lambda: not client.app[MEDIA_KEY].sessions(), 10, message="no session left")
+    await wait_for(lambda: udp_sockets() <= sockets, 10, message="no socket left")
+
+
+async def test_a_member_that_never_answers_is_ended_and_the_call_goes_on(
+    client: TestClient,
+    members: Any,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[type-arg]
+) -> None:
+    monkeypatch.setattr(session_module, "ANSWER_TIMEOUT_SECONDS", 1.5)
+    alice, bob, carol = members("alice"), members("bob"), members("carol")
+    await alice.join(SmallVideo())
+    await bob.join(SmallVideo())
+    await wait_for(lambda: bob.frames_from("alice") >= 5, 20, message="bob gets alice")
+    # carol's client stops answering the server's offers (it sends its own offer only).
+    handle = carol.call.handle
+
+    async def deaf(message: dict[str, Any]) -> bool:
+        signal = message.get("signal") or {}
+        if message.get("fromPeerId") == "@sfu" and signal.get("type") == "offer":
+            return True
+        return await handle(message)
+
+    carol.call.handle = deaf  # type: ignore[method-assign]
+    await carol.join(Tone())
+    await wait_for(lambda: session_of(client, "carol") is None and _ended(client, "carol"), 15, message="carol ended")
+    assert _ended(client, "carol") == "negotiation_failed"
+    before = bob.frames_from("alice")
+    await wait_for(lambda: bob.frames_from("alice") > before + 10, 10, message="the call goes on")
+
+
+def _ended(client: TestClient, peer_id: str) -> str | None:  # type: ignore[type-arg]
+    for owner, report in client.app[MEDIA_KEY].ended_reports():
+        if owner is not None and owner.peer_id == peer_id and report["mode"] == "sfu":
+            return str(report["closeReason"])
+    return None
+
+
+async def test_the_answer_of_a_renegotiation_is_checked(client: TestClient, members: Any) -> None:  # type: ignore[type-arg]
+    alice, bob = members("alice"), members("bob")
+    await alice.join(SmallVideo())
+    handle = bob.call.handle
+
+    async def garbled(message: dict[str, Any]) -> bool:
+        signal = message.get("signal") or {}
+        if message.get("fromPeerId") == "@sfu" and signal.get("type") == "offer":
+            await bob.client.signal({"type": "answer", "payload": {"sdp": "v=0\r\nm=nonsense\r\n"}}, to="@sfu")
+            return True
+        return await handle(message)
+
+    bob.call.handle = garbled  # type: ignore[method-assign]
+    await bob.join(Tone())
+    await wait_for(lambda: _ended(client, "bob"), 15, message="bob's session ends")
+    assert _ended(client, "bob") == "negotiation_failed"
+    assert session_of(client, "alice") is not None
+
+
+async def test_session_report_and_answer_payload(client: TestClient, members: Any) -> None:  # type: ignore[type-arg]
+    alice = members("alice")
+    await alice.join(SmallVideo())
+    await wait_for(alice.call.joined.is_set, 10, message="answer")
+    assert alice.call.session_id and alice.call.tracks == {}
+    await wait_for(lambda: session_of(client, "alice") and session_of(client, "alice").connected, 10, message="up")
+    report = session_of(client, "alice").report()
+    assert report["mode"] == "sfu" and report["forwarding"]["group"] == ROOM
