@@ -9,6 +9,7 @@ clear error from ``@sfu`` while nothing is left behind.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from fractions import Fraction
@@ -178,6 +179,10 @@ async def members(client: TestClient) -> Any:  # type: ignore[type-arg]
         await member.close()
 
 
+def _has_frames(member: CallMember, peer_id: str, count: int) -> bool:
+    return member.frames_from(peer_id) >= count
+
+
 def session_of(client: TestClient, peer_id: str) -> Any:  # type: ignore[type-arg]
     return next(
         (s for s in client.app[MEDIA_KEY].sessions() if s.owner and s.owner.peer_id == peer_id and not s.closed), None
@@ -193,8 +198,9 @@ async def test_subscribers_get_the_publishers_bytes_starting_at_a_keyframe(clien
     await alice.join(EncodedVideo(sent))
     await bob.join(Tone())
     await carol.join(Tone())
+    member: CallMember
     for member in (bob, carol):
-        await wait_for(lambda m=member: m.frames_from("alice") >= 45, 20, message=f"{member.name} gets alice's video")
+        await wait_for(functools.partial(_has_frames, member, "alice", 45), 20, message=f"{member.name} gets alice")
         [received] = member.from_peer("alice")
         got = [hashlib.sha256(f).digest() for f in received.encoded]
         assert is_keyframe("VP8", received.encoded[0]), "a subscriber starts at a keyframe"
@@ -335,7 +341,7 @@ async def test_a_member_that_never_answers_is_ended_and_the_call_goes_on(
         signal = message.get("signal") or {}
         if message.get("fromPeerId") == "@sfu" and signal.get("type") == "offer":
             return True
-        return await handle(message)
+        return bool(await handle(message))
 
     carol.call.handle = deaf  # type: ignore[method-assign]
     await carol.join(Tone())
@@ -362,7 +368,7 @@ async def test_the_answer_of_a_renegotiation_is_checked(client: TestClient, memb
         if message.get("fromPeerId") == "@sfu" and signal.get("type") == "offer":
             await bob.client.signal({"type": "answer", "payload": {"sdp": "v=0\r\nm=nonsense\r\n"}}, to="@sfu")
             return True
-        return await handle(message)
+        return bool(await handle(message))
 
     bob.call.handle = garbled  # type: ignore[method-assign]
     await bob.join(Tone())
