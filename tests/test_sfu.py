@@ -12,10 +12,8 @@ import asyncio
 import functools
 import hashlib
 import time
-from fractions import Fraction
 from typing import Any
 
-import av
 import pytest
 from aiohttp.test_utils import TestClient
 from aiortc import MediaStreamTrack, RTCPeerConnection
@@ -30,53 +28,9 @@ from fantasize_rtc.media._aiortc_compat import keyframe_requests, tap_decoder
 from fantasize_rtc.media.events import MEDIA_PUBLISHED, MEDIA_UNPUBLISHED
 from fantasize_rtc.media.record import is_keyframe
 from tests.helpers import wait_for
-from tests.media_helpers import SmallVideo, Tone, udp_sockets
+from tests.media_helpers import EncodedVideo, SmallVideo, Tone, encode_vp8, udp_sockets
 
 ROOM = "call"
-
-
-def encode_vp8(count: int, gop: int = 15) -> list[bytes]:
-    """``count`` VP8 frames of a moving picture, a keyframe every ``gop``."""
-    ctx = av.CodecContext.create("libvpx", "w")
-    ctx.width, ctx.height, ctx.pix_fmt = 160, 120, "yuv420p"
-    ctx.time_base = Fraction(1, 30)
-    ctx.gop_size = gop
-    ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
-    out: list[bytes] = []
-    for i in range(count):
-        frame = av.VideoFrame(160, 120, "yuv420p")
-        frame.planes[0].update(bytes((i * 7 + x) % 256 for x in range(frame.planes[0].buffer_size)))
-        for plane in frame.planes[1:]:
-            plane.update(bytes([128]) * plane.buffer_size)
-        frame.pts = i
-        out += [bytes(p) for p in ctx.encode(frame)]
-    out += [bytes(p) for p in ctx.encode(None)]
-    return out
-
-
-class EncodedVideo(MediaStreamTrack):
-    """Sends pre-encoded VP8 frames at 30 fps, so what was sent is known to the byte."""
-
-    kind = "video"
-
-    def __init__(self, frames: list[bytes]) -> None:
-        super().__init__()
-        self._frames = frames
-        self._n = 0
-        self._start: float | None = None
-
-    async def recv(self) -> av.Packet:
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        wait = self._start + self._n / 30 - loop.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        packet = av.Packet(self._frames[self._n % len(self._frames)])
-        packet.pts = self._n * 3000
-        packet.time_base = Fraction(1, 90000)
-        self._n += 1
-        return packet
 
 
 class Received:

@@ -37,6 +37,7 @@ from .modes import ModeInfo, ModeRegistry, modes
 from .recordings import FORMATS, RecordingInfo, RecordingStore
 from .routes import routes
 from .session import MediaSession, Mode, Owner, SessionOptions
+from .whep import routes as whep_routes
 from .whip import routes as whip_routes
 from .workers import Workers
 
@@ -82,6 +83,7 @@ def setup_media(app: web.Application, registry: ModeRegistry | None = None) -> M
     rtc.room_media = manager.forwarding.room  # the room snapshot's "media": who publishes what
     app.add_routes(routes)
     app.add_routes(whip_routes)
+    app.add_routes(whep_routes)
     for peer_id in server_peers:
         rtc.register_server_peer(peer_id, manager.on_server_peer_message)
     # On SIGTERM (web._drain): bye to the owners of signaled sessions, then every session closed.

@@ -28,8 +28,9 @@ from ..web import read_body
 from .keys import MEDIA_KEY
 from .manager import parse_options
 from .routes import caller_of, check_access
+from .session import MediaSession
 
-__all__ = ["routes"]
+__all__ = ["created", "routes", "sdp_body", "trickle"]
 
 routes = web.RouteTableDef()
 
@@ -53,7 +54,7 @@ def _query_options(query: dict[str, str]) -> dict[str, object]:
     return out
 
 
-async def _sdp_body(request: web.Request, content_type: str, what: str) -> str:
+async def sdp_body(request: web.Request, content_type: str, what: str) -> str:
     if request.content_type != content_type:
         raise UnsupportedMediaType(f"{what} must be sent as {content_type}.")
     try:
@@ -65,7 +66,7 @@ async def _sdp_body(request: web.Request, content_type: str, what: str) -> str:
 @routes.post("/whip")
 async def whip_post(request: web.Request) -> web.Response:
     manager = request.app[MEDIA_KEY]
-    sdp = await _sdp_body(request, "application/sdp", "WHIP offers")
+    sdp = await sdp_body(request, "application/sdp", "WHIP offers")
     mode = request.query.get("mode", "record")
     whip_modes = [name for name in manager.modes if manager.modes.info(name).whip]
     if mode not in whip_modes:
@@ -75,15 +76,8 @@ async def whip_post(request: web.Request) -> web.Response:
     session, answer = await manager.open(
         mode=mode, sdp=sdp, options=options, owner=caller.owner, via=Via.WHIP, address=request.remote
     )
-    # relative to where the app is mounted (request.path carries any prefix)
-    location = f"{request.path.rstrip('/')}/{session.id}"
-    headers = [("Location", location), ("X-Session-Id", session.id), ("ETag", _etag(answer))]
     peer_id = caller.owner.peer_id if caller.owner and caller.owner.peer_id else f"whip-{session.id[:8]}"
-    headers += [("Link", link) for link in ice_server_links(manager.rtc.ice_servers_for(peer_id))]
-    response = web.Response(status=201, text=answer, content_type="application/sdp")
-    for name, value in headers:
-        response.headers.add(name, value)
-    return response
+    return created(request, session, answer, peer_id)
 
 
 @routes.options("/whip")
@@ -128,7 +122,13 @@ async def whip_patch(request: web.Request) -> web.Response:
     manager = request.app[MEDIA_KEY]
     owner, session, _ = manager.get(request.match_info["sessionId"])
     check_access(await caller_of(request), owner, "session")
-    fragment = await _sdp_body(request, "application/trickle-ice-sdpfrag", "WHIP PATCH bodies")
+    return await trickle(request, session)
+
+
+async def trickle(request: web.Request, session: MediaSession | None) -> web.Response:
+    """A WHIP or WHEP ``PATCH``: trickled candidates in an SDP fragment (``204``); an ICE
+    restart is ``422`` (aiortc cannot restart ICE); ``If-Match`` must name the ICE session."""
+    fragment = await sdp_body(request, "application/trickle-ice-sdpfrag", "PATCH bodies")
     pc = session.pc if session is not None else None
     if session is None or pc is None or pc.localDescription is None or pc.remoteDescription is None:
         raise UnprocessableContent("The session has ended; start a new one.")
@@ -152,6 +152,18 @@ async def whip_patch(request: web.Request) -> web.Response:
         elif line == "a=end-of-candidates":
             await session.add_candidate(None)
     return web.Response(status=204, headers={"ETag": etag})
+
+
+def created(request: web.Request, session: MediaSession, answer: str, peer_id: str) -> web.Response:
+    """The ``201`` of WHIP and WHEP: the answer, ``Location`` (relative to where the app is
+    mounted), ``ETag`` and the ICE servers as ``Link`` headers."""
+    location = f"{request.path.rstrip('/')}/{session.id}"
+    headers = [("Location", location), ("X-Session-Id", session.id), ("ETag", _etag(answer))]
+    headers += [("Link", link) for link in ice_server_links(request.app[MEDIA_KEY].rtc.ice_servers_for(peer_id))]
+    response = web.Response(status=201, text=answer, content_type="application/sdp")
+    for name, value in headers:
+        response.headers.add(name, value)
+    return response
 
 
 @routes.delete("/whip/{sessionId}")
