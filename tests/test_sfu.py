@@ -12,6 +12,7 @@ import asyncio
 import functools
 import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +26,8 @@ from fantasize_rtc.errors import InvalidRequest
 from fantasize_rtc.media import MEDIA_KEY
 from fantasize_rtc.media import session as session_module
 from fantasize_rtc.media._aiortc_compat import keyframe_requests, tap_decoder
-from fantasize_rtc.media.events import MEDIA_PUBLISHED, MEDIA_UNPUBLISHED
-from fantasize_rtc.media.record import is_keyframe
+from fantasize_rtc.media.events import MEDIA_PUBLISHED, MEDIA_UNPUBLISHED, RECORDING_SAVED
+from fantasize_rtc.media.record import is_keyframe, probe_file
 from tests.helpers import wait_for
 from tests.media_helpers import EncodedVideo, SmallVideo, Tone, encode_vp8, udp_sockets
 
@@ -339,3 +340,30 @@ async def test_session_report_and_answer_payload(client: TestClient, members: An
     await wait_for(lambda: session_of(client, "alice") and session_of(client, "alice").connected, 10, message="up")
     report = session_of(client, "alice").report()
     assert report["mode"] == "sfu" and report["forwarding"]["group"] == ROOM
+
+
+async def test_recording_a_call_keeps_each_publishers_frames_as_they_are(
+    client: TestClient,
+    members: Any,  # type: ignore[type-arg]
+) -> None:
+    saved: list[Any] = []
+    client.app[MEDIA_KEY].rtc.on(RECORDING_SAVED, saved.append)
+    alice, bob = members("alice"), members("bob")
+    await alice.join(SmallVideo(), Tone(), record=True)
+    await bob.join(SmallVideo(), record=True)
+    await wait_for(lambda: bob.frames_from("alice") >= 45 and alice.frames_from("bob") >= 45, 20, message="media")
+    report = session_of(client, "alice").report()["recording"]
+    assert report["passthrough"] == {"video": True, "audio": True} and report["format"] == "webm"
+    await alice.call.leave()
+    await bob.call.leave()
+    await wait_for(lambda: len(saved) == 2, 20, message="two recordings saved")
+    by_peer = {s.peer_id: s for s in saved}
+    assert set(by_peer) == {"alice", "bob"} and all(s.room_id == ROOM for s in saved)
+    assert set(by_peer["alice"].codecs) == {"vp8", "opus"} and set(by_peer["bob"].codecs) == {"vp8"}
+    for recording in saved:
+        duration, _codecs = probe_file(Path(recording.path))
+        assert duration >= 1.0, f"{recording.peer_id}'s recording plays {duration:.2f} s"
+    listing = await (
+        await client.get("/rtc/recordings", headers={"Authorization": f"Bearer {bob.client.token}"})
+    ).json()
+    assert [r["roomId"] for r in listing["recordings"]] == [ROOM]  # a member sees its own

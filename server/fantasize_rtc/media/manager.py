@@ -88,6 +88,7 @@ def parse_options(body: dict[str, Any], max_session_seconds: float) -> SessionOp
         height=height - height % 2,
         fps=int(_number(body, "fps", 30, 1, 30)),
         passthrough=None if body.get("passthrough") is None else _bool(body, "passthrough", False),
+        record=_bool(body, "record", False),
     )
 
 

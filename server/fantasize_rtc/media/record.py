@@ -551,6 +551,25 @@ class RecordMode(Mode):
 
         return EncodedSource(frames, codec, request_keyframe)
 
+    def record_encoded(self, session: MediaSession, sources: dict[str, EncodedSource]) -> None:
+        """Record encoded frames another mode receives (a group call's publications), one source
+        per kind, as they are: in the offer's ``format``, else the first container that takes
+        every codec. InvalidRequest when the container cannot take one. Then
+        :meth:`after_remote_description`, :meth:`tick` and :meth:`close` as for this mode's own."""
+        codecs = {source.codec.name for source in sources.values()}
+        name = session.options.format or next(
+            (n for n in ("webm", "mkv", "mp4") if codecs <= FORMATS[n].passthrough), "webm"
+        )
+        fmt = FORMATS[name]
+        self.recording_id, path = session.manager.store.new_path(session.id, fmt)
+        self.recorder = Recorder(path, fmt, session.id[:8], session.frames)
+        for kind, source in sources.items():
+            if not self.recorder.add_encoded(kind, source):
+                raise InvalidRequest(
+                    f"{source.codec.mimeType} does not go into {fmt.name} without transcoding: "
+                    "leave format out (the server picks one that takes it)."
+                )
+
     async def after_remote_description(self, session: MediaSession) -> None:
         recorder = self.recorder
         if recorder is None or not recorder.kinds:

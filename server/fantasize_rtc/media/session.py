@@ -107,6 +107,8 @@ class SessionOptions:
     #: Pass encoded frames through without transcoding. None: the mode's default (echo: no;
     #: record: yes, where the codecs allow).
     passthrough: bool | None = None
+    #: Record what is sent (group calls, ``sfu``: each publisher's tracks, without transcoding).
+    record: bool = False
 
 
 class Mode:

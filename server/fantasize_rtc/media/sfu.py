@@ -49,7 +49,7 @@ from ._aiortc_compat import (
     tap_decoder,
 )
 from .events import MEDIA_PUBLISHED, MEDIA_UNPUBLISHED, MediaPublished
-from .record import is_keyframe
+from .record import EncodedSource, RecordMode, is_keyframe
 from .session import MediaSession, Mode
 
 if TYPE_CHECKING:
@@ -167,6 +167,8 @@ class Publication:
         self.peer_id = session.owner.peer_id if session.owner else f"whip-{session.id[:8]}"
         self.frames: asyncio.Queue[Any] = asyncio.Queue()  # (codec, frame) from the decoder tap
         self.subscribers: list[ForwardedTrack] = []
+        #: Queues that get every ``(codec, frame)`` as it came (a recording), None at the end.
+        self.taps: list[asyncio.Queue[Any]] = []
         self.frames_in = 0
         self.bytes_in = 0
         self.keyframe_requests = 0  # asked for by subscribers (and new subscribers)
@@ -200,6 +202,8 @@ class Publication:
                 data = frame.data
                 self.frames_in += 1
                 self.bytes_in += len(data)
+                for tap in self.taps:
+                    tap.put_nowait(item)
                 if not self.subscribers:
                     continue
                 packet = av.Packet(data)  # one packet for all: aiortc's senders only read it
@@ -210,6 +214,15 @@ class Publication:
                     subscriber.push(packet, keyframe)
         finally:
             self.end()
+
+    def tap(self) -> asyncio.Queue[Any]:
+        """Every frame as it comes, ``(codec, frame)``, and None at the end (for a recording)."""
+        frames: asyncio.Queue[Any] = asyncio.Queue()
+        if self._ended:
+            frames.put_nowait(None)
+        else:
+            self.taps.append(frames)
+        return frames
 
     def subscribe(self, subscriber: MediaSession) -> ForwardedTrack:
         track = ForwardedTrack(self, subscriber)
@@ -258,6 +271,9 @@ class Publication:
         for subscriber in list(self.subscribers):
             subscriber.end()
         self.subscribers.clear()
+        for tap in self.taps:
+            tap.put_nowait(None)
+        self.taps.clear()
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -443,6 +459,7 @@ class _Publisher(Mode):
         self.session: MediaSession | None = None
         self.receives: dict[str, set[str]] = {}
         self.published: list[Publication] = []
+        self.recording: RecordMode | None = None
         self._refused: str | None = None
 
     def on_track(self, session: MediaSession, track: MediaStreamTrack) -> None:
@@ -472,6 +489,24 @@ class _Publisher(Mode):
         if pc is not None and pc.remoteDescription is not None:
             self.receives = _offered_codecs(pc.remoteDescription.sdp)
 
+    async def start_recording(self, session: MediaSession) -> None:
+        """``record: true``: each kind published, written as it comes (:class:`.record.RecordMode`)."""
+        if not session.options.record:
+            return
+        if not self.published:
+            raise InvalidRequest("Nothing to record: the offer sends no audio or video.")
+        session.manager.store.check_quota(session.manager.config.recordings_quota_bytes)
+        first = {p.kind: p for p in reversed(self.published)}  # the first track of each kind
+        recording = self.recording = RecordMode()
+        recording.name = "record"
+        recording.record_encoded(
+            session, {kind: EncodedSource(p.tap(), p.codec, p.request_keyframe) for kind, p in first.items()}
+        )
+        await recording.after_remote_description(session)
+
+    async def tick(self, session: MediaSession) -> str | None:
+        return await self.recording.tick(session) if self.recording is not None else None
+
     def add_publication(self, publication: Publication) -> None:
         """Publishing only: receives nothing."""
 
@@ -488,14 +523,17 @@ class _Publisher(Mode):
         if self.group is not None:
             self.group.leave(self)
         for publication in self.published:
-            publication.end()
+            publication.end()  # the recording's taps end too: it writes what came, then stops
+        if self.recording is not None:
+            await self.recording.close(session, reason)
 
     def report(self) -> dict[str, Any]:
         return {
             "forwarding": {
                 "group": self.group.key.name if self.group is not None else None,
                 "published": [p.to_wire() for p in self.published],
-            }
+            },
+            **(self.recording.report() if self.recording is not None else {}),
         }
 
 
@@ -522,8 +560,14 @@ class SfuMode(_Publisher):
         self.session = session
         group = session.manager.forwarding.group(self._key(session))
         assert group is not None
-        group.check_codecs(self, self.published)
+        try:
+            group.check_codecs(self, self.published)
+        except InvalidRequest:
+            if not group.members and not group.publications:
+                session.manager.forwarding.groups.pop(group.key, None)
+            raise
         self.group = group
+        await self.start_recording(session)
 
     async def on_connected(self, session: MediaSession) -> None:
         group = self.group

@@ -40,7 +40,7 @@ def _query_options(query: dict[str, str]) -> dict[str, object]:
     for key in ("format",):
         if key in query:
             out[key] = query[key]
-    for key in ("audio", "video", "passthrough"):
+    for key in ("audio", "video", "passthrough", "record"):
         if key in query:
             value = query[key].lower()
             if value not in ("true", "false", "1", "0"):
