@@ -196,3 +196,37 @@ async def test_no_shared_srtp_profile_fails_with_a_reason(
     assert report["dtls"]["srtpProfile"] is None
     (line,) = [r.getMessage() for r in caplog.records if "DTLS handshake failed" in r.getMessage()]
     assert "no SRTP protection profile in common" in line
+
+
+async def test_ffmpeg_whip_h264_is_watched_over_whep_as_it_came(client: TestClient, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    """An encoder publishes H.264 (WHIP, ``?mode=sfu``); an aiortc viewer whose offer lists VP8
+    first gets H.264 forwarded (the server answers with the publisher's codec) and decodes it."""
+    manager = client.app[MEDIA_KEY]
+    cert, key = await whip_cert(tmp_path)
+    url = str(client.make_url("/whip?mode=sfu"))
+    publishing = asyncio.ensure_future(publish(url, f"cert_file={cert}", f"key_file={key}", seconds=8))
+    try:
+
+        def live() -> Any:
+            return next((s for s in manager.sessions() if s.via == "whip" and s.mode.published and s.connected), None)
+
+        session = await wait_for(live, 20, message="FFmpeg's session publishing")
+        await wait_for(lambda: session.mode.group.publications, 10, message="its publication")
+        async with client_peer() as viewer:
+            viewer.receive_only(audio=False)
+            resp = await client.post(
+                f"/whep/{session.id}", data=await viewer.offer(), headers={"Content-Type": "application/sdp"}
+            )
+            answer = await resp.text()
+            assert resp.status == 201, answer
+            first = answer.split("m=video")[1].split()[2]  # the answer's first payload type
+            assert f"a=rtpmap:{first} H264/90000" in answer
+            await viewer.accept(answer)
+            await viewer.wait_frames("video", 30)
+            frame = viewer.sinks["video"].last
+            assert (frame.width, frame.height) == (320, 240)
+        report = session.report()["forwarding"]["published"][0]
+        assert report["codec"] == "video/H264" and report["framesIn"] >= 30
+    finally:
+        status, err = await publishing
+    assert status == 0, err[-2000:]

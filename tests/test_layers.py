@@ -98,6 +98,7 @@ LAYERS: dict[str, int] = {
     "metrics": 6,
     "cli": 6,
     "client": 6,
+    "call": 6,
     "selftest": 6,
     "__init__": 6,
     "__main__": 6,

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from ..config import RtcConfig
     from ..server import RtcServer
     from .recordings import RecordingStore
-    from .sfu import Forwarding
     from .udp import HostSockets
     from .workers import Workers
 
@@ -170,8 +169,9 @@ class SessionHost(Protocol):
     counters: MediaCounters
     #: Thread and process pools for modes' CPU-heavy work (:mod:`.workers`).
     workers: Workers
-    #: The forwarding groups (group calls, WHIP -> WHEP) of this process (:mod:`.sfu`).
-    forwarding: Forwarding
+    #: The forwarding groups (group calls, WHIP -> WHEP) of this process: a
+    #: :class:`.sfu.Forwarding` (not named here: sfu imports this module).
+    forwarding: Any
 
     @property
     def udp(self) -> HostSockets | None:

@@ -63,6 +63,7 @@ __all__ = [
     "Publication",
     "SfuMode",
     "WhepViewerMode",
+    "publisher_of",
 ]
 
 log = logging.getLogger(__name__)
