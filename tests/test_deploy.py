@@ -368,10 +368,10 @@ async def test_the_coturn_config_relays_with_credentials_the_server_minted(
         turn_secret=secret,
     )
 
-    def relay_only(servers: tuple[IceServer, ...]) -> RTCConfiguration:
+    def relay_only(servers: tuple[IceServer, ...], **options: Any) -> RTCConfiguration:
         # Both ends relay: the documented config refuses to relay into private networks, so here,
         # on loopback, a relay-to-relay pair through coturn is the one that can connect.
-        configuration = rtc_configuration(servers)
+        configuration = rtc_configuration(servers, **options)
         configuration.iceTransportPolicy = RTCIceTransportPolicy.RELAY
         return configuration
 

@@ -27,8 +27,8 @@ def relay_only_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """The server's own peers gather relay candidates only, as if none of its addresses could be
     reached: the product's configuration with aiortc's relay policy on top."""
 
-    def relay_only(servers: tuple[IceServer, ...]) -> RTCConfiguration:
-        configuration = rtc_configuration(servers)
+    def relay_only(servers: tuple[IceServer, ...], **options: Any) -> RTCConfiguration:
+        configuration = rtc_configuration(servers, **options)
         configuration.iceTransportPolicy = RTCIceTransportPolicy.RELAY
         return configuration
 

@@ -98,7 +98,7 @@ def test_the_registry_takes_classes_factories_and_lazy_names() -> None:
 
 
 def test_the_built_in_modes_are_registered_like_any_other() -> None:
-    assert list(modes)[:4] == ["echo", "record", "probe", "play"]
+    assert list(modes)[:5] == ["echo", "record", "probe", "play", "sfu"]
     assert modes.info("play").whip is False and modes.info("record").whip is True
     assert all(modes.info(name).description for name in ("echo", "record", "probe", "play"))
     assert type(modes.create("echo")).__name__ == "EchoMode"
@@ -107,7 +107,7 @@ def test_the_built_in_modes_are_registered_like_any_other() -> None:
 async def test_get_modes_lists_built_ins_and_registered_ones(app_client: Any) -> None:
     resp = await app_client.get("/rtc/modes")
     listed = {m["name"]: m for m in (await resp.json())["modes"]}
-    assert list(listed)[:4] == ["echo", "record", "probe", "play"]
+    assert list(listed)[:5] == ["echo", "record", "probe", "play", "sfu"]
     assert listed["shout"] == {
         "name": "shout",
         "description": "Answers every text message in capitals and counts what it saw.",

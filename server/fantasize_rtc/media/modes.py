@@ -150,13 +150,13 @@ modes.register(
     description="tests the connection: how it connected, round trip and loss, in the session report",
 )
 modes.register(
-    "sfu",
-    "fantasize_rtc.media.sfu:SfuMode",
-    description="group calls: forwards what you send, as it is, to the room's other members and theirs to you",
-)
-modes.register(
     "play",
     "fantasize_rtc.media.play:PlayMode",
     description="sends a generated test video and tone",
     whip=False,  # a WHIP client only sends
+)
+modes.register(
+    "sfu",
+    "fantasize_rtc.media.sfu:SfuMode",
+    description="group calls: forwards what you send, as it is, to the room's other members and theirs to you",
 )
