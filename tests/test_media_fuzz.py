@@ -138,7 +138,8 @@ async def media_world(aiohttp_client: Any, config: RtcConfig) -> AsyncIterator[M
 @example(steps=[("mid", 0, "")], way="whip")
 @example(steps=[("kind", 0, "audi")], way="signal")
 @example(steps=[("kind", 0, "audi")], way="offer")
-@given(steps=mutations, way=st.sampled_from(["offer", "whip", "signal"]))
+@example(steps=[("kind", 0, "audi")], way="sfu")
+@given(steps=mutations, way=st.sampled_from(["offer", "whip", "signal", "sfu"]))
 async def test_fuzz_sdp_offers(
     media_world: MediaWorld, steps: list[tuple[str, int, str]], way: str, caplog: Any
 ) -> None:
@@ -153,7 +154,8 @@ async def test_fuzz_sdp_offers(
             "/whip", data=sdp.encode("utf-8", "surrogatepass"), headers={"Content-Type": "application/sdp"}
         )
     else:
-        body = {"signal": {"type": "offer", "to": "@echo", "payload": {"sdp": sdp}}}
+        to = "@sfu" if way == "sfu" else "@echo"  # @sfu: the group call's checks (BUNDLE, codecs)
+        body = {"signal": {"type": "offer", "to": to, "payload": {"sdp": sdp}}}
         resp = await client.post(
             "/rtc/signal",
             data=json.dumps(body),
