@@ -1,4 +1,4 @@
-"""``python -m bench [signaling|media|record|redis|all] [options]``: run the benchmarks (default: signaling).
+"""``python -m bench [signaling|media|record|redis|sfu|all] [options]``: run the benchmarks (default: signaling).
 
 Each benchmark module is imported only when it runs, so one with missing extras cannot break
 the others. Options after the name go to that benchmark (``python -m bench signaling --help``).
@@ -14,6 +14,7 @@ BENCHES = {
     "media": "bench.media",
     "record": "bench.record",
     "redis": "bench.redis_scale",
+    "sfu": "bench.sfu",
 }
 
 
