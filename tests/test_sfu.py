@@ -169,6 +169,14 @@ async def test_subscribers_get_the_publishers_bytes_starting_at_a_keyframe(clien
     assert {(e.peer_id, e.kind, e.codec) for e in published} >= {("alice", "video", "video/VP8")}
     report = session_of(client, "alice").report()["forwarding"]["published"][0]
     assert report["codec"] == "video/VP8" and report["subscribers"] == 2 and report["framesIn"] >= 45
+    metrics = await (await client.get("/metrics", headers={"Authorization": "Bearer admin-secret"})).text()
+    for line in (
+        'fantasize_rtc_forwarding_publications{kind="video"} 1.0',
+        'fantasize_rtc_forwarding_publications{kind="audio"} 2.0',
+        'fantasize_rtc_forwarding_subscribers{kind="video"} 2.0',
+        'fantasize_rtc_forwarding_subscribers{kind="audio"} 4.0',
+    ):
+        assert line in metrics.splitlines(), line
 
 
 async def test_keyframe_requests_reach_the_publisher_rate_limited(client: TestClient, members: Any) -> None:  # type: ignore[type-arg]

@@ -271,6 +271,29 @@ def _media_families(manager: Any) -> Iterator[Metric]:
         int(getattr(udp, "dropped", 0) or 0) if udp is not None else 0,
     )
     yield _counter("recording_bytes", "Bytes of recordings saved.", counters.recorded_bytes)
+    yield from _forwarding_families(manager)
+
+
+def _forwarding_families(manager: Any) -> Iterator[Metric]:
+    """Group calls and WHIP -> WHEP (``media.sfu``): read from the live groups at scrape time,
+    nothing counted per forwarded frame."""
+    publications = GaugeMetricFamily(
+        _name("forwarding_publications"), "Tracks forwarded without transcoding (group calls, WHEP).", labels=["kind"]
+    )
+    subscribers = GaugeMetricFamily(
+        _name("forwarding_subscribers"), "Forwarded tracks' subscribers (one per receiving peer).", labels=["kind"]
+    )
+    counts = {"audio": [0, 0], "video": [0, 0]}
+    for group in manager.forwarding.groups.values():
+        for publication in group.publications:
+            count = counts.setdefault(publication.kind, [0, 0])
+            count[0] += 1
+            count[1] += len(publication.subscribers)
+    for kind, (published, subscribed) in sorted(counts.items()):
+        publications.add_metric([kind], published)
+        subscribers.add_metric([kind], subscribed)
+    yield publications
+    yield subscribers
 
 
 # -- the operator's overview -------------------------------------------------------------------------
