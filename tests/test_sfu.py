@@ -237,6 +237,10 @@ async def test_members_leave_and_join_late_with_renegotiation(client: TestClient
     )
     snapshot = await bob.client.snapshot()
     assert sorted(p["peerId"] for p in snapshot["media"]["publishers"]) == ["bob", "carol"]
+    await bob.call.leave()
+    await carol.call.leave()
+    await wait_for(lambda: not client.app[MEDIA_KEY].forwarding.groups, 10, message="the call's group to go")
+    assert "media" not in await bob.client.snapshot()
 
 
 async def _wait_audio(member: CallMember, peer_id: str) -> bool:
@@ -285,6 +289,7 @@ async def test_bad_offers_and_answers_get_clear_errors(client: TestClient, membe
         await pc.close()
     await wait_for(lambda: not client.app[MEDIA_KEY].sessions(), 10, message="no session left")
     await wait_for(lambda: udp_sockets() <= sockets, 10, message="no socket left")
+    assert client.app[MEDIA_KEY].forwarding.groups == {}
 
 
 async def test_a_member_that_never_answers_is_ended_and_the_call_goes_on(

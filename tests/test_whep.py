@@ -71,6 +71,7 @@ async def test_two_viewers_watch_a_whip_session_and_learn_when_it_ends(client: T
         assert sorted(r["closeReason"] for r in viewers) == ["deleted", "publisher_gone"]
     await wait_for(lambda: len(manager) == 0, 10, message="no session left")
     await wait_for(lambda: udp_sockets() <= sockets, 10, message="no socket left")
+    assert manager.forwarding.groups == {}
 
 
 def video_subscribers(client: TestClient, session_id: str) -> int:  # type: ignore[type-arg]

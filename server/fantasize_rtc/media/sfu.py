@@ -707,8 +707,7 @@ class WhepViewerMode(Mode):
     async def close(self, session: MediaSession, reason: str) -> None:
         for track in self.received:
             track.stop()
-        if self in self.group.members:
-            self.group.members.remove(self)
+        self.group.leave(self)  # and the group goes when its publisher and viewers are gone
 
     def report(self) -> dict[str, Any]:
         return {"forwarding": {"group": self.group.key.name, "received": [t.to_wire() for t in self.received]}}
