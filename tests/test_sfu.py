@@ -223,6 +223,9 @@ async def test_members_leave_and_join_late_with_renegotiation(client: TestClient
     first = max(r.first_at or 0 for r in carol.received if r.track.kind == "video")
     assert first - joined < 2.0, f"a late joiner's first picture took {first - joined:.2f} s"
     await wait_for(lambda: alice.frames_from("carol") and bob.frames_from("carol"), 10, message="both see carol")
+    # Each publisher's tracks are one stream (a=msid), named by its peer id: what a browser groups.
+    offer = carol.pc.remoteDescription.sdp
+    assert offer.count("a=msid:alice ") == 2 and offer.count("a=msid:bob ") == 1, offer
     assert carol.frames_from("alice", "audio") > 0 or await _wait_audio(carol, "alice")
     # alice leaves: the others get an offer without her tracks and go on with each other.
     await alice.call.leave()

@@ -22,6 +22,8 @@ what                               inside                              fallback
                                                                        are not forwarded
 :func:`send_first`                 ``RTCRtpTransceiver._codecs``       False: a WHEP viewer whose offer lists
                                                                        another codec first is refused
+:func:`set_stream_id`              ``RTCRtpSender._stream_id``         False: every forwarded track is in the
+                                                                       connection's one stream (``a=msid``)
 :func:`codecs_compatible`          ``rtcpeerconnection.                False: forwarding compares MIME types
                                    is_codec_compatible``               and H.264 packetization only
 :func:`keyframe_requests`          ``RTCRtpReceiver._send_rtcp_pli``   none: no keyframe is asked for
@@ -103,6 +105,7 @@ __all__ = [
     "stun_round_trip_ms",
     "supported",
     "send_first",
+    "set_stream_id",
     "tap_decoder",
     "transport_stats",
     "use_dtls",
@@ -279,6 +282,16 @@ def send_first(transceiver: RTCRtpTransceiver, codec: RTCRtpCodecParameters) -> 
     rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == match.payloadType]
     rest = [c for c in codecs if c is not match and all(c is not r for r in rtx)]
     setattr(transceiver, "_codecs", [match, *rtx, *rest])  # noqa: B010
+    return True
+
+
+def set_stream_id(sender: RTCRtpSender, stream_id: str) -> bool:
+    """Name the media stream the sender's track belongs to (the ``a=msid`` stream id the far end
+    groups tracks by: ``event.streams`` in a browser). aiortc gives every sender of a connection
+    the same one and has no API to choose it. False, changing nothing, on an unchecked aiortc."""
+    if not AIORTC_CHECKED or not isinstance(getattr(sender, "_stream_id", None), str):
+        return False
+    setattr(sender, "_stream_id", stream_id)  # noqa: B010
     return True
 
 

@@ -46,6 +46,7 @@ from ._aiortc_compat import (
     keyframe_requests,
     received_codec,
     send_first,
+    set_stream_id,
     tap_decoder,
 )
 from .events import MEDIA_PUBLISHED, MEDIA_UNPUBLISHED, MediaPublished
@@ -592,6 +593,7 @@ class SfuMode(_Publisher):
             transceiver.setCodecPreferences(preferred)
         track = publication.subscribe(session)
         transceiver.sender.replaceTrack(track)
+        set_stream_id(transceiver.sender, publication.peer_id)  # a browser groups a publisher's tracks
         forward_keyframe_requests(transceiver.sender, publication.request_keyframe)
         self.forwarded[publication.id] = (transceiver, track)
         if session.connected:
