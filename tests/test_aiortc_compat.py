@@ -24,6 +24,7 @@ from aiortc import (
     RTCDtlsTransport,
     RTCIceTransport,
     RTCPeerConnection,
+    RTCRtpCodecParameters,
     RTCRtpReceiver,
     RTCRtpSender,
     RTCRtpTransceiver,
@@ -484,3 +485,42 @@ async def test_on_a_checked_aiortc_the_server_uses_the_fast_paths(client: TestCl
         assert rtt is not None and rtt >= 0
         stats = await session.refresh_stats()
         assert stats["bytesReceived"] > 0 and stats["transportPacketsReceived"] > 0
+
+
+# -- forwarding (group calls, WHEP) ----------------------------------------------------------------
+
+
+async def test_send_first_reorders_the_negotiated_codecs_with_their_rtx(checked: None) -> None:
+    async with unconnected_transceiver() as (pc, _transceiver):
+        offer = await pc.createOffer()  # VP8 first, then H.264, each with its RTX
+        answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            await answerer.setRemoteDescription(offer)
+            [received] = answerer.getTransceivers()
+            h264 = next(c for c in received._codecs if c.mimeType == "video/H264")
+            codec = compat.sender_codec(received)
+            assert codec is not None and codec.mimeType == "video/VP8"
+            assert compat.send_first(received, h264)
+            first, second = received._codecs[:2]
+            assert first is h264 and second.mimeType == "video/rtx" and second.parameters["apt"] == h264.payloadType
+            assert compat.codecs_compatible(first, h264) and not compat.codecs_compatible(first, received._codecs[-1])
+            assert compat.set_stream_id(received.sender, "alice") and received.sender._stream_id == "alice"
+        finally:
+            await answerer.close()
+
+
+async def test_forwarding_accessors_fall_back_on_an_unchecked_aiortc(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with unconnected_transceiver() as (_pc, transceiver):
+        transceiver._codecs = list(RTCRtpSender.getCapabilities("video").codecs)  # type: ignore[arg-type]
+        stream_id = transceiver.sender._stream_id
+        monkeypatch.setattr(compat, "AIORTC_CHECKED", False)
+        vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+        before = list(transceiver._codecs)
+        assert compat.send_first(transceiver, vp8) is False and transceiver._codecs == before
+        assert compat.set_stream_id(transceiver.sender, "alice") is False
+        assert transceiver.sender._stream_id == stream_id
+        # Without aiortc's own check: the MIME type and clock rate decide, and H.264's packetization.
+        assert compat.codecs_compatible(vp8, vp8)
+        h264 = RTCRtpCodecParameters("video/H264", 90000, 102, parameters={"packetization-mode": "1"})
+        other = RTCRtpCodecParameters("video/H264", 90000, 103, parameters={"packetization-mode": "0"})
+        assert not compat.codecs_compatible(h264, other) and not compat.codecs_compatible(vp8, h264)
