@@ -1,7 +1,9 @@
 // The Call panel: join a room, see who is there, call one of them. The call is peer to peer
-// between the two browsers; the server only relays offer, answer, candidates and bye.
+// between the two browsers; the server only relays offer, answer, candidates and bye. The room's
+// group call through the server, and the WHEP viewer, are in group.js.
 
 import { PeerLink, RtcClient } from "./rtc-client.js";
+import { GroupPanel, WhepPanel } from "./group.js";
 import { attach } from "./media.js";
 import { StatsView, summarizeStats } from "./stats.js";
 import { $, describeError, el, log, setStatus, summarize } from "./ui.js";
@@ -34,6 +36,9 @@ export class CallPanel {
     this.incoming = null; // {peerId, payload} of an offer waiting for Answer/Decline
     this.remotePeerId = null;
     this.offs = [];
+    /** The room's group call through the server (it uses this panel's room). */
+    this.group = new GroupPanel(media);
+    this.whep = new WhepPanel(clientOptions.baseUrl ?? "");
 
     const params = new URLSearchParams(location.search);
     $("call-room").value = params.get("room") ?? $("call-room").value;
@@ -87,12 +92,14 @@ export class CallPanel {
     }
     sessionStorage.setItem("fantasize-rtc.name", name);
     this.setJoinControls("in");
+    this.group.setClient(client);
     this.showRoomStatus();
     this.renderPeers();
   }
 
   async leave() {
     await this.hangUp();
+    await this.group.leave();
     this.hideIncoming();
     const client = this.client;
     if (!client) return;
@@ -108,6 +115,7 @@ export class CallPanel {
     this.offs.forEach((off) => off());
     this.offs = [];
     this.client = null;
+    this.group.setClient(null);
   }
 
   onClientState(ev) {

@@ -4,7 +4,8 @@
  * It speaks wire protocol v1 of fantasize-rtc-server (see docs/protocol.md): it joins a room, keeps
  * the peer alive with heartbeats, receives messages over a WebSocket (or a long-poll when
  * WebSockets do not get through), reconnects by itself, and relays signals to the other peers
- * and to the server's own peers (`@echo`, `@record`, `@probe`, `@play`).
+ * and to the server's own peers (`@echo`, `@record`, `@probe`, `@play`). {@link GroupCall} joins a
+ * room's group call through the server (`@sfu`); {@link watchWhep} plays a WHIP stream over WHEP.
  *
  * ```js
  * import { RtcClient, PeerLink } from "/static/rtc-client.js";
@@ -964,4 +965,805 @@ export async function offerToServer(pc, options) {
   }
   await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
   return { sessionId: answer.sessionId, answer };
+}
+
+// -- group calls through the server (@sfu) ---------------------------------------------------------
+
+/** Errors worth sending a signal again for, once the client is back in touch with the server. */
+const RETRYABLE = new Set(["network_error", "timeout", "closed"]);
+
+/**
+ * Wait until `client` is connected again (resolves at once when it is), or `timeoutMs` passed.
+ * @param {RtcClient} client
+ * @param {number} timeoutMs
+ * @returns {Promise<boolean>} whether it is connected
+ */
+function clientConnected(client, timeoutMs) {
+  if (client.state === "connected") return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      off();
+      resolve(false);
+    }, timeoutMs);
+    const off = client.on("state", (ev) => {
+      if (ev.state === "reconnecting" || ev.state === "connecting") return;
+      clearTimeout(timer);
+      off();
+      resolve(ev.state === "connected");
+    });
+  });
+}
+
+/**
+ * Call `fn` when the remote side closes DTLS (a close_notify: the server ended the session). The
+ * browser says so at once on `RTCDtlsTransport.state`, while `connectionState` stays
+ * "connected" until ICE consent expires, many seconds later. Returns a function to call after
+ * every `setRemoteDescription` (it watches the transports that appeared).
+ * @param {RTCPeerConnection} pc
+ * @param {() => void} fn
+ */
+function onRemoteClose(pc, fn) {
+  const seen = new WeakSet();
+  return () => {
+    const transports = [...pc.getReceivers(), ...pc.getSenders()].map((x) => x.transport);
+    if (pc.sctp) transports.push(pc.sctp.transport);
+    for (const transport of transports) {
+      if (!transport || seen.has(transport)) continue;
+      seen.add(transport);
+      const check = () => {
+        if (transport.state === "closed" && pc.signalingState !== "closed") fn();
+      };
+      transport.addEventListener("statechange", check);
+      check();
+    }
+  };
+}
+
+/**
+ * Put the codecs whose MIME type is in `preferred` first (in that order) on `transceiver`, keeping
+ * the others after them: the offer still says the browser can receive them all.
+ * @param {RTCRtpTransceiver} transceiver
+ * @param {string[]} preferred e.g. `["video/VP8"]`
+ */
+function preferCodecs(transceiver, preferred) {
+  const kind = transceiver.sender.track?.kind ?? transceiver.receiver.track?.kind;
+  if (!kind || !preferred.length || typeof transceiver.setCodecPreferences !== "function") return;
+  const codecs = RTCRtpReceiver.getCapabilities?.(kind)?.codecs;
+  if (!codecs) return;
+  const rank = (c) => {
+    const i = preferred.findIndex((p) => p.toLowerCase() === c.mimeType.toLowerCase());
+    return i < 0 ? preferred.length : i;
+  };
+  try {
+    transceiver.setCodecPreferences([...codecs].sort((a, b) => rank(a) - rank(b)));
+  } catch {
+    // A browser that refuses the list keeps its own order; the server says if it cannot forward it.
+  }
+}
+
+/**
+ * Group state, in `call.state` and the `state` event: `idle` (not joined yet), `joining` (offer
+ * sent, waiting for the answer or for the connection), `connected`, `interrupted` (the media
+ * connection dropped; the browser tries to recover it), `reconnecting` (the session was lost,
+ * e.g. the server restarted; the call joins again by itself once the client is back), `closed`
+ * (after `leave()`), `failed` (refused, or could not join again; `detail.error` says why).
+ * @typedef {"idle"|"joining"|"connected"|"interrupted"|"reconnecting"|"closed"|"failed"} GroupCallState
+ */
+
+/**
+ * One member's side of a room's group call through the server: what this browser sends goes to
+ * the server's `@sfu` peer, which forwards it (as it is, without transcoding) to every other
+ * member of the call, and forwards theirs to this browser on the same peer connection. The
+ * server renegotiates as members come and go; this class answers its offers. docs/client.md has
+ * the details, docs/protocol.md ("Group calls") the messages.
+ *
+ * ```js
+ * const call = new GroupCall(client);          // client: a connected RtcClient (the room)
+ * call.on("track", ({ peerId, kind, stream }) => showTile(peerId, stream));
+ * call.on("trackended", ({ peerId, last }) => { if (last) removeTile(peerId); });
+ * await call.join(localStream);                 // resolves when the server's answer is applied
+ * const { peers } = await call.stats();         // peers[peerId].kbps: inbound bitrate per member
+ * await call.leave();
+ * ```
+ *
+ * Events:
+ * - `track` `{peerId, kind, track, stream, mid, publicationId}`: a member's track arrived;
+ *   `stream` is that member's MediaStream (one per member: audio and video together)
+ * - `trackended` `{peerId, kind, mid, publicationId, stream, last}`: it stopped (the member
+ *   stopped publishing or left the room); `last` when that member sends nothing more
+ * - `publishers` `[{peerId, tracks: [{mid, kind, publicationId}]}]`: who this browser receives
+ * - `state` `{state, previous, error?}`: see {@link GroupCallState}
+ * - `error` {@link RtcError}: `@sfu` refused something (a codec it does not forward, an offer
+ *   without BUNDLE...), or the call could not join again
+ *
+ * Reconnects: while the client reconnects, the call's media keeps flowing (it does not go through
+ * the signaling channel) and the server's offers wait in its outbox. When the session itself is
+ * gone (the server restarted, said `bye`, or this peer was timed out and joined again) the call
+ * joins again by itself with the same local stream, up to `maxRejoins` times in a row.
+ */
+export class GroupCall extends Emitter {
+  /**
+   * @param {RtcClient} client a connected client, in the room whose call to join
+   * @param {object} [options]
+   * @param {RTCIceServer[]} [options.iceServers] default: the client's (from its connect answer)
+   * @param {string} [options.serverPeer] default `"@sfu"`
+   * @param {number} [options.maxRejoins] joins again by itself after a lost session up to this many
+   *   times in a row (default 3; 0: never)
+   */
+  constructor(client, options = {}) {
+    super();
+    this.client = client;
+    this.serverPeerId = options.serverPeer ?? "@sfu";
+    this.iceServers = options.iceServers ?? null;
+    this.maxRejoins = options.maxRejoins ?? 3;
+    /** @type {GroupCallState} */
+    this.state = "idle";
+    /** @type {RTCPeerConnection|null} the current peer connection (a new one after a rejoin) */
+    this.pc = null;
+    /** @type {string|null} the server's media session */
+    this.sessionId = null;
+    /** @type {Object<string, {peerId: string, kind: string, publicationId: string}>} mid -> whose media */
+    this.tracks = {};
+    /** @type {Map<string, {peerId: string, stream: MediaStream, mids: Set<string>}>} members received */
+    this.remote = new Map();
+    /** @type {number|null} `performance.now()` when the current peer connection connected */
+    this.connectedAt = null;
+    this._received = new Map(); // mid -> {mid, peerId, kind, publicationId, track}
+    this._gone = new Set(); // publication ids of members that left the room (their offer is on its way)
+    this._stream = null;
+    this._options = {};
+    this._offs = [];
+    this._chain = Promise.resolve();
+    this._waiter = null;
+    this._rejoins = 0;
+    this._rejoinTimer = null;
+    this._lastRates = new Map(); // mid -> {bytes, timestamp}
+    this._publishersKey = "";
+    this._oldSessions = new Set(); // sessions this call had before a rejoin: their signals are stale
+    this._answered = false; // the first answer was applied (a loss before it fails join())
+    this._inJoin = false; // join() is waiting: it reports errors by rejecting
+  }
+
+  /**
+   * Join the call: offer what `localStream` holds to `@sfu` and resolve once its answer is
+   * applied (the media connection follows; watch `state`). Rejects with an {@link RtcError}
+   * when `@sfu` refuses the offer or does not answer.
+   * @param {MediaStream|null} localStream what to send; null to only receive
+   * @param {object} [options]
+   * @param {{audio?: RTCRtpEncodingParameters[], video?: RTCRtpEncodingParameters[]}} [options.sendEncodings]
+   *   per kind, e.g. `{video: [{maxBitrate: 400000, scaleResolutionDownBy: 2}]}`
+   * @param {string[]} [options.preferCodecs] MIME types to list first in the offer (default
+   *   `["video/VP8", "audio/opus"]`: what the server forwards, and what every browser receives)
+   * @param {object} [options.extra] more fields for the offer's payload (session options)
+   * @param {number} [options.timeoutMs] for the answer (default 15000)
+   * @param {number} [options.gatherFirstMs] let the offer carry the ICE candidates gathered
+   *   within this time (default 2000, as {@link callServerPeer})
+   * @returns {Promise<{sessionId: string}>}
+   */
+  async join(localStream, options = {}) {
+    if (this.state !== "idle") throw new RtcError("invalid_state", `This call is ${this.state}: make a new GroupCall.`);
+    if (this.client.state !== "connected") throw new RtcError("invalid_state", "The client is not connected to a room.");
+    this._stream = localStream ?? null;
+    this._options = options;
+    const client = this.client;
+    this._offs = [
+      client.on("signal", (msg) => {
+        if (msg.fromPeerId === this.serverPeerId) this._enqueue(() => this._onSignal(msg.signal ?? {}));
+      }),
+      client.on("error", (err) => {
+        if (err.fromPeerId === this.serverPeerId) this._onRefused(new RtcError(err.code, err.message));
+      }),
+      client.on("peer:disconnected", (msg) => this._memberLeft(msg.peerId)),
+      client.on("reconnected", (ev) => this._onReconnected(ev)),
+      client.on("state", (ev) => {
+        if (ev.state === "closed" || ev.state === "failed") this._end(ev.state === "failed" ? "failed" : "closed", ev.error);
+      }),
+    ];
+    this._inJoin = true;
+    try {
+      return await this._start();
+    } catch (err) {
+      this._end("failed", err);
+      throw err;
+    } finally {
+      this._inJoin = false;
+    }
+  }
+
+  /**
+   * Leave the call: `bye` to `@sfu`, close the peer connection, end every received track
+   * (`trackended` for each). Safe to call twice. The local stream is the caller's to stop.
+   */
+  async leave() {
+    if (this.state === "closed" || this.state === "idle") return;
+    const told = this.state !== "failed";
+    this._end("closed");
+    if (!told) return;
+    try {
+      await this.client.signal({ type: "bye", payload: null, to: this.serverPeerId });
+    } catch {
+      // The server may be gone, or have ended the session already: leaving is done on our side.
+    }
+  }
+
+  /**
+   * Inbound figures per received track and per member, from `getStats()`; `kbps` is the
+   * bitrate since the previous `stats()` call (null on the first), so call it at a steady pace.
+   * @returns {Promise<{tracks: object[], peers: Object<string, {kbps: number|null, framesDecoded: number,
+   *   framesPerSecond: number|null, frameWidth: number, frameHeight: number, audioPackets: number}>}>}
+   */
+  async stats() {
+    const pc = this.pc;
+    const out = { tracks: [], peers: {} };
+    if (!pc || pc.connectionState === "closed") return out;
+    const report = await pc.getStats();
+    const byTrackId = new Map([...this._received.values()].map((r) => [r.track.id, r]));
+    report.forEach((s) => {
+      if (s.type !== "inbound-rtp") return;
+      const received = (s.mid !== undefined ? this._received.get(s.mid) : null) ?? byTrackId.get(s.trackIdentifier);
+      if (!received) return;
+      const prev = this._lastRates.get(received.mid);
+      const bytes = s.bytesReceived ?? 0;
+      const kbps = prev && s.timestamp > prev.timestamp && bytes >= prev.bytes
+        ? ((bytes - prev.bytes) * 8) / (s.timestamp - prev.timestamp) // bytes per ms * 8 = kbit/s
+        : null;
+      this._lastRates.set(received.mid, { bytes, timestamp: s.timestamp });
+      const track = {
+        mid: received.mid,
+        peerId: received.peerId,
+        kind: received.kind,
+        publicationId: received.publicationId,
+        bytesReceived: bytes,
+        packetsReceived: s.packetsReceived ?? 0,
+        packetsLost: s.packetsLost ?? 0,
+        framesDecoded: s.framesDecoded ?? 0,
+        framesPerSecond: s.framesPerSecond ?? null,
+        frameWidth: s.frameWidth ?? 0,
+        frameHeight: s.frameHeight ?? 0,
+        kbps,
+      };
+      out.tracks.push(track);
+      const peer = out.peers[track.peerId] ??= {
+        kbps: null, framesDecoded: 0, framesPerSecond: null, frameWidth: 0, frameHeight: 0, audioPackets: 0,
+      };
+      if (kbps !== null) peer.kbps = (peer.kbps ?? 0) + kbps;
+      if (track.kind === "video") {
+        peer.framesDecoded += track.framesDecoded;
+        peer.framesPerSecond = track.framesPerSecond ?? peer.framesPerSecond;
+        peer.frameWidth = track.frameWidth || peer.frameWidth;
+        peer.frameHeight = track.frameHeight || peer.frameHeight;
+      } else {
+        peer.audioPackets += track.packetsReceived;
+      }
+    });
+    return out;
+  }
+
+  /** Who this browser receives now: `[{peerId, tracks: [{mid, kind, publicationId}]}]`. */
+  publishers() {
+    const byPeer = new Map();
+    for (const [mid, info] of Object.entries(this.tracks)) {
+      if (this._gone.has(info.publicationId)) continue;
+      if (!byPeer.has(info.peerId)) byPeer.set(info.peerId, []);
+      byPeer.get(info.peerId).push({ mid, kind: info.kind, publicationId: info.publicationId });
+    }
+    return [...byPeer].map(([peerId, tracks]) => ({ peerId, tracks }));
+  }
+
+  // -- one session: a peer connection, its offer and the server's answer ------------------------
+
+  async _start() {
+    const options = this._options;
+    this._setState("joining");
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers ?? this.client.iceServers, bundlePolicy: "max-bundle" });
+    this.pc = pc;
+    this.sessionId = null;
+    this.connectedAt = null;
+    this._remoteCandidates = [];
+    this._localCandidates = [];
+    this._descriptionSent = false;
+    pc.addEventListener("icecandidate", (ev) => {
+      if (pc !== this.pc) return;
+      const payload = ev.candidate ? ev.candidate.toJSON() : null; // null: gathering is complete
+      if (this._descriptionSent) this._sendCandidate(payload);
+      else this._localCandidates.push(payload);
+    });
+    pc.addEventListener("track", (ev) => {
+      if (pc === this.pc && ev.transceiver?.mid) this._receive(ev.transceiver.mid, ev.track);
+    });
+    pc.addEventListener("connectionstatechange", () => this._onConnectionState(pc));
+    this._watchClose = onRemoteClose(pc, () => {
+      if (pc === this.pc) this._lost("The server closed the call's media connection.");
+    });
+    // The client offers once; every later offer comes from the server (negotiationneeded is ignored).
+    const prefer = options.preferCodecs ?? ["video/VP8", "audio/opus"];
+    const tracks = this._stream?.getTracks() ?? [];
+    for (const track of tracks) {
+      const init = { direction: "sendonly", streams: [this._stream] };
+      const encodings = options.sendEncodings?.[track.kind];
+      if (encodings) init.sendEncodings = encodings;
+      preferCodecs(pc.addTransceiver(track, init), prefer);
+    }
+    // Nothing to send: a data channel gives the offer a section, so the server can add ours to it.
+    if (!tracks.length) pc.createDataChannel("sfu");
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringDone(pc, options.gatherFirstMs ?? 2000);
+    if (pc !== this.pc) throw new RtcError("closed", "The call was left while it was joining.");
+    const sdp = pc.localDescription.sdp;
+    this._localCandidates = this._localCandidates.filter((c) => c === null || !sdp.includes(c.candidate));
+    const timeoutMs = options.timeoutMs ?? 15000;
+    const answered = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new RtcError("timeout", `${this.serverPeerId} did not answer within ${timeoutMs / 1000} s.`));
+      }, timeoutMs);
+      this._waiter = {
+        resolve: (v) => { clearTimeout(timer); resolve(v); },
+        reject: (e) => { clearTimeout(timer); reject(e); },
+      };
+    });
+    answered.catch(() => {}); // if sending the offer fails, nobody awaits it
+    try {
+      await this.client.signal({ type: "offer", payload: { sdp, ...(options.extra ?? {}) }, to: this.serverPeerId });
+    } catch (err) {
+      this._waiter?.reject(err);
+      this._waiter = null;
+      throw err;
+    }
+    this._descriptionSent = true;
+    const held = this._localCandidates;
+    this._localCandidates = [];
+    held.forEach((payload) => this._sendCandidate(payload));
+    return answered;
+  }
+
+  /** Signals from @sfu, one at a time and in order (an offer must be answered before the next). */
+  _enqueue(task) {
+    this._chain = this._chain.then(task).catch((err) => {
+      if (this.state === "closed" || this.state === "failed") return;
+      this._onRefused(err instanceof RtcError
+        ? err
+        : new RtcError("negotiation_failed", `This browser could not apply ${this.serverPeerId}'s description: ${describe(err)}`));
+    });
+  }
+
+  async _onSignal(sig) {
+    const pc = this.pc;
+    if (!pc || this.state === "closed" || this.state === "failed") return;
+    const payload = sig.payload ?? {};
+    // A signal of a session this call had before it joined again is stale.
+    if (payload.sessionId && this._oldSessions.has(payload.sessionId)) return;
+    switch (sig.type) {
+      case "answer": {
+        if (pc.signalingState !== "have-local-offer") return;
+        this.sessionId = payload.sessionId ?? null;
+        this._setTracks(payload.tracks);
+        await pc.setRemoteDescription({ type: "answer", sdp: payload.sdp });
+        this._answered = true;
+        this._watchClose();
+        this._receiveListed(pc);
+        await this._flushRemoteCandidates(pc);
+        this._waiter?.resolve({ sessionId: this.sessionId });
+        this._waiter = null;
+        break;
+      }
+      case "offer": {
+        // The server offers only once the session connected, so never while ours is unanswered.
+        if (pc.signalingState !== "stable") return;
+        if (payload.sessionId) this.sessionId = payload.sessionId;
+        // Ended tracks go now, before the renegotiation: their tiles must not freeze meanwhile.
+        this._setTracks(payload.tracks);
+        await pc.setRemoteDescription({ type: "offer", sdp: payload.sdp });
+        this._watchClose();
+        this._receiveListed(pc);
+        await pc.setLocalDescription(await pc.createAnswer());
+        if (pc !== this.pc) return;
+        // The session named: the server refuses an answer meant for an earlier session of ours.
+        const answer = { sdp: pc.localDescription.sdp, ...(this.sessionId ? { sessionId: this.sessionId } : {}) };
+        await this._signalReliably({ type: "answer", payload: answer, to: this.serverPeerId });
+        break;
+      }
+      case "candidate":
+        this._remoteCandidates.push(sig.payload ?? null);
+        if (pc.remoteDescription) await this._flushRemoteCandidates(pc);
+        break;
+      case "bye": {
+        const reason = payload.reason ?? "ended";
+        this._lost(`The server ended the call's session (${reason}).`);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  async _flushRemoteCandidates(pc) {
+    const queued = this._remoteCandidates;
+    this._remoteCandidates = [];
+    for (const cand of queued) {
+      try {
+        if (cand === null) await pc.addIceCandidate();
+        else await pc.addIceCandidate(cand);
+      } catch (err) {
+        console.warn("rtc-client: a remote candidate was refused", err);
+      }
+    }
+  }
+
+  _sendCandidate(payload) {
+    this.client.signal({ type: "candidate", payload, to: this.serverPeerId }).catch(() => {
+      // A lost candidate is not fatal: ICE works with the ones that arrive.
+    });
+  }
+
+  /**
+   * Send a signal the session depends on (an answer): when the client has lost the server for a
+   * moment, send it again once it is back (the server waits 10 s for an answer).
+   */
+  async _signalReliably(signal) {
+    try {
+      await this.client.signal(signal);
+    } catch (err) {
+      if (!RETRYABLE.has(err.code) || !(await clientConnected(this.client, 8000))) throw err;
+      await this.client.signal(signal);
+    }
+  }
+
+  // -- what this browser receives ---------------------------------------------------------------
+
+  /** The server's map of mid -> whose media: tracks no longer in it end now. */
+  _setTracks(tracks) {
+    const next = tracks && typeof tracks === "object" ? tracks : {};
+    for (const [mid, received] of [...this._received]) {
+      if (next[mid]?.publicationId !== received.publicationId) this._endReceived(mid);
+    }
+    this.tracks = { ...next };
+    this._emitPublishers();
+  }
+
+  /** After a description is applied: every listed mid's receiver track (no track event when a
+   *  transceiver stays receiving while it carries another publication). */
+  _receiveListed(pc) {
+    for (const transceiver of pc.getTransceivers()) {
+      const mid = transceiver.mid;
+      if (mid && this.tracks[mid] && !this._received.has(mid)) this._receive(mid, transceiver.receiver.track);
+    }
+  }
+
+  _receive(mid, track) {
+    const info = this.tracks[mid];
+    if (!info || !track || this._gone.has(info.publicationId)) return;
+    const known = this._received.get(mid);
+    if (known && known.track === track && known.publicationId === info.publicationId) return;
+    if (known) this._endReceived(mid);
+    let member = this.remote.get(info.peerId);
+    if (!member) {
+      member = { peerId: info.peerId, stream: new MediaStream(), mids: new Set() };
+      this.remote.set(info.peerId, member);
+    }
+    member.stream.addTrack(track);
+    member.mids.add(mid);
+    const received = { mid, peerId: info.peerId, kind: info.kind ?? track.kind, publicationId: info.publicationId, track };
+    this._received.set(mid, received);
+    this.emit("track", { ...received, stream: member.stream });
+  }
+
+  _endReceived(mid) {
+    const received = this._received.get(mid);
+    if (!received) return;
+    this._received.delete(mid);
+    this._lastRates.delete(mid);
+    const member = this.remote.get(received.peerId);
+    let last = true;
+    if (member) {
+      member.stream.removeTrack(received.track);
+      member.mids.delete(mid);
+      last = member.mids.size === 0;
+      if (last) this.remote.delete(received.peerId);
+    }
+    this.emit("trackended", { ...received, stream: member?.stream ?? null, last });
+  }
+
+  /** A member left the room: its tracks end at once (the server's offer without them follows). */
+  _memberLeft(peerId) {
+    let changed = false;
+    for (const [mid, info] of Object.entries(this.tracks)) {
+      if (info.peerId !== peerId) continue;
+      this._gone.add(info.publicationId);
+      this._endReceived(mid);
+      changed = true;
+    }
+    if (changed) this._emitPublishers();
+  }
+
+  _emitPublishers() {
+    const list = this.publishers();
+    const key = JSON.stringify(list);
+    if (key === this._publishersKey) return;
+    this._publishersKey = key;
+    this.emit("publishers", list);
+  }
+
+  // -- the call's life -------------------------------------------------------------------------
+
+  _onConnectionState(pc) {
+    if (pc !== this.pc) return;
+    const state = pc.connectionState;
+    if (state === "connected") {
+      this.connectedAt = performance.now();
+      this._rejoins = 0;
+      this._setState("connected");
+    } else if (state === "disconnected") {
+      if (this.state === "connected") this._setState("interrupted");
+    } else if (state === "failed" || state === "closed") {
+      this._lost(state === "failed"
+        ? "The media connection to the server failed."
+        : "The server closed the call's media connection.");
+    }
+  }
+
+  /** `@sfu` refused an offer or an answer of ours. */
+  _onRefused(err) {
+    if (this._waiter) {
+      this._waiter.reject(err);
+      this._waiter = null;
+      return; // join() rejects with it
+    }
+    if (this.state === "closed" || this.state === "failed") return;
+    this.emit("error", err);
+  }
+
+  _onReconnected(ev) {
+    if (this.state === "reconnecting") this._rejoinSoon();
+    else if (ev.rejoined && (this.state === "connected" || this.state === "interrupted" || this.state === "joining")) {
+      // The server had forgotten this peer (it restarted, or timed it out): its session is gone.
+      this._lost("The server forgot this peer while it was away.");
+    }
+  }
+
+  /** The session is gone (not by leave()): drop it, and join again when the client can. */
+  _lost(why) {
+    if (this.state === "closed" || this.state === "failed" || this.state === "reconnecting") return;
+    if (!this._answered) {
+      this._end("failed", new RtcError("connection_lost", why)); // join() rejects with it
+      return;
+    }
+    if (this._waiter) {
+      this._waiter.reject(new RtcError("closed", why));
+      this._waiter = null;
+    }
+    this._dropSession();
+    if (this._rejoins >= this.maxRejoins) {
+      this._end("failed", new RtcError("connection_lost", `${why} Gave up joining again after ${this._rejoins} tries.`));
+      return;
+    }
+    this._setState("reconnecting", { error: new RtcError("connection_lost", why) });
+    if (this.client.state === "connected") this._rejoinSoon();
+    // else: the client's `reconnected` event brings us back.
+  }
+
+  _rejoinSoon() {
+    if (this._rejoinTimer || this.state !== "reconnecting") return;
+    const wait = Math.min(4000, 500 * 2 ** this._rejoins);
+    this._rejoins += 1;
+    this._rejoinTimer = setTimeout(() => {
+      this._rejoinTimer = null;
+      if (this.state !== "reconnecting") return;
+      if (this.client.state !== "connected") return; // `reconnected` calls again
+      this._start().catch((err) => {
+        // A server that is still draining, or just back, may refuse once: try again (up to maxRejoins).
+        if (this.state === "joining") this._lost(`Joining again failed: ${describe(err)}`);
+      });
+    }, wait);
+  }
+
+  /** Close the peer connection and end what it received (the call object lives on). */
+  _dropSession() {
+    const pc = this.pc;
+    this.pc = null;
+    if (this.sessionId) this._oldSessions.add(this.sessionId);
+    this.sessionId = null;
+    this.connectedAt = null;
+    for (const mid of [...this._received.keys()]) this._endReceived(mid);
+    this.tracks = {};
+    this._gone.clear();
+    this._emitPublishers();
+    pc?.close();
+  }
+
+  _end(state, error) {
+    if (this.state === "closed" || this.state === "failed") return;
+    clearTimeout(this._rejoinTimer);
+    this._rejoinTimer = null;
+    this._waiter?.reject(error ?? new RtcError("closed", "The call was left."));
+    this._waiter = null;
+    this._offs.forEach((off) => off());
+    this._offs = [];
+    this._dropSession();
+    this._setState(state, error ? { error } : {});
+    // join() rejects with its own errors; later ones are events.
+    if (state === "failed" && error && !this._inJoin) this.emit("error", error);
+  }
+
+  _setState(state, detail = {}) {
+    const previous = this.state;
+    if (previous === state) return;
+    this.state = state;
+    this.emit("state", { state, previous, ...detail });
+  }
+}
+
+function describe(err) {
+  return err?.message || String(err);
+}
+
+// -- WHEP viewers ------------------------------------------------------------------------------------
+
+/**
+ * A WHEP viewer (RFC 9725's sibling, draft-ietf-wish-whep): receives a stream the server
+ * forwards, here a WHIP session published with `POST /whip?mode=sfu`. Made by {@link watchWhep}.
+ *
+ * Events: `ended` `{reason}` once, when the stream ends (the publisher stopped: the server closes
+ * the viewer's connection) or the connection fails; `close()` ends it from this side (no event).
+ */
+export class WhepViewer extends Emitter {
+  /**
+   * @param {string} url the WHEP endpoint, e.g. `/whep/<sessionId>`
+   * @param {object} [options] see {@link watchWhep}
+   */
+  constructor(url, options = {}) {
+    super();
+    this.url = new URL(url, location.href).href;
+    this.token = options.token ?? null;
+    this.options = options;
+    this.pc = new RTCPeerConnection({ iceServers: options.iceServers ?? [], bundlePolicy: "max-bundle" });
+    /** @type {MediaStream} what arrives: the publisher's audio and video */
+    this.stream = new MediaStream();
+    /** @type {string|null} the viewer's resource (`Location` of the 201): PATCH and DELETE go there */
+    this.location = null;
+    this.etag = null;
+    this.closed = false;
+    this.endedReason = null;
+    this._late = []; // candidates gathered after the offer went
+    this._posted = false;
+  }
+
+  async start() {
+    const pc = this.pc;
+    const options = this.options;
+    if (options.audio !== false) pc.addTransceiver("audio", { direction: "recvonly" });
+    if (options.video !== false) pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addEventListener("track", (ev) => this.stream.addTrack(ev.track));
+    pc.addEventListener("icecandidate", (ev) => {
+      if (!this._posted) return; // still in the offer (gathered before it went)
+      this._late.push(ev.candidate);
+      this._trickle();
+    });
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState === "failed") this._ended("The connection to the server failed.");
+    });
+    // The server closes the viewer's connection when the publisher stops.
+    const watchClose = onRemoteClose(pc, () => this._ended("The stream ended: the server closed it (its publisher stopped)."));
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringDone(pc, options.gatherFirstMs ?? 2000);
+    this._posted = true;
+    const response = await this._fetch("POST", this.url, pc.localDescription.sdp, "application/sdp");
+    const text = await response.text().catch(() => "");
+    if (response.status !== 201) throw errorOf(response, text, "The server refused to play the stream");
+    const where = response.headers.get("Location");
+    this.location = where ? new URL(where, this.url).href : null;
+    this.etag = response.headers.get("ETag");
+    await pc.setRemoteDescription({ type: "answer", sdp: text });
+    watchClose();
+    this._trickle();
+    return this;
+  }
+
+  /** Stop watching: `DELETE` the viewer, then close the connection. Safe to call twice. */
+  async close() {
+    if (this.closed) return;
+    this.closed = true;
+    this.stream.getTracks().forEach((t) => t.stop()); // the picture stops now
+    if (this.location && !this.endedReason) {
+      // First, so that the server ends the viewer because it was asked to (not because its
+      // connection closed); a server that does not answer within 3 s does not hold the page.
+      try {
+        await this._fetch("DELETE", this.location, undefined, undefined, true, 3000);
+      } catch {
+        // The server may have ended it already; closing our side is what matters.
+      }
+    }
+    this.pc.close();
+  }
+
+  _ended(reason) {
+    if (this.endedReason || this.closed) return;
+    this.endedReason = reason;
+    this.emit("ended", { reason });
+    this.closed = true;
+    this.pc.close();
+  }
+
+  /** Candidates gathered after the POST, as an SDP fragment PATCHed to the viewer (RFC 9725 4.3). */
+  async _trickle() {
+    if (!this.location || !this._late.length || this.closed) return;
+    const batch = this._late;
+    this._late = [];
+    const sdp = this.pc.localDescription?.sdp ?? "";
+    const ufrag = /^a=ice-ufrag:(\S+)/m.exec(sdp)?.[1];
+    const pwd = /^a=ice-pwd:(\S+)/m.exec(sdp)?.[1];
+    const lines = [];
+    if (ufrag && pwd) lines.push(`a=ice-ufrag:${ufrag}`, `a=ice-pwd:${pwd}`);
+    const mid = this.pc.getTransceivers()[0]?.mid ?? "0";
+    lines.push(`m=audio 9 UDP/TLS/RTP/SAVPF 0`, `a=mid:${mid}`);
+    for (const cand of batch) lines.push(cand ? `a=${cand.candidate}` : "a=end-of-candidates");
+    try {
+      const response = await this._fetch("PATCH", this.location, `${lines.join("\r\n")}\r\n`, "application/trickle-ice-sdpfrag");
+      if (!response.ok && response.status !== 405) console.warn(`rtc-client: WHEP trickle answered ${response.status}`);
+    } catch {
+      // ICE works with the candidates the offer carried.
+    }
+  }
+
+  async _fetch(method, url, body, contentType, keepalive = false, timeoutMs = 10000) {
+    const headers = {};
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    if (contentType) headers["Content-Type"] = contentType;
+    if (method === "POST") headers.Accept = "application/sdp";
+    if (this.etag && method === "PATCH") headers["If-Match"] = this.etag;
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(), timeoutMs);
+    try {
+      return await fetch(url, {
+        method, headers, body, keepalive, cache: "no-store", credentials: "same-origin", signal: timeout.signal,
+      });
+    } catch {
+      throw new RtcError("network_error", timeout.signal.aborted
+        ? "The server did not answer in time."
+        : "The server is not reachable.", 0);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+function errorOf(response, text, what) {
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    // not JSON: a proxy's page
+  }
+  const code = data?.error?.code ?? `http_${response.status}`;
+  const message = data?.error?.message ?? `${what} (${response.status} ${response.statusText}).`;
+  return new RtcError(code, message, response.status);
+}
+
+/**
+ * Watch a stream over WHEP: a recvonly audio and video offer (with the candidates gathered in its
+ * first 2 s; later ones are PATCHed) to `url`, the answer applied. Rejects with an
+ * {@link RtcError} carrying the server's `code` (`session_not_found`, `unauthorized`...).
+ *
+ * ```js
+ * const viewer = await watchWhep(`/whep/${sessionId}`);     // an anonymous WHIP session
+ * video.srcObject = viewer.stream;
+ * viewer.on("ended", ({ reason }) => console.log(reason));   // the publisher stopped
+ * await viewer.close();                                        // DELETE on the viewer's Location
+ * ```
+ * @param {string} url `/whep/{sessionId}` of the server (relative to the page, or absolute)
+ * @param {object} [options]
+ * @param {string} [options.token] for an owned session: its owner's peer token, or the admin key
+ * @param {RTCIceServer[]} [options.iceServers]
+ * @param {boolean} [options.audio] ask for audio (default true)
+ * @param {boolean} [options.video] ask for video (default true)
+ * @param {number} [options.gatherFirstMs] default 2000
+ * @returns {Promise<WhepViewer>} `{pc, stream, location, close(), on("ended")}`
+ */
+export async function watchWhep(url, options = {}) {
+  const viewer = new WhepViewer(url, options);
+  try {
+    return await viewer.start();
+  } catch (err) {
+    await viewer.close();
+    throw err;
+  }
 }
