@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from fantasize_rtc.media import session as session_module
 from fantasize_rtc.media._aiortc_compat import keyframe_requests, tap_decoder
 from fantasize_rtc.media.events import MEDIA_PUBLISHED, MEDIA_UNPUBLISHED, RECORDING_SAVED
 from fantasize_rtc.media.record import is_keyframe, probe_file
+from fantasize_rtc.media.sfu import SUBSCRIBER_BACKLOG
 from tests.helpers import wait_for
-from tests.media_helpers import EncodedVideo, SmallVideo, Tone, encode_vp8, udp_sockets
+from tests.media_helpers import EncodedVideo, SmallVideo, Tone, encode_vp8, other_fds, udp_sockets
 
 ROOM = "call"
 
@@ -72,6 +74,7 @@ class CallMember:
         self.received: list[Received] = []
         self.errors: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
+        self.failures: list[Exception] = []
         self._task: asyncio.Task[None] | None = None
 
         @self.pc.on("track")
@@ -97,7 +100,12 @@ class CallMember:
         async for message in self.client.messages():
             if message.get("type") == "error":
                 self.errors.append(message)
-            if not await self.call.handle(message):
+            try:
+                handled = await self.call.handle(message)
+            except Exception as exc:  # a test fails on it, with what it was, rather than hang
+                self.failures.append(exc)
+                raise
+            if not handled:
                 self.messages.append(message)
 
     def from_peer(self, peer_id: str, kind: str = "video") -> list[Received]:
@@ -132,6 +140,11 @@ async def members(client: TestClient) -> Any:  # type: ignore[type-arg]
     yield make
     for member in made:
         await member.close()
+
+
+def _threads() -> int:
+    """Threads, but for the event loop's default executor (a pool: its workers stay for reuse)."""
+    return sum(1 for t in threading.enumerate() if not t.name.startswith("asyncio_"))
 
 
 def _has_frames(member: CallMember, peer_id: str, count: int) -> bool:
@@ -383,3 +396,95 @@ async def test_recording_a_call_keeps_each_publishers_frames_as_they_are(
         await client.get("/rtc/recordings", headers={"Authorization": f"Bearer {bob.client.token}"})
     ).json()
     assert [r["roomId"] for r in listing["recordings"]] == [ROOM]  # a member sees its own
+
+
+class Silent(MediaStreamTrack):
+    """A video track that never produces a frame (a camera that hangs)."""
+
+    kind = "video"
+
+    async def recv(self) -> Any:
+        await asyncio.Event().wait()
+
+
+async def test_a_publisher_that_never_sends_and_a_subscriber_that_never_reads(
+    client: TestClient,
+    members: Any,  # type: ignore[type-arg]
+) -> None:
+    alice, bob, mute = members("alice"), members("bob"), members("mute")
+    await alice.join(SmallVideo())
+    await bob.join(SmallVideo())
+    await mute.join(Silent())
+    await wait_for(lambda: mute.frames_from("alice") >= 10 and mute.frames_from("bob") >= 10, 20, message="mute gets")
+    await wait_for(lambda: any(t["peerId"] == "mute" for t in alice.call.tracks.values()), 10, message="listed")
+    silent = session_of(client, "mute").mode.published[0]
+    assert silent.frames_in == 0 and silent.subscribers  # subscribed to, never sends: nothing breaks
+    # A subscriber that never reads: its queue stays bounded, it drops and asks for a keyframe;
+    # bob, reading the same publication, is not held back.
+    publication = session_of(client, "alice").mode.published[0]
+    stuck = publication.subscribe(session_of(client, "mute"))
+    frames_in, bob_frames = publication.frames_in, bob.frames_from("alice")
+    await wait_for(lambda: publication.frames_in >= frames_in + 90, 20, message="3 s of alice's video")
+    assert len(stuck._queue) <= SUBSCRIBER_BACKLOG and stuck.dropped > 0
+    assert bob.frames_from("alice") >= bob_frames + 80, "a subscriber that never reads held the others back"
+    stuck.stop()
+    assert stuck not in publication.subscribers
+    await mute.call.leave()
+    await wait_for(lambda: not any(t["peerId"] == "mute" for t in alice.call.tracks.values()), 10, message="unlisted")
+
+
+async def test_a_hundred_join_leave_cycles_leave_nothing_behind(client: TestClient, members: Any) -> None:  # type: ignore[type-arg]
+    manager = client.app[MEDIA_KEY]
+    alice = members("alice")
+    await alice.join(SmallVideo())
+    await wait_for(lambda: session_of(client, "alice") and session_of(client, "alice").connected, 10, message="up")
+    publication = session_of(client, "alice").mode.published[0]
+    churners = [members(f"churn{i}") for i in range(5)]
+    for churner in churners:
+        await churner.connect()
+
+    async def cycles(member: CallMember, count: int) -> None:
+        def sees_alice() -> bool:
+            return member.frames_from("alice") >= 1
+
+        def gone() -> bool:
+            return session_of(client, member.name) is None
+
+        def on_track(track: MediaStreamTrack) -> None:
+            member.received.append(Received(track, member.call.who(track), None))
+
+        for _ in range(count):
+            member.pc = RTCPeerConnection()
+            member.call = GroupCall(member.client, member.pc)
+            member.received = []
+            member.pc.on("track", on_track)
+            member.pc.addTrack(Tone())
+            await member.call.join()
+            await wait_for(sees_alice, 20, message=f"{member.name} sees alice")
+            await member.call.leave()
+            await wait_for(gone, 10, message=f"{member.name} left")
+            for received in member.received:
+                received.task.cancel()
+            await member.pc.close()
+
+    # A first round gives alice's own (client) peer connection its receivers for five at once;
+    # the 95 joins after it must leave nothing behind, on the server or in alice's connection.
+    await asyncio.gather(*(cycles(m, 1) for m in churners))
+    await wait_for(lambda: not alice.call.tracks, 10, message="the first round gone from alice's view")
+    baseline = (udp_sockets(), _threads(), other_fds())
+    await asyncio.gather(*(cycles(m, 19) for m in churners))
+    assert len(manager) == 1 and publication.subscribers == []
+    group = next(iter(manager.forwarding.groups.values()))
+    assert len(manager.forwarding.groups) == 1 and [m.session for m in group.members] == [session_of(client, "alice")]
+    await wait_for(lambda: not alice.call.tracks or alice.failures, 10, message="churners gone from alice's view")
+    assert not alice.failures, alice.failures
+    # alice received 100 churners' audio in turn, on the few sections the call needed at once.
+    sections = alice.pc.remoteDescription.sdp.count("m=audio")
+    assert sections <= 6, f"{sections} audio sections after 100 joins and leaves: they are not reused"
+    await wait_for(lambda: udp_sockets() <= baseline[0], 20, message=f"UDP sockets back to {baseline[0]}")
+    await wait_for(
+        lambda: _threads() <= baseline[1],
+        20,
+        message=f"threads back to {baseline[1]}: {[t.name for t in threading.enumerate()]}",
+    )
+    await wait_for(lambda: other_fds() <= baseline[2], 20, message=f"descriptors back to {baseline[2]}")

@@ -52,6 +52,7 @@ class GroupCall:
         self.joined = asyncio.Event()
         self.error: Exception | None = None
         self.offers = 0  # offers from the server answered
+        self.left = False
 
     async def join(self, **options: Any) -> None:
         """Offer what ``pc`` sends (and a data channel, if it has one) to the server; ``options``
@@ -84,14 +85,15 @@ class GroupCall:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=payload["sdp"], type="answer"))
             self.joined.set()
         elif kind == "offer":
+            if self.left or self.session_id is None or payload.get("sessionId") != self.session_id:
+                return True  # an offer of an earlier session of ours (it ended as we left): not ours
             self.tracks = dict(payload.get("tracks") or {})
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=payload["sdp"], type="offer"))
             await self.pc.setLocalDescription(await self.pc.createAnswer())
-            await self.client.signal(
-                {"type": "answer", "payload": {"sdp": self.pc.localDescription.sdp}}, to=self.server_peer
-            )
+            answer = {"sdp": self.pc.localDescription.sdp, "sessionId": self.session_id}
+            await self.client.signal({"type": "answer", "payload": answer}, to=self.server_peer)
             self.offers += 1
-        elif kind == "bye":
+        elif kind == "bye" and payload.get("sessionId") in (None, self.session_id):
             self.tracks = {}
         return True
 
@@ -104,4 +106,5 @@ class GroupCall:
 
     async def leave(self) -> None:
         """End this member's part of the call (the peer connection is yours to close)."""
+        self.left = True
         await self.client.signal({"type": "bye", "payload": None}, to=self.server_peer)

@@ -416,6 +416,11 @@ class MediaSession:
     def on_answer(self, payload: Any) -> None:
         """The peer's answer to the server's offer (``{sdp}``)."""
         sdp = payload.get("sdp") if isinstance(payload, dict) else None
+        session_id = payload.get("sessionId") if isinstance(payload, dict) else None
+        if session_id is not None and session_id != self.id:
+            raise InvalidRequest(
+                f"That answer is for an earlier session of yours (it has ended); this one is {self.id}."
+            )
         if not isinstance(sdp, str) or not sdp.lstrip().startswith("v=0"):
             raise InvalidRequest("An answer needs the SDP as 'sdp' (starting with 'v=0').")
         if len(sdp) > self.manager.config.max_signal_bytes:

@@ -84,19 +84,53 @@ _publication_ids = itertools.count(1)
 
 
 class ForwardedTrack(MediaStreamTrack):
-    """What one subscriber's sender sends: a publication's encoded frames, as ``av.Packet``."""
+    """What one subscriber's sender sends: a publication's encoded frames, as ``av.Packet``.
+
+    It lives as long as its transceiver: when its publication ends (the publisher left) it is
+    detached and idles (its sender waits, sending nothing, polling nothing), and a later
+    publication of the same kind and codec can be attached to it, so a long call reuses its
+    inactive sections instead of growing its SDP. The sender's RTP stream then goes on (same
+    SSRC, sequence numbers running on); timestamps are rebased to continue from where the last
+    publication's ended, as a receiver's jitter buffer expects of one stream."""
 
     def __init__(self, publication: Publication, subscriber: MediaSession) -> None:
         super().__init__()
         self.kind = publication.kind
-        self.publication = publication
+        self.codec = publication.codec
         self.subscriber = subscriber
+        self.publication: Publication | None = None
         self._queue: deque[Any] = deque()
         self._ready = asyncio.Event()
         self._video = publication.kind == "video"
         self._waiting_keyframe = self._video  # a decoder can only start at a keyframe
+        self._clock = publication.codec.clockRate or 90000
+        self._offset = 0  # added to the publication's timestamps (0 for the first one)
+        self._rebase = False  # set on attaching a later publication: the next frame sets _offset
+        self._last_pts: int | None = None
+        self._last_at = 0.0
         self.forwarded = 0
         self.dropped = 0
+        self.attach(publication)
+
+    def attach(self, publication: Publication) -> None:
+        """Send ``publication``'s frames from now on (starting at its next keyframe)."""
+        self.detach()
+        self.publication = publication
+        self._waiting_keyframe = self._video
+        self._rebase = self._last_pts is not None
+        publication.add_subscriber(self)
+
+    def detach(self) -> None:
+        """Send nothing until the next :meth:`attach` (what is queued is dropped)."""
+        if self.publication is not None:
+            self.publication.unsubscribe(self)
+            self.publication = None
+        self._queue.clear()
+
+    def request_keyframe(self) -> None:
+        """The subscriber asked (PLI, FIR): its publisher is asked, rate limited."""
+        if self.publication is not None:
+            self.publication.request_keyframe()
 
     def push(self, packet: Any, keyframe: bool) -> None:
         """Called by the publication's pump, once per frame (keep it lean)."""
@@ -113,14 +147,9 @@ class ForwardedTrack(MediaStreamTrack):
             if self._video and not keyframe:
                 self._waiting_keyframe = True
                 self.dropped += 1
-                self.publication.request_keyframe()
+                self.request_keyframe()
                 return
         queue.append(packet)
-        self._ready.set()
-
-    def end(self) -> None:
-        """The publication ended: recv() raises once what is queued was sent."""
-        self._queue.append(None)
         self._ready.set()
 
     async def recv(self) -> Any:
@@ -133,24 +162,32 @@ class ForwardedTrack(MediaStreamTrack):
                 await self._ready.wait()
                 continue
             packet = queue.popleft()
-            if packet is None:
-                self.stop()
-                raise MediaStreamError
             self.forwarded += 1
             sent = self.subscriber.frames_sent
             sent[self.kind] = sent.get(self.kind, 0) + 1
+            if self._rebase:
+                self._rebase = False
+                assert self._last_pts is not None
+                gap = max(1, int((time.monotonic() - self._last_at) * self._clock))
+                self._offset = self._last_pts + gap - packet.pts
+            if self._offset:
+                rebased = av.Packet(bytes(packet))  # the packet is shared: never change it
+                rebased.pts, rebased.time_base = packet.pts + self._offset, packet.time_base
+                packet = rebased
+            self._last_pts, self._last_at = packet.pts, time.monotonic()
             return packet
 
     def stop(self) -> None:
         super().stop()
-        self.publication.unsubscribe(self)
+        self.detach()
 
     def to_wire(self) -> dict[str, Any]:
+        publication = self.publication
         return {
-            "publicationId": self.publication.id,
-            "peerId": self.publication.peer_id,
+            "publicationId": publication.id if publication else None,
+            "peerId": publication.peer_id if publication else None,
             "kind": self.kind,
-            "codec": self.publication.codec.mimeType,
+            "codec": self.codec.mimeType,
             "framesForwarded": self.forwarded,
             "framesDropped": self.dropped,
         }
@@ -227,14 +264,16 @@ class Publication:
         return frames
 
     def subscribe(self, subscriber: MediaSession) -> ForwardedTrack:
-        track = ForwardedTrack(self, subscriber)
+        """A new track for ``subscriber``'s sender, receiving this publication's frames."""
+        return ForwardedTrack(self, subscriber)
+
+    def add_subscriber(self, track: ForwardedTrack) -> None:
         if self._ended:
-            track.end()
-            return track
+            track.publication = None  # nothing will come: it stays detached
+            return
         self.subscribers.append(track)
         if self.kind == "video":
             self.request_keyframe()  # the new subscriber's picture starts at the next keyframe
-        return track
 
     def unsubscribe(self, track: ForwardedTrack) -> None:
         if track in self.subscribers:
@@ -263,7 +302,7 @@ class Publication:
             self.session.spawn(request, "pli")
 
     def end(self) -> None:
-        """No more frames: every subscriber's track ends after what it has queued."""
+        """No more frames: every subscriber is detached (it idles; its member is told)."""
         if self._ended:
             return
         self._ended = True
@@ -271,7 +310,7 @@ class Publication:
             self._request_pending.cancel()
             self._request_pending = None
         for subscriber in list(self.subscribers):
-            subscriber.end()
+            subscriber.detach()  # idle until its member attaches another publication, or closes
         self.subscribers.clear()
         for tap in self.taps:
             tap.put_nowait(None)
@@ -550,6 +589,8 @@ class SfuMode(_Publisher):
         super().__init__()
         #: publication id -> (transceiver, track) of what this member receives
         self.forwarded: dict[str, tuple[RTCRtpTransceiver, ForwardedTrack]] = {}
+        #: inactive sections (their publisher left), reused for the next publication of the codec
+        self.idle: list[tuple[RTCRtpTransceiver, ForwardedTrack]] = []
         self._tracks: dict[str, dict[str, Any]] = {}
 
     def _key(self, session: MediaSession) -> GroupKey:
@@ -587,14 +628,23 @@ class SfuMode(_Publisher):
         pc = session.pc if session is not None else None
         if session is None or pc is None or session.closed or session.notify is None:
             return  # a session without signaling (WHIP, POST /rtc/offer) only publishes
-        transceiver = pc.addTransceiver(publication.kind, direction="sendonly")
-        preferred = _capability_of(publication.kind, publication.codec)
-        if preferred:
-            transceiver.setCodecPreferences(preferred)
-        track = publication.subscribe(session)
-        transceiver.sender.replaceTrack(track)
+        reuse = next(
+            (i for i, (_t, track) in enumerate(self.idle) if _same_codec(track.codec, publication.codec)), None
+        )
+        if reuse is not None:
+            # An inactive section whose publisher left takes the new one: the SDP does not grow.
+            transceiver, track = self.idle.pop(reuse)
+            track.attach(publication)
+            transceiver.direction = "sendonly"
+        else:
+            transceiver = pc.addTransceiver(publication.kind, direction="sendonly")
+            preferred = _capability_of(publication.kind, publication.codec)
+            if preferred:
+                transceiver.setCodecPreferences(preferred)
+            track = publication.subscribe(session)
+            transceiver.sender.replaceTrack(track)
+            forward_keyframe_requests(transceiver.sender, track.request_keyframe)
         set_stream_id(transceiver.sender, publication.peer_id)  # a browser groups a publisher's tracks
-        forward_keyframe_requests(transceiver.sender, publication.request_keyframe)
         self.forwarded[publication.id] = (transceiver, track)
         if session.connected:
             session.renegotiate()
@@ -605,18 +655,18 @@ class SfuMode(_Publisher):
         if entry is None or session is None:
             return
         transceiver, track = entry
-        track.stop()
+        track.detach()  # its sender idles, waiting for the next publication of this codec
         transceiver.direction = "inactive"
+        self.idle.append(entry)
         if not session.closed:
-            session.spawn(_stop_sender(transceiver.sender), "stop-sender")
             session.renegotiate()
 
     def signal_extras(self, session: MediaSession) -> dict[str, Any]:
         """``tracks``: mid -> whose media it carries, for the client to label what it receives."""
         tracks: dict[str, dict[str, Any]] = {}
         for transceiver, track in self.forwarded.values():
-            if transceiver.mid is not None:
-                publication = track.publication
+            publication = track.publication
+            if transceiver.mid is not None and publication is not None:
                 tracks[transceiver.mid] = {
                     "peerId": publication.peer_id,
                     "kind": publication.kind,
@@ -626,9 +676,10 @@ class SfuMode(_Publisher):
 
     async def close(self, session: MediaSession, reason: str) -> None:
         await super().close(session, reason)
-        for _transceiver, track in self.forwarded.values():
+        for _transceiver, track in [*self.forwarded.values(), *self.idle]:
             track.stop()
         self.forwarded.clear()
+        self.idle.clear()
 
     def report(self) -> dict[str, Any]:
         out = super().report()
@@ -636,8 +687,11 @@ class SfuMode(_Publisher):
         return out
 
 
-async def _stop_sender(sender: RTCRtpSender) -> None:
-    await sender.stop()
+def _same_codec(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:
+    """Whether a section negotiated for ``a`` can carry frames of ``b`` as they are."""
+    if a.mimeType.lower() != b.mimeType.lower():
+        return False
+    return a.mimeType.lower() != "video/h264" or _h264_matches(a.parameters, b.parameters)
 
 
 def _capability_of(kind: str, codec: RTCRtpCodecParameters) -> list[Any]:
@@ -690,7 +744,7 @@ class WhepViewerMode(Mode):
                 raise InvalidRequest(f"The stream sends {codec} {publication.kind} and this offer cannot receive it.")
             track = publication.subscribe(session)
             transceiver.sender.replaceTrack(track)
-            forward_keyframe_requests(transceiver.sender, publication.request_keyframe)
+            forward_keyframe_requests(transceiver.sender, track.request_keyframe)
             transceiver.direction = "sendonly"
             self.received.append(track)
         if not self.received:
@@ -703,7 +757,7 @@ class WhepViewerMode(Mode):
     def remove_publication(self, publication: Publication) -> None:
         """The publisher is gone: so is what this viewer watched."""
         session = self.session
-        if session is not None and not session.closed and all(t.publication.ended for t in self.received):
+        if session is not None and not session.closed and all(t.publication is None for t in self.received):
             session.manager.spawn(session.close(SessionEnd.PUBLISHER_GONE))
 
     async def close(self, session: MediaSession, reason: str) -> None:
