@@ -43,19 +43,9 @@ TILES_JS = """async () => {
   return out;
 }"""
 
-# Chromium refuses a re-offer that renumbers what was negotiated (RTP header extension ids,
-# payload types of the sections already in use); the page then says it could not apply it.
-_REOFFER_REFUSED = ("RTP extension ID reassignment", "payload type")
-
 
 def view(page: Page) -> dict[str, Any]:
     result: dict[str, Any] = page.evaluate(TILES_JS)
-    status = result["status"]
-    if "could not apply @sfu's description" in status and any(s in status for s in _REOFFER_REFUSED):
-        pytest.xfail(
-            "server bug: the sfu mode's renegotiation offers (aiortc createOffer) renumber the RTP header "
-            f"extension ids and payload types negotiated with the browser, and Chromium refuses them: {status}"
-        )
     return result
 
 

@@ -24,6 +24,8 @@ what                               inside                              fallback
                                                                        another codec first is refused
 :func:`set_stream_id`              ``RTCRtpSender._stream_id``         False: every forwarded track is in the
                                                                        connection's one stream (``a=msid``)
+:func:`reoffer`                    ``RTCRtpTransceiver._codecs``,      aiortc's own offer (which browsers
+                                   ``._headerExtensions``              refuse: it renumbers what was agreed)
 :func:`codecs_compatible`          ``rtcpeerconnection.                False: forwarding compares MIME types
                                    is_codec_compatible``               and H.264 packetization only
 :func:`keyframe_requests`          ``RTCRtpReceiver._send_rtcp_pli``   none: no keyframe is asked for
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import ipaddress
 import logging
 import queue
@@ -74,6 +77,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCTransportStats,
 )
+from aiortc import sdp as aiortc_sdp
 
 _is_codec_compatible: Callable[..., Any] | None
 try:
@@ -99,6 +103,7 @@ __all__ = [
     "heard_from_peer",
     "keyframe_requests",
     "received_codec",
+    "reoffer",
     "selected_candidates",
     "sender_codec",
     "skip_backlog",
@@ -283,6 +288,98 @@ def send_first(transceiver: RTCRtpTransceiver, codec: RTCRtpCodecParameters) -> 
     rest = [c for c in codecs if c is not match and all(c is not r for r in rtx)]
     setattr(transceiver, "_codecs", [match, *rtx, *rest])  # noqa: B010
     return True
+
+
+async def reoffer(pc: RTCPeerConnection) -> Any:
+    """A new offer on a connection that has negotiated before (the server's renegotiation).
+
+    aiortc's ``createOffer`` gives every section its own default payload types and header
+    extension ids, also the sections already agreed on; browsers refuse that ("RTP extension ID
+    reassignment not supported"; RFC 8843 and JSEP: what was negotiated stays). This offer keeps,
+    for every section that was negotiated, the codecs and extension ids the last answer agreed,
+    and numbers new sections the way the bundle already does (the same payload type for the
+    same codec, the same id for the same extension, free ones otherwise).
+
+    On an unchecked aiortc: aiortc's own offer (an aiortc peer accepts it; a browser does not)."""
+    if not AIORTC_CHECKED:
+        return await pc.createOffer()
+    agreed: dict[str, tuple[list[Any], list[Any]]] = {}
+    for transceiver in pc.getTransceivers():
+        codecs = getattr(transceiver, "_codecs", None)
+        extensions = getattr(transceiver, "_headerExtensions", None)
+        if (
+            transceiver.mid is not None
+            and transceiver.currentDirection is not None
+            and codecs
+            and extensions is not None
+        ):
+            agreed[transceiver.mid] = (copy.deepcopy(codecs), copy.deepcopy(extensions))
+    offer = await pc.createOffer()
+    if not agreed:
+        return offer
+    description = aiortc_sdp.SessionDescription.parse(offer.sdp)
+    description.type = "offer"
+    ids: dict[str, int] = {}
+    payload_types: dict[tuple[str, int, int | None, str], int] = {}
+    for codecs, extensions in agreed.values():
+        for extension in extensions:
+            ids.setdefault(extension.uri, extension.id)
+        for codec in codecs:
+            if codec.mimeType.lower() != "video/rtx":
+                payload_types.setdefault(_codec_key(codec), codec.payloadType)
+    taken_types = {c.payloadType for codecs, _ in agreed.values() for c in codecs}
+    for media in description.media:
+        if media.kind not in ("audio", "video"):
+            continue
+        kept = agreed.get(media.rtp.muxId)
+        if kept is not None:
+            media.rtp.codecs, media.rtp.headerExtensions = copy.deepcopy(kept[0]), copy.deepcopy(kept[1])
+        else:
+            _renumber(media, ids, payload_types, taken_types)
+        media.fmt = [codec.payloadType for codec in media.rtp.codecs]
+    return type(offer)(sdp=str(description), type="offer")
+
+
+def _codec_key(codec: RTCRtpCodecParameters) -> tuple[str, int, int | None, str]:
+    parameters = ";".join(f"{k}={v}" for k, v in sorted(codec.parameters.items()) if k != "apt")
+    return (codec.mimeType.lower(), codec.clockRate, codec.channels, parameters)
+
+
+def _renumber(media: Any, ids: dict[str, int], payload_types: dict[Any, int], taken: set[int]) -> None:
+    """A new section's extension ids and payload types, as the bundle's other sections have them."""
+    for extension in media.rtp.headerExtensions:
+        if extension.uri not in ids:
+            ids[extension.uri] = next(i for i in range(1, 15) if i not in ids.values())
+        extension.id = ids[extension.uri]
+    renamed: dict[int, int] = {}
+    for codec in media.rtp.codecs:
+        if codec.mimeType.lower() == "video/rtx":
+            continue
+        key = _codec_key(codec)
+        if key not in payload_types:
+            payload_types[key] = next(
+                pt for pt in range(96, 128) if pt not in taken and pt not in payload_types.values()
+            )
+        renamed[codec.payloadType] = payload_types[key]
+        taken.add(payload_types[key])
+    for codec in media.rtp.codecs:
+        if codec.mimeType.lower() == "video/rtx":
+            base = renamed.get(codec.parameters.get("apt"))  # type: ignore[arg-type]
+            if base is None:
+                continue
+            rtx_key = ("video/rtx", codec.clockRate, None, f"apt={base}")
+            if rtx_key not in payload_types:
+                payload_types[rtx_key] = next(
+                    pt for pt in range(96, 128) if pt not in taken and pt not in payload_types.values()
+                )
+            codec.parameters["apt"] = base
+            codec.payloadType = payload_types[rtx_key]
+            taken.add(codec.payloadType)
+        else:
+            codec.payloadType = renamed[codec.payloadType]
+    media.rtp.codecs = [
+        c for c in media.rtp.codecs if c.mimeType.lower() != "video/rtx" or c.parameters.get("apt") in renamed.values()
+    ]
 
 
 def set_stream_id(sender: RTCRtpSender, stream_id: str) -> bool:

@@ -25,7 +25,7 @@ from ..config import IceServer
 from ..counters import MediaCounters
 from ..errors import CapacityExceeded, InvalidRequest, RtcError
 from ..protocol import SessionEnd, SessionState, Via
-from ._aiortc_compat import gather_on, skip_backlog, transport_stats, use_dtls
+from ._aiortc_compat import gather_on, reoffer, skip_backlog, transport_stats, use_dtls
 from .dtls import CIPHERS, DtlsTrace
 from .events import MEDIA_CLOSED, MEDIA_CONNECTED, MediaClosed, MediaConnected
 from .ice import PairInfo, _ice_transports, heard_from_peer, parse_candidate, rtc_configuration, selected_pair
@@ -392,7 +392,7 @@ class MediaSession:
         while self._negotiation_needed and not self._closing:
             self._negotiation_needed = False
             try:
-                await pc.setLocalDescription(await pc.createOffer())
+                await pc.setLocalDescription(await reoffer(pc))  # keeps what was agreed (browsers insist)
                 self._answer = asyncio.get_running_loop().create_future()
                 payload = {"sdp": pc.localDescription.sdp, "sessionId": self.id, **self.mode.signal_extras(self)}
                 log.info("%s: sent an offer (renegotiation %d)", self.label, self.negotiations + 1)
