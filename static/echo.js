@@ -14,6 +14,7 @@ const ELSEWHERE = {
   record: "try it in the Record panel",
   probe: "try it in the Connectivity test panel",
   play: "try it here: echo with Receive only ticked",
+  sfu: "try it in the Call panel: Group call through the server",
 };
 
 /** What the picker offers before the server's list arrives (and if it never does). */

@@ -115,8 +115,8 @@ def test_picker_lists_the_modes_and_opens_a_session_in_one(
     room = page.evaluate("demo.lab.roomId")
 
     # Filled from GET /rtc/modes: echo (still the default) and the application's modes; record,
-    # probe and play are listed with the panel to try them in, not offered in the picker.
-    expect(page.locator("#echo-modes-summary")).to_have_text("Modes this server offers (7)")
+    # probe, play and sfu are listed with the panel to try them in, not offered in the picker.
+    expect(page.locator("#echo-modes-summary")).to_have_text("Modes this server offers (8)")
     assert option_values(page) == ["echo", "shout", "greeter", "closed"]
     expect(page.locator("#echo-mode")).to_have_value("echo")
     expect(page.locator("#echo-mode-description")).to_contain_text("@echo: sends your audio and video back")
@@ -124,8 +124,11 @@ def test_picker_lists_the_modes_and_opens_a_session_in_one(
     expect(page.locator("#echo-mode")).to_have_accessible_description(re.compile(r"^@echo: sends your audio"))
     page.click("#echo-modes summary")
     listed = page.locator("#echo-mode-list")
-    expect(listed.locator("dt")).to_have_text(["@echo", "@record", "@probe", "@play", "@shout", "@greeter", "@closed"])
-    expect(listed.locator("dd").nth(4)).to_contain_text(SHOUT)
+    expect(listed.locator("dt")).to_have_text(
+        ["@echo", "@record", "@probe", "@play", "@sfu", "@shout", "@greeter", "@closed"]
+    )
+    expect(listed.locator("dd").nth(5)).to_contain_text(SHOUT)
+    expect(listed.locator("dd").nth(4)).to_contain_text("(try it in the Call panel: Group call through the server)")
     expect(listed.locator("dd").nth(1)).to_contain_text("(try it in the Record panel)")
 
     page.select_option("#echo-mode", "shout")
