@@ -1,22 +1,25 @@
-"""Forwarding benchmark (group calls, WHIP -> WHEP): what the server spends per forwarded frame.
+"""Forwarding benchmark (group calls through the server): CPU per forwarded stream, frame rate,
+publisher -> subscriber latency, and how many forwarded streams one core carries.
 
-One ``fantasize-rtc serve`` process (pinned to one core, clients on the others). Two workloads,
-interleaved, in the same run:
+One ``fantasize-rtc serve`` process, pinned to one core (the clients, all in this process, on the
+other). Every client sends 640x480 30 fps VP8, pre-encoded once (``bench.media``'s test pattern),
+each frame stamped with its number and send time in 12 bytes appended to it (forwarding does not
+look inside frames: the stamp arrives as sent). Receivers count complete encoded frames without
+decoding them and read the stamp, so the latencies are publisher -> server -> subscriber on
+loopback, both aiortc stacks included.
 
-- **baseline: passthrough echo x N** (``POST /rtc/offer`` mode echo, ``passthrough: true``): N
-  clients each send 640x480 30 fps VP8 and get it back. Per echoed frame the server receives
-  one frame and sends one: the cheapest per-frame path the server had before forwarding.
-- **forwarding 1 -> N**: one WHIP publisher (``POST /whip?mode=sfu``) sends the same video; N
-  WHEP viewers (``POST /whep/{id}``) receive it. Per forwarded frame the server sends one
-  frame; the publisher's receive is shared by the N.
+Workloads, interleaved, in the same run:
 
-Reported per N: server CPU % of a core, CPU ms per frame delivered to a client (echoed or
-forwarded), the frame rate each client gets (mean, worst), and the ratio forwarding/echo of CPU
-per delivered frame. Clients count complete encoded frames without decoding them (as in
-``bench.media``), so the figures are the server's.
+- **passthrough echo x 4** (the baseline): four clients, ``POST /rtc/offer`` mode echo with
+  ``passthrough: true``; each gets its own frames back. Per stream the server receives one and
+  sends one: the cheapest per-stream path it had before forwarding.
+- **room of 4 through ``@sfu``** (the issue's scenario): four members of one room, each
+  publishing and receiving the other three: 4 streams in, 12 forwarded out.
+- ``--capacity``: 1, 2, 3 ... rooms of 4 until a subscriber's frame rate falls under 29 fps (or
+  the client side, one core, runs out first: its CPU is reported too).
 
-    python -m bench sfu                      # N = 1, 4, 8; 10 s windows; 3 interleaved rounds
-    python -m bench sfu --viewers 1,2 --seconds 5 --repeat 1
+    python -m bench sfu                     # 3 interleaved rounds, 10 s windows
+    python -m bench sfu --capacity          # and the rooms-per-core sweep
 """
 
 from __future__ import annotations
@@ -26,176 +29,239 @@ import asyncio
 import contextlib
 import json
 import os
+import queue
 import statistics
+import struct
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from bench._servers import free_port, plan_cores
-from bench.media import PacketSource, Server, Stream, _CountingTap, encode_source, machine, serve_args, wait_until
+from bench.media import PacketSource, Server, encode_source, machine, serve_args, wait_until
+from fantasize_rtc.call import GroupCall
+from fantasize_rtc.client import RtcClient
+from fantasize_rtc.media._aiortc_compat import forward_promptly
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SDP = {"Content-Type": "application/sdp"}
+STAMP = struct.Struct(">Id")  # frame number, time.perf_counter() when it was handed to the sender
+MIN_FPS = 29.0
 
 
-class Viewer:
-    """A WHEP viewer that counts the complete frames it receives."""
+class StampedSource(PacketSource):
+    """``PacketSource`` whose frames carry a stamp at their end."""
 
-    def __init__(self) -> None:
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTransceiver("video", direction="recvonly")
+    async def recv(self) -> av.Packet:
+        packet = await super().recv()
+        stamped = av.Packet(bytes(packet) + STAMP.pack(self._n, time.perf_counter()))
+        stamped.pts, stamped.time_base = packet.pts, packet.time_base
+        return stamped
+
+
+class _StampTap(queue.Queue[Any]):
+    """Stands in for a receiver's decoder queue: counts complete frames and reads their stamps."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        super().__init__()
+        self._receiver = receiver
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is None:
+            super().put(None)  # lets the idle decoder thread end
+        else:
+            self._receiver.arrived(item[1].data)
+
+
+class Receiver:
+    """What one peer connection receives: frames counted, latencies sampled."""
+
+    def __init__(self, pc: RTCPeerConnection) -> None:
         self.frames = 0
-        self.location: str | None = None
+        self.latencies: list[float] = []
+        self.sampling = False
         self._tasks: list[asyncio.Task[None]] = []
-        self.pc.on("track", self._on_track)
+        self._pc = pc
+        pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
-        receiver._RTCRtpReceiver__decoder_queue = _CountingTap(self._arrived)  # type: ignore[attr-defined]
+        receiver = next(t.receiver for t in self._pc.getTransceivers() if t.receiver.track is track)
+        receiver._RTCRtpReceiver__decoder_queue = _StampTap(self)  # type: ignore[attr-defined]
+        # The instrument must not add latency of its own: each frame counts when it is complete,
+        # not when the next one starts (aiortc's jitter buffer, made for a decoder).
+        forward_promptly(receiver, track.kind)
         self._tasks.append(asyncio.get_running_loop().create_task(self._drain(track)))
 
-    def _arrived(self) -> None:
+    def arrived(self, data: bytes) -> None:
         self.frames += 1
+        if self.sampling and len(data) > STAMP.size:
+            _n, sent = STAMP.unpack_from(data, len(data) - STAMP.size)
+            self.latencies.append((time.perf_counter() - sent) * 1000)
 
     async def _drain(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:
                 await track.recv()
 
-    async def connect(self, http: aiohttp.ClientSession, url: str, session_id: str) -> None:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with http.post(f"{url}/whep/{session_id}", data=self.pc.localDescription.sdp, headers=SDP) as resp:
-            answer = await resp.text()
-            if resp.status != 201:
-                raise RuntimeError(f"WHEP refused: {resp.status} {answer}")
-            self.location = resp.headers["Location"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-
-    async def close(self, http: aiohttp.ClientSession, url: str) -> None:
-        if self.location:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.delete(url + self.location):
-                    pass
-        await self.pc.close()
+    async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def _publish(http: aiohttp.ClientSession, url: str, packets: list[bytes]) -> tuple[RTCPeerConnection, str, str]:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver(PacketSource(packets), direction="sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    async with http.post(f"{url}/whip?mode=sfu", data=pc.localDescription.sdp, headers=SDP) as resp:
-        answer = await resp.text()
-        if resp.status != 201:
-            raise RuntimeError(f"WHIP refused: {resp.status} {answer}")
-        location, session_id = resp.headers["Location"], resp.headers["X-Session-Id"]
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-    return pc, location, session_id
+class EchoClient:
+    def __init__(self, packets: list[bytes]) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTrack(StampedSource(packets))
+        self.receiver = Receiver(self.pc)
+        self.session_id: str | None = None
+
+    async def start(self, http: aiohttp.ClientSession, url: str) -> None:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "mode": "echo", "passthrough": True}
+        async with http.post(url + "/rtc/offer", json=body) as resp:
+            answer = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"offer refused: {answer}")
+        self.session_id = answer["sessionId"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+
+    async def close(self, http: aiohttp.ClientSession, url: str) -> None:
+        if self.session_id:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.delete(f"{url}/rtc/sessions/{self.session_id}"):
+                    pass
+        await self.pc.close()
+        await self.receiver.close()
 
 
-async def measure_forwarding(
-    http: aiohttp.ClientSession, server: Server, packets: list[bytes], n: int, warmup: float, seconds: float
+class Member:
+    """A room member: publishes the stamped source through ``@sfu``, receives the others."""
+
+    def __init__(self, url: str, packets: list[bytes]) -> None:
+        self.client = RtcClient(url, transport="ws", auto_heartbeat=False)
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTrack(StampedSource(packets))
+        self.receiver = Receiver(self.pc)
+        self.call = GroupCall(self.client, self.pc)
+        self._pump: asyncio.Task[None] | None = None
+
+    async def join(self, room: str, name: str) -> None:
+        await self.client.connect(room, name)
+        self._pump = asyncio.get_running_loop().create_task(self._handle())
+        await self.call.join()
+
+    async def _handle(self) -> None:
+        async for message in self.client.messages():
+            await self.call.handle(message)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.call.leave()
+        if self._pump is not None:
+            self._pump.cancel()
+        await self.pc.close()
+        await self.receiver.close()
+        await self.client.close()
+
+
+async def _window(
+    server: Server, receivers: list[Receiver], warmup: float, seconds: float, expected_tracks: int
 ) -> dict[str, Any]:
-    publisher, location, session_id = await _publish(http, server.url, packets)
-    viewers = [Viewer() for _ in range(n)]
-    try:
+    await asyncio.sleep(warmup)
+    for r in receivers:
+        r.sampling, r.latencies = True, []
+    cpu0, frames0, client0, t0 = server.cpu(), [r.frames for r in receivers], _self_cpu(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    cpu1, frames1, client1, t1 = server.cpu(), [r.frames for r in receivers], _self_cpu(), time.perf_counter()
+    window = t1 - t0
+    per_track = [(b - a) / window / expected_tracks for a, b in zip(frames0, frames1, strict=True)]
+    latencies = sorted(x for r in receivers for x in r.latencies)
+    return {
+        "cpuPercentOfCore": round(100 * (cpu1 - cpu0) / window, 1),
+        "clientCpuPercentOfCore": round(100 * (client1 - client0) / window, 1),
+        "cpu": cpu1 - cpu0,
+        "window": window,
+        "fpsMean": round(statistics.mean(per_track), 1),
+        "fpsMin": round(min(per_track), 1),
+        "latencyP50Ms": round(statistics.median(latencies), 2) if latencies else None,
+        "latencyP95Ms": round(latencies[int(0.95 * (len(latencies) - 1))], 2) if latencies else None,
+    }
 
-        async def live() -> bool:
-            async with http.get(f"{server.url}/rtc/sessions/{session_id}") as resp:
-                report = await resp.json()
-            return bool(report.get("forwarding", {}).get("published")) and report["state"] == "connected"
 
-        deadline = time.monotonic() + 20
-        while not await live():
-            if time.monotonic() > deadline:
-                return {"workload": "forwarding", "clients": n, "error": "the publisher did not connect"}
-            await asyncio.sleep(0.1)
-        await asyncio.gather(*(v.connect(http, server.url, session_id) for v in viewers))
-        if not await wait_until(lambda: all(v.frames for v in viewers), 30):
-            return {"workload": "forwarding", "clients": n, "error": "not every viewer got a frame in 30 s"}
-        await asyncio.sleep(warmup)
-        cpu0, frames0, t0 = server.cpu(), [v.frames for v in viewers], time.perf_counter()
-        await asyncio.sleep(seconds)
-        cpu1, frames1, t1 = server.cpu(), [v.frames for v in viewers], time.perf_counter()
-    finally:
-        await asyncio.gather(*(v.close(http, server.url) for v in viewers), return_exceptions=True)
-        with contextlib.suppress(aiohttp.ClientError):
-            async with http.delete(server.url + location):
-                pass
-        await publisher.close()
-    return _figures("forwarding 1 -> N (WHIP -> WHEP)", n, cpu1 - cpu0, t1 - t0, frames0, frames1)
+def _self_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 async def measure_echo(
-    http: aiohttp.ClientSession, server: Server, packets: list[bytes], n: int, warmup: float, seconds: float
+    http: aiohttp.ClientSession, server: Server, packets: list[bytes], streams: int, args: Any
 ) -> dict[str, Any]:
-    streams = [Stream(packets) for _ in range(n)]
+    clients = [EchoClient(packets) for _ in range(streams)]
     try:
-        await asyncio.gather(*(s.connect(http, server) for s in streams))
-        if not await wait_until(lambda: all(s.first_frame_at for s in streams), 30):
-            return {"workload": "echo", "clients": n, "error": "not every stream echoed a frame in 30 s"}
-        await asyncio.sleep(warmup)
-        cpu0, frames0, t0 = server.cpu(), [s.frames for s in streams], time.perf_counter()
-        await asyncio.sleep(seconds)
-        cpu1, frames1, t1 = server.cpu(), [s.frames for s in streams], time.perf_counter()
+        await asyncio.gather(*(c.start(http, server.url) for c in clients))
+        if not await wait_until(lambda: all(c.receiver.frames for c in clients), 30):
+            return {"workload": "echo", "error": "not every stream echoed a frame in 30 s"}
+        figures = await _window(server, [c.receiver for c in clients], args.warmup, args.seconds, 1)
     finally:
-        await asyncio.gather(*(s.close(http, server) for s in streams), return_exceptions=True)
-    return _figures("passthrough echo x N (baseline)", n, cpu1 - cpu0, t1 - t0, frames0, frames1)
-
-
-def _figures(
-    workload: str, n: int, cpu: float, window: float, frames0: list[int], frames1: list[int]
-) -> dict[str, Any]:
-    fps = [(b - a) / window for a, b in zip(frames0, frames1, strict=True)]
-    delivered = sum(frames1) - sum(frames0)
+        await asyncio.gather(*(c.close(http, server.url) for c in clients), return_exceptions=True)
+    forwarded = streams
     return {
-        "workload": workload,
-        "clients": n,
-        "cpuPercentOfCore": round(100 * cpu / window, 1),
-        "cpuMsPerDeliveredFrame": round(1000 * cpu / delivered, 3) if delivered else None,
-        "fpsMean": round(statistics.mean(fps), 1),
-        "fpsMin": round(min(fps), 1),
+        "workload": f"passthrough echo x {streams} (baseline)",
+        "streamsOut": forwarded,
+        "cpuMsPerStreamSecond": round(1000 * figures.pop("cpu") / (forwarded * figures.pop("window")), 2),
+        **figures,
+    }
+
+
+async def measure_rooms(
+    http: aiohttp.ClientSession, server: Server, packets: list[bytes], rooms: int, args: Any, tag: str
+) -> dict[str, Any]:
+    members = [Member(server.url, packets) for _ in range(rooms * 4)]
+    try:
+        for i, member in enumerate(members):
+            await member.join(f"{tag}-{i // 4}", f"m{i % 4}")
+        if not await wait_until(lambda: all(len(m.call.tracks) == 3 and m.receiver.frames for m in members), 30):
+            return {"workload": f"{rooms} room(s) of 4", "error": "not every member received the others in 30 s"}
+        figures = await _window(server, [m.receiver for m in members], args.warmup, args.seconds, 3)
+    finally:
+        await asyncio.gather(*(m.close() for m in members), return_exceptions=True)
+    forwarded = rooms * 12
+    return {
+        "workload": f"{rooms} room(s) of 4 through @sfu",
+        "streamsOut": forwarded,
+        "cpuMsPerStreamSecond": round(1000 * figures.pop("cpu") / (forwarded * figures.pop("window")), 2),
+        **figures,
     }
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    good = sorted((r for r in runs if "error" not in r), key=lambda r: r["cpuMsPerDeliveredFrame"])
+    good = sorted((r for r in runs if "error" not in r), key=lambda r: r["cpuMsPerStreamSecond"])
     chosen = dict(good[len(good) // 2]) if good else dict(runs[0])
-    chosen["runs"] = [r.get("cpuMsPerDeliveredFrame") for r in runs]
+    chosen["runs"] = [r.get("cpuMsPerStreamSecond") for r in runs]
     return chosen
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| workload | clients | server CPU, % of a core | CPU ms per delivered frame (median; all runs) | fps (mean, worst) |",
-        "|---|---|---|---|---|",
+        "| workload | streams out | server CPU ms per stream-second (median; all runs) | server CPU, % of a core "
+        "| fps per stream (mean, worst) | latency p50 / p95 ms | client CPU, % of a core |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['workload']} | {r['clients']} | {r['error']} | | |")
+            lines.append(f"| {r['workload']} | {r['error']} | | | | | |")
             continue
-        runs = ", ".join(str(x) for x in r["runs"])
+        runs = ", ".join(str(x) for x in r.get("runs", [r["cpuMsPerStreamSecond"]]))
         lines.append(
-            f"| {r['workload']} | {r['clients']} | {r['cpuPercentOfCore']} | {r['cpuMsPerDeliveredFrame']} ({runs}) "
-            f"| {r['fpsMean']}, {r['fpsMin']} |"
+            f"| {r['workload']} | {r['streamsOut']} | {r['cpuMsPerStreamSecond']} ({runs}) | {r['cpuPercentOfCore']} "
+            f"| {r['fpsMean']}, {r['fpsMin']} | {r['latencyP50Ms']} / {r['latencyP95Ms']} | {r['clientCpuPercentOfCore']} |"
         )
-    ratios = []
-    by = {(r["workload"].split()[0], r["clients"]): r for r in rows if "error" not in r}
-    for (kind, n), r in sorted(by.items()):
-        echo = by.get(("passthrough", n))
-        if kind == "forwarding" and echo:
-            ratios.append(
-                f"- {n} client(s): forwarding/echo CPU per delivered frame "
-                f"{r['cpuMsPerDeliveredFrame'] / echo['cpuMsPerDeliveredFrame']:.2f}x"
-            )
-    return "\n".join([*lines, "", *ratios])
+    return "\n".join(lines)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -210,35 +276,54 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         port,
         "/rtc/offer",
         server_cores,
-        {"mode": "echo", "passthrough": True},
     )
-    counts = [int(x) for x in args.viewers.split(",") if x]
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    results: dict[str, list[dict[str, Any]]] = {"echo": [], "room": []}
+    capacity: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as http:
         await server.start(http)
         try:
             for round_ in range(args.repeat):
-                for n in counts:
-                    order = (
-                        (measure_echo, measure_forwarding) if round_ % 2 == 0 else (measure_forwarding, measure_echo)
-                    )
-                    for measure in order:
-                        row = await measure(http, server, packets, n, args.warmup, args.seconds)
-                        results.setdefault((measure.__name__, n), []).append(row)
-                        print(json.dumps(row), flush=True)
-                        await asyncio.sleep(0.5)
+                order = ("echo", "room") if round_ % 2 == 0 else ("room", "echo")
+                for kind in order:
+                    if kind == "echo":
+                        row = await measure_echo(http, server, packets, 4, args)
+                    else:
+                        row = await measure_rooms(http, server, packets, 1, args, f"r{round_}")
+                    results[kind].append(row)
+                    print(json.dumps(row), flush=True)
+                    await asyncio.sleep(1.0)
+            if args.capacity:
+                rooms = 1
+                while rooms <= args.max_rooms:
+                    row = await measure_rooms(http, server, packets, rooms, args, f"c{rooms}")
+                    capacity.append(row)
+                    print(json.dumps(row), flush=True)
+                    if "error" in row or row["fpsMin"] < MIN_FPS:
+                        break
+                    rooms += 1
+                    await asyncio.sleep(1.0)
         finally:
             server.stop()
-    rows = [_median(runs) for _key, runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
-    return {"machine": machine(), "rows": rows, "table": table(rows)}
+    rows = [_median(results["echo"]), _median(results["room"])]
+    text = table(rows)
+    echo, room = rows
+    if "error" not in echo and "error" not in room:
+        text += (
+            f"\n\nCPU per forwarded stream / passthrough echo's per stream: "
+            f"{room['cpuMsPerStreamSecond'] / echo['cpuMsPerStreamSecond']:.2f}x (target <= 1.5x)"
+        )
+    if capacity:
+        text += "\n\nCapacity (rooms of 4 added until a stream falls under 29 fps):\n\n" + table(capacity)
+    return {"machine": machine(), "rows": rows, "capacity": capacity, "table": text}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench sfu", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--viewers", default="1,4,8", help="client counts (default 1,4,8)")
+    parser = argparse.ArgumentParser(prog="python -m bench sfu", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--capacity", action="store_true", help="add rooms of 4 until frames drop")
+    parser.add_argument("--max-rooms", type=int, default=12)
     parser.add_argument("--no-pin", dest="pin", action="store_false")
     parser.add_argument("--event-loop", default="auto")
     parser.add_argument("--json", default=str(RESULTS / "sfu.json"))

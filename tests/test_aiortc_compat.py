@@ -524,3 +524,37 @@ async def test_forwarding_accessors_fall_back_on_an_unchecked_aiortc(monkeypatch
         h264 = RTCRtpCodecParameters("video/H264", 90000, 102, parameters={"packetization-mode": "1"})
         other = RTCRtpCodecParameters("video/H264", 90000, 103, parameters={"packetization-mode": "0"})
         assert not compat.codecs_compatible(h264, other) and not compat.codecs_compatible(vp8, h264)
+
+
+def _rtp(seq: int, timestamp: int, data: bytes, marker: bool = False) -> Any:
+    from aiortc.rtp import RtpPacket
+
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=timestamp, marker=int(marker))
+    packet._data = data  # type: ignore[attr-defined]  # what the receiver's depayloader sets
+    return packet
+
+
+async def test_forward_promptly_hands_each_frame_over_when_it_is_complete(checked: None) -> None:
+    async with unconnected_transceiver() as (_pc, transceiver):
+        assert compat.forward_promptly(transceiver.receiver, "video")
+        buffer = transceiver.receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+        assert buffer.add(_rtp(10, 900, b"a"))[1] is None
+        _, frame = buffer.add(_rtp(11, 900, b"b", marker=True))  # the frame's last packet: out now
+        assert frame is not None and (frame.data, frame.timestamp) == (b"ab", 900)
+        assert buffer.add(_rtp(13, 1800, b"d", marker=True))[1] is None  # 12 is missing: wait for it
+        _, frame = buffer.add(_rtp(12, 1800, b"c"))  # the retransmission completes it
+        assert frame is not None and frame.data == b"cd"
+        audio = RTCRtpReceiver("audio", transceiver.receiver.transport)
+        assert compat.forward_promptly(audio, "audio")
+        buffer = audio._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+        for seq, data in ((1, b"x"), (2, b"y"), (4, b"z")):  # every packet is a frame, a gap is given up
+            _, frame = buffer.add(_rtp(seq, seq * 960, data))
+            assert frame is not None and frame.data == data
+
+
+async def test_forward_promptly_changes_nothing_on_an_unchecked_aiortc(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with unconnected_transceiver() as (_pc, transceiver):
+        stock = transceiver.receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+        monkeypatch.setattr(compat, "AIORTC_CHECKED", False)
+        assert compat.forward_promptly(transceiver.receiver, "video") is False
+        assert transceiver.receiver._RTCRtpReceiver__jitter_buffer is stock  # type: ignore[attr-defined]

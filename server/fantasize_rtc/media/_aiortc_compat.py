@@ -24,6 +24,9 @@ what                               inside                              fallback
                                                                        another codec first is refused
 :func:`set_stream_id`              ``RTCRtpSender._stream_id``         False: every forwarded track is in the
                                                                        connection's one stream (``a=msid``)
+:func:`forward_promptly`           ``RTCRtpReceiver.__jitter_buffer``  False: frames are handed over when
+                                                                       the next one starts (video: one frame
+                                                                       later; audio: four packets later)
 :func:`reoffer`                    ``RTCRtpTransceiver._codecs``,      aiortc's own offer (which browsers
                                    ``._headerExtensions``              refuse: it renumbers what was agreed)
 :func:`codecs_compatible`          ``rtcpeerconnection.                False: forwarding compares MIME types
@@ -78,6 +81,7 @@ from aiortc import (
     RTCTransportStats,
 )
 from aiortc import sdp as aiortc_sdp
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
 _is_codec_compatible: Callable[..., Any] | None
 try:
@@ -98,6 +102,7 @@ __all__ = [
     "consent_interval",
     "end_received_track",
     "forward_keyframe_requests",
+    "forward_promptly",
     "gather_on",
     "host_addresses",
     "heard_from_peer",
@@ -431,6 +436,53 @@ def tap_decoder(receiver: RTCRtpReceiver, out: asyncio.Queue[Any]) -> bool:
     if getattr(receiver, _DECODER_THREAD, None) is not None:
         return False
     setattr(receiver, _DECODER_QUEUE, _DecoderTap(out))
+    return True
+
+
+class _PromptJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer hands a video frame over when the first packet of the *next* frame
+    arrives (a frame interval later: 33 ms at 30 fps) and audio four packets later (80 ms), which
+    suits a decoder. A forwarder wants each frame the moment it is complete: video when its last
+    packet (the RTP marker) is in and every packet back to the frame's first; audio at once (one
+    packet is one frame; a gap is the subscriber's jitter buffer's to conceal)."""
+
+    def add(self, packet: Any) -> tuple[bool, Any]:
+        pli_flag, frame = super().add(packet)
+        origin = self._origin
+        if frame is not None or origin is None:
+            return pli_flag, frame
+        if not self._is_video:
+            count = (packet.sequence_number - origin) % 65536 + 1
+            if count > self._capacity:
+                return pli_flag, None
+            self.remove(count)  # anything older that is missing is given up
+            return pli_flag, JitterFrame(data=packet._data, timestamp=packet.timestamp)
+        # The frame at the front is complete when its packets run, with no gap, to its marker.
+        parts: list[bytes] = []
+        timestamp = None
+        for count in range(1, self._capacity + 1):
+            held = self._packets[(origin + count - 1) % self._capacity]
+            if held is None or (timestamp is not None and held.timestamp != timestamp):
+                return pli_flag, None  # a packet is missing (a NACK may bring it)
+            timestamp = held.timestamp
+            parts.append(held._data)  # type: ignore[attr-defined]
+            if held.marker:
+                self.remove(count)
+                return pli_flag, JitterFrame(data=b"".join(parts), timestamp=timestamp)
+        return pli_flag, None
+
+
+_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+
+
+def forward_promptly(receiver: RTCRtpReceiver, kind: str) -> bool:
+    """Hand the receiver's frames over as soon as each is complete (:class:`_PromptJitterBuffer`),
+    for forwarding; call it before media arrives. False, changing nothing, on an unchecked aiortc
+    or a receiver without that buffer."""
+    if not AIORTC_CHECKED or not isinstance(getattr(receiver, _JITTER_BUFFER, None), JitterBuffer):
+        return False
+    video = kind == "video"
+    setattr(receiver, _JITTER_BUFFER, _PromptJitterBuffer(capacity=512 if video else 16, is_video=video))
     return True
 
 

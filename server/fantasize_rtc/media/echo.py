@@ -25,7 +25,14 @@ import av
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError
 
-from ._aiortc_compat import backlog_skipper, forward_keyframe_requests, keyframe_requests, sender_codec, tap_decoder
+from ._aiortc_compat import (
+    backlog_skipper,
+    forward_keyframe_requests,
+    forward_promptly,
+    keyframe_requests,
+    sender_codec,
+    tap_decoder,
+)
 from .session import MediaSession, Mode
 
 if TYPE_CHECKING:
@@ -105,6 +112,7 @@ class PassthroughTrack(MediaStreamTrack):
         track = cls(kind, session, transceiver.receiver, codec)
         if not tap_decoder(transceiver.receiver, track._frames):
             return None
+        forward_promptly(transceiver.receiver, kind)  # each frame back as soon as it is complete
         # The far end's keyframe requests reach our sender; only the peer's encoder can answer.
         forward_keyframe_requests(transceiver.sender, track.request_keyframe)
         return track

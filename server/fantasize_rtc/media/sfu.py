@@ -43,6 +43,7 @@ from ..errors import InvalidRequest
 from ..protocol import SessionEnd, Via
 from ._aiortc_compat import (
     forward_keyframe_requests,
+    forward_promptly,
     keyframe_requests,
     received_codec,
     send_first,
@@ -520,6 +521,7 @@ class _Publisher(Mode):
             self._refused = "Forwarding needs the aiortc version this server was checked against."
             session.drain(track)
             return
+        forward_promptly(transceiver.receiver, track.kind)  # each frame on as soon as it is complete
         self.published.append(publication)
         session.drain(track)  # ends when the receiver stops; no decoded frame ever arrives
 
