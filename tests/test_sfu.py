@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import re
 import threading
 import time
 from pathlib import Path
@@ -18,11 +19,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from fantasize_rtc.call import GroupCall
-from fantasize_rtc.client import RtcClient
+from fantasize_rtc.client import RtcClient, split_candidates
 from fantasize_rtc.errors import InvalidRequest
 from fantasize_rtc.media import MEDIA_KEY
 from fantasize_rtc.media import session as session_module
@@ -488,3 +489,74 @@ async def test_a_hundred_join_leave_cycles_leave_nothing_behind(client: TestClie
         message=f"threads back to {baseline[1]}: {[t.name for t in threading.enumerate()]}",
     )
     await wait_for(lambda: other_fds() <= baseline[2], 20, message=f"descriptors back to {baseline[2]}")
+
+
+#: Chromium's numbering of the header extensions (aiortc's own puts sdes:mid first).
+CHROMIUM_IDS = {
+    "urn:ietf:params:rtp-hdrext:ssrc-audio-level": 1,
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time": 2,
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01": 3,
+    "urn:ietf:params:rtp-hdrext:sdes:mid": 4,
+}
+
+
+def _numbered_like_chromium(sdp: str) -> str:
+    """The offer with its header extension ids as Chromium numbers them and its dynamic payload
+    types moved up by 10: what the server's renegotiations must keep."""
+
+    def pt(value: str) -> str:
+        return str(int(value) + 10) if value.isdigit() and 96 <= int(value) <= 117 else value
+
+    out = []
+    for line in sdp.splitlines():
+        if line.startswith("a=extmap:"):
+            number, uri = line[len("a=extmap:") :].split(" ", 1)
+            line = f"a=extmap:{CHROMIUM_IDS.get(uri.split()[0], int(number) + 8)} {uri}"  # noqa: PLW2901
+        elif line.startswith(("m=audio", "m=video")):
+            parts = line.split()
+            line = " ".join([*parts[:3], *(pt(p) for p in parts[3:])])  # noqa: PLW2901
+        elif line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")):
+            head, _, rest = line.partition(" ")
+            name, _, number = head.partition(":")
+            rest = re.sub(r"apt=(\d+)", lambda m: f"apt={pt(m.group(1))}", rest)
+            line = f"{name}:{pt(number)} {rest}"  # noqa: PLW2901
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"
+
+
+async def test_renegotiations_keep_the_ids_and_payload_types_the_peer_chose(
+    client: TestClient,
+    members: Any,  # type: ignore[type-arg]
+) -> None:
+    """Chromium refuses a re-offer that renumbers what was agreed, and when two renegotiations
+    follow each other the server must not start a sender with aiortc's own numbering either
+    (its bundle would then misread the peer's packets and stop): peers whose ids are not aiortc's
+    join, two others publish in quick succession, and media flows every way."""
+    alice, bob, carol = members("alice"), members("bob"), members("carol")
+    await alice.connect()
+    alice.pc.addTrack(SmallVideo())
+    alice.pc.addTrack(Tone())
+    await alice.pc.setLocalDescription(
+        RTCSessionDescription(sdp=_numbered_like_chromium((await alice.pc.createOffer()).sdp), type="offer")
+    )
+    sdp, candidates = split_candidates(alice.pc.localDescription.sdp)
+    await alice.client.signal({"type": "offer", "payload": {"sdp": sdp}}, to="@sfu")
+    for candidate in [*candidates, None]:
+        await alice.client.signal({"type": "candidate", "payload": candidate}, to="@sfu")
+    await wait_for(lambda: session_of(client, "alice") and session_of(client, "alice").connected, 10, message="up")
+    await asyncio.gather(bob.join(SmallVideo()), carol.join(SmallVideo()))
+    await wait_for(
+        lambda: (
+            all(m.frames_from(p) >= 15 for m in (alice, bob, carol) for p in ("alice", "bob", "carol") if p != m.name)
+            and alice.frames_from("alice", "audio") == 0
+        ),
+        20,
+        message="everyone sees everyone",
+    )
+    offer = alice.pc.remoteDescription.sdp
+    for line in offer.splitlines():
+        if line.startswith("a=extmap:"):
+            number, uri = line[len("a=extmap:") :].split()[:2]
+            assert int(number) == CHROMIUM_IDS.get(uri, int(number)), f"renumbered: {line}"
+    assert "a=rtpmap:107 VP8/90000" in offer and "a=rtpmap:97 VP8/90000" not in offer, "VP8 renumbered"
+    assert session_of(client, "alice").negotiations >= 1 and not alice.failures

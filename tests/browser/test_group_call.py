@@ -90,9 +90,18 @@ def wait_decoding(pages: dict[str, Page], *, more: int = 10, timeout: float = 20
             )
         return {n: {p: t["framesDecoded"] for p, t in tiles.items()} for n, tiles in now.items()} if done else None
 
-    result: dict[str, dict[str, int]] = wait_for_sync(
-        decoding, timeout=timeout, interval=0.2, message=f"every tile of {sorted(names)} decoding"
-    )
+    last: dict[str, Any] = {}
+
+    def decoding_noted() -> dict[str, dict[str, int]] | None:
+        last.update({name: view(page) for name, page in pages.items()})
+        return decoding()
+
+    try:
+        result: dict[str, dict[str, int]] = wait_for_sync(
+            decoding_noted, timeout=timeout, interval=0.2, message=f"every tile of {sorted(names)} decoding"
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the pages: {last}") from None
     return result
 
 

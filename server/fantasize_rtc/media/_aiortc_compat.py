@@ -322,6 +322,16 @@ async def reoffer(pc: RTCPeerConnection) -> Any:
     offer = await pc.createOffer()
     if not agreed:
         return offer
+    # createOffer also reset the transceivers' own lists to aiortc's defaults, and a sender or
+    # receiver that starts before the answer is in (aiortc starts them from a task of the last
+    # setRemoteDescription, which may run only now) would register those: the bundle's shared
+    # header extension map would then read the browser's ids wrongly, and its receive loop dies
+    # on the first packet that does not parse. Put back what was agreed.
+    for transceiver in pc.getTransceivers():
+        kept = agreed.get(str(transceiver.mid))
+        if kept is not None:
+            setattr(transceiver, "_codecs", copy.deepcopy(kept[0]))  # noqa: B010
+            setattr(transceiver, "_headerExtensions", copy.deepcopy(kept[1]))  # noqa: B010
     description = aiortc_sdp.SessionDescription.parse(offer.sdp)
     description.type = "offer"
     ids: dict[str, int] = {}
