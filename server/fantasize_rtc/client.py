@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -376,7 +377,12 @@ class RtcClient:
         proof = self._tokens.get((room_id, peer_id)) if peer_id is not None else None
         if self.info is not None:
             await self._stop_background("reconnected")
-        info: dict[str, Any] = await self.request("POST", "/rtc/connect", json=body, token=proof or "")
+        joined = await self._join_over_websocket(body, proof) if listen and self.transport != "poll" else None
+        info: dict[str, Any]
+        if joined is not None:
+            info, first_socket = joined
+        else:
+            info, first_socket = await self.request("POST", "/rtc/connect", json=body, token=proof or ""), None
         self.info = info
         self._tokens[(info["roomId"], info["peerId"])] = info["token"]
         self._closing = False
@@ -384,7 +390,7 @@ class RtcClient:
         log.info("peer %s connected to room %s at %s", info["peerId"], info["roomId"], self.base_url)
         self._queue = None
         if listen:
-            self._start_receiver()
+            self._start_receiver(first_socket)
         if self.auto_heartbeat:
             self._heartbeater = asyncio.create_task(self._heartbeat_forever(), name="rtc-client-heartbeat")
         return info
@@ -572,11 +578,44 @@ class RtcClient:
         result: dict[str, Any] = item
         return result
 
-    def _start_receiver(self) -> None:
-        self._queue = asyncio.Queue(self._queue_size)
-        self._receiver = asyncio.create_task(self._receive_forever(), name="rtc-client-receiver")
+    async def _join_over_websocket(
+        self, body: dict[str, Any], proof: str | None
+    ) -> tuple[dict[str, Any], aiohttp.ClientWebSocketResponse] | None:
+        """Join in the WebSocket upgrade (one round trip, docs/protocol.md): the ``Connect``
+        answer is the socket's first frame. None when the server or a proxy refuses the upgrade
+        or answers something else: the caller then joins with ``POST /rtc/connect``, which says
+        why when it is an error of the join itself (room full, bad JWT...)."""
+        params = self._with_room({"roomId": body["roomId"]}, body)  # and ?room= for room affinity
+        for key in ("peerId", "authToken"):
+            if key in body:
+                params[key] = body[key]
+        if "metadata" in body:
+            params["metadata"] = json.dumps(body["metadata"], separators=(",", ":"))
+        headers = {"Authorization": f"Bearer {proof}"} if proof else None
+        try:
+            ws = await asyncio.wait_for(
+                self._http().ws_connect(self.ws_url("/rtc/ws"), params=params, headers=headers, ssl=self.ssl),
+                self.timeout,
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.debug("joining over the WebSocket failed (%s); joining with POST /rtc/connect", exc)
+            return None
+        try:
+            first = await ws.receive(timeout=self.timeout)
+            data = first.json() if first.type is aiohttp.WSMsgType.TEXT else None
+        except (asyncio.TimeoutError, ValueError, aiohttp.ClientError):
+            data = None
+        if not isinstance(data, dict) or data.get("type") != "connected":
+            await ws.close()
+            return None
+        data.pop("type")
+        return data, ws
 
-    async def _receive_forever(self) -> None:
+    def _start_receiver(self, first_socket: aiohttp.ClientWebSocketResponse | None = None) -> None:
+        self._queue = asyncio.Queue(self._queue_size)
+        self._receiver = asyncio.create_task(self._receive_forever(first_socket), name="rtc-client-receiver")
+
+    async def _receive_forever(self, first_socket: aiohttp.ClientWebSocketResponse | None = None) -> None:
         assert self._queue is not None and self.info is not None
         queue, token = self._queue, self.info["token"]
         where = f"peer {self.info['peerId']} in room {self.info['roomId']}"
@@ -589,7 +628,8 @@ class RtcClient:
                 opened = time.monotonic()
                 try:
                     if mode == "ws":
-                        ended = await self._read_websocket(token, queue, where)
+                        socket, first_socket = first_socket, None
+                        ended = await self._read_websocket(token, queue, where, socket)
                     else:
                         ended = await self._read_polls(token, queue)
                     if ended is not None:
@@ -643,11 +683,20 @@ class RtcClient:
             self.closed_reason = "error"
             self._put_nowait_end(exc)
 
-    async def _read_websocket(self, token: str, queue: asyncio.Queue[Any], where: str) -> str | None:
-        """Read one WebSocket to its end; a reason when the stream is over, None to reconnect."""
-        async with self._http().ws_connect(
-            self.ws_url("/rtc/ws"), params=self._with_room({"token": token}), ssl=self.ssl
-        ) as ws:
+    async def _read_websocket(
+        self,
+        token: str,
+        queue: asyncio.Queue[Any],
+        where: str,
+        opened: aiohttp.ClientWebSocketResponse | None = None,
+    ) -> str | None:
+        """Read one WebSocket (``opened``, the one the join came over, or a new one) to its end; a
+        reason when the stream is over, None to reconnect."""
+        if opened is None:
+            opened = await self._http().ws_connect(
+                self.ws_url("/rtc/ws"), params=self._with_room({"token": token}), ssl=self.ssl
+            )
+        async with opened as ws:
             self._ws, self.channel = ws, "ws"
             log.debug("%s: WebSocket open", where)
             try:

@@ -13,9 +13,10 @@ from aiohttp import WSMsgType, web
 
 from .. import _json, logs
 from .._aiohttp_compat import FrameWebSocketResponse
+from ..auth import looks_like_jwt
 from ..errors import Draining, Forbidden, InvalidRequest, RateLimited, RtcError
-from ..protocol import CloseCode, LeaveReason, dumps, error_message
-from ..server import RelayResult, RtcServer
+from ..protocol import CloseCode, LeaveReason, dumps, error_message, validate_id
+from ..server import Connect, RelayResult, RtcServer
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel
 from ._requests import RTC_KEY, signal_of, token_from_request
 
@@ -45,7 +46,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if rtc.draining:  # the socket belongs on a process that stays: 503, the client tries again
         raise Draining()
     _check_origin(request, rtc.config.cors_origins)
-    room_id, peer_id = await rtc.authenticate(token_from_request(request))
+    joined: Connect | None = None
+    if "roomId" in request.query:  # join in the upgrade itself: one round trip (docs/protocol.md)
+        joined = await _join(request, rtc)
+        room_id, peer_id = joined.room_id, joined.peer_id
+    else:
+        room_id, peer_id = await rtc.authenticate(token_from_request(request))
     logs.bind(room=room_id, peer=peer_id)  # this request's task only; the middleware resets it
     # No permessage-deflate, although every browser offers it: with it, each peer holds a zlib
     # context (RSS per idle peer 18 KB -> 99 KB, BENCHMARKS.md) and each relayed offer costs
@@ -64,6 +70,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     request.app[SOCKETS_KEY].add(channel)
     log.info("peer %s in room %s opened a WebSocket", peer_id, room_id)
     try:
+        if joined is not None:  # the connect answer is the socket's first frame
+            await ws.send_str(dumps({"type": "connected", **joined.to_wire()}))
         if rtc.draining:  # the drain began during the handshake: this one is asked to reconnect too
             channel.begin_close(CloseCode.SERVICE_RESTART, "server restarting: connect again")
         else:  # (not attached then: its outbox stays in the backend for the next socket)
@@ -79,6 +87,24 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             await ws.close()
         log.info("peer %s in room %s closed its WebSocket (code %s)", peer_id, room_id, ws.close_code)
     return ws
+
+
+async def _join(request: web.Request, rtc: RtcServer) -> Connect:
+    """``GET /rtc/ws?roomId=&peerId=&metadata=&authToken=``: ``POST /rtc/connect``'s join, with the
+    same rules (a JWT in ``authToken`` or the Authorization header under ``--auth-secret``; the
+    peer's earlier token in ``token``, the header or its cookie to replace it), before the upgrade:
+    a refusal is the same HTTP error ``connect`` gives."""
+    query = request.query
+    room_id = validate_id(query.get("roomId"), "roomId")
+    peer_id = validate_id(query["peerId"], "peerId") if "peerId" in query else None
+    metadata: Any = None
+    if "metadata" in query:  # JSON, URL-encoded; connect_peer checks it is an object and its size
+        metadata, _fast = _json.parse(query["metadata"], max_depth=rtc.config.max_json_depth)
+    proof = token_from_request(request, room_id, peer_id) if peer_id else token_from_request(request)
+    jwt_token = query.get("authToken")
+    if rtc.config.auth_secret and jwt_token is None and proof and looks_like_jwt(proof):
+        jwt_token, proof = proof, None
+    return await rtc.connect_peer(room_id, peer_id, metadata, proof=proof, auth_token=jwt_token, address=request.remote)
 
 
 async def _serve_socket(
