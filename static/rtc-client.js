@@ -236,8 +236,13 @@ export class RtcClient extends Emitter {
     this._life = new AbortController();
     this._setState("connecting");
     try {
-      const info = await this._join(roomId, peerId ?? null, metadata ?? null);
-      await this._openChannel();
+      // One round trip: join in the WebSocket upgrade; else (a proxy without WebSockets, an
+      // older server, or a refusal) POST /rtc/connect, which also says why a join was refused.
+      let info = await this._joinOverWebSocket(roomId, peerId ?? null, metadata ?? null);
+      if (!info) {
+        info = await this._join(roomId, peerId ?? null, metadata ?? null);
+        await this._openChannel();
+      }
       this._startHeartbeats();
       this._setState("connected");
       return info;
@@ -323,6 +328,60 @@ export class RtcClient extends Emitter {
     // The old token (when there is one) proves this is us again, so the server replaces our
     // stale entry instead of refusing the id as taken.
     const info = await this._request("POST", "/rtc/connect", body, { token: this.token });
+    return this._joined(info, metadata);
+  }
+
+  /**
+   * Join with `GET /rtc/ws?roomId=...`: the connect answer is the socket's first frame, and the
+   * socket stays this peer's channel. Resolves with the answer, or null (nothing joined) when the
+   * socket closes or says anything else first.
+   */
+  _joinOverWebSocket(roomId, peerId, metadata) {
+    if (this.transportPreference === "poll" || this._wsWorks === false) return Promise.resolve(null);
+    const url = new URL(this.baseUrl + "/rtc/ws", location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("roomId", roomId);
+    url.searchParams.set("room", roomId); // for a load balancer's room affinity
+    if (peerId) url.searchParams.set("peerId", peerId);
+    if (metadata) url.searchParams.set("metadata", JSON.stringify(metadata));
+    if (this.authToken) url.searchParams.set("authToken", this.authToken);
+    if (this.token) url.searchParams.set("token", this.token); // proof: replace our stale entry
+    return new Promise((resolve) => {
+      const ws = new WebSocket(url.href);
+      let settled = false;
+      const settle = (info) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (!info) {
+          ws.onmessage = ws.onclose = null;
+          if (ws.readyState <= WebSocket.OPEN) ws.close();
+          resolve(null);
+          return;
+        }
+        this._adoptWebSocket(ws); // before the next frame is dispatched (this runs first)
+        resolve(this._joined(info, metadata));
+      };
+      const timer = setTimeout(() => settle(null), 5000);
+      ws.onmessage = (ev) => {
+        let msg = null;
+        try {
+          msg = JSON.parse(ev.data);
+        } catch {
+          // not the answer: join the two-step way
+        }
+        if (msg?.type !== "connected") {
+          settle(null);
+          return;
+        }
+        const { type: _type, ...info } = msg;
+        settle(info);
+      };
+      ws.onclose = () => settle(null);
+    });
+  }
+
+  _joined(info, metadata) {
     this.info = info;
     this.roomId = info.roomId;
     this.peerId = info.peerId;
@@ -376,22 +435,28 @@ export class RtcClient extends Emitter {
       ws.onopen = () => {
         opened = true;
         clearTimeout(timer);
-        this._ws = ws;
-        this.transport = "websocket";
+        this._adoptWebSocket(ws);
         resolve();
       };
       ws.onmessage = (ev) => this._onText(ev.data);
       ws.onclose = (ev) => {
         clearTimeout(timer);
-        if (!opened) {
-          reject(new RtcError("network_error", `The WebSocket was refused (code ${ev.code}).`));
-          return;
-        }
-        if (this._ws === ws) this._ws = null;
-        this._failPending(new RtcError("network_error", "The connection to the server closed."));
-        this._onChannelLost(ev.code, ev.reason);
+        if (!opened) reject(new RtcError("network_error", `The WebSocket was refused (code ${ev.code}).`));
       };
     });
+  }
+
+  /** An open WebSocket becomes this peer's channel. */
+  _adoptWebSocket(ws) {
+    this._ws = ws;
+    this.transport = "websocket";
+    this._wsWorks = true;
+    ws.onmessage = (ev) => this._onText(ev.data);
+    ws.onclose = (ev) => {
+      if (this._ws === ws) this._ws = null;
+      this._failPending(new RtcError("network_error", "The connection to the server closed."));
+      this._onChannelLost(ev.code, ev.reason);
+    };
   }
 
   _startPolling() {

@@ -216,3 +216,47 @@ def test_unreadable_answers_and_frames_are_reported_not_swallowed(
     assert page.evaluate("t.errors[0].code") == "bad_message"
     assert page.evaluate("t.a.state") == "connected"  # one bad frame does not cost the connection
     assert page_errors.errors == []
+
+
+def test_connect_joins_in_the_websocket_upgrade_and_falls_back_to_connect(
+    new_page, server: ServerProcess, page_errors: PageErrors
+) -> None:
+    """One round trip: no POST /rtc/connect, the socket the join came over is the channel. A join
+    the upgrade refuses (a full room) is asked again with POST /rtc/connect, whose error says why."""
+    page: Page = new_page("one-step", server.url)
+    page.goto("/static/rtc-client.js")
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    room = unique("one")
+    out = page.evaluate(
+        """async (room) => {
+          const { RtcClient } = await import('/static/rtc-client.js');
+          const a = new RtcClient();
+          const info = await a.connect(room, 'alice');
+          window.one = a;
+          const ack = await a.signal({type: 'hello', payload: 1});
+          return { peerId: info.peerId, transport: a.transport, ack };
+        }""",
+        room,
+    )
+    assert out == {
+        "peerId": "alice",
+        "transport": "websocket",
+        "ack": {"listenersNotified": 0, "delivered": [], "queued": []},
+    }
+    assert [u for u in posts if "/rtc/connect" in u] == []
+    assert len(sockets) == 1 and "roomId=" in sockets[0] and "token=" not in sockets[0]
+    # A refused join (the id is taken): the upgrade says 409, POST /rtc/connect then names why.
+    code = page.evaluate(
+        """async (room) => {
+          const { RtcClient } = await import('/static/rtc-client.js');
+          const b = new RtcClient();
+          return b.connect(room, 'alice').then(() => null, (e) => e.code);
+        }""",
+        room,
+    )
+    assert code == "peer_id_taken"
+    assert len([u for u in posts if "/rtc/connect" in u]) == 1
+    page.evaluate("window.one.disconnect()")
