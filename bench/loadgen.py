@@ -10,6 +10,9 @@ Jobs (``mode``):
 - ``latency``: open loop, ``rate`` messages/s spread over the pairs, one-way latency of each.
 - ``idle``: hold the peers, each sending a heartbeat every ``heartbeat_s`` seconds.
 - ``churn``: ``concurrency`` loops of connect + join + leave.
+- ``storm``: hold the peers; at go every socket drops at once (the load generator aborts them)
+  and every peer reconnects with the clients' own backoff and jitter (0.2 s, doubling to 10 s,
+  times 0.5-1.0 at random): when each is back, and the failed attempts.
 
 Servers (``kind``): ``ours`` (fantasize-rtc), ``peerjs`` (PeerJS server), ``bare`` (bench.baseline_aiohttp).
 """
@@ -104,6 +107,10 @@ class Kind:
     async def ws_path(self, host: str, port: int, http: HttpClient, room: str, peer: str) -> str:
         raise NotImplementedError
 
+    def reconnect(self, peer: Peer) -> tuple[str, bool]:
+        """(path, whether a first frame says it is back) for a peer coming back after a drop."""
+        raise NotImplementedError
+
     waits_for_first_frame = False
 
 
@@ -132,6 +139,9 @@ class Ours(Kind):
         token: str = json.loads(body)["token"]
         return "/rtc/ws?token=" + token
 
+    def reconnect(self, peer: Peer) -> tuple[str, bool]:
+        return f"/rtc/ws?token={peer.token}", False  # the membership is kept: the token still works
+
 
 class PeerJs(Kind):
     name = "peerjs"
@@ -149,6 +159,9 @@ class PeerJs(Kind):
     async def ws_path(self, host: str, port: int, http: HttpClient, room: str, peer: str) -> str:
         return f"/peerjs?key=peerjs&id={peer}&token=t{peer}"
 
+    def reconnect(self, peer: Peer) -> tuple[str, bool]:
+        return f"/peerjs?key=peerjs&id={peer.id}&token=t{peer.id}", True  # back when OPEN arrives
+
 
 class Bare(Kind):
     name = "bare"
@@ -165,6 +178,9 @@ class Bare(Kind):
     async def ws_path(self, host: str, port: int, http: HttpClient, room: str, peer: str) -> str:
         return f"/ws?id={peer}"
 
+    def reconnect(self, peer: Peer) -> tuple[str, bool]:
+        return f"/ws?id={peer.id}", False
+
 
 KINDS: dict[str, Callable[[], Kind]] = {"ours": Ours, "peerjs": PeerJs, "bare": Bare}
 
@@ -173,10 +189,11 @@ KINDS: dict[str, Callable[[], Kind]] = {"ours": Ours, "peerjs": PeerJs, "bare": 
 
 
 class Peer:
-    __slots__ = ("frames", "id", "index", "partner", "stamped", "ws")
+    __slots__ = ("frames", "id", "index", "partner", "stamped", "token", "ws")
 
     def __init__(self, peer_id: str) -> None:
         self.id = peer_id
+        self.token: str | None = None  # ours: from the join, for reconnecting
         self.ws: WsClient | None = None
         self.partner: Peer | None = None
         self.frames: list[bytes] = []  # the mix, pre-built, addressed to the partner
@@ -206,6 +223,8 @@ async def connect_peer(
 
         def on_first(client: WsClient, data: bytes, first: asyncio.Future[None] | None = first) -> None:
             if first is not None and not first.done():
+                if kind.name == "ours" and b'"connected"' in data:
+                    peer.token = json.loads(data)["token"]
                 first.set_result(None)
 
         try:
@@ -452,6 +471,45 @@ async def run_churn(kind: Kind, job: dict[str, Any], go: asyncio.Event) -> dict[
     return result
 
 
+async def run_storm(kind: Kind, job: dict[str, Any], peers: list[Peer], go: asyncio.Event) -> dict[str, Any]:
+    host, port = job["host"], job["port"]
+    back: list[float] = []
+    failures = [0]
+    await go.wait()
+    cpu0, t0 = _cpu(), time.monotonic()
+    for peer in peers:  # every socket drops at once
+        assert peer.ws is not None
+        peer.ws.abort()
+
+    async def come_back(peer: Peer) -> None:
+        backoff = 0.2
+        while True:
+            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+            path, first_frame = kind.reconnect(peer)
+            first: asyncio.Future[None] | None = asyncio.get_running_loop().create_future() if first_frame else None
+
+            def on_text(client: WsClient, data: bytes, first: asyncio.Future[None] | None = first) -> None:
+                if first is not None and not first.done():
+                    first.set_result(None)
+
+            try:
+                peer.ws = await open_ws(host, port, path, on_text, timeout=10)
+                if first is not None:
+                    await asyncio.wait_for(first, 10)
+            except (OSError, asyncio.TimeoutError, RuntimeError):
+                failures[0] += 1
+                if peer.ws is not None:
+                    peer.ws.abort()
+                    peer.ws = None
+                backoff = min(backoff * 2, 10.0)
+                continue
+            back.append(time.monotonic() - t0)
+            return
+
+    await asyncio.wait_for(asyncio.gather(*(come_back(p) for p in peers)), job.get("limit_s", 120))
+    return {"peers": len(peers), "back": back, "failures": failures[0], "cpu": _cpu() - cpu0}
+
+
 async def _main() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=256 * 1024 * 1024)  # the job lists every peer
@@ -479,6 +537,8 @@ async def _main() -> None:
         result = await run_idle(kind, job, peers, go, beats)
     elif mode == "churn":
         result = await run_churn(kind, job, go)
+    elif mode == "storm":
+        result = await run_storm(kind, job, peers, go)
     else:
         raise SystemExit(f"unknown mode {mode}")
     waiter.cancel()

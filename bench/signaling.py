@@ -48,6 +48,7 @@ class Settings:
     heartbeat_s: float
     churn_concurrency: int
     workers: int
+    storm_peers: int
     kinds: list[str]
     scenarios: list[str]
     uvloop: bool
@@ -393,6 +394,64 @@ async def scenario_idle(s: Settings, cores: tuple[list[int], list[int]]) -> dict
     return out
 
 
+# -- scenario 5: reconnect storm --------------------------------------------------------------------
+
+
+async def scenario_storm(s: Settings, cores: tuple[list[int], list[int]]) -> dict[str, Any]:
+    """``storm_peers`` WebSocket peers connected; every socket drops at once; each comes back with
+    the clients' backoff and jitter. One server at a time, alone on its core."""
+    server_cores, lg_cores = cores
+    out: dict[str, Any] = {}
+    n_pairs = s.storm_peers // 2
+    for kind in s.kinds:
+        with ServerProcess(kind, server_cores, s.uvloop) as server:
+            pairs = [(f"s{i // 4}", f"sa{i}", f"sb{i}") for i in range(n_pairs)]
+            jobs = [
+                {
+                    "kind": kind,
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "mode": "storm",
+                    "pairs": chunk,
+                    "connect_concurrency": 64,
+                    "offer_deflate": s.offer_deflate,
+                }
+                for chunk in split_pairs(pairs, s.workers)
+            ]
+            w = Workers(jobs, lg_cores, s.uvloop)
+            try:
+                await w.start(timeout=900)
+                await asyncio.sleep(s.settle)
+                cpu0 = server.cpu()
+                res = await w.go(timeout=180)
+                server_cpu = server.cpu() - cpu0
+            finally:
+                await w.close()
+            back = sorted(t for r in res for t in r["back"])
+            peers = sum(r["peers"] for r in res)
+            out[kind] = {
+                "peers": peers,
+                "back": len(back),
+                "t50_s": round(percentile(back, 50) or 0, 3),
+                "t99_s": round(percentile(back, 99) or 0, 3),
+                "t100_s": round(back[-1], 3) if len(back) == peers and back else None,
+                "failed_attempts": sum(r["failures"] for r in res),
+                "server_cpu_s": round(server_cpu, 2),
+            }
+            log.info(
+                "storm  %-6s %d/%d back: 50%% %.2f s, 99%% %.2f s, 100%% %s s; %d failed attempts; server cpu %.1f s",
+                kind,
+                len(back),
+                peers,
+                out[kind]["t50_s"],
+                out[kind]["t99_s"],
+                out[kind]["t100_s"],
+                out[kind]["failed_attempts"],
+                server_cpu,
+            )
+    return out
+
+
 # -- scenario 4: churn -----------------------------------------------------------------------------
 
 
@@ -584,6 +643,24 @@ def render(results: dict[str, Any]) -> str:
                     f"{r['loadgen_cpu']:.0%} |"
                 )
         lines.append("")
+    storm = results.get("storm")
+    if storm:
+        lines += [
+            f"#### Reconnect storm ({meta.get('storm_peers', '?'):,} WebSocket peers drop at once and come back "
+            "with the clients' backoff and jitter)",
+            "",
+            "| server | back | 50% back after | 99% | 100% | failed attempts | server CPU |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k in kinds:
+            r = storm.get(k)
+            if r:
+                lines.append(
+                    f"| {LABEL[k]} | {r['back']:,} / {r['peers']:,} | {r['t50_s']} s | {r['t99_s']} s | "
+                    f"{r['t100_s'] if r['t100_s'] is not None else 'not all'} s | {r['failed_attempts']} | "
+                    f"{r['server_cpu_s']} s |"
+                )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -604,7 +681,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench signaling", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--scenarios", default="relay,http,idle,churn", help="comma-separated subset")
+    p.add_argument("--scenarios", default="relay,http,idle,churn,storm", help="comma-separated subset")
     p.add_argument("--servers", default="ours,bare,peerjs", help="comma-separated subset of ours,bare,peerjs")
     p.add_argument("--pairs", default="1,50,500", help="pair counts for the relay scenario")
     p.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
@@ -615,6 +692,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument("--heartbeat-s", type=float, default=30.0, help="idle heartbeat period (ours announces 30 s)")
     p.add_argument("--churn-concurrency", type=int, default=16)
+    p.add_argument("--storm-peers", type=int, default=10_000, help="peers in the reconnect storm")
     p.add_argument("--workers", type=int, default=0, help="load generator processes (default: one per load core)")
     p.add_argument(
         "--event-loop",
@@ -635,6 +713,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.pairs, args.duration, args.warmup = "1,2", 0.5, 0.2
         args.idle_peers, args.idle_seconds, args.heartbeat_s, args.churn_concurrency = 20, 1.0, 0.5, 2
+        args.storm_peers = 20
         args.in_flight, args.repeat = 16, 1
     return args
 
@@ -654,6 +733,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         heartbeat_s=args.heartbeat_s,
         churn_concurrency=args.churn_concurrency,
         workers=args.workers or max(1, len(lg_cores)),
+        storm_peers=args.storm_peers,
         kinds=kinds,
         scenarios=[x.strip() for x in args.scenarios.split(",") if x.strip()],
         uvloop=use_uvloop(args.event_loop),
@@ -665,7 +745,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     results: dict[str, Any] = {}
     cores = (server_cores, lg_cores)
-    scenarios = {"relay": scenario_relay, "http": scenario_http, "idle": scenario_idle, "churn": scenario_churn}
+    scenarios = {
+        "relay": scenario_relay,
+        "http": scenario_http,
+        "idle": scenario_idle,
+        "churn": scenario_churn,
+        "storm": scenario_storm,
+    }
     for name in s.scenarios:
         if name not in scenarios:
             raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(scenarios)}")
@@ -687,6 +773,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "idle_seconds": s.idle_seconds,
         "heartbeat_s": s.heartbeat_s,
         "churn_concurrency": s.churn_concurrency,
+        "storm_peers": s.storm_peers,
         "uvloop": s.uvloop,
         "offer_deflate": s.offer_deflate,
         "took_s": time.monotonic() - started,

@@ -336,9 +336,10 @@ class GuardedSite(web.TCPSite):
         gate: ConnectionGate,
         handler_args: dict[str, Any],
         ssl_context: ssl.SSLContext | None = None,
+        backlog: int = 128,
     ) -> None:
         # TCPSite keeps the context (start() hands it to create_server) and names the site https.
-        super().__init__(runner, host, port, ssl_context=ssl_context)
+        super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog)
         self._gate_ = gate
         self._handler_args = handler_args
 

@@ -184,13 +184,15 @@ async def start(
     )
     site: web.TCPSite
     if GUARDED_SERVER:
-        site = GuardedSite(runner, host, port, gate=limiter, handler_args=args, ssl_context=ssl_context)
+        site = GuardedSite(
+            runner, host, port, gate=limiter, handler_args=args, ssl_context=ssl_context, backlog=LISTEN_BACKLOG
+        )
     else:
         log.warning(
             "this aiohttp is not one fantasize_rtc._aiohttp_compat was checked against: no connection "
             "limit per address, and malformed requests get aiohttp's own answers"
         )
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except BaseException:
@@ -198,6 +200,12 @@ async def start(
         raise
     return runner, site, limiter
 
+
+#: Connections the kernel may hold waiting to be accepted. aiohttp's default, 128, overflows in a
+#: reconnect storm (every peer back at once after a restart or a network blip): the SYNs past it
+#: are dropped and those clients wait a full second for TCP to try again. The kernel caps it at
+#: ``net.core.somaxconn`` (4096 on current Linux). Node's default, for comparison, is 511.
+LISTEN_BACKLOG = 4096
 
 #: Of a stop's budget, the part kept for ``runner.cleanup()`` at most (the drain gets the rest).
 CLEANUP_RESERVE_S = 2.0
