@@ -167,7 +167,9 @@ async def test_a_scraper_sees_each_counter_move_by_what_was_done(tmp_path: Path)
         assert grew("fantasize_rtc_signals_refused_total", code="peer_not_found") == 1
         assert grew("fantasize_rtc_disconnects_total", reason="left") >= 1
         assert grew("fantasize_rtc_errors_total", code="invalid_request", transport="http") == 1
-        assert grew("fantasize_rtc_http_requests_total", route="/rtc/connect", method="POST", status="200") == 2
+        # both clients joined in the WebSocket upgrade (one round trip), not with POST /rtc/connect
+        assert grew("fantasize_rtc_http_requests_total", route="/rtc/ws", method="GET", status="101") == 2
+        assert grew("fantasize_rtc_http_requests_total", route="/rtc/connect", method="POST", status="200") == 0
         assert grew("fantasize_rtc_http_requests_total", route="/rtc/connect", method="POST", status="400") == 1
         assert grew("fantasize_rtc_http_requests_total", route="/rtc/connect", method="POST", status="409") == 1
         assert grew("fantasize_rtc_websocket_frames_total", direction="in") >= 14  # 13 signals and the refused one
