@@ -48,7 +48,6 @@ class Settings:
     heartbeat_s: float
     churn_concurrency: int
     workers: int
-    storm_peers: int
     kinds: list[str]
     scenarios: list[str]
     uvloop: bool
@@ -56,6 +55,7 @@ class Settings:
     repeat: int = 1  # rounds of the relay scenario; rows are medians
     settle: float = 2.0  # seconds for processes to finish starting before RSS and CPU are read
     offer_deflate: bool = False  # clients offer permessage-deflate, as browsers do
+    storm_peers: int = 10_000  # peers in the reconnect storm
 
 
 def percentile(values: list[float], q: float) -> float | None:
