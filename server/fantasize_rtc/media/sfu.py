@@ -293,6 +293,12 @@ class Publication:
         else:
             self._request_pending = asyncio.get_running_loop().call_later(wait, self._send_keyframe_request)
 
+    def keyframe_request_wait(self) -> float:
+        """Seconds until a keyframe request would go to the publisher at once (0: now). While one is
+        planned for the end of the interval it is never 0."""
+        wait = max(0.0, self._last_request + KEYFRAME_INTERVAL - time.monotonic())
+        return max(wait, 1e-3) if self._request_pending is not None else wait
+
     def _send_keyframe_request(self) -> None:
         self._request_pending = None
         if self._ended or self.session.closed:
