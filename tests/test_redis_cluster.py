@@ -543,3 +543,35 @@ async def test_room_affinity_config_keeps_each_room_on_one_process(
             await client.close()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_a_group_call_behind_the_room_affinity_config_is_one_call(
+    redis_server: RedisServer, start_processes: Any, tmp_path: Path
+) -> None:
+    """docs/scale-out.md and group-calls.md: with room affinity every member of a room reaches
+    the same process, so the room's call through ``@sfu`` is one call (each member receives the
+    others), while another room may be forwarded by the other process."""
+    from tests.media_helpers import SmallVideo
+    from tests.test_sfu import CallMember
+
+    procs = start_processes(redis_server, 2)
+    port = free_port()
+    proc = start_nginx(_nginx_config_from_docs(tmp_path, port, [p.port for p in procs], which=1), tmp_path)
+    members: list[CallMember] = []
+    try:
+        await wait_for(lambda: accepts_tcp(port), timeout=10, message="nginx listening")
+        for name in ("alice", "bob", "carol"):
+            member = CallMember(f"http://127.0.0.1:{port}", name)
+            members.append(member)
+            await member.join(SmallVideo())
+        await wait_for(
+            lambda: all(m.frames_from(p) >= 10 for m in members for p in ("alice", "bob", "carol") if p != m.name),
+            30,
+            message="every member receives the other two",
+        )
+        forwarding = [p.port for p in procs if "publishing video" in p.log.read_text()]
+        assert len(forwarding) == 1, f"the call was split over processes {forwarding}"
+    finally:
+        for member in members:
+            await member.close()
+        stop_process(proc)
