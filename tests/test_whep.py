@@ -6,12 +6,17 @@ import asyncio
 import hashlib
 from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
+from aiortc import RTCPeerConnection
 
+from fantasize_rtc.call import publish_whip, watch_whep
+from fantasize_rtc.errors import SessionNotFound
 from fantasize_rtc.media import MEDIA_KEY
 from fantasize_rtc.media._aiortc_compat import tap_decoder
 from tests.helpers import wait_for
-from tests.media_helpers import ClientPeer, EncodedVideo, SmallVideo, Tone, client_peer, encode_vp8, udp_sockets
+from tests.media_helpers import ClientPeer, EncodedVideo, Sink, SmallVideo, Tone, client_peer, encode_vp8, udp_sockets
 
 SDP = {"Content-Type": "application/sdp"}
 
@@ -155,3 +160,29 @@ def _h264_only(sdp: str) -> str:
         elif not line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")) or line.split()[0].split(":")[1] in keep:
             out.append(line)
     return "\r\n".join(out) + "\r\n"
+
+
+async def test_the_python_helpers_publish_over_whip_and_watch_over_whep(client: TestClient) -> None:  # type: ignore[type-arg]
+    url = str(client.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(SessionNotFound):
+            await watch_whep(http, url, "nosuchsession")
+        pc = RTCPeerConnection()
+        pc.addTransceiver(SmallVideo(), direction="sendonly")
+        pc.addTransceiver(Tone(), direction="sendonly")
+        publisher = await publish_whip(http, url, pc)
+        assert publisher.location.startswith(url + "/whip/") and publisher.session_id
+        await live(client, publisher.session_id)
+        sinks: list[Sink] = []
+        watching = RTCPeerConnection()
+        watching.on("track", lambda track: sinks.append(Sink(track)))  # before: tracks come with the answer
+        watching.addTransceiver("audio", direction="recvonly")
+        watching.addTransceiver("video", direction="recvonly")
+        viewer = await watch_whep(http, url, publisher.session_id, watching)
+        await wait_for(lambda: len(sinks) == 2 and all(s.frames >= 10 for s in sinks), 20, message="both tracks play")
+        await publisher.close()  # DELETE: the viewer's session ends with it
+        await wait_for(lambda: viewer.pc.connectionState == "closed", 20, message="the viewer told")
+        for sink in sinks:
+            await sink.stop()
+        await viewer.close()
+    await wait_for(lambda: len(client.app[MEDIA_KEY]) == 0, 10, message="no session left")

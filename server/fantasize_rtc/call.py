@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from yarl import URL
 
 from .client import RtcClient, error_from_response, split_candidates
 
-__all__ = ["SFU", "GroupCall"]
+__all__ = ["SFU", "GroupCall", "WhipSession", "publish_whip", "watch_whep"]
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +111,91 @@ class GroupCall:
         """End this member's part of the call (the peer connection is yours to close)."""
         self.left = True
         await self.client.signal({"type": "bye", "payload": None}, to=self.server_peer)
+
+
+# -- WHIP and WHEP -----------------------------------------------------------------------------------
+
+
+@dataclass
+class WhipSession:
+    """A WHIP publisher's or a WHEP viewer's session on the server: ``close()`` ends it (DELETE)."""
+
+    location: str  # absolute URL of the resource
+    session_id: str
+    pc: RTCPeerConnection
+    _http: aiohttp.ClientSession
+    _headers: dict[str, str]
+
+    async def close(self) -> None:
+        """DELETE the resource (the server ends the session), then close the peer connection."""
+        try:
+            async with self._http.delete(self.location, headers=self._headers):
+                pass
+        except aiohttp.ClientError:
+            log.debug("DELETE %s failed; closing the peer connection anyway", self.location)
+        finally:
+            await self.pc.close()
+
+
+async def _post_sdp(
+    http: aiohttp.ClientSession, url: str, pc: RTCPeerConnection, token: str | None
+) -> tuple[str, str, dict[str, str]]:
+    """Offer ``pc``'s description (all candidates in it) to ``url``; apply the answer."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    await pc.setLocalDescription(await pc.createOffer())
+    async with http.post(
+        url, data=pc.localDescription.sdp, headers={**headers, "Content-Type": "application/sdp"}
+    ) as resp:
+        body = await resp.text()
+        if resp.status != 201:
+            try:
+                error = await resp.json(content_type=None)
+            except ValueError:
+                error = None
+            raise error_from_response(resp.status, error, resp.headers.get("Retry-After"))
+        location = str(resp.url.join(URL(resp.headers["Location"])))
+        session_id = resp.headers.get("X-Session-Id", location.rstrip("/").rsplit("/", 1)[-1])
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    return location, session_id, headers
+
+
+async def publish_whip(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    pc: RTCPeerConnection,
+    *,
+    mode: str = "sfu",
+    token: str | None = None,
+    **options: str,
+) -> WhipSession:
+    """Publish what ``pc`` sends over WHIP (``POST {base_url}/whip?mode=...``); ``mode="sfu"``
+    makes it watchable over WHEP (:func:`watch_whep`), ``record="true"`` records it too."""
+    url = URL(base_url.rstrip("/") + "/whip").with_query({"mode": mode, **options})
+    location, session_id, headers = await _post_sdp(http, str(url), pc, token)
+    return WhipSession(location, session_id, pc, http, headers)
+
+
+async def watch_whep(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    session_id: str,
+    pc: RTCPeerConnection | None = None,
+    *,
+    token: str | None = None,
+) -> WhipSession:
+    """Watch the WHIP session ``session_id`` over WHEP: a receive-only offer from ``pc`` (a new
+    one receiving audio and video when None). Its ``track`` events fire while the answer is
+    applied, before this returns: give a ``pc`` with the handler on to see them. The viewer's
+    session ends with the publisher's (the server closes the connection)."""
+    made = pc is None
+    if pc is None:
+        pc = RTCPeerConnection()
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+    try:
+        location, viewer_id, headers = await _post_sdp(http, f"{base_url.rstrip('/')}/whep/{session_id}", pc, token)
+    except BaseException:
+        if made:  # ours: its sockets must not outlive the refusal (yours stays yours to close)
+            await pc.close()
+        raise
+    return WhipSession(location, viewer_id, pc, http, headers)
