@@ -176,8 +176,7 @@ class EchoMode(Mode):
 
     def on_track(self, session: MediaSession, track: MediaStreamTrack) -> None:
         wanted = session.options.audio if track.kind == "audio" else session.options.video
-        pc = session.pc
-        transceiver = next((t for t in pc.getTransceivers() if t.receiver.track is track), None) if pc else None
+        transceiver = session.transceiver_of(track)
         if not wanted or transceiver is None or transceiver.sender.track is not None:
             session.drain(track)
             return

@@ -331,7 +331,7 @@ class OutputTrack(MediaStreamTrack):
         pc = session.pc
         if pc is None:
             raise RuntimeError("the session has no peer connection yet")
-        transceiver = next((t for t in pc.getTransceivers() if t.receiver.track is track), None)
+        transceiver = session.transceiver_of(track)
         if transceiver is not None and transceiver.sender.track is None:
             transceiver.sender.replaceTrack(out)
             transceiver.direction = "sendrecv"

@@ -524,8 +524,7 @@ class RecordMode(Mode):
         codec as it is; None (nothing changed: the track is transcoded) otherwise."""
         assert self.recorder is not None
         fmt = self.recorder.fmt
-        pc = session.pc
-        transceiver = next((t for t in pc.getTransceivers() if t.receiver.track is track), None) if pc else None
+        transceiver = session.transceiver_of(track)
         codec = received_codec(transceiver) if transceiver is not None else None
         if transceiver is None or codec is None:
             log.info("%s: recording %s by transcoding (passthrough needs aiortc internals)", session.label, track.kind)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from .. import logs
@@ -297,6 +297,11 @@ class MediaSession:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: task %s failed", self.label, task.get_name(), exc_info=task.exception())
+
+    def transceiver_of(self, track: MediaStreamTrack) -> RTCRtpTransceiver | None:
+        """The transceiver a received ``track`` came in on (None before the offer is applied)."""
+        pc = self._pc
+        return next((t for t in pc.getTransceivers() if t.receiver.track is track), None) if pc else None
 
     def drain(self, track: MediaStreamTrack) -> None:
         """Consume a received track nobody else reads, counting its frames."""

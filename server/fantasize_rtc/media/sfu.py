@@ -42,6 +42,7 @@ from aiortc.sdp import SessionDescription
 from ..errors import InvalidRequest
 from ..protocol import SessionEnd, Via
 from ._aiortc_compat import (
+    codecs_compatible,
     forward_keyframe_requests,
     forward_promptly,
     keyframe_requests,
@@ -219,10 +220,6 @@ class Publication:
         self._last_request = -KEYFRAME_INTERVAL
         self._request_pending: asyncio.TimerHandle | None = None
         self._ended = False
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
 
     def __repr__(self) -> str:
         return f"<Publication {self.id} {self.peer_id} {self.kind} {self.codec.mimeType}>"
@@ -492,11 +489,6 @@ def _offered_codecs(sdp: str) -> dict[str, set[str]]:
     return out
 
 
-def _transceiver_of(session: MediaSession, track: MediaStreamTrack) -> RTCRtpTransceiver | None:
-    pc = session.pc
-    return next((t for t in pc.getTransceivers() if t.receiver.track is track), None) if pc else None
-
-
 class _Publisher(Mode):
     """What both forwarding modes share: received tracks become publications of a group."""
 
@@ -511,7 +503,7 @@ class _Publisher(Mode):
         self._refused: str | None = None
 
     def on_track(self, session: MediaSession, track: MediaStreamTrack) -> None:
-        transceiver = _transceiver_of(session, track)
+        transceiver = session.transceiver_of(track)
         wanted = session.options.audio if track.kind == "audio" else session.options.video
         codec = received_codec(transceiver) if transceiver is not None else None
         if not wanted or transceiver is None or track.kind not in ("audio", "video"):
@@ -637,7 +629,7 @@ class SfuMode(_Publisher):
         if session is None or pc is None or session.closed or session.notify is None:
             return  # a session without signaling (WHIP, POST /rtc/offer) only publishes
         reuse = next(
-            (i for i, (_t, track) in enumerate(self.idle) if _same_codec(track.codec, publication.codec)), None
+            (i for i, (_t, track) in enumerate(self.idle) if codecs_compatible(track.codec, publication.codec)), None
         )
         if reuse is not None:
             # An inactive section whose publisher left takes the new one: the SDP does not grow.
@@ -693,13 +685,6 @@ class SfuMode(_Publisher):
         out = super().report()
         out["forwarding"]["received"] = [track.to_wire() for _t, track in self.forwarded.values()]
         return out
-
-
-def _same_codec(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:
-    """Whether a section negotiated for ``a`` can carry frames of ``b`` as they are."""
-    if a.mimeType.lower() != b.mimeType.lower():
-        return False
-    return a.mimeType.lower() != "video/h264" or _h264_matches(a.parameters, b.parameters)
 
 
 def _capability_of(kind: str, codec: RTCRtpCodecParameters) -> list[Any]:
