@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -269,9 +270,10 @@ class PacketSource(MediaStreamTrack):
 
 
 class _CountingTap(queue.Queue[Any]):
-    """Stands in for a client receiver's decoder queue: counts complete encoded frames."""
+    """Stands in for a client receiver's decoder queue: hands each complete encoded frame's bytes
+    to ``arrived`` instead of decoding it."""
 
-    def __init__(self, arrived: Any) -> None:
+    def __init__(self, arrived: Callable[[bytes], None]) -> None:
         super().__init__()
         self._arrived = arrived
 
@@ -279,7 +281,7 @@ class _CountingTap(queue.Queue[Any]):
         if item is None:
             super().put(None)  # lets the idle decoder thread end
         else:
-            self._arrived()
+            self._arrived(item[1].data)
 
 
 class Stream:
@@ -307,7 +309,7 @@ class Stream:
         receiver._RTCRtpReceiver__decoder_queue = _CountingTap(self._frame_arrived)
         self._tasks.append(asyncio.get_running_loop().create_task(self._drain(track)))
 
-    def _frame_arrived(self) -> None:
+    def _frame_arrived(self, _data: bytes) -> None:
         if self.first_frame_at is None:
             self.first_frame_at = time.perf_counter()
         self.frames += 1

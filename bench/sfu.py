@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import os
-import queue
 import statistics
 import struct
 import sys
@@ -43,7 +42,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 
 from bench._servers import free_port, plan_cores
-from bench.media import PacketSource, Server, encode_source, machine, serve_args, wait_until
+from bench.media import PacketSource, Server, _CountingTap, encode_source, machine, serve_args, wait_until
 from fantasize_rtc.call import GroupCall
 from fantasize_rtc.client import RtcClient
 from fantasize_rtc.media._aiortc_compat import forward_promptly
@@ -63,20 +62,6 @@ class StampedSource(PacketSource):
         return stamped
 
 
-class _StampTap(queue.Queue[Any]):
-    """Stands in for a receiver's decoder queue: counts complete frames and reads their stamps."""
-
-    def __init__(self, receiver: Receiver) -> None:
-        super().__init__()
-        self._receiver = receiver
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        if item is None:
-            super().put(None)  # lets the idle decoder thread end
-        else:
-            self._receiver.arrived(item[1].data)
-
-
 class Receiver:
     """What one peer connection receives: frames counted, latencies sampled."""
 
@@ -90,7 +75,7 @@ class Receiver:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         receiver = next(t.receiver for t in self._pc.getTransceivers() if t.receiver.track is track)
-        receiver._RTCRtpReceiver__decoder_queue = _StampTap(self)  # type: ignore[attr-defined]
+        receiver._RTCRtpReceiver__decoder_queue = _CountingTap(self.arrived)  # type: ignore[attr-defined]
         # The instrument must not add latency of its own: each frame counts when it is complete,
         # not when the next one starts (aiortc's jitter buffer, made for a decoder).
         forward_promptly(receiver, track.kind)
