@@ -92,8 +92,9 @@ def parse_options(body: dict[str, Any], max_session_seconds: float) -> SessionOp
     )
 
 
-def check_offer_sdp(sdp: Any, limit: int) -> str:
-    """Checks before any socket is opened: a string, not too large, SDP that could connect.
+def check_offer_sdp(sdp: Any, limit: int, *, bundled: bool = False) -> str:
+    """Checks before any socket is opened: a string, not too large, SDP that could connect, and
+    (``bundled``: a mode that renegotiates) every section in one BUNDLE group.
 
     aiortc applies offers that can never connect (no DTLS fingerprint) and some it cannot handle
     (a BUNDLE group naming a media section that is not there: its connect task then fails, and
@@ -123,9 +124,13 @@ def check_offer_sdp(sdp: Any, limit: int) -> str:
             if mid in mids:
                 raise InvalidRequest(f"The offer has two media sections with mid {mid[:32]!r}.")
             mids.append(mid)
-    for group in description.group:
-        if group.semantic == "BUNDLE" and any(str(item) not in mids for item in group.items):
-            raise InvalidRequest("The offer's BUNDLE group names a media section (mid) that is not in the offer.")
+    bundles = [{str(item) for item in group.items} for group in description.group if group.semantic == "BUNDLE"]
+    if any(not bundle <= set(mids) for bundle in bundles):
+        raise InvalidRequest("The offer's BUNDLE group names a media section (mid) that is not in the offer.")
+    if bundled and not any(set(mids) <= bundle for bundle in bundles):
+        raise InvalidRequest(
+            "This mode needs every media section in one BUNDLE group (a=group:BUNDLE), as browsers send."
+        )
     return sdp
 
 
@@ -290,7 +295,7 @@ class MediaManager:
                 "send Authorization: Bearer <token>."
             )
         made = mode if isinstance(mode, Mode) else self.modes.create(mode)  # InvalidRequest: not registered
-        check_offer_sdp(sdp, config.max_signal_bytes)
+        check_offer_sdp(sdp, config.max_signal_bytes, bundled=made.renegotiates)
         if self._closing or self.rtc.draining:
             raise Draining("The server is restarting; send the offer again (another server takes it).")
         limit = config.max_media_sessions

@@ -352,8 +352,6 @@ class MediaSession:
                 "it was checked against; it cannot answer media offers.",
                 retry_after=60,
             )
-        if self.mode.renegotiates:
-            _check_bundled(offer_sdp)
         await self.mode.after_remote_description(self)
         if self.via == Via.SIGNALING and "a=candidate:" not in offer_sdp and not self._pending_candidates:
             self._mark("awaiting-candidates")
@@ -729,16 +727,6 @@ async def _stop_transports(pc: RTCPeerConnection) -> None:
                 await asyncio.wait_for(transport.stop(), CLOSE_TIMEOUT_SECONDS)
             except Exception:  # best effort: the next one must still be stopped
                 log.debug("stopping %r failed", transport, exc_info=True)
-
-
-def _check_bundled(sdp: str) -> None:
-    """A mode that renegotiates needs every section of the offer in one BUNDLE group."""
-    mids = [line[6:].strip() for line in sdp.splitlines() if line.startswith("a=mid:")]
-    groups = [line.split()[1:] for line in sdp.splitlines() if line.startswith("a=group:BUNDLE")]
-    if not mids or not any(set(mids) <= set(group) for group in groups):
-        raise InvalidRequest(
-            "This mode needs every media section in one BUNDLE group (a=group:BUNDLE), as browsers send."
-        )
 
 
 def _without_candidates(sdp: str) -> str:
