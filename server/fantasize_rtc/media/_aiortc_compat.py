@@ -372,9 +372,7 @@ def _renumber(media: Any, ids: dict[str, int], payload_types: dict[Any, int], ta
             continue
         key = _codec_key(codec)
         if key not in payload_types:
-            payload_types[key] = next(
-                pt for pt in range(96, 128) if pt not in taken and pt not in payload_types.values()
-            )
+            payload_types[key] = _free_payload_type(taken, payload_types)
         renamed[codec.payloadType] = payload_types[key]
         taken.add(payload_types[key])
     for codec in media.rtp.codecs:
@@ -384,9 +382,7 @@ def _renumber(media: Any, ids: dict[str, int], payload_types: dict[Any, int], ta
                 continue
             rtx_key = ("video/rtx", codec.clockRate, None, f"apt={base}")
             if rtx_key not in payload_types:
-                payload_types[rtx_key] = next(
-                    pt for pt in range(96, 128) if pt not in taken and pt not in payload_types.values()
-                )
+                payload_types[rtx_key] = _free_payload_type(taken, payload_types)
             codec.parameters["apt"] = base
             codec.payloadType = payload_types[rtx_key]
             taken.add(codec.payloadType)
@@ -395,6 +391,15 @@ def _renumber(media: Any, ids: dict[str, int], payload_types: dict[Any, int], ta
     media.rtp.codecs = [
         c for c in media.rtp.codecs if c.mimeType.lower() != "video/rtx" or c.parameters.get("apt") in renamed.values()
     ]
+
+
+def _free_payload_type(taken: set[int], assigned: dict[Any, int]) -> int:
+    """A dynamic payload type (96-127) the bundle does not use yet."""
+    used = taken | set(assigned.values())
+    free = next((pt for pt in range(96, 128) if pt not in used), None)
+    if free is None:
+        raise ValueError("every dynamic payload type of the bundle is taken")
+    return free
 
 
 def set_stream_id(sender: RTCRtpSender, stream_id: str) -> bool:

@@ -489,18 +489,27 @@ def _offered_codecs(sdp: str) -> dict[str, set[str]]:
     return out
 
 
-class _Publisher(Mode):
-    """What both forwarding modes share: received tracks become publications of a group."""
+class SfuMode(Mode):
+    """Group calls through the server: what you send is forwarded, as it is, to the other members
+    of the room's call, and you receive theirs on the same connection (the server renegotiates).
+    A WHIP session in this mode publishes to its WHEP viewers."""
 
-    group: ForwardingGroup | None
+    name = "sfu"
+    renegotiates = True
 
     def __init__(self) -> None:
-        self.group = None
+        self.group: ForwardingGroup | None = None
         self.session: MediaSession | None = None
         self.receives: dict[str, set[str]] = {}
         self.published: list[Publication] = []
         self.recording: RecordMode | None = None
         self._refused: str | None = None
+        #: publication id -> (transceiver, track) of what this member receives
+        self.forwarded: dict[str, tuple[RTCRtpTransceiver, ForwardedTrack]] = {}
+        #: inactive sections (their publisher left), reused for the next publication of the codec
+        self.idle: list[tuple[RTCRtpTransceiver, ForwardedTrack]] = []
+
+    # -- what this member publishes --------------------------------------------------------------
 
     def on_track(self, session: MediaSession, track: MediaStreamTrack) -> None:
         transceiver = session.transceiver_of(track)
@@ -548,50 +557,11 @@ class _Publisher(Mode):
     async def tick(self, session: MediaSession) -> str | None:
         return await self.recording.tick(session) if self.recording is not None else None
 
-    def add_publication(self, publication: Publication) -> None:
-        """Publishing only: receives nothing."""
-
-    def remove_publication(self, publication: Publication) -> None:
-        """Publishing only: receives nothing."""
-
     def start_publishing(self, session: MediaSession) -> None:
         assert self.group is not None
         for publication in self.published:
             session.spawn(publication.pump(), f"forward-{publication.kind}")
             self.group.publish(publication)
-
-    async def close(self, session: MediaSession, reason: str) -> None:
-        if self.group is not None:
-            self.group.leave(self)
-        for publication in self.published:
-            publication.end()  # the recording's taps end too: it writes what came, then stops
-        if self.recording is not None:
-            await self.recording.close(session, reason)
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "forwarding": {
-                "group": self.group.key.name if self.group is not None else None,
-                "published": [p.to_wire() for p in self.published],
-            },
-            **(self.recording.report() if self.recording is not None else {}),
-        }
-
-
-class SfuMode(_Publisher):
-    """Group calls through the server: what you send is forwarded, as it is, to the other members
-    of the room's call, and you receive theirs on the same connection (the server renegotiates)."""
-
-    name = "sfu"
-    renegotiates = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        #: publication id -> (transceiver, track) of what this member receives
-        self.forwarded: dict[str, tuple[RTCRtpTransceiver, ForwardedTrack]] = {}
-        #: inactive sections (their publisher left), reused for the next publication of the codec
-        self.idle: list[tuple[RTCRtpTransceiver, ForwardedTrack]] = []
-        self._tracks: dict[str, dict[str, Any]] = {}
 
     def _key(self, session: MediaSession) -> GroupKey:
         if session.owner is not None and session.via == Via.SIGNALING:
@@ -675,16 +645,26 @@ class SfuMode(_Publisher):
         return {"tracks": tracks}
 
     async def close(self, session: MediaSession, reason: str) -> None:
-        await super().close(session, reason)
+        if self.group is not None:
+            self.group.leave(self)
+        for publication in self.published:
+            publication.end()  # the recording's taps end too: it writes what came, then stops
+        if self.recording is not None:
+            await self.recording.close(session, reason)
         for _transceiver, track in [*self.forwarded.values(), *self.idle]:
             track.stop()
         self.forwarded.clear()
         self.idle.clear()
 
     def report(self) -> dict[str, Any]:
-        out = super().report()
-        out["forwarding"]["received"] = [track.to_wire() for _t, track in self.forwarded.values()]
-        return out
+        return {
+            "forwarding": {
+                "group": self.group.key.name if self.group is not None else None,
+                "published": [p.to_wire() for p in self.published],
+                "received": [track.to_wire() for _t, track in self.forwarded.values()],
+            },
+            **(self.recording.report() if self.recording is not None else {}),
+        }
 
 
 def _capability_of(kind: str, codec: RTCRtpCodecParameters) -> list[Any]:
@@ -765,6 +745,6 @@ class WhepViewerMode(Mode):
 def publisher_of(session: MediaSession) -> ForwardingGroup | None:
     """The forwarding group a live WHIP (or HTTP) ``sfu`` session publishes into, for WHEP."""
     mode = session.mode
-    if isinstance(mode, _Publisher) and mode.group is not None and mode.group.key.kind == "session":
+    if isinstance(mode, SfuMode) and mode.group is not None and mode.group.key.kind == "session":
         return mode.group
     return None
