@@ -1,12 +1,16 @@
 """Everything this package does inside aiohttp, behind one version gate (:func:`supported`).
 
-Two things, each with a fallback on an aiohttp it was not checked against:
+Three things, each with a fallback on an aiohttp it was not checked against:
 
 1. **Text frames handled as aiohttp parses them** (:class:`FrameWebSocketResponse`), below.
 2. **A guarded HTTP server** (:class:`GuardedSite`, :class:`GuardedRequestHandler`): a connection
    limit per client address, and malformed requests answered with this package's JSON error
    shape and a one-line warning instead of aiohttp's text body, which quotes the offending header
    (tokens and cookies included), and its ERROR traceback. Fallback: a plain ``TCPSite``.
+3. **Connections taken over before aiohttp** (:data:`Takeover`, :class:`MessageParser`): the
+   guarded site lets a hook look at a connection's first bytes and take the connection for a
+   protocol of its own (the lean WebSocket of ``web._lean``), which parses frames with aiohttp's
+   compiled reader and its own sink. Fallback: every connection goes to aiohttp.
 
 Text frames, without a task wake-up per frame
 ----------------------------------------------
@@ -34,11 +38,13 @@ it is used only with the aiohttp versions it was written and tested against
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import ssl
 import types
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Mapping
+from http.cookies import SimpleCookie
 from typing import Any, Protocol, cast
 
 import aiohttp
@@ -52,6 +58,10 @@ __all__ = [
     "FrameWebSocketResponse",
     "GuardedRequestHandler",
     "GuardedSite",
+    "MessageParser",
+    "Takeover",
+    "carry_on_in_task",
+    "parse_cookies",
     "start_eagerly",
     "supported",
 ]
@@ -72,10 +82,10 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | None:
         yielded = coro.send(None)
     except StopIteration:
         return None
-    return _carry_on_in_task(coro, yielded)
+    return carry_on_in_task(coro, yielded)
 
 
-def _carry_on_in_task(coro: Coroutine[Any, Any, Any], yielded: Any) -> asyncio.Task[Any]:
+def carry_on_in_task(coro: Coroutine[Any, Any, Any], yielded: Any) -> asyncio.Task[Any]:
     """A task that carries on ``coro``, which suspended by yielding ``yielded``; its result is
     the coroutine's."""
     task = asyncio.ensure_future(_carry_on(coro, yielded))
@@ -153,7 +163,7 @@ class _FrameQueue(WebSocketDataQueue):  # type: ignore[misc, valid-type]
         except Exception:  # a bug in the handler: log it; the socket goes on
             log.exception("frame handler failed")
             return
-        running = self.running = _carry_on_in_task(coro, yielded)
+        running = self.running = carry_on_in_task(coro, yielded)
         running.add_done_callback(self._done)
 
     def _done(self, running: asyncio.Future[Any]) -> None:
@@ -189,6 +199,10 @@ class FrameWebSocketResponse(web.WebSocketResponse):
         cb = None if self._heartbeat is None else self._on_data_received
         request.protocol.set_parser(self._parser, data_received_cb=cb)
         request.protocol.keep_alive(False)
+
+    def begin_close(self, code: int, message: bytes) -> asyncio.Future[bool]:
+        """``close()`` as a task: cancelling it cuts the connection (aiohttp's close does)."""
+        return asyncio.ensure_future(self.close(code=code, message=message))
 
     def handle_frames(self, handler: FrameHandler) -> None:
         """From now on, text frames go to ``handler`` as they are parsed."""
@@ -274,12 +288,23 @@ class GuardedRequestHandler(web.RequestHandler):
     """aiohttp's connection handler, admitted by a :class:`ConnectionGate` and answering malformed
     requests quietly. Nothing here runs per read: only on connect, disconnect and bad requests."""
 
-    __slots__ = ("_address", "_gate", "_opened_at")
+    __slots__ = ("_address", "_gate", "_opened_at", "_preadmitted")
     _address: str
     _gate: ConnectionGate
     _opened_at: float
+    #: Set when the site's first-read protocol admitted the connection (at ``_opened_at``).
+    _preadmitted: bool
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._preadmitted:
+            super().connection_made(transport)
+            # The header timeout runs from when the connection opened, not from now.
+            close_time = self._opened_at + self._keepalive_timeout
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
+                self._next_keepalive_close_time = close_time
+                self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+            return
         peer = transport.get_extra_info("peername")
         address = peer[0] if isinstance(peer, tuple) and peer else ""
         gate = self._gate
@@ -325,7 +350,7 @@ class GuardedSite(web.TCPSite):
     ``handler_args`` must be what the runner was given (keep-alive timeout ...): aiohttp builds
     its handlers from its ``Server``'s arguments, and this site builds its own the same way."""
 
-    __slots__ = ("_gate_", "_handler_args")
+    __slots__ = ("_gate_", "_handler_args", "_header_timeout", "_loop_", "_takeover")
 
     def __init__(
         self,
@@ -337,11 +362,15 @@ class GuardedSite(web.TCPSite):
         handler_args: dict[str, Any],
         ssl_context: ssl.SSLContext | None = None,
         backlog: int = 128,
+        takeover: Takeover | None = None,
     ) -> None:
         # TCPSite keeps the context (start() hands it to create_server) and names the site https.
         super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog)
         self._gate_ = gate
         self._handler_args = handler_args
+        self._header_timeout = float(handler_args.get("keepalive_timeout") or 0.0)
+        self._takeover = takeover if FAST_FRAMES else None
+        self._loop_: asyncio.AbstractEventLoop | None = None
 
     def _make_handler(self) -> GuardedRequestHandler:
         server = self._runner.server
@@ -349,7 +378,13 @@ class GuardedSite(web.TCPSite):
         handler = GuardedRequestHandler(server, loop=asyncio.get_running_loop(), **self._handler_args)
         handler._gate = self._gate_
         handler._address = ""
+        handler._preadmitted = False
         return handler
+
+    def _make_protocol(self) -> asyncio.BaseProtocol:
+        if self._takeover is None:
+            return self._make_handler()
+        return _FirstRead(self)
 
     async def start(self) -> None:
         if not GUARDED_SERVER:
@@ -361,8 +396,9 @@ class GuardedSite(web.TCPSite):
         # A TLS handshake that stalls is closed after the header timeout too (asyncio's default
         # is 60 s), since the handler below, and so its limits, only start once it is done.
         handshake = self._handler_args.get("keepalive_timeout") if self._ssl_context is not None else None
+        self._loop_ = loop
         self._server = await loop.create_server(
-            self._make_handler,
+            self._make_protocol,
             self._host,
             self._port,
             ssl=self._ssl_context,
@@ -375,3 +411,162 @@ class GuardedSite(web.TCPSite):
             self._bound_port = self._server.sockets[0].getsockname()[1]
         else:
             self._bound_port = self._port
+
+
+# -- connections taken over before aiohttp ---------------------------------------------------------
+
+#: ``takeover(transport, first_bytes, release)``: a hook of :class:`GuardedSite` that sees each new
+#: connection's first read when it starts with ``GET``. It returns True when it took the connection:
+#: it installed a protocol of its own on the transport (``transport.set_protocol``) and calls
+#: ``release()`` once when the connection ends (the connection limit per address). False (nothing
+#: touched) gives the bytes to aiohttp as if the hook were not there. It must not raise.
+Takeover = Callable[[asyncio.Transport, bytes, Callable[[], None]], bool]
+
+
+def _nothing() -> None:
+    pass
+
+
+class _FirstRead(asyncio.Protocol):
+    """A guarded site's protocol until a connection's first read: admits it (as
+    :class:`GuardedRequestHandler` does), closes it when nothing comes within the header timeout,
+    then offers the first read to the site's :data:`Takeover` and, when that declines, hands the
+    connection and the bytes to a :class:`GuardedRequestHandler`, which carries on as if it had
+    had the connection from the start (its header timeout too)."""
+
+    __slots__ = ("_address", "_opened_at", "_site", "_timer", "_transport")
+
+    def __init__(self, site: GuardedSite) -> None:
+        self._site = site
+        self._address = ""
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._opened_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else ""
+        site = self._site
+        if address and not site._gate_.admit(address):
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._address = address
+        self._transport = cast(asyncio.Transport, transport)
+        loop = site._loop_
+        assert loop is not None
+        self._opened_at = now = loop.time()
+        if site._header_timeout > 0:
+            self._timer = loop.call_at(now + site._header_timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        site = self._site
+        address = self._address
+        takeover = site._takeover
+        if takeover is not None and data.startswith(b"GET "):
+            release = functools.partial(site._gate_.release, address) if address else _nothing
+            try:
+                if takeover(transport, data, release):
+                    return
+            except Exception:  # a bug in the hook: this connection is lost, the server goes on
+                log.exception("taking over a connection failed")
+                transport.abort()
+                release()
+                return
+        handler = site._make_handler()
+        handler._address = address
+        handler._opened_at = self._opened_at
+        handler._preadmitted = True
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes itself; connection_lost follows
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._transport is None:  # handed over (or never admitted): not ours to count
+            return
+        self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        site = self._site
+        if self._address:
+            site._gate_.release(self._address)
+            assert site._loop_ is not None
+            site._gate_.no_request(self._address, site._loop_.time() - self._opened_at)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._transport is not None:
+            self._transport.close()  # connection_lost counts it
+
+
+class _MessageSink(WebSocketDataQueue):  # type: ignore[misc, valid-type]
+    """The queue aiohttp's WebSocket reader feeds, handing each message on at once instead."""
+
+    def __init__(
+        self, protocol: Any, on_message: Callable[[Any], None], on_error: Callable[[BaseException], None]
+    ) -> None:
+        super().__init__(protocol, DEFAULT_CHUNK_SIZE, loop=asyncio.get_running_loop())
+        self.on_message = on_message
+        self.on_error = on_error
+
+    def feed_data(self, data: Any, size: int) -> None:
+        self.on_message(data)
+
+    def set_exception(self, exc: BaseException, exc_cause: BaseException | None = None) -> None:
+        self.on_error(exc)
+
+    def feed_eof(self) -> None:
+        pass
+
+
+class MessageParser:
+    """aiohttp's compiled WebSocket reader (client frames: masked, size-limited, UTF-8 checked,
+    fragments joined, control frames checked), handing each message to ``on_message`` as a
+    ``(WSMsgType, data, extra)`` tuple, as ``WebSocketResponse.receive()`` would return it, and a
+    protocol error (``aiohttp.WebSocketError``: ``code``, message) to ``on_error``; after an error
+    it reads nothing more. Only with :data:`FAST_FRAMES` (a site takes nothing over otherwise)."""
+
+    __slots__ = ("_reader", "_sink")
+
+    def __init__(
+        self,
+        protocol: Any,
+        max_msg_size: int,
+        on_message: Callable[[Any], None],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self._sink = _MessageSink(protocol, on_message, on_error)
+        self._reader = WebSocketReader(self._sink, max_msg_size, compress=False, decode_text=True)
+
+    def feed(self, data: bytes) -> None:
+        self._reader.feed_data(data)
+
+
+try:
+    from aiohttp._cookie_helpers import parse_cookie_header as _parse_cookie_header
+except ImportError:  # pragma: no cover - an aiohttp without it
+    _parse_cookie_header = None  # type: ignore[assignment]
+
+
+def parse_cookies(header: str) -> Mapping[str, str]:
+    """A ``Cookie`` header as ``request.cookies`` reads it (aiohttp's own parser when there is one)."""
+    if not header:
+        return {}
+    if _parse_cookie_header is not None and GUARDED_SERVER:
+        return {name: morsel.value for name, morsel in _parse_cookie_header(header)}
+    cookie: SimpleCookie = SimpleCookie()
+    try:
+        cookie.load(header)
+    except Exception:  # a malformed header reads as no cookies, as aiohttp's did
+        return {}
+    return {name: morsel.value for name, morsel in cookie.items()}

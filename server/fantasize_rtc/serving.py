@@ -37,7 +37,7 @@ from aiohttp import web
 
 from ._aiohttp_compat import GUARDED_SERVER, GuardedSite
 from .config import RtcConfig
-from .web import DrainReport, drain
+from .web import LEAN_KEY, DrainReport, drain
 
 __all__ = ["ConnectionLimiter", "cleanup_reserve", "raise_fd_limit", "start", "stop"]
 
@@ -184,8 +184,16 @@ async def start(
     )
     site: web.TCPSite
     if GUARDED_SERVER:
+        lean = app.get(LEAN_KEY)  # WebSocket upgrades without aiohttp's request machinery (web._lean)
         site = GuardedSite(
-            runner, host, port, gate=limiter, handler_args=args, ssl_context=ssl_context, backlog=LISTEN_BACKLOG
+            runner,
+            host,
+            port,
+            gate=limiter,
+            handler_args=args,
+            ssl_context=ssl_context,
+            backlog=LISTEN_BACKLOG,
+            takeover=lean.takeover() if lean is not None else None,
         )
     else:
         log.warning(

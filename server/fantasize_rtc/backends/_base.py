@@ -156,6 +156,10 @@ class Backend(abc.ABC):
     """
 
     name: str = "backend"
+    #: Every call finishes without waiting on anything (no I/O): a transport may then run a join
+    #: in a read callback, outside any task (the lean upgrade does). A backend that talks to a
+    #: store (Redis: its client needs a task for its timeouts) leaves this False.
+    immediate: bool = False
     #: Set by the facade from its config before :meth:`start`.
     outbox_limits: OutboxLimits = OutboxLimits()
 

@@ -33,6 +33,7 @@ class MemoryBackend(Backend):
     none of them awaits between reading and writing state."""
 
     name = "memory"
+    immediate = True
 
     def __init__(self) -> None:
         self._rooms: dict[str, Room] = {}

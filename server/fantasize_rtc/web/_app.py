@@ -17,6 +17,7 @@ from ..server import RtcServer, create_rtc_server
 from . import _routes, _socket
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel, WriteBatch
 from ._drain import DRAIN_KEY, Drain
+from ._lean import LEAN_KEY, LeanUpgrades
 from ._middleware import cors_middleware, error_middleware, requests_middleware
 from ._proxy import proxy_middleware
 from ._requests import ADMIN_KEY, COUNTERS_KEY, RTC_KEY, STARTED_KEY
@@ -70,6 +71,9 @@ def create_app(
     app[WRITE_BATCH_KEY] = WriteBatch(counters)
     app[STARTED_KEY] = time.monotonic()
     app[DRAIN_KEY] = drain  # plugins add their steps
+    # WebSocket upgrades without aiohttp's request machinery, under `serve` (web._lean)
+    app[LEAN_KEY] = lean = LeanUpgrades(app)
+    lean.expect_middlewares(middlewares)
     if config.admin_key:
         app[ADMIN_KEY] = config.admin_key
     app.add_routes(_routes.routes)
@@ -82,6 +86,7 @@ def create_app(
             await rtc.close()
 
     async def close_sockets(app: web.Application) -> None:
+        app[LEAN_KEY].abort_handshakes()
         channels = app[SOCKETS_KEY]
         for channel in list(channels):
             channel.flush()

@@ -8,13 +8,14 @@ import struct
 import time
 import weakref
 from bisect import bisect_left
+from typing import Protocol
 
 from aiohttp import web
 
 from ..counters import TransportCounters
 from ..protocol import CloseCode
 
-__all__ = ["SEND_BUFFER_LIMIT", "SOCKETS_KEY", "WRITE_BATCH_KEY", "WebSocketChannel", "WriteBatch"]
+__all__ = ["SEND_BUFFER_LIMIT", "SOCKETS_KEY", "WRITE_BATCH_KEY", "SocketLike", "WebSocketChannel", "WriteBatch"]
 
 log = logging.getLogger("fantasize_rtc.web")
 
@@ -82,6 +83,20 @@ class WriteBatch:
         self._received = 0.0
 
 
+class SocketLike(Protocol):
+    """What a channel (and a peer's frames) use of a server WebSocket: aiohttp's
+    (``_aiohttp_compat.FrameWebSocketResponse``) or the lean one (``web._lean.LeanSocket``)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def close(self, *, code: int = ..., message: bytes = ...) -> bool:
+        """Send a close frame and wait for the client's; False when it was closed already."""
+
+    def begin_close(self, code: int, message: bytes) -> asyncio.Future[bool]:
+        """:meth:`close`, without waiting: cancelling the future cuts the connection."""
+
+
 class WebSocketChannel:
     """A peer's WebSocket as a hub channel.
 
@@ -95,9 +110,9 @@ class WebSocketChannel:
     kind = "ws"
     __slots__ = ("__weakref__", "_queued", "_size", "_transport", "batch", "closing", "ws")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, batch: WriteBatch) -> None:
+    def __init__(self, ws: SocketLike, transport: asyncio.Transport, batch: WriteBatch) -> None:
         self.ws = ws
-        self.closing: asyncio.Task[bool] | None = None
+        self.closing: asyncio.Future[bool] | None = None
         self._transport = transport
         self.batch = batch
         self._queued: list[bytes] = []
@@ -150,7 +165,7 @@ class WebSocketChannel:
         # socket's own handler awaits before it returns.
         if self.closing is None and not self.ws.closed:
             self.flush()
-            self.closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()[:120]))
+            self.closing = self.ws.begin_close(code, reason.encode()[:120])
 
 
 SOCKETS_KEY: web.AppKey[weakref.WeakSet[WebSocketChannel]] = web.AppKey("sockets")

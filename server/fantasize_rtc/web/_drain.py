@@ -141,7 +141,7 @@ class Drain:
         return self.report
 
 
-async def _end_within(tasks: list[asyncio.Task[bool]], until: float) -> None:
+async def _end_within(tasks: list[asyncio.Future[bool]], until: float) -> None:
     """Wait for the sockets' close tasks until ``until``; cancel the rest (aiohttp then drops the
     connection: a client that does not read cannot hold the drain)."""
     if not tasks:

@@ -26,7 +26,7 @@ from ..errors import (
 from ._drain import Drain
 from ._requests import COUNTERS_KEY, UndecodableBody, error_response, json_response
 
-__all__ = ["cors_middleware", "error_middleware", "requests_middleware"]
+__all__ = ["cors_allows", "cors_headers", "cors_middleware", "error_middleware", "requests_middleware"]
 
 log = logging.getLogger("fantasize_rtc.web")
 
@@ -158,9 +158,21 @@ def cors_middleware(origins: tuple[str, ...]) -> Any:
         else:
             response = await handler(request)
         if ok and origin is not None:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After, Link, ETag, Accept-Post"
-            response.headers["Vary"] = "Origin"
+            response.headers.update(cors_headers(origin))
         return response
 
     return middleware
+
+
+def cors_allows(origins: tuple[str, ...], origin: str | None) -> bool:
+    """Whether an answer to ``origin`` carries :func:`cors_headers` (``--cors-origin`` lists it)."""
+    return origin is not None and bool(origins) and ("*" in origins or origin in origins)
+
+
+def cors_headers(origin: str) -> dict[str, str]:
+    """What an answer to an allowed origin carries (here, and on the lean upgrade's refusals)."""
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": "Location, Retry-After, Link, ETag, Accept-Post",
+        "Vary": "Origin",
+    }

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
@@ -23,6 +24,7 @@ __all__ = [
     "COUNTERS_KEY",
     "RTC_KEY",
     "STARTED_KEY",
+    "RequestLike",
     "StaleCookie",
     "UndecodableBody",
     "error_response",
@@ -119,7 +121,27 @@ def signal_of(value: Any, fast: bool, max_depth: int) -> Signal:
     return validate_signal(value, max_depth=max_depth, payload_json=payload_json)
 
 
-def token_from_request(request: web.Request, room_id: str | None = None, peer_id: str | None = None) -> str | None:
+class RequestLike(Protocol):
+    """What the WebSocket's admission reads of a request: aiohttp's, or the lean upgrade's
+    (``web._lean``), which parses nothing else."""
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def cookies(self) -> Mapping[str, str]: ...
+
+    @property
+    def remote(self) -> str | None: ...
+
+    @property
+    def host(self) -> str: ...
+
+
+def token_from_request(request: RequestLike, room_id: str | None = None, peer_id: str | None = None) -> str | None:
     """Bearer header, then ``?token=``, then the connect cookie for (room, peer)."""
     authorization = request.headers.get("Authorization")
     if authorization is None and (token := request.query.get("token")):

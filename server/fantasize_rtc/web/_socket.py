@@ -17,19 +17,21 @@ from ..auth import looks_like_jwt
 from ..errors import Draining, Forbidden, InvalidRequest, RateLimited, RtcError
 from ..protocol import CloseCode, LeaveReason, dumps, error_message, validate_id
 from ..server import Connect, RelayResult, RtcServer
-from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel
-from ._requests import RTC_KEY, signal_of, token_from_request
+from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, SocketLike, WebSocketChannel
+from ._requests import RTC_KEY, RequestLike, signal_of, token_from_request
 
-__all__ = ["routes"]
+__all__ = ["BINARY_REFUSED", "CLOSE_TIMEOUT", "PeerFrames", "admit", "connected_frame", "routes"]
 
 log = logging.getLogger("fantasize_rtc.web")
 
 routes = web.RouteTableDef()
 
-_CLOSE_TIMEOUT = 2.0  # seconds a client gets to answer our close frame
+CLOSE_TIMEOUT = 2.0  # seconds a client gets to answer our close frame
+
+BINARY_REFUSED = b"binary frames are not supported"  # the reason of the 1003 close
 
 
-def _check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
+def _check_origin(request: RequestLike, allowed: tuple[str, ...]) -> None:
     """With ``--cors-origin`` set, a browser's WebSocket must come from the page's own origin or
     an allowed one (browsers send Origin on every WebSocket, and CORS does not cover them)."""
     origin = request.headers.get("Origin")
@@ -40,23 +42,34 @@ def _check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
     raise Forbidden("This origin may not open the WebSocket (see --cors-origin).")
 
 
-@routes.get("/rtc/ws")
-async def websocket(request: web.Request) -> web.StreamResponse:
-    rtc = request.app[RTC_KEY]
+async def admit(request: RequestLike, rtc: RtcServer) -> tuple[str, str, Connect | None]:
+    """Who may open this socket, before the upgrade: (room, peer, the join when the upgrade is
+    the join). Raises the HTTP error to answer instead. Both ways in use it: aiohttp's route below
+    and the lean upgrade of ``serve`` (``web._lean``)."""
     if rtc.draining:  # the socket belongs on a process that stays: 503, the client tries again
         raise Draining()
     _check_origin(request, rtc.config.cors_origins)
-    joined: Connect | None = None
     if "roomId" in request.query:  # join in the upgrade itself: one round trip (docs/protocol.md)
         joined = await _join(request, rtc)
-        room_id, peer_id = joined.room_id, joined.peer_id
-    else:
-        room_id, peer_id = await rtc.authenticate(token_from_request(request))
+        return joined.room_id, joined.peer_id, joined
+    room_id, peer_id = await rtc.authenticate(token_from_request(request))
+    return room_id, peer_id, None
+
+
+def connected_frame(joined: Connect) -> str:
+    """The socket's first frame when the upgrade was the join: ``connect``'s answer."""
+    return dumps({"type": "connected", **joined.to_wire()})
+
+
+@routes.get("/rtc/ws")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    rtc = request.app[RTC_KEY]
+    room_id, peer_id, joined = await admit(request, rtc)
     logs.bind(room=room_id, peer=peer_id)  # this request's task only; the middleware resets it
     # No permessage-deflate, although every browser offers it: with it, each peer holds a zlib
     # context (RSS per idle peer 18 KB -> 99 KB, BENCHMARKS.md) and each relayed offer costs
     # ~60 us of compression, twice the rest of the relay. Signals are small; PeerJS (ws) agrees.
-    ws = FrameWebSocketResponse(max_msg_size=rtc.config.max_frame_bytes, timeout=_CLOSE_TIMEOUT, compress=False)
+    ws = FrameWebSocketResponse(max_msg_size=rtc.config.max_frame_bytes, timeout=CLOSE_TIMEOUT, compress=False)
     try:
         await ws.prepare(request)
     except ConnectionResetError:  # the client gave up during the handshake: nothing to serve
@@ -66,17 +79,27 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     if transport is None:  # gone right after the handshake
         return ws
-    channel = WebSocketChannel(ws, transport, request.app[WRITE_BATCH_KEY])  # type: ignore[arg-type]
+    channel = WebSocketChannel(ws, transport, request.app[WRITE_BATCH_KEY])
     request.app[SOCKETS_KEY].add(channel)
     log.info("peer %s in room %s opened a WebSocket", peer_id, room_id)
+    if joined is not None:
+        channel.send(connected_frame(joined))  # the first frame out (outbox frames queue behind it)
+    await session(rtc, ws, channel, room_id, peer_id)
+    return ws
+
+
+async def session(
+    rtc: RtcServer, ws: FrameWebSocketResponse, channel: WebSocketChannel, room_id: str, peer_id: str
+) -> None:
+    """An open socket's life through aiohttp: attached to its peer, its frames served, and
+    everything let go when it ends, however it ends. (The lean socket does the same with
+    callbacks instead of a task: ``web._lean``.)"""
     try:
-        if joined is not None:  # the connect answer is the socket's first frame
-            await ws.send_str(dumps({"type": "connected", **joined.to_wire()}))
         if rtc.draining:  # the drain began during the handshake: this one is asked to reconnect too
             channel.begin_close(CloseCode.SERVICE_RESTART, "server restarting: connect again")
         else:  # (not attached then: its outbox stays in the backend for the next socket)
             await rtc.attach_channel(room_id, peer_id, channel)
-            await _serve_socket(rtc, ws, channel, room_id, peer_id)
+            await _serve_socket(ws, channel, PeerFrames(rtc, ws, channel, room_id, peer_id))
     finally:
         rtc.detach_channel(room_id, peer_id, channel)
         channel.flush()
@@ -86,10 +109,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if not ws.closed:
             await ws.close()
         log.info("peer %s in room %s closed its WebSocket (code %s)", peer_id, room_id, ws.close_code)
-    return ws
 
 
-async def _join(request: web.Request, rtc: RtcServer) -> Connect:
+async def _join(request: RequestLike, rtc: RtcServer) -> Connect:
     """``GET /rtc/ws?roomId=&peerId=&metadata=&authToken=``: ``POST /rtc/connect``'s join, with the
     same rules (a JWT in ``authToken`` or the Authorization header under ``--auth-secret``; the
     peer's earlier token in ``token``, the header or its cookie to replace it), before the upgrade:
@@ -107,10 +129,7 @@ async def _join(request: web.Request, rtc: RtcServer) -> Connect:
     return await rtc.connect_peer(room_id, peer_id, metadata, proof=proof, auth_token=jwt_token, address=request.remote)
 
 
-async def _serve_socket(
-    rtc: RtcServer, ws: FrameWebSocketResponse, channel: WebSocketChannel, room_id: str, peer_id: str
-) -> None:
-    frames = _PeerFrames(rtc, ws, channel, room_id, peer_id)
+async def _serve_socket(ws: FrameWebSocketResponse, channel: WebSocketChannel, frames: PeerFrames) -> None:
     # Text frames are handled as they are parsed (_aiohttp_compat); this loop sees the others, and the
     # text frames that arrived while one was waiting on Redis.
     ws.handle_frames(frames.handle)
@@ -121,25 +140,23 @@ async def _serve_socket(
         else:
             if msg.type is WSMsgType.BINARY:
                 channel.flush()
-                await ws.close(code=CloseCode.UNSUPPORTED_DATA, message=b"binary frames are not supported")
+                await ws.close(code=CloseCode.UNSUPPORTED_DATA, message=BINARY_REFUSED)
             break
 
 
-class _PeerFrames:
+class PeerFrames:
     """What one peer's text frames do: signal, heartbeat, disconnect (docs/protocol.md)."""
 
     __slots__ = ("channel", "in_flight", "last_touch", "max_depth", "peer_id", "room_id", "rtc", "ws")
 
-    def __init__(
-        self, rtc: RtcServer, ws: web.WebSocketResponse, channel: WebSocketChannel, room_id: str, peer_id: str
-    ) -> None:
+    def __init__(self, rtc: RtcServer, ws: SocketLike, channel: WebSocketChannel, room_id: str, peer_id: str) -> None:
         self.rtc = rtc
         self.ws = ws
         self.channel = channel
         self.room_id = room_id
         self.peer_id = peer_id
         self.max_depth = rtc.config.max_json_depth
-        self.last_touch = 0.0
+        self.last_touch = time.monotonic()  # attaching the socket was the peer's latest sign of life
         # Reading ahead: a relay through Redis is on its way, in order, before its report is in;
         # the next frame is read meanwhile and the ack (or error) follows when the report comes.
         self.in_flight: asyncio.Future[RelayResult] | None = None

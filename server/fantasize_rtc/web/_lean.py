@@ -1,0 +1,581 @@
+"""``GET /rtc/ws`` without aiohttp's request machinery: the WebSocket of ``fantasize-rtc serve``.
+
+A peer's socket is the whole of a join when clients join in the upgrade (docs/protocol.md), and a
+reconnect storm is thousands of them at once. Through aiohttp each one costs a request object, the
+middleware chain, a response with its headers, a ``WebSocketResponse`` with its writer, reader and
+queue, a handler task and a keep-alive task: about three quarters of the server's time per join
+went there (BENCHMARKS.md, "Joins, reconnect storms and quiet latency"). This module is the same
+socket, lean:
+
+- :class:`LeanUpgrades` is the guarded site's :data:`~fantasize_rtc._aiohttp_compat.Takeover`: it
+  takes a connection whose first read is a whole, plain ``GET /rtc/ws`` upgrade (request line and
+  headers it parses strictly, nothing it does not expect) and leaves anything else to aiohttp,
+  untouched: other routes, a head split over reads, anything unusual. Which way a socket came in
+  is invisible to its client.
+- the admission is the route's own (:func:`~._socket.admit`: drain, origin, the join or the token,
+  the same errors as the same JSON answers), and so is the open socket's life
+  (:func:`~._socket.session`: attach, frames, detach), its frames (``_PeerFrames``), its writes
+  (:class:`~._channel.WebSocketChannel`), counts, log lines and drain;
+- :class:`LeanSocket` is the WebSocket itself: frames parsed by aiohttp's compiled reader
+  (:class:`~fantasize_rtc._aiohttp_compat.MessageParser`), text frames handled in the read
+  callback as ``FrameWebSocketResponse`` does, control frames answered there too, the close
+  handshake as aiohttp does it. No task runs per socket until its handler waits (Redis) or it
+  closes.
+
+Apps made by :func:`~._app.create_app` served some other way (embedded in another aiohttp app,
+``web.run_app``) keep aiohttp's route; so does an app a plugin added a middleware to (the lean
+path would go around it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import contextvars
+import functools
+import hashlib
+import http
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .. import logs
+from .._aiohttp_compat import FrameHandler, MessageParser, Takeover, carry_on_in_task, parse_cookies, start_eagerly
+from ..errors import RtcError
+from ..protocol import CloseCode, dumps
+from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel
+from ._drain import DRAIN_KEY
+from ._middleware import cors_allows, cors_headers
+from ._proxy import TrustedProxies
+from ._requests import COUNTERS_KEY, RTC_KEY, error_response
+from ._socket import BINARY_REFUSED, CLOSE_TIMEOUT, PeerFrames, admit, connected_frame
+
+__all__ = ["LEAN_KEY", "LeanSocket", "LeanUpgrades", "parse_upgrade"]
+
+log = logging.getLogger("fantasize_rtc.web")
+
+_ROUTE = "/rtc/ws"
+
+# -- the request head --------------------------------------------------------------------------
+
+#: The heads this path takes: its request line, then header lines (a token, a colon, printable
+#: ASCII: RFC 9110's field-value without obs-text). Anything else is aiohttp's to parse and answer.
+_HEAD = re.compile(r"GET (/rtc/ws(?:\?[!-~]*)?) HTTP/1\.1((?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~]*)*)")
+#: aiohttp's limits (its parser refuses longer heads; this path leaves them to it).
+_MAX_HEAD = 8190
+_MAX_HEADERS = 128
+#: Headers an upgrade carries once; twice is aiohttp's to judge.
+_ONCE = ("host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version")
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def parse_upgrade(data: bytes) -> tuple[str, CIMultiDict[str], bytes] | None:
+    """(target, headers, the bytes after the head) when ``data`` begins with a whole, plain
+    WebSocket upgrade of ``GET /rtc/ws``; None for anything else (aiohttp's then)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > _MAX_HEAD:
+        return None
+    try:
+        head = _HEAD.fullmatch(data[:end].decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+    if head is None:
+        return None
+    lines = head[2].split("\r\n")
+    if len(lines) > _MAX_HEADERS + 1:
+        return None
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.add(name, value.strip(" \t"))
+    for name in _ONCE:
+        if len(headers.getall(name, ())) != 1:
+            return None
+    if "content-length" in headers or "transfer-encoding" in headers:
+        return None
+    if headers["upgrade"].lower() != "websocket" or headers["sec-websocket-version"] != "13":
+        return None
+    if "upgrade" not in (token.strip().lower() for token in headers["connection"].split(",")):
+        return None
+    try:
+        if len(base64.b64decode(headers["sec-websocket-key"], validate=True)) != 16:
+            return None
+    except binascii.Error:
+        return None
+    return head[1], headers, data[end + 4 :]
+
+
+class _Request:
+    """What :func:`~._socket.admit` reads of a request (``RequestLike``), from a parsed head."""
+
+    __slots__ = ("_cookies", "headers", "query", "remote", "secure")
+
+    def __init__(self, target: str, headers: CIMultiDict[str], remote: str, secure: bool) -> None:
+        path, _, query = target.partition("?")
+        self.query = URL.build(path=path, query_string=query, encoded=True).query
+        self.headers = headers
+        self.remote = remote
+        self.secure = secure
+        self._cookies: Mapping[str, str] | None = None
+
+    @property
+    def host(self) -> str:
+        return self.headers["Host"]
+
+    @property
+    def cookies(self) -> Mapping[str, str]:
+        if self._cookies is None:
+            self._cookies = parse_cookies(self.headers.get("Cookie", ""))
+        return self._cookies
+
+
+def _answer(status: int, body: bytes, headers: Mapping[str, str]) -> bytes:
+    """An HTTP/1.1 answer that closes the connection."""
+    lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + body
+
+
+# -- the socket --------------------------------------------------------------------------------
+
+_TEXT = WSMsgType.TEXT
+_CLOSE = WSMsgType.CLOSE
+_PING = WSMsgType.PING
+_PONG = WSMsgType.PONG
+_ERROR = WSMsgType.ERROR  # a protocol error of the client's (the reader's exception)
+#: Messages held while a handler waits before the socket stops reading (and reads again at a quarter).
+_BACKLOG_PAUSE = 256
+#: Bytes a client may send before its upgrade is answered (it should send none).
+_EARLY_LIMIT = 64 * 1024
+
+
+def _close_frame(code: int, message: bytes) -> bytes:
+    payload = code.to_bytes(2, "big") + message[:123]
+    return bytes((0x88, len(payload))) + payload
+
+
+class LeanSocket(asyncio.Protocol):
+    """A peer's WebSocket on its own transport, from the upgrade's answer to the connection's end.
+
+    What :func:`~._socket.session`, ``_PeerFrames`` and :class:`~._channel.WebSocketChannel` use of
+    aiohttp's ``WebSocketResponse`` (``closed``, ``close_code``, ``close()``, ``finish_frames()``),
+    with aiohttp's behaviour: pings answered, pongs ignored, a client's close answered with 1000
+    and the connection closed, a protocol error (bad frame, too large, bad UTF-8) closed with its
+    code, our close waiting up to :data:`~._socket.CLOSE_TIMEOUT` for the client's answer before
+    the connection is cut; and binary frames closed with 1003 as the route does.
+
+    Text frames go to the handler in the read callback; when it waits (Redis), what arrives meanwhile
+    is held, in order, until it is done (control frames too, so a close never overtakes a signal).
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_close_task",
+        "_closing",
+        "_done",
+        "_early",
+        "_gone",
+        "_handler",
+        "_parser",
+        "_paused",
+        "_release",
+        "_running",
+        "_stopped",
+        "_timer",
+        "close_code",
+        "closed",
+        "flush",
+        "open",
+        "task",
+        "transport",
+    )
+
+    def __init__(self, transport: asyncio.Transport, release: Callable[[], None], max_msg_size: int) -> None:
+        self.transport = transport
+        self._release: Callable[[], None] | None = release
+        self._parser = MessageParser(self, max_msg_size, self._on_message, self._on_error)
+        self.open = False  # the upgrade is answered
+        self.closed = False  # a close frame went out, or the connection is gone
+        self.close_code: int | None = None
+        #: Writes what the socket's channel holds; called before a close frame goes out.
+        self.flush: Callable[[], object] | None = None
+        self._early: bytes | None = b""  # what came before the upgrade's answer (None: too much)
+        self._handler: FrameHandler | None = None
+        self._running: asyncio.Task[Any] | None = None  # a handler that waits
+        self._backlog: collections.deque[Any] = collections.deque()
+        self._paused = False
+        self._stopped = False  # text frames are no longer handled
+        self._gone = False  # the connection is gone
+        self._done: Callable[[], object] | None = None  # called once when it is, and no handler runs
+        self._close_task: asyncio.Future[bool] | None = None  # a close this socket began itself
+        self._closing: asyncio.Future[bool] | None = None  # our close frame is out: done at the end
+        self._timer: asyncio.TimerHandle | None = None  # cuts the connection if the client never answers
+        #: The upgrade's coroutine when the join waited (on Redis): a reference, so it is not collected.
+        self.task: asyncio.Future[Any] | None = None
+
+    # -- the upgrade -----------------------------------------------------------------------
+
+    def accept(self, key: str, first: str | None) -> bool:
+        """Answer the upgrade (and send ``first``, the join's answer, in the same write); False
+        when the client has gone meanwhile."""
+        if self._gone:
+            return False
+        accept = base64.b64encode(hashlib.sha1(key.encode() + _WS_GUID).digest())
+        answer = (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        if first is not None:
+            answer += _text_frame(first)
+        self.transport.write(answer)
+        self.open = True
+        early, self._early = self._early, b""
+        if early is None:
+            self.transport.abort()  # the client sent more than a handshake's worth before its answer
+        elif early:
+            self._parser.feed(early)
+        return True
+
+    def refuse(self, answer: bytes) -> None:
+        """Answer the upgrade with an error, then close."""
+        self.closed = True
+        self._stop()
+        if not self.transport.is_closing():
+            self.transport.write(answer)
+            self.transport.close()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.open:
+            self._parser.feed(data)
+        elif self._early is not None:  # the answer is on its way (the join waits on Redis)
+            self._early += data
+            if len(self._early) > _EARLY_LIMIT:
+                self._early = None
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        if self.close_code is None:
+            self.close_code = 1006  # no close frame came (RFC 6455 7.1.5)
+        self._stop()
+        self._gone = True
+        closing = self._closing
+        if closing is not None and not closing.done():
+            closing.set_result(True)
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+        if self._running is None:
+            self._finish()
+
+    def _finish(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done()
+
+    # -- what the session uses ---------------------------------------------------------------
+
+    def start(self, handler: FrameHandler) -> None:
+        """Hand text frames to ``handler`` from now on (those that came before first), until it
+        returns False, or a close, a protocol error or a binary frame comes."""
+        self._handler = handler
+        self._drain_backlog()
+
+    def when_done(self, done: Callable[[], object]) -> None:
+        """Call ``done`` once the connection is gone and no handler runs (now, if so already)."""
+        self._done = done
+        if self._gone and self._running is None:
+            self._finish()
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        """Send a close frame and wait (up to ``CLOSE_TIMEOUT``) for the client's; False when
+        the socket was closed already. Cancelled, it cuts the connection."""
+        return await self.begin_close(code, message)
+
+    def begin_close(self, code: int, message: bytes) -> asyncio.Future[bool]:
+        """:meth:`close` without waiting: the future is done when the connection is (the client
+        answered, or ``CLOSE_TIMEOUT`` passed and it was cut); cancelling it cuts it at once."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self.closed:
+            done.set_result(False)
+            return done
+        self.closed = True
+        self._stop()
+        self._drain_backlog()  # a held close from the client is answered, not waited for
+        if self.flush is not None:
+            self.flush()
+        transport = self.transport
+        if transport.is_closing():
+            done.set_result(True)
+            return done
+        transport.write(_close_frame(code, message))
+        self.close_code = code
+        self._closing = done
+        self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
+        done.add_done_callback(self._closing_done)
+        return done
+
+    def _closing_done(self, done: asyncio.Future[bool]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if done.cancelled():
+            self.transport.abort()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def _on_message(self, msg: Any) -> None:
+        # Held while a handler waits, and until serving begins (or the socket stops reading)
+        if self._running is not None or self._backlog or (self._handler is None and not self._stopped):
+            self._hold(msg)
+        else:
+            self._handle(msg)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._on_message((_ERROR, exc, None))
+
+    def _hold(self, msg: Any) -> None:
+        self._backlog.append(msg)
+        if len(self._backlog) > _BACKLOG_PAUSE and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _handle(self, msg: Any) -> None:
+        kind = msg[0]
+        if kind is _TEXT:
+            if self._stopped or self._handler is None:
+                return
+            coro = self._handler(msg[1])
+            try:  # start_eagerly, inlined: this runs for every frame
+                yielded = coro.send(None)
+            except StopIteration as stop:
+                if not stop.value:
+                    self._stop_reading()
+                return
+            except Exception:  # a bug in the handler: log it; the socket goes on
+                log.exception("frame handler failed")
+                return
+            running = self._running = carry_on_in_task(coro, yielded)
+            running.add_done_callback(self._handler_done)
+        elif kind is _PING:
+            if not self.closed:
+                payload = msg[1]
+                self.transport.write(bytes((0x8A, len(payload))) + payload)
+        elif kind is _PONG:
+            pass
+        elif kind is _CLOSE:
+            self._stop()
+            if not self.closed:  # the client closes: answer, as aiohttp does, with 1000
+                self.closed = True
+                self.close_code = msg[1]
+                if self.flush is not None:
+                    self.flush()
+                self.transport.write(_close_frame(1000, b""))
+            self.transport.close()
+        elif kind is _ERROR:
+            code = getattr(msg[1], "code", 1002)
+            self._begin_close(code, b"")
+        else:  # binary
+            self._begin_close(1003, BINARY_REFUSED)
+
+    def _begin_close(self, code: int, message: bytes) -> None:
+        self._stop()
+        if not self.closed and self._close_task is None:
+            self._close_task = self.begin_close(code, message)
+
+    def _handler_done(self, running: asyncio.Task[Any]) -> None:
+        self._running = None
+        if not running.cancelled():
+            if (exc := running.exception()) is not None:
+                log.error("frame handler failed", exc_info=exc)
+            elif not running.result():
+                self._stop_reading()
+        if self._gone:
+            self._finish()
+        else:
+            self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        """Handle what was held, in order, until a handler waits again."""
+        backlog = self._backlog
+        while backlog and self._running is None and (self._handler is not None or self._stopped):
+            self._handle(backlog.popleft())
+        if self._paused and len(backlog) <= _BACKLOG_PAUSE // 4:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _stop(self) -> None:
+        self._stopped = True
+
+    def _stop_reading(self) -> None:
+        """The handler said so: a socket nobody reads is closed (its handler began that already)."""
+        self._stop()
+        if not self.closed:
+            self._begin_close(1000, b"")
+
+
+def _text_frame(text: str) -> bytes:
+    data = text.encode()
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + data
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + data
+
+
+# -- the takeover ---------------------------------------------------------------------------------
+
+
+class LeanUpgrades:
+    """The guarded site's takeover for one app (``app[LEAN_KEY]``, made by ``create_app``)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self._middlewares: tuple[Any, ...] = ()
+        #: Sockets whose upgrade is not answered yet (the join waits): cut off at shutdown.
+        self.handshaking: set[LeanSocket] = set()
+
+    def expect_middlewares(self, middlewares: list[Any]) -> None:
+        """The middlewares ``create_app`` installed: the lean path does what they do."""
+        self._middlewares = tuple(middlewares)
+
+    def takeover(self) -> Takeover | None:
+        """The hook for the site, or None when the app has middlewares this path would bypass
+        (a plugin's, or an embedder's). Call once the app is frozen (started)."""
+        if tuple(self.app.middlewares) != self._middlewares:
+            log.info("a middleware was added to the app: WebSocket upgrades go through aiohttp")
+            return None
+        rtc = self.app[RTC_KEY]
+        self._rtc = rtc
+        self._counters = self.app[COUNTERS_KEY]
+        self._drain = self.app[DRAIN_KEY]
+        self._sockets = self.app[SOCKETS_KEY]
+        self._batch = self.app[WRITE_BATCH_KEY]
+        config = rtc.config
+        self._max_frame = config.max_frame_bytes
+        self._cors = config.cors_origins
+        self._proxies = TrustedProxies(config.trusted_proxies) if config.trusted_proxies else None
+        return self._take
+
+    def _take(self, transport: asyncio.Transport, data: bytes, release: Callable[[], None]) -> bool:
+        parsed = parse_upgrade(data)
+        if parsed is None:
+            return False
+        target, headers, rest = parsed
+        peer = transport.get_extra_info("peername")
+        remote = peer[0] if isinstance(peer, tuple) and peer else ""
+        secure = transport.get_extra_info("sslcontext") is not None
+        proxies = self._proxies
+        if proxies is not None and remote and proxies.trusts_peer(remote):
+            remote = proxies.client_address(headers.getall("X-Forwarded-For", ())) or remote
+            scheme = proxies.scheme(headers.getall("X-Forwarded-Proto", ()))
+            if scheme is not None:
+                secure = scheme == "https"
+        request = _Request(target, headers, remote, secure)
+        sock = LeanSocket(transport, release, self._max_frame)
+        transport.set_protocol(sock)
+        if rest:
+            sock.data_received(rest)
+        serve = self._serve(sock, request)
+        if not self._rtc.backend.immediate:  # the join waits on a store: a task, as aiohttp's
+            sock.task = asyncio.ensure_future(serve)
+            return True
+        # In this read callback, in a context of its own, as aiohttp's handler task has: the log
+        # fields bound below are this socket's, and the tasks it starts inherit them.
+        try:
+            sock.task = contextvars.copy_context().run(start_eagerly, serve)
+        except Exception:  # a bug: this connection is lost, the server goes on
+            log.exception("the WebSocket upgrade failed")
+            sock.abort()
+        return True
+
+    async def _serve(self, sock: LeanSocket, request: _Request) -> None:
+        """The upgrade (``admit``, the answer), then the socket's life in callbacks: attached to its
+        peer, frames handled as they come, and :meth:`_done` when the connection is gone."""
+        counting = self._drain.request_started()  # the drain lets a socket finish, as a request
+        self.handshaking.add(sock)
+        rtc = self._rtc
+        try:
+            room_id, peer_id, joined = await admit(request, rtc)
+        except RtcError as err:
+            self._refuse(sock, request, err.status, err.code, error_response(err))
+            sock.when_done(functools.partial(self._done, None, counting))
+            return
+        except Exception:
+            logs.bind(address=request.remote)
+            log.exception("unhandled error on GET %s", _ROUTE)
+            body = dumps({"error": {"code": "internal_error", "message": "Internal server error."}})
+            self._refuse(sock, request, 500, "internal_error", web.Response(status=500, text=body))
+            sock.when_done(functools.partial(self._done, None, counting))
+            return
+        finally:
+            self.handshaking.discard(sock)
+        logs.bind(address=request.remote, room=room_id, peer=peer_id)
+        if not sock.accept(request.headers["Sec-WebSocket-Key"], connected_frame(joined) if joined else None):
+            log.info("peer %s in room %s left during the WebSocket handshake", peer_id, room_id)
+            sock.when_done(functools.partial(self._done, None, counting))
+            return
+        self._counters.answered(_ROUTE, "GET", 101, None)
+        channel = WebSocketChannel(sock, sock.transport, self._batch)
+        sock.flush = channel.flush
+        self._sockets.add(channel)
+        log.info("peer %s in room %s opened a WebSocket", peer_id, room_id)
+        # the log fields bound above are those of the lines _done writes
+        done = functools.partial(
+            contextvars.copy_context().run, self._done, (sock, channel, room_id, peer_id), counting
+        )
+        try:
+            if rtc.draining:  # the drain began during the join: this one is asked to reconnect too
+                channel.begin_close(CloseCode.SERVICE_RESTART, "server restarting: connect again")
+            else:  # (not attached then: its outbox stays in the backend for the next socket)
+                await rtc.attach_channel(room_id, peer_id, channel)
+                sock.start(PeerFrames(rtc, sock, channel, room_id, peer_id).handle)
+        finally:
+            sock.when_done(done)
+
+    def _done(self, peer: tuple[LeanSocket, WebSocketChannel, str, str] | None, counting: bool) -> None:
+        """A lean socket's connection is gone: let its peer's channel go, as the route's
+        ``session`` does, and the drain know."""
+        if peer is not None:
+            sock, channel, room_id, peer_id = peer
+            self._rtc.detach_channel(room_id, peer_id, channel)
+            log.info("peer %s in room %s closed its WebSocket (code %s)", peer_id, room_id, sock.close_code)
+        if counting:
+            self._drain.request_ended()
+
+    def _refuse(self, sock: LeanSocket, request: _Request, status: int, code: str, response: web.Response) -> None:
+        self._counters.answered(_ROUTE, "GET", status, code)
+        headers = dict(response.headers)
+        headers["Content-Type"] = "application/json; charset=utf-8"
+        for morsel in response.cookies.values():  # a stale connect cookie is cleared
+            headers["Set-Cookie"] = morsel.OutputString()
+        origin = request.headers.get("Origin")
+        if cors_allows(self._cors, origin):
+            assert origin is not None
+            headers.update(cors_headers(origin))
+        body = response.body if isinstance(response.body, bytes) else b""
+        sock.refuse(_answer(status, body, headers))
+
+    def abort_handshakes(self) -> None:
+        """Cut off the sockets whose join still waits (at shutdown)."""
+        for sock in list(self.handshaking):
+            sock.abort()
+
+
+LEAN_KEY = web.AppKey("lean_upgrades", LeanUpgrades)
