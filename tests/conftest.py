@@ -1,14 +1,18 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
-from fantasize_rtc import RtcConfig, RtcServer, create_rtc_server
+from fantasize_rtc import RtcConfig, RtcServer, create_rtc_server, serving
 from fantasize_rtc.app import create_app
+from fantasize_rtc.web import LEAN_KEY, RTC_KEY
 from tests.helpers import FakeClock
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -42,3 +46,59 @@ async def client(aiohttp_client: Any, config: RtcConfig) -> TestClient:  # type:
     """A real aiohttp server on a free port with the full app, and a client for it."""
     test_client: TestClient = await aiohttp_client(create_app(config=config))  # type: ignore[type-arg]
     return test_client
+
+
+class ServedTestServer(TestServer):
+    """A test server that serves its app as ``fantasize-rtc serve`` does (``serving.start``: the
+    guarded site, WebSocket upgrades through the lean path of ``web._lean``)."""
+
+    def __init__(self, app: web.Application, config: RtcConfig) -> None:
+        super().__init__(app, host="127.0.0.1")
+        self._config = config
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        self.runner, site, _ = await serving.start(self.app, "127.0.0.1", 0, self._config)
+        self.port = site._bound_port  # type: ignore[attr-defined]
+        self.scheme = "http"
+        self._root = URL(f"http://127.0.0.1:{self.port}")
+
+
+#: Makes a test client for an app, served one of the two ways a WebSocket comes in.
+MakeClient = Callable[[web.Application], Awaitable[TestClient]]  # type: ignore[type-arg]
+
+
+@pytest.fixture(params=["route", "lean"])
+def ws_way(request: pytest.FixtureRequest) -> str:
+    """How ``GET /rtc/ws`` is served: aiohttp's route (an app embedded or run by aiohttp) or the
+    lean upgrade of ``fantasize-rtc serve``. Tests of WebSockets run both ways."""
+    return str(request.param)
+
+
+@pytest.fixture
+def serve_client(aiohttp_client: Any, ws_way: str) -> Iterator[MakeClient]:
+    """``await serve_client(app)``: a client for ``app``, served the ``ws_way`` way. Served the
+    lean way, the test must have gone through it (its sockets were not aiohttp's)."""
+    apps: list[web.Application] = []
+
+    async def make(app: web.Application) -> TestClient:  # type: ignore[type-arg]
+        if ws_way == "route":
+            made: TestClient = await aiohttp_client(app)  # type: ignore[type-arg]
+        else:
+            # A browser opens each WebSocket on a connection of its own (the lean path takes a
+            # connection's first request); aiohttp's client would reuse a kept-alive one.
+            connector = aiohttp.TCPConnector(force_close=True)
+            made = await aiohttp_client(ServedTestServer(app, app[RTC_KEY].config), connector=connector)
+            apps.append(app)
+        return made
+
+    yield make
+    for app in apps:
+        assert app[LEAN_KEY].taken > 0, "no WebSocket went through the lean upgrade"
+
+
+@pytest.fixture
+async def ws_client(serve_client: MakeClient, config: RtcConfig) -> TestClient:  # type: ignore[type-arg]
+    """:func:`client`, served each way a WebSocket comes in (``ws_way``)."""
+    return await serve_client(create_app(config=config))

@@ -83,8 +83,9 @@ def decoded_video_frames(path: Path) -> int:
 # -- one app, in this process ----------------------------------------------------------------------
 
 
-async def test_a_draining_app_refuses_new_work_and_asks_sockets_to_reconnect(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_a_draining_app_refuses_new_work_and_asks_sockets_to_reconnect(ws_client: TestClient) -> None:  # type: ignore[type-arg]
     """Everything ``drain`` promises, route by route, on the real app on a real port."""
+    client = ws_client
     resp = await client.post("/rtc/connect", json={"roomId": ROOM, "peerId": "alice"})
     alice = (await resp.json())["token"]
     resp = await client.post("/rtc/connect", json={"roomId": ROOM, "peerId": "bob"})

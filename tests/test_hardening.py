@@ -324,8 +324,8 @@ async def test_the_admin_key_is_taken_only_from_the_authorization_header(client:
     assert (await client.get("/rtc/recordings", params={"token": "admin-secret"})).status == 401
 
 
-async def test_websocket_origin_is_checked_when_cors_origins_are_set(aiohttp_client: Any, config: RtcConfig) -> None:
-    client: TestClient = await aiohttp_client(  # type: ignore[type-arg]
+async def test_websocket_origin_is_checked_when_cors_origins_are_set(serve_client: Any, config: RtcConfig) -> None:
+    client: TestClient = await serve_client(  # type: ignore[type-arg]
         create_app(config=config.replace(cors_origins=("https://app.example",)))
     )
     alice = await connect(client, "r", "alice")

@@ -15,6 +15,7 @@ from fantasize_rtc import RtcConfig
 from fantasize_rtc.app import create_app
 from fantasize_rtc.client import RtcClient
 from fantasize_rtc.errors import RoomFull
+from tests.conftest import MakeClient
 from tests.helpers import wait_for
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -27,7 +28,8 @@ async def join(client: TestClient, **params: str) -> tuple[Any, dict[str, Any]]:
     return ws, first
 
 
-async def test_a_peer_joins_in_the_upgrade_and_the_answer_is_the_first_frame(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_a_peer_joins_in_the_upgrade_and_the_answer_is_the_first_frame(ws_client: TestClient) -> None:  # type: ignore[type-arg]
+    client = ws_client
     alice_ws, alice = await join(client, roomId="one", peerId="alice", metadata=json.dumps({"name": "Alice"}))
     assert alice["peerId"] == "alice" and alice["roomId"] == "one" and alice["token"] and alice["peers"] == []
     assert set(alice) >= {"iceServers", "heartbeatIntervalMs", "peerTimeoutMs", "room"}
@@ -61,8 +63,9 @@ async def test_a_peer_joins_in_the_upgrade_and_the_answer_is_the_first_frame(cli
 
 
 async def test_a_reconnect_with_the_old_token_replaces_the_peer_and_a_refusal_is_connects_error(
-    client: TestClient,  # type: ignore[type-arg]
+    ws_client: TestClient,  # type: ignore[type-arg]
 ) -> None:
+    client = ws_client
     first_ws, first = await join(client, roomId="two", peerId="alice")
     with pytest.raises(aiohttp.WSServerHandshakeError) as taken:
         await client.ws_connect("/rtc/ws", params={"roomId": "two", "peerId": "alice"})
@@ -85,9 +88,9 @@ async def test_a_reconnect_with_the_old_token_replaces_the_peer_and_a_refusal_is
     await again_ws.close()
 
 
-async def test_the_jwt_gate_applies_to_the_upgrade(aiohttp_client: Any, config: RtcConfig) -> None:
+async def test_the_jwt_gate_applies_to_the_upgrade(serve_client: MakeClient, config: RtcConfig) -> None:
     secret = "a-deployment-secret-of-32-bytes-or-more"
-    client = await aiohttp_client(create_app(config=config.replace(auth_secret=secret)))
+    client = await serve_client(create_app(config=config.replace(auth_secret=secret)))
     token = jwt.encode({"room": "r", "sub": "alice", "exp": int(time.time()) + 60}, secret, algorithm="HS256")
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await client.ws_connect("/rtc/ws", params={"roomId": "r"})
@@ -101,9 +104,10 @@ async def test_the_jwt_gate_applies_to_the_upgrade(aiohttp_client: Any, config: 
 
 
 async def test_the_python_client_joins_in_one_round_trip_and_falls_back(
-    client: TestClient,
+    ws_client: TestClient,
     monkeypatch: pytest.MonkeyPatch,  # type: ignore[type-arg]
 ) -> None:
+    client = ws_client
     url = str(client.make_url("")).rstrip("/")
     posts: list[str] = []
     original = RtcClient.request
@@ -131,8 +135,10 @@ async def test_the_python_client_joins_in_one_round_trip_and_falls_back(
         assert again["peerId"] == "alice" and "/rtc/connect" not in posts
 
 
-async def test_a_refused_upgrade_falls_back_to_connect_which_says_why(aiohttp_client: Any, config: RtcConfig) -> None:
-    client = await aiohttp_client(create_app(config=config.replace(max_peers_per_room=1)))
+async def test_a_refused_upgrade_falls_back_to_connect_which_says_why(
+    serve_client: MakeClient, config: RtcConfig
+) -> None:
+    client = await serve_client(create_app(config=config.replace(max_peers_per_room=1)))
     url = str(client.make_url("")).rstrip("/")
     async with RtcClient(url, auto_heartbeat=False) as alice, RtcClient(url, auto_heartbeat=False) as bob:
         await alice.connect("full", "alice")

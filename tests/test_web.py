@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from fantasize_rtc import RtcConfig
 from fantasize_rtc.app import create_app
 from fantasize_rtc.web import RTC_KEY
+from tests.conftest import MakeClient
 from tests.helpers import wait_for
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -65,7 +66,8 @@ async def test_seed_fetch_snippet_bodies_work_unchanged(aiohttp_client: Any, con
         await bob_client.close()
 
 
-async def test_websocket_relay_both_ways_and_events(client: TestClient) -> None:
+async def test_websocket_relay_both_ways_and_events(ws_client: TestClient) -> None:
+    client = ws_client
     alice = await connect(client, "r", "alice")
     ws_a = await client.ws_connect(f"/rtc/ws?token={alice['token']}")
     bob = await connect(client, "r", "bob")
@@ -89,7 +91,8 @@ async def test_websocket_relay_both_ways_and_events(client: TestClient) -> None:
     await ws_a.close()
 
 
-async def test_outbox_flushes_on_socket_open(client: TestClient) -> None:
+async def test_outbox_flushes_on_socket_open(ws_client: TestClient) -> None:
+    client = ws_client
     alice = await connect(client, "r", "alice")
     bob = await connect(client, "r", "bob")
     for i in range(3):
@@ -129,7 +132,8 @@ async def test_snapshot_access(client: TestClient) -> None:
     assert snap["maxPeers"] == 8 and snap["peers"][0]["peerId"] == "alice"
 
 
-async def test_reconnect_replaces_old_socket(client: TestClient) -> None:
+async def test_reconnect_replaces_old_socket(ws_client: TestClient) -> None:
+    client = ws_client
     alice = await connect(client, "r", "alice")
     ws = await client.ws_connect(f"/rtc/ws?token={alice['token']}")
     fresh: TestClient = TestClient(client.server)  # another device without alice's cookie
@@ -173,8 +177,8 @@ async def test_cors_off_by_default_and_allowlist(aiohttp_client: Any, config: Rt
 # -- limits over the wire --------------------------------------------------------------------------
 
 
-async def test_websocket_frame_too_large_closes_1009(aiohttp_client: Any, config: RtcConfig) -> None:
-    client = await aiohttp_client(create_app(config=config.replace(max_frame_bytes=2048)))
+async def test_websocket_frame_too_large_closes_1009(serve_client: MakeClient, config: RtcConfig) -> None:
+    client = await serve_client(create_app(config=config.replace(max_frame_bytes=2048)))
     alice = await connect(client, "r", "alice")
     ws = await client.ws_connect(f"/rtc/ws?token={alice['token']}")
     await ws.send_str(json.dumps({"type": "signal", "signal": {"type": "x", "payload": "y" * 4096}}))
@@ -183,8 +187,8 @@ async def test_websocket_frame_too_large_closes_1009(aiohttp_client: Any, config
     assert (await client.get("/healthz")).status == 200
 
 
-async def test_rate_limit_http_429_and_ws_1008(aiohttp_client: Any, config: RtcConfig) -> None:
-    client = await aiohttp_client(create_app(config=config.replace(rate_limit_per_sec=1, rate_limit_burst=2)))
+async def test_rate_limit_http_429_and_ws_1008(serve_client: MakeClient, config: RtcConfig) -> None:
+    client = await serve_client(create_app(config=config.replace(rate_limit_per_sec=1, rate_limit_burst=2)))
     alice = await connect(client, "r", "alice")
     await connect(client, "r", "bob")
     statuses = []
@@ -436,7 +440,15 @@ BAD_HTTP: list[tuple[str, str, str, dict[str, Any], int, str]] = [
 
 @pytest.fixture
 async def seeded(aiohttp_client: Any, config: RtcConfig) -> tuple[TestClient, dict[str, Any]]:
-    client = await aiohttp_client(create_app(config=config))
+    return await _seed(await aiohttp_client(create_app(config=config)))
+
+
+@pytest.fixture
+async def ws_seeded(serve_client: MakeClient, config: RtcConfig) -> tuple[TestClient, dict[str, Any]]:
+    return await _seed(await serve_client(create_app(config=config)))
+
+
+async def _seed(client: TestClient) -> tuple[TestClient, dict[str, Any]]:  # type: ignore[type-arg]
     alice = await connect(client, "r", "alice")
     await connect(client, "r", "bob")
     await client.app[RTC_KEY].create_room("small", max_peers=2, metadata={"kind": "full"})
@@ -509,9 +521,9 @@ BAD_WS: list[tuple[str, str | bytes, str | None]] = [
 
 @pytest.mark.parametrize(("case", "frame", "code"), BAD_WS, ids=[c[0] for c in BAD_WS])
 async def test_bad_websocket_frames(
-    seeded: tuple[TestClient, dict[str, Any]], case: str, frame: str | bytes, code: str | None
+    ws_seeded: tuple[TestClient, dict[str, Any]], case: str, frame: str | bytes, code: str | None
 ) -> None:
-    client, alice = seeded
+    client, alice = ws_seeded
     ws = await client.ws_connect(f"/rtc/ws?token={alice['token']}")
     assert (await ws.receive_json(timeout=5))["type"] == "peer:connected"  # bob, from the outbox
     before = await _state(client)

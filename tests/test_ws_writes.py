@@ -22,11 +22,9 @@ from tests.helpers import wait_for
 from tests.test_web import bearer, connect
 
 
-async def test_a_burst_arrives_in_order_and_intact_at_every_frame_length(
-    aiohttp_client: Any, config: RtcConfig
-) -> None:
+async def test_a_burst_arrives_in_order_and_intact_at_every_frame_length(serve_client: Any, config: RtcConfig) -> None:
     config = dataclasses.replace(config, rate_limit_per_sec=0, max_frame_bytes=200_000, max_signal_bytes=150_000)
-    client: TestClient = await aiohttp_client(create_app(config=config))
+    client: TestClient = await serve_client(create_app(config=config))
     alice = await connect(client, "r", "alice")
     bob = await connect(client, "r", "bob")
     ws_a = await client.ws_connect("/rtc/ws", headers=bearer(alice))
@@ -70,11 +68,11 @@ async def _raw_websocket_that_never_reads(port: int, token: str) -> tuple[asynci
 
 
 async def test_a_peer_that_stops_reading_is_closed_and_keeps_what_it_missed(
-    aiohttp_client: Any, config: RtcConfig, monkeypatch: pytest.MonkeyPatch
+    serve_client: Any, config: RtcConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(rtc_channel, "SEND_BUFFER_LIMIT", 256 * 1024)
     config = dataclasses.replace(config, rate_limit_per_sec=0)
-    client: TestClient = await aiohttp_client(create_app(config=config))
+    client: TestClient = await serve_client(create_app(config=config))
     alice = await connect(client, "r", "alice")
     bob = await connect(client, "r", "bob")
     ws_a = await client.ws_connect("/rtc/ws", headers=bearer(alice))

@@ -201,7 +201,7 @@ class LeanSocket(asyncio.Protocol):
     def __init__(self, transport: asyncio.Transport, release: Callable[[], None], max_msg_size: int) -> None:
         self.transport = transport
         self._release: Callable[[], None] | None = release
-        self._parser = MessageParser(self, max_msg_size, self._on_message, self._on_error)
+        self._parser: MessageParser | None = MessageParser(self, max_msg_size, self._on_message, self._on_error)
         self.open = False  # the upgrade is answered
         self.closed = False  # a close frame went out, or the connection is gone
         self.close_code: int | None = None
@@ -240,7 +240,7 @@ class LeanSocket(asyncio.Protocol):
         early, self._early = self._early, b""
         if early is None:
             self.transport.abort()  # the client sent more than a handshake's worth before its answer
-        elif early:
+        elif early and self._parser is not None:
             self._parser.feed(early)
         return True
 
@@ -255,7 +255,7 @@ class LeanSocket(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.open:
+        if self._parser is not None and self.open:
             self._parser.feed(data)
         elif self._early is not None:  # the answer is on its way (the join waits on Redis)
             self._early += data
@@ -271,6 +271,7 @@ class LeanSocket(asyncio.Protocol):
             self.close_code = 1006  # no close frame came (RFC 6455 7.1.5)
         self._stop()
         self._gone = True
+        self._parser = None  # (it refers back to this socket: no cycle left for the collector)
         closing = self._closing
         if closing is not None and not closing.done():
             closing.set_result(True)
@@ -284,6 +285,10 @@ class LeanSocket(asyncio.Protocol):
         done, self._done = self._done, None
         if done is not None:
             done()
+        # what refers back to this socket, so that it goes as soon as the transport lets it go
+        self._handler = None
+        self.flush = None
+        self._backlog.clear()
 
     # -- what the session uses ---------------------------------------------------------------
 
@@ -374,6 +379,8 @@ class LeanSocket(asyncio.Protocol):
             running.add_done_callback(self._handler_done)
         elif kind is _PING:
             if not self.closed:
+                if self.flush is not None:  # after the frames queued before it
+                    self.flush()
                 payload = msg[1]
                 self.transport.write(bytes((0x8A, len(payload))) + payload)
         elif kind is _PONG:
@@ -450,6 +457,8 @@ class LeanUpgrades:
         self._middlewares: tuple[Any, ...] = ()
         #: Sockets whose upgrade is not answered yet (the join waits): cut off at shutdown.
         self.handshaking: set[LeanSocket] = set()
+        #: Connections taken (a WebSocket upgrade of this path, answered here either way).
+        self.taken = 0
 
     def expect_middlewares(self, middlewares: list[Any]) -> None:
         """The middlewares ``create_app`` installed: the lean path does what they do."""
@@ -488,6 +497,7 @@ class LeanUpgrades:
             if scheme is not None:
                 secure = scheme == "https"
         request = _Request(target, headers, remote, secure)
+        self.taken += 1
         sock = LeanSocket(transport, release, self._max_frame)
         transport.set_protocol(sock)
         if rest:
