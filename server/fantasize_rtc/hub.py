@@ -141,6 +141,15 @@ class Hub:
     def server_peer_ids(self) -> list[str]:
         return list(self._server_peers)
 
+    async def tell_server_peers(self, room_id: str, message: dict[str, Any]) -> None:
+        """Hand ``message`` to every server peer (what ``push_local`` does for each, without the
+        channel lookup: server peers have no channels)."""
+        for peer_id, handler in list(self._server_peers.items()):
+            try:
+                await handler(room_id, peer_id, message)
+            except Exception:  # a server peer's bug must not break the departure
+                log.exception("server peer %s failed on a message in room %s", peer_id, room_id)
+
     def server_peer(self, peer_id: str) -> ServerPeerHandler | None:
         return self._server_peers.get(peer_id)
 

@@ -269,6 +269,10 @@ class RtcServer:
     def has_listeners(self, event: str) -> bool:
         return bool(self._handlers.get(event))
 
+    def heard(self, event: str) -> bool:
+        """Whether a handler listens for ``event`` (the busiest paths skip making an event nobody hears)."""
+        return bool(self._handlers.get(event))
+
     def emit(self, event: str, payload: Any) -> None:
         for handler in tuple(self._handlers.get(event, ())):
             try:
@@ -415,7 +419,8 @@ class RtcServer:
             if address is not None and self.config.max_rooms_per_address:
                 self._rooms_by_address.setdefault(address, set()).add(room_id)
                 self._room_creator[room_id] = address
-            self.emit(ev.ROOM_CREATED, ev.RoomCreated(outcome.room))
+            if self.heard(ev.ROOM_CREATED):
+                self.emit(ev.ROOM_CREATED, ev.RoomCreated(outcome.room))
         others = [p.peer_id for p in outcome.room.peers if p.peer_id != peer_id and not is_server_peer(p.peer_id)]
         if outcome.replaced:
             log.info("peer %s in room %s reconnected; old channel replaced", peer_id, room_id)
@@ -433,7 +438,8 @@ class RtcServer:
             extra={"room": room_id, "peer": peer_id},
         )
         await self._broadcast(room_id, others, peer_connected_message(room_id, outcome.peer.to_wire()))
-        self.emit(ev.PEER_CONNECTED, ev.PeerConnected(room_id, outcome.peer))
+        if self.heard(ev.PEER_CONNECTED):
+            self.emit(ev.PEER_CONNECTED, ev.PeerConnected(room_id, outcome.peer))
         return Connect(
             room_id=room_id,
             peer_id=peer_id,
@@ -736,16 +742,17 @@ class RtcServer:
         if channel is not None:
             await channel.close(CloseCode.LEFT if reason == LeaveReason.LEFT else CloseCode.REMOVED, reason)
         await self._tell_server_peers(room_id, message)
-        self.emit(ev.PEER_DISCONNECTED, ev.PeerDisconnected(room_id, peer_id, reason))
+        if self.heard(ev.PEER_DISCONNECTED):
+            self.emit(ev.PEER_DISCONNECTED, ev.PeerDisconnected(room_id, peer_id, reason))
         if outcome.room_closed:
             self._forget_room(room_id)
             log.info("room %s closed (empty)", room_id)
-            self.emit(ev.ROOM_CLOSED, ev.RoomClosed(room_id))
+            if self.heard(ev.ROOM_CLOSED):
+                self.emit(ev.ROOM_CLOSED, ev.RoomClosed(room_id))
 
     async def _tell_server_peers(self, room_id: str, message: dict[str, Any]) -> None:
         """Server peers hear of departures so they can end the sessions the peer owned."""
-        for server_peer_id in self.hub.server_peer_ids():
-            await self.hub.push_local(room_id, server_peer_id, Envelope(message, "", 0))
+        await self.hub.tell_server_peers(room_id, message)
 
     async def reap(self) -> int:
         """One reaper pass: drop silent peers and expired outbox items. Returns peers reaped."""

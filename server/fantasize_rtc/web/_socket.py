@@ -57,8 +57,9 @@ async def admit(request: RequestLike, rtc: RtcServer) -> tuple[str, str, Connect
 
 
 def connected_frame(joined: Connect) -> str:
-    """The socket's first frame when the upgrade was the join: ``connect``'s answer."""
-    return dumps({"type": "connected", **joined.to_wire()})
+    """The socket's first frame when the upgrade was the join: ``connect``'s answer (msgspec
+    writes it when it can: the same JSON value as ``dumps``, several times faster)."""
+    return _json.encode({"type": "connected", **joined.to_wire()}, True)
 
 
 @routes.get("/rtc/ws")
