@@ -111,3 +111,53 @@ async def test_a_peer_that_stops_reading_is_closed_and_keeps_what_it_missed(
     assert got == [first_queued, "after"]
     await ws_a.close()
     await ws_b.close()
+
+
+class _Transport:
+    """What a channel writes to, recorded."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class _Socket:
+    closed = False
+
+
+async def test_a_burst_goes_out_in_slices_while_the_server_keeps_up_and_whole_when_it_is_behind() -> None:
+    """The write batching's two regimes (``WriteBatch.received``), with the clock given: frames
+    read within MAX_HOLD of the pass's first go out together at the end of the pass; a frame read
+    later in a short pass first sends what is queued; past SHORT_PASS frames nothing goes out
+    before the end of the pass."""
+    batch = rtc_channel.WriteBatch()
+    transport = _Transport()
+    channel = rtc_channel.WebSocketChannel(_Socket(), transport, batch)  # type: ignore[arg-type]
+    hold = rtc_channel.MAX_HOLD
+    t = 1000.0
+    batch.received(t)
+    channel.send("a")
+    batch.received(t + hold / 2)  # still within the hold: queued
+    channel.send("b")
+    assert transport.writes == []
+    batch.received(t + hold * 1.5)  # past it: what the pass queued so far goes out now
+    assert len(transport.writes) == 1 and transport.writes[0].endswith(b"b")
+    channel.send("c")
+    await wait_for(lambda: len(transport.writes) == 2, message="the end of the pass")
+    assert transport.writes[1].endswith(b"c")
+    # a long pass (the server is behind): one write at its end, however long it takes
+    transport.writes.clear()
+    batch.received(t)
+    for i in range(rtc_channel.SHORT_PASS + 10):
+        channel.send(str(i))
+        batch.received(t + (i + 1) * hold * (2 if i >= rtc_channel.SHORT_PASS else 0.001))
+    assert len(transport.writes) == 0
+    await wait_for(lambda: len(transport.writes) == 1, message="the end of the pass")

@@ -29,6 +29,14 @@ _PACK_LEN2 = struct.Struct("!BBH").pack
 
 _PACK_LEN3 = struct.Struct("!BBQ").pack
 
+#: While the server keeps up (a pass of the loop has read at most SHORT_PASS frames), a frame's
+#: relay waits at most MAX_HOLD seconds for the rest of its pass: a read that brings a burst goes
+#: out in slices instead of after its last frame. A longer pass means the server is behind: then
+#: everything queued waits for the end of the pass and goes out in one write per socket, which is
+#: what keeps a saturated relay fast (BENCHMARKS.md, issue 19).
+MAX_HOLD = 0.0001
+SHORT_PASS = 64
+
 
 class WriteBatch:
     """Flushes, once per pass of the event loop, every socket that queued frames in that pass:
@@ -39,7 +47,7 @@ class WriteBatch:
     frame read in that pass (``TransportCounters.relay_latency``): the relay latency as a peer sees
     it, less the network, at the cost of one clock read per pass."""
 
-    __slots__ = ("_dirty", "_loop", "_received", "_scheduled", "counters")
+    __slots__ = ("_dirty", "_in_pass", "_loop", "_received", "_scheduled", "counters")
 
     def __init__(self, counters: TransportCounters | None = None) -> None:
         self.counters = counters or TransportCounters()
@@ -47,6 +55,7 @@ class WriteBatch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._received = 0.0
+        self._in_pass = 0  # frames read in this pass of the loop
 
     def add(self, channel: WebSocketChannel) -> None:
         self._dirty.append(channel)
@@ -54,12 +63,20 @@ class WriteBatch:
             self._schedule()
 
     def received(self, at: float) -> None:
-        """A frame was read at ``at`` (``time.monotonic()``)."""
+        """A frame was read at ``at`` (``time.monotonic()``), before it is handled."""
         self.counters.frames_in += 1
-        if not self._received:
+        first = self._received
+        if not first:
             self._received = at
             if not self._scheduled:  # a flush follows every note, so a note is never stale
                 self._schedule()
+            return
+        self._in_pass = in_pass = self._in_pass + 1
+        if in_pass <= SHORT_PASS and at - first > MAX_HOLD:
+            # A burst, and the server keeps up: what the frames handled so far queued goes out
+            # now, not after the rest. (A long pass means it is behind: then one write each.)
+            self._write()
+            self._received = at
 
     def _schedule(self) -> None:
         self._scheduled = True
@@ -69,6 +86,10 @@ class WriteBatch:
 
     def _flush(self) -> None:
         self._scheduled = False
+        self._in_pass = 0
+        self._write()
+
+    def _write(self) -> None:
         dirty, self._dirty = self._dirty, []
         written = 0
         for channel in dirty:
