@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import json
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from fantasize_rtc._aiohttp_compat import GUARDED_SERVER
 from fantasize_rtc.app import create_app
 from fantasize_rtc.web import RTC_KEY
 from tests import fuzzing
+from tests.conftest import MakeClient
 from tests.fuzzing import body_of, check_answer, check_log, hostile_json, ids, json_values, strict_json
 from tests.helpers import IN_CI
 
@@ -94,10 +96,25 @@ class World:
         assert signals and signals[0] == CANARY, signals[:3]
 
 
+def _fuzz_config(config: RtcConfig) -> RtcConfig:
+    # No per-peer rate limit: thousands of cases from one peer would only ever see 429 otherwise.
+    return config.replace(rate_limit_per_sec=0, max_rooms_per_address=0, max_connections_per_address=0)
+
+
 @pytest.fixture
 async def world(aiohttp_client: Any, config: RtcConfig) -> AsyncIterator[World]:
-    # No per-peer rate limit: thousands of cases from one peer would only ever see 429 otherwise.
-    client = await aiohttp_client(create_app(config=config.replace(rate_limit_per_sec=0, max_rooms_per_address=0)))
+    async for w in _world(await aiohttp_client(create_app(config=_fuzz_config(config)))):
+        yield w
+
+
+@pytest.fixture
+async def ws_world(serve_client: MakeClient, config: RtcConfig) -> AsyncIterator[World]:
+    """The world, served each way a WebSocket comes in (aiohttp's route, the lean upgrade)."""
+    async for w in _world(await serve_client(create_app(config=_fuzz_config(config)))):
+        yield w
+
+
+async def _world(client: TestClient) -> AsyncIterator[World]:  # type: ignore[type-arg]
     w = World(client)
     await w.setup()
     yield w
@@ -198,7 +215,8 @@ EXPECTED_CLOSE = {1000, 1003, 1007, 1008, 1009, 4001}
 @example(frames=['{"type":"signal","signal":{"type":"x","payload":' + "[" * 40 + "]" * 40 + "}}"])
 @example(frames=[b"\x00\x01"])
 @given(frames=st.lists(ws_frames(), min_size=1, max_size=6))
-async def test_fuzz_websocket_frames(world: World, frames: list[str | bytes], caplog: Any) -> None:
+async def test_fuzz_websocket_frames(ws_world: World, frames: list[str | bytes], caplog: Any) -> None:
+    world = ws_world
     caplog.set_level(logging.INFO)
     token = await world.ensure_fuzzer()
     caplog.clear()
@@ -284,6 +302,61 @@ async def test_fuzz_header_sets(guarded: int, headers: list[tuple[bytes, bytes]]
     assert b"ZZSECRET" not in answer, answer[:300]
     ctype = "application/json" if b"application/json" in head else ""
     check_answer(status, ctype, body.decode("utf-8", "replace"))
+    check_log(caplog.records)
+
+
+# -- WebSocket upgrades with any extra headers and query, on the guarded server (the lean path) ---------
+
+query_parts = st.lists(
+    st.tuples(
+        st.sampled_from(["roomId", "peerId", "metadata", "token", "authToken", "room", "x"]),
+        st.text(max_size=40),
+    ),
+    max_size=5,
+)
+
+
+@given(headers=st.lists(st.tuples(header_names, header_values), max_size=6), query=query_parts)
+async def test_fuzz_upgrade_heads(
+    guarded: int, headers: list[tuple[bytes, bytes]], query: list[tuple[str, str]], caplog: Any
+) -> None:
+    """What a browser's upgrade looks like plus anything: the lean path takes it or leaves it to
+    aiohttp; either way the answer is a 101 or this package's JSON error, never a secret echoed or
+    an ERROR logged."""
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    target = "/rtc/ws?" + urllib.parse.urlencode(query)
+    reader, writer = await asyncio.open_connection("127.0.0.1", guarded)
+    try:
+        lines = [
+            f"GET {target} HTTP/1.1".encode(),
+            b"Host: fuzz",
+            b"Upgrade: websocket",
+            b"Connection: Upgrade",
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            b"Sec-WebSocket-Version: 13",
+        ]
+        lines += [name + b": " + value for name, value in headers]
+        writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        status = int(head.split(b" ", 2)[1])
+        body = b""
+        if status != 101:
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                None,
+            )
+            body = await asyncio.wait_for(reader.readexactly(length) if length is not None else reader.read(), 10)
+    finally:
+        writer.transport.abort()
+    assert b"ZZSECRET" not in head + body, (head + body)[:300]
+    if status != 101:
+        ctype = "application/json" if b"application/json" in head else ""
+        check_answer(status, ctype, body.decode("utf-8", "replace"))
     check_log(caplog.records)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fantasize_rtc import RtcConfig, serving, tls
 from fantasize_rtc.app import create_app
 from fantasize_rtc.client import RtcClient
+from fantasize_rtc.web import LEAN_KEY
 from tests.helpers import stop_process, wait_for, wait_for_sync
 
 # -- the self-signed certificate and its folder ----------------------------------------------------------
@@ -163,7 +165,8 @@ def test_files_that_do_not_load_are_one_sentence(tmp_path: Path) -> None:
 
 
 class Served:
-    def __init__(self, port: int, cert_path: Path) -> None:
+    def __init__(self, port: int, cert_path: Path, app: web.Application) -> None:
+        self.app = app
         self.port = port
         self.cert_path = cert_path
         self.url = f"https://127.0.0.1:{port}"
@@ -184,7 +187,7 @@ async def served_tls(config: RtcConfig, tmp_path: Path) -> AsyncIterator[Served]
     runner, site, _limiter = await serving.start(app, "127.0.0.1", 0, config, ssl_context=context)
     try:
         assert site.name.startswith("https://")
-        yield Served(site.port, tmp_path / "state" / tls.CERT_FILE)
+        yield Served(site.port, tmp_path / "state" / tls.CERT_FILE, app)
     finally:
         await runner.cleanup()
 
@@ -214,6 +217,20 @@ async def test_https_and_wss_on_the_guarded_server(served_tls: Served, caplog: p
             await ws.send_json({"type": "heartbeat", "id": 7})  # and the other way
             assert await ws.receive_json(timeout=5) == {"type": "ack", "id": 7}
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_join_in_the_upgrade_over_wss_takes_the_lean_path(served_tls: Served) -> None:
+    """A browser's WebSocket (a connection of its own) over TLS: the lean upgrade of ``serve``
+    takes it behind the TLS layer, as on plain TCP."""
+    connector = aiohttp.TCPConnector(ssl=served_tls.trusting(), force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        url = f"wss://127.0.0.1:{served_tls.port}/rtc/ws"
+        async with http.ws_connect(url, params={"roomId": "r", "peerId": "carol"}) as ws:
+            first = await ws.receive_json(timeout=5)
+            assert first["type"] == "connected" and first["peerId"] == "carol"
+            await ws.send_json({"type": "heartbeat", "id": 1})
+            assert await ws.receive_json(timeout=5) == {"type": "ack", "id": 1}
+    assert served_tls.app[LEAN_KEY].taken == 1
 
 
 async def test_the_certificate_verifies_for_every_name_and_address_of_the_host(served_tls: Served) -> None:

@@ -61,6 +61,7 @@ __all__ = [
     "MessageParser",
     "Takeover",
     "carry_on_in_task",
+    "handle_frame",
     "parse_cookies",
     "start_eagerly",
     "supported",
@@ -135,6 +136,21 @@ else:
     FAST_FRAMES = supported(aiohttp.__version__)
 
 
+def handle_frame(handler: FrameHandler, text: str) -> bool | asyncio.Task[Any] | None:
+    """Run ``handler(text)`` now (:func:`start_eagerly` for a frame handler): its result when it
+    finished, the task that carries it on when it waits, None when it failed (logged: a bug in
+    the handler must not end the socket)."""
+    coro = handler(text)
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return bool(stop.value)
+    except Exception:
+        log.exception("frame handler failed")
+        return None
+    return carry_on_in_task(coro, yielded)
+
+
 class _FrameQueue(WebSocketDataQueue):  # type: ignore[misc, valid-type]
     """aiohttp's message queue, calling the frame handler for a text frame when nothing is ahead
     of it (queued, or a handler still running)."""
@@ -152,19 +168,12 @@ class _FrameQueue(WebSocketDataQueue):  # type: ignore[misc, valid-type]
             return
         if self.stopped:
             return
-        # start_eagerly, inlined: this runs for every frame
-        coro = handler(data[1])
-        try:
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            if not stop.value:
-                self.stopped = True
-            return
-        except Exception:  # a bug in the handler: log it; the socket goes on
-            log.exception("frame handler failed")
-            return
-        running = self.running = carry_on_in_task(coro, yielded)
-        running.add_done_callback(self._done)
+        outcome = handle_frame(handler, data[1])
+        if outcome is False:
+            self.stopped = True
+        elif isinstance(outcome, asyncio.Task):
+            self.running = outcome
+            outcome.add_done_callback(self._done)
 
     def _done(self, running: asyncio.Future[Any]) -> None:
         self.running = None
@@ -459,13 +468,9 @@ class _FirstRead(asyncio.Protocol):
             self._timer = loop.call_at(now + site._header_timeout, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
-        transport = self._transport
+        transport = self._let_go()
         if transport is None:
             return
-        self._transport = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         site = self._site
         address = self._address
         takeover = site._takeover
@@ -491,17 +496,21 @@ class _FirstRead(asyncio.Protocol):
         return None  # the transport closes itself; connection_lost follows
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._transport is None:  # handed over (or never admitted): not ours to count
+        if self._let_go() is None:  # handed over (or never admitted): not ours to count
             return
-        self._transport = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         site = self._site
         if self._address:
             site._gate_.release(self._address)
             assert site._loop_ is not None
             site._gate_.no_request(self._address, site._loop_.time() - self._opened_at)
+
+    def _let_go(self) -> asyncio.Transport | None:
+        """The connection, once (None after): its first read or its end, whichever comes."""
+        transport, self._transport = self._transport, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return transport
 
     def _timed_out(self) -> None:
         self._timer = None

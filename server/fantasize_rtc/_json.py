@@ -19,7 +19,7 @@ from typing import Any
 
 from .protocol import check_parsed_depth, dumps, parse_json
 
-__all__ = ["HAVE_MSGSPEC", "encode", "parse"]
+__all__ = ["HAVE_MSGSPEC", "encode", "encode_bytes", "parse"]
 
 try:
     import msgspec
@@ -44,6 +44,17 @@ def parse(data: str | bytes, *, max_depth: int) -> tuple[Any, bool]:
         return parse_json(data, max_depth=max_depth), False
     check_parsed_depth(data, value, max_depth)
     return value, True
+
+
+def encode_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON of a value the server made from checked parts (an answer), by msgspec
+    when it can (the same JSON value as :func:`protocol.dumps`, several times faster)."""
+    if msgspec is not None:
+        try:
+            return _encode(value)
+        except (_Error, RecursionError, TypeError, ValueError):  # e.g. an int past 64 bits
+            pass
+    return dumps(value).encode()
 
 
 def encode(value: Any, fast: bool) -> str:

@@ -47,7 +47,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .. import logs
-from .._aiohttp_compat import FrameHandler, MessageParser, Takeover, carry_on_in_task, parse_cookies, start_eagerly
+from .._aiohttp_compat import FrameHandler, MessageParser, Takeover, handle_frame, parse_cookies, start_eagerly
 from ..errors import RtcError
 from ..protocol import CloseCode, dumps
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel
@@ -365,18 +365,12 @@ class LeanSocket(asyncio.Protocol):
         if kind is _TEXT:
             if self._stopped or self._handler is None:
                 return
-            coro = self._handler(msg[1])
-            try:  # start_eagerly, inlined: this runs for every frame
-                yielded = coro.send(None)
-            except StopIteration as stop:
-                if not stop.value:
-                    self._stop_reading()
-                return
-            except Exception:  # a bug in the handler: log it; the socket goes on
-                log.exception("frame handler failed")
-                return
-            running = self._running = carry_on_in_task(coro, yielded)
-            running.add_done_callback(self._handler_done)
+            outcome = handle_frame(self._handler, msg[1])
+            if outcome is False:
+                self._stop_reading()
+            elif isinstance(outcome, asyncio.Task):
+                self._running = outcome
+                outcome.add_done_callback(self._handler_done)
         elif kind is _PING:
             if not self.closed:
                 if self.flush is not None:  # after the frames queued before it

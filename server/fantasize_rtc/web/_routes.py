@@ -9,6 +9,7 @@ import time
 
 from aiohttp import web
 
+from .. import _json
 from .._resources import static_dir
 from .._version import __version__
 from ..auth import (
@@ -26,6 +27,7 @@ from ._requests import (
     RTC_KEY,
     STARTED_KEY,
     is_secure,
+    json_bytes_response,
     json_response,
     optional_id,
     peer_from,
@@ -87,7 +89,7 @@ async def signal(request: web.Request) -> web.Response:
         raise InvalidRequest("signal is required: {type, payload, to?}.")
     rtc = request.app[RTC_KEY]
     result = await rtc.relay(room_id, peer_id, signal_of(body["signal"], fast, rtc.config.max_json_depth))
-    return json_response(result.to_wire())
+    return json_bytes_response(_json.encode_bytes(result.to_wire()))
 
 
 @routes.post("/rtc/disconnect")
