@@ -18,7 +18,7 @@ from . import _routes, _socket
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel, WriteBatch
 from ._drain import DRAIN_KEY, Drain
 from ._lean import LEAN_KEY, LeanUpgrades
-from ._middleware import cors_middleware, error_middleware, requests_middleware
+from ._middleware import cors_middleware, error_middleware
 from ._proxy import proxy_middleware
 from ._requests import ADMIN_KEY, COUNTERS_KEY, RTC_KEY, STARTED_KEY
 
@@ -55,14 +55,13 @@ def create_app(
     # of the request, with the client's address and scheme. It raises nothing, so it needs no error
     # middleware around it, and it runs before anything reads the body (a clone cannot be made
     # after). CORS is next, outside the error middleware, so error answers carry its headers too.
-    middlewares: list[Any] = [error_middleware]
+    # The error middleware also counts the requests in progress for the drain (web._drain).
+    drain = Drain(rtc)
+    middlewares: list[Any] = [error_middleware(drain)]
     if config.cors_origins:
         middlewares.insert(0, cors_middleware(config.cors_origins))
     if config.trusted_proxies:
         middlewares.insert(0, proxy_middleware(config.trusted_proxies))
-    # Outermost of all: the requests in progress when a drain begins are let finish (web._drain).
-    drain = Drain(rtc)
-    middlewares.insert(0, requests_middleware(drain))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[RTC_KEY] = rtc
     sockets: weakref.WeakSet[WebSocketChannel] = weakref.WeakSet()

@@ -81,11 +81,11 @@ class Drain:
         #: ``time.monotonic()`` when the drain began; None while serving.
         self.started_at: float | None = None
         self.report: DrainReport | None = None
-        self._serving_requests = 0  # in progress and begun before the drain (requests_middleware)
+        self._serving_requests = 0  # in progress and begun before the drain (error_middleware)
         self._requests_done: asyncio.Event | None = None
 
     def request_started(self) -> bool:
-        """A request begins (``requests_middleware``); True when the drain must wait for it."""
+        """A request begins (``error_middleware``); True when the drain must wait for it."""
         if self.started_at is not None:
             return False
         self._serving_requests += 1

@@ -26,7 +26,7 @@ from ..errors import (
 from ._drain import Drain
 from ._requests import COUNTERS_KEY, UndecodableBody, error_response, json_response
 
-__all__ = ["cors_allows", "cors_headers", "cors_middleware", "error_middleware", "requests_middleware"]
+__all__ = ["cors_allows", "cors_headers", "cors_middleware", "error_middleware"]
 
 log = logging.getLogger("fantasize_rtc.web")
 
@@ -42,16 +42,30 @@ _HTTP_CODES = {
 }
 
 
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    # Log lines of this request (and of the tasks it starts) name the client (logs.py).
-    token = logs.bind(address=request.remote)
-    try:
-        return await _answer(request, handler)
-    finally:
-        logs.reset(token)
+def error_middleware(drain: Drain) -> Any:
+    """Every error to ``{"error": {code, message}}`` with its status, unread bodies settled, the
+    client named in the request's log lines, and the request counted for ``drain``: the requests
+    in progress when a drain begins are let finish before the process stops listening
+    (``web._drain``; a WebSocket counts for as long as it is open). One middleware for all of it:
+    each layer costs every request a coroutine (and aiohttp adds one of its own when there is any).
+    The proxy and CORS middlewares around it only wrap the handler, so counting here counts the
+    whole request."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        counted = drain.request_started()
+        # Log lines of this request (and of the tasks it starts) name the client (logs.py).
+        token = logs.bind(address=request.remote)
+        try:
+            return await _answer(request, handler)
+        finally:
+            logs.reset(token)
+            if counted:
+                drain.request_ended()
+
+    return middleware
 
 
 async def _answer(
@@ -117,25 +131,6 @@ async def _finish_unread_body(request: web.Request, response: web.StreamResponse
     await response.write_eof()
     if request.protocol is not None:
         request.protocol.force_close()  # the transport sends what it holds, then closes
-
-
-def requests_middleware(drain: Drain) -> Any:
-    """Counts the requests in progress that began before a drain, which the drain lets finish
-    before the process stops listening (``web._drain``). Outermost: every request counts, a
-    WebSocket for as long as it is open. Two integer steps per request."""
-
-    @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if not drain.request_started():
-            return await handler(request)
-        try:
-            return await handler(request)
-        finally:
-            drain.request_ended()
-
-    return middleware
 
 
 def cors_middleware(origins: tuple[str, ...]) -> Any:

@@ -150,8 +150,11 @@ class RequestLike(Protocol):
 def token_from_request(request: RequestLike, room_id: str | None = None, peer_id: str | None = None) -> str | None:
     """Bearer header, then ``?token=``, then the connect cookie for (room, peer)."""
     authorization = request.headers.get("Authorization")
-    if authorization is None and (token := request.query.get("token")):
-        return token
+    if authorization is None:
+        if token := request.query.get("token"):
+            return token
+    elif (token := bearer_token(authorization)) is not None:
+        return token  # (the cookies are not read at all: parsing them costs every request)
     return peer_token(authorization, request.cookies, room_id, peer_id)
 
 
