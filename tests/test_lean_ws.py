@@ -393,3 +393,20 @@ async def test_a_middleware_added_by_a_plugin_sends_upgrades_through_aiohttp(con
         raw.close()
     finally:
         await runner.cleanup()
+
+
+async def test_a_socket_that_cannot_be_attached_is_closed_not_left_open(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rtc = served.app[RTC_KEY]
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug while attaching")
+
+    monkeypatch.setattr(rtc, "attach_channel", broken)
+    raw, _ = await join(served.port, "r", "alice")
+    opcode, payload = await raw.frame()
+    assert opcode == 0x8 and struct.unpack("!H", payload[:2])[0] == CloseCode.INTERNAL_ERROR
+    raw.send(frame(0x8, struct.pack("!H", 1000)))
+    assert await raw.closed_by_server()
+    await wait_for(lambda: served.limiter.open_from("127.0.0.1") == 0, message="the connection let go")

@@ -550,6 +550,12 @@ class LeanUpgrades:
             else:  # (not attached then: its outbox stays in the backend for the next socket)
                 await rtc.attach_channel(room_id, peer_id, channel)
                 sock.start(PeerFrames(rtc, sock, channel, room_id, peer_id).handle)
+        except RtcError as err:  # the backend failed (Redis unreachable): the client tries again
+            log.warning("peer %s in room %s: its WebSocket could not be attached (%s)", peer_id, room_id, err.message)
+            channel.begin_close(CloseCode.SERVICE_RESTART, "try again")
+        except Exception:  # a bug: no socket is left open and unread
+            log.exception("attaching the WebSocket of peer %s in room %s failed", peer_id, room_id)
+            channel.begin_close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             sock.when_done(done)
 
