@@ -151,8 +151,9 @@ _CLOSE = WSMsgType.CLOSE
 _PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
 _ERROR = WSMsgType.ERROR  # a protocol error of the client's (the reader's exception)
-#: Messages held while a handler waits before the socket stops reading (and reads again at a quarter).
-_BACKLOG_PAUSE = 256
+#: Bytes of messages held while a handler waits before the socket stops reading (it reads again
+#: at a quarter): aiohttp's queue holds as much before it pauses.
+_BACKLOG_PAUSE = 256 * 1024
 #: Bytes a client may send before its upgrade is answered (it should send none).
 _EARLY_LIMIT = 64 * 1024
 
@@ -165,12 +166,12 @@ def _close_frame(code: int, message: bytes) -> bytes:
 class LeanSocket(asyncio.Protocol):
     """A peer's WebSocket on its own transport, from the upgrade's answer to the connection's end.
 
-    What :func:`~._socket.session`, ``_PeerFrames`` and :class:`~._channel.WebSocketChannel` use of
-    aiohttp's ``WebSocketResponse`` (``closed``, ``close_code``, ``close()``, ``finish_frames()``),
-    with aiohttp's behaviour: pings answered, pongs ignored, a client's close answered with 1000
-    and the connection closed, a protocol error (bad frame, too large, bad UTF-8) closed with its
-    code, our close waiting up to :data:`~._socket.CLOSE_TIMEOUT` for the client's answer before
-    the connection is cut; and binary frames closed with 1003 as the route does.
+    What ``PeerFrames`` and :class:`~._channel.WebSocketChannel` use of aiohttp's
+    ``WebSocketResponse`` (``closed``, ``close()``, ``begin_close()``), with aiohttp's behaviour:
+    pings answered, pongs ignored, a client's close answered with 1000 and the connection closed,
+    a protocol error (bad frame, too large, bad UTF-8) closed with its code, our close waiting up
+    to :data:`~._socket.CLOSE_TIMEOUT` for the client's answer before the connection is cut; and
+    binary frames closed with 1003 as the route does.
 
     Text frames go to the handler in the read callback; when it waits (Redis), what arrives meanwhile
     is held, in order, until it is done (control frames too, so a close never overtakes a signal).
@@ -184,6 +185,7 @@ class LeanSocket(asyncio.Protocol):
         "_early",
         "_gone",
         "_handler",
+        "_held",
         "_parser",
         "_paused",
         "_release",
@@ -211,6 +213,7 @@ class LeanSocket(asyncio.Protocol):
         self._handler: FrameHandler | None = None
         self._running: asyncio.Task[Any] | None = None  # a handler that waits
         self._backlog: collections.deque[Any] = collections.deque()
+        self._held = 0  # bytes in the backlog
         self._paused = False
         self._stopped = False  # text frames are no longer handled
         self._gone = False  # the connection is gone
@@ -289,6 +292,7 @@ class LeanSocket(asyncio.Protocol):
         self._handler = None
         self.flush = None
         self._backlog.clear()
+        self._held = 0
 
     # -- what the session uses ---------------------------------------------------------------
 
@@ -356,7 +360,10 @@ class LeanSocket(asyncio.Protocol):
 
     def _hold(self, msg: Any) -> None:
         self._backlog.append(msg)
-        if len(self._backlog) > _BACKLOG_PAUSE and not self._paused:
+        data = msg[1]
+        if isinstance(data, (str, bytes)):
+            self._held += len(data)
+        if self._held > _BACKLOG_PAUSE and not self._paused:
             self._paused = True
             self.transport.pause_reading()
 
@@ -415,8 +422,11 @@ class LeanSocket(asyncio.Protocol):
         """Handle what was held, in order, until a handler waits again."""
         backlog = self._backlog
         while backlog and self._running is None and (self._handler is not None or self._stopped):
-            self._handle(backlog.popleft())
-        if self._paused and len(backlog) <= _BACKLOG_PAUSE // 4:
+            msg = backlog.popleft()
+            if isinstance(msg[1], (str, bytes)):
+                self._held -= len(msg[1])
+            self._handle(msg)
+        if self._paused and self._held <= _BACKLOG_PAUSE // 4:
             self._paused = False
             self.transport.resume_reading()
 
