@@ -273,6 +273,20 @@ async def guarded(config: RtcConfig) -> AsyncIterator[int]:
         await runner.cleanup()
 
 
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
+    """(status, head, body) of an HTTP answer; a 101's body is the WebSocket's, not read."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status = int(head.split(b" ", 2)[1])
+    if status == 101:
+        return status, head, b""
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        None,
+    )
+    body = await asyncio.wait_for(reader.readexactly(length) if length is not None else reader.read(), 10)
+    return status, head, body
+
+
 @given(
     headers=st.lists(st.tuples(header_names, header_values), max_size=6),
     method=st.sampled_from([b"GET /healthz", b"POST /rtc/connect", b"GET /rtc/ws", b"GET /rtc/poll?token=ZZSECRET"]),
@@ -285,17 +299,7 @@ async def test_fuzz_header_sets(guarded: int, headers: list[tuple[bytes, bytes]]
         lines = [method + b" HTTP/1.1", b"Host: fuzz", b"Content-Length: 0"]
         lines += [name + b": " + value for name, value in headers]
         writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        status = int(head.split(b" ", 2)[1])
-        length = next(
-            (
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            ),
-            None,
-        )
-        body = await asyncio.wait_for(reader.readexactly(length) if length is not None else reader.read(), 10)
+        status, head, body = await _read_answer(reader)
     finally:
         writer.transport.abort()
     answer = head + body
@@ -338,19 +342,7 @@ async def test_fuzz_upgrade_heads(
         ]
         lines += [name + b": " + value for name, value in headers]
         writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        status = int(head.split(b" ", 2)[1])
-        body = b""
-        if status != 101:
-            length = next(
-                (
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                ),
-                None,
-            )
-            body = await asyncio.wait_for(reader.readexactly(length) if length is not None else reader.read(), 10)
+        status, head, body = await _read_answer(reader)
     finally:
         writer.transport.abort()
     assert b"ZZSECRET" not in head + body, (head + body)[:300]
