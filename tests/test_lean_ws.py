@@ -410,3 +410,33 @@ async def test_a_socket_that_cannot_be_attached_is_closed_not_left_open(
     raw.send(frame(0x8, struct.pack("!H", 1000)))
     assert await raw.closed_by_server()
     await wait_for(lambda: served.limiter.open_from("127.0.0.1") == 0, message="the connection let go")
+
+
+async def test_frames_wait_in_order_behind_a_handler_that_waits(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with Redis: while one frame's handler waits, the frames after it (a ping too) are held
+    and handled in order when it is done."""
+    from fantasize_rtc.web import _lean
+
+    release = asyncio.Event()
+
+    class Waiting(_lean.PeerFrames):
+        async def handle(self, data: str) -> bool:
+            if json.loads(data).get("id") == "first":
+                await release.wait()
+            return await super().handle(data)
+
+    monkeypatch.setattr(_lean, "PeerFrames", Waiting)
+    raw, _ = await join(served.port, "r", "alice")
+    raw.send(text({"type": "heartbeat", "id": "first"}))
+    raw.send(
+        text({"type": "heartbeat", "id": "second"}) + frame(0x9, b"p") + text({"type": "heartbeat", "id": "third"})
+    )
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(raw.reader.readexactly(1), 0.3)  # nothing overtakes the waiting frame
+    release.set()
+    assert (await raw.json())["id"] == "first"
+    assert (await raw.json())["id"] == "second"
+    assert await raw.frame() == (0xA, b"p")
+    assert (await raw.json())["id"] == "third"
