@@ -418,14 +418,16 @@ async def test_frames_wait_in_order_behind_a_handler_that_waits(
     """As with Redis: while one frame's handler waits, the frames after it (a ping too) are held
     and handled in order when it is done."""
     from fantasize_rtc.web import _lean
+    from fantasize_rtc.web._socket import PeerFrames
 
     release = asyncio.Event()
 
-    class Waiting(_lean.PeerFrames):
+    class Waiting(PeerFrames):
         async def handle(self, data: str) -> bool:
             if json.loads(data).get("id") == "first":
                 await release.wait()
-            return await super().handle(data)
+            handled: bool = await super().handle(data)
+            return handled
 
     monkeypatch.setattr(_lean, "PeerFrames", Waiting)
     raw, _ = await join(served.port, "r", "alice")
