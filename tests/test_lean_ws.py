@@ -37,6 +37,7 @@ class Served:
     app: web.Application
     port: int
     limiter: ConnectionLimiter
+    runner: web.AppRunner
 
     @property
     def taken(self) -> int:
@@ -49,7 +50,7 @@ async def served(config: RtcConfig) -> AsyncIterator[Served]:
     app = create_app(config=config, media=False)
     runner, site, limiter = await serving.start(app, "127.0.0.1", 0, config)
     try:
-        yield Served(app, bound_port(site), limiter)
+        yield Served(app, bound_port(site), limiter, runner)
     finally:
         await runner.cleanup()
 
@@ -218,8 +219,9 @@ async def test_what_it_leaves_to_aiohttp_is_answered_as_before(served: Served) -
     raw = await Raw.open(served.port)
     data = upgrade("/rtc/ws?roomId=r&peerId=alice")
     raw.send(data[:30])
-    await raw.writer.drain()
-    await asyncio.sleep(0.05)  # two TCP segments on purpose (not a wait for a state)
+    server = served.runner.server
+    assert server is not None
+    await wait_for(lambda: server.connections, message="aiohttp given the connection after its first read")
     raw.send(data[30:])
     status, _, _ = await raw.head()
     assert status == 101 and (await raw.json())["type"] == "connected"

@@ -60,7 +60,6 @@ __all__ = [
     "GuardedSite",
     "MessageParser",
     "Takeover",
-    "carry_on_in_task",
     "handle_frame",
     "parse_cookies",
     "start_eagerly",
@@ -83,10 +82,10 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | None:
         yielded = coro.send(None)
     except StopIteration:
         return None
-    return carry_on_in_task(coro, yielded)
+    return _carry_on_in_task(coro, yielded)
 
 
-def carry_on_in_task(coro: Coroutine[Any, Any, Any], yielded: Any) -> asyncio.Task[Any]:
+def _carry_on_in_task(coro: Coroutine[Any, Any, Any], yielded: Any) -> asyncio.Task[Any]:
     """A task that carries on ``coro``, which suspended by yielding ``yielded``; its result is
     the coroutine's."""
     task = asyncio.ensure_future(_carry_on(coro, yielded))
@@ -148,7 +147,7 @@ def handle_frame(handler: FrameHandler, text: str) -> bool | asyncio.Task[Any] |
     except Exception:
         log.exception("frame handler failed")
         return None
-    return carry_on_in_task(coro, yielded)
+    return _carry_on_in_task(coro, yielded)
 
 
 class _FrameQueue(WebSocketDataQueue):  # type: ignore[misc, valid-type]

@@ -15,7 +15,15 @@ from aiohttp import web
 from ..counters import TransportCounters
 from ..protocol import CloseCode
 
-__all__ = ["SEND_BUFFER_LIMIT", "SOCKETS_KEY", "WRITE_BATCH_KEY", "SocketLike", "WebSocketChannel", "WriteBatch"]
+__all__ = [
+    "SEND_BUFFER_LIMIT",
+    "SOCKETS_KEY",
+    "WRITE_BATCH_KEY",
+    "SocketLike",
+    "WebSocketChannel",
+    "WriteBatch",
+    "text_frame",
+]
 
 log = logging.getLogger("fantasize_rtc.web")
 
@@ -28,6 +36,18 @@ _PACK_LEN2 = struct.Struct("!BBH").pack
 
 
 _PACK_LEN3 = struct.Struct("!BBQ").pack
+
+
+def text_frame(text: str) -> bytes:
+    """A server's text frame (unmasked, RFC 6455 section 5.2) of ``text``."""
+    data = text.encode()
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return _PACK_LEN2(0x81, 126, n) + data
+    return _PACK_LEN3(0x81, 127, n) + data
+
 
 #: While the server keeps up (a pass of the loop has read at most SHORT_PASS frames), a frame's
 #: relay waits at most MAX_HOLD seconds for the rest of its pass: a read that brings a burst goes
@@ -144,6 +164,7 @@ class WebSocketChannel:
             return False
         data = text.encode()
         n = len(data)
+        # text_frame, inlined (this runs for every message; the size is needed below too)
         if n < 126:
             header = bytes((0x81, n))
         elif n < 65536:

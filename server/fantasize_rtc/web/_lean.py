@@ -49,12 +49,12 @@ from yarl import URL
 from .. import logs
 from .._aiohttp_compat import FrameHandler, MessageParser, Takeover, handle_frame, parse_cookies, start_eagerly
 from ..errors import RtcError
-from ..protocol import CloseCode, dumps
-from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel
+from ..protocol import CloseCode
+from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel, text_frame
 from ._drain import DRAIN_KEY
 from ._middleware import cors_allows, cors_headers
 from ._proxy import TrustedProxies
-from ._requests import COUNTERS_KEY, RTC_KEY, error_response
+from ._requests import COUNTERS_KEY, RTC_KEY, error_response, json_response
 from ._socket import BINARY_REFUSED, CLOSE_TIMEOUT, PeerFrames, admit, connected_frame
 
 __all__ = ["LEAN_KEY", "LeanSocket", "LeanUpgrades", "parse_upgrade"]
@@ -237,7 +237,7 @@ class LeanSocket(asyncio.Protocol):
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
         )
         if first is not None:
-            answer += _text_frame(first)
+            answer += text_frame(first)
         self.transport.write(answer)
         self.open = True
         early, self._early = self._early, b""
@@ -440,16 +440,6 @@ class LeanSocket(asyncio.Protocol):
             self._begin_close(1000, b"")
 
 
-def _text_frame(text: str) -> bytes:
-    data = text.encode()
-    n = len(data)
-    if n < 126:
-        return bytes((0x81, n)) + data
-    if n < 65536:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + data
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + data
-
-
 # -- the takeover ---------------------------------------------------------------------------------
 
 
@@ -528,14 +518,14 @@ class LeanUpgrades:
         try:
             room_id, peer_id, joined = await admit(request, rtc)
         except RtcError as err:
-            self._refuse(sock, request, err.status, err.code, error_response(err))
+            self._refuse(sock, request, err.code, error_response(err))
             sock.when_done(functools.partial(self._done, None, counting))
             return
         except Exception:
             logs.bind(address=request.remote)
             log.exception("unhandled error on GET %s", _ROUTE)
-            body = dumps({"error": {"code": "internal_error", "message": "Internal server error."}})
-            self._refuse(sock, request, 500, "internal_error", web.Response(status=500, text=body))
+            error = {"error": {"code": "internal_error", "message": "Internal server error."}}
+            self._refuse(sock, request, "internal_error", json_response(error, status=500))
             sock.when_done(functools.partial(self._done, None, counting))
             return
         finally:
@@ -559,7 +549,7 @@ class LeanUpgrades:
                 channel.begin_close(CloseCode.SERVICE_RESTART, "server restarting: connect again")
             else:  # (not attached then: its outbox stays in the backend for the next socket)
                 await rtc.attach_channel(room_id, peer_id, channel)
-                sock.start(PeerFrames(rtc, sock, channel, room_id, peer_id).handle)
+                sock.start(PeerFrames(rtc, sock, channel, room_id, peer_id, joined=joined is not None).handle)
         except RtcError as err:  # the backend failed (Redis unreachable): the client tries again
             log.warning("peer %s in room %s: its WebSocket could not be attached (%s)", peer_id, room_id, err.message)
             channel.begin_close(CloseCode.SERVICE_RESTART, "try again")
@@ -579,7 +569,9 @@ class LeanUpgrades:
         if counting:
             self._drain.request_ended()
 
-    def _refuse(self, sock: LeanSocket, request: _Request, status: int, code: str, response: web.Response) -> None:
+    def _refuse(self, sock: LeanSocket, request: _Request, code: str, response: web.Response) -> None:
+        """Answer with ``response`` (the route's error answer) as HTTP/1.1, and close."""
+        status = response.status
         self._counters.answered(_ROUTE, "GET", status, code)
         headers = dict(response.headers)
         headers["Content-Type"] = "application/json; charset=utf-8"

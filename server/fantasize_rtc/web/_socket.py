@@ -59,7 +59,7 @@ async def admit(request: RequestLike, rtc: RtcServer) -> tuple[str, str, Connect
 def connected_frame(joined: Connect) -> str:
     """The socket's first frame when the upgrade was the join: ``connect``'s answer (msgspec
     writes it when it can: the same JSON value as ``dumps``, several times faster)."""
-    return _json.encode({"type": "connected", **joined.to_wire()}, True)
+    return _json.encode_bytes({"type": "connected", **joined.to_wire()}).decode()
 
 
 @routes.get("/rtc/ws")
@@ -85,12 +85,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     log.info("peer %s in room %s opened a WebSocket", peer_id, room_id)
     if joined is not None:
         channel.send(connected_frame(joined))  # the first frame out (outbox frames queue behind it)
-    await session(rtc, ws, channel, room_id, peer_id)
+    await session(rtc, ws, channel, room_id, peer_id, joined=joined is not None)
     return ws
 
 
 async def session(
-    rtc: RtcServer, ws: FrameWebSocketResponse, channel: WebSocketChannel, room_id: str, peer_id: str
+    rtc: RtcServer, ws: FrameWebSocketResponse, channel: WebSocketChannel, room_id: str, peer_id: str, *, joined: bool
 ) -> None:
     """An open socket's life through aiohttp: attached to its peer, its frames served, and
     everything let go when it ends, however it ends. (The lean socket does the same with
@@ -100,7 +100,8 @@ async def session(
             channel.begin_close(CloseCode.SERVICE_RESTART, "server restarting: connect again")
         else:  # (not attached then: its outbox stays in the backend for the next socket)
             await rtc.attach_channel(room_id, peer_id, channel)
-            await _serve_socket(ws, channel, PeerFrames(rtc, ws, channel, room_id, peer_id))
+            frames = PeerFrames(rtc, ws, channel, room_id, peer_id, joined=joined)
+            await _serve_socket(ws, channel, frames)
     finally:
         rtc.detach_channel(room_id, peer_id, channel)
         channel.flush()
@@ -150,14 +151,18 @@ class PeerFrames:
 
     __slots__ = ("channel", "in_flight", "last_touch", "max_depth", "peer_id", "room_id", "rtc", "ws")
 
-    def __init__(self, rtc: RtcServer, ws: SocketLike, channel: WebSocketChannel, room_id: str, peer_id: str) -> None:
+    def __init__(
+        self, rtc: RtcServer, ws: SocketLike, channel: WebSocketChannel, room_id: str, peer_id: str, *, joined: bool
+    ) -> None:
         self.rtc = rtc
         self.ws = ws
         self.channel = channel
         self.room_id = room_id
         self.peer_id = peer_id
         self.max_depth = rtc.config.max_json_depth
-        self.last_touch = time.monotonic()  # attaching the socket was the peer's latest sign of life
+        # A join in the upgrade was the peer's latest sign of life: its first frame need not touch it
+        # again. A socket opened with a token may come long after the peer's last touch.
+        self.last_touch = time.monotonic() if joined else 0.0
         # Reading ahead: a relay through Redis is on its way, in order, before its report is in;
         # the next frame is read meanwhile and the ack (or error) follows when the report comes.
         self.in_flight: asyncio.Future[RelayResult] | None = None
