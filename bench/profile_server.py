@@ -3,7 +3,8 @@
 ``python -m bench.profile_server --server ours --pairs 50 --seconds 8`` prints the functions that
 take the server's time (own time and inclusive time, % of samples) under the relay load and
 leaves the collapsed stacks in bench/.work/profile-<server>.txt for a flame graph;
-``--scenario churn`` profiles connect + join + leave cycles instead (``--concurrency`` loops).
+``--scenario churn`` profiles connect + join + leave cycles instead (``--concurrency`` loops),
+``--scenario http`` wrk's ``POST /rtc/signal`` load of ``make bench``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import subprocess
 import sys
 
 from bench._servers import WORK, ServerProcess, Workers, plan_cores
-from bench.signaling import Settings, relay_once
+from bench.signaling import Settings, http_load, relay_once
 
 
 def summarize(path: str, top: int) -> str:
@@ -78,6 +79,8 @@ async def _run(args: argparse.Namespace) -> None:
         )
         if args.scenario == "churn":
             res = await _churn(server.port, args, lg_cores)
+        elif args.scenario == "http":
+            res = await http_load(server, args.server, s, lg_cores)
         else:
             res = await relay_once(server, s, args.pairs, "p", lg_cores, "relay")
         spy.wait(60)
@@ -109,7 +112,7 @@ async def _churn(port: int, args: argparse.Namespace, lg_cores: list[int]) -> ob
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--server", default="ours", choices=["ours", "bare"])
-    parser.add_argument("--scenario", default="relay", choices=["relay", "churn"])
+    parser.add_argument("--scenario", default="relay", choices=["relay", "churn", "http"])
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=16, help="churn loops")
     parser.add_argument("--seconds", type=float, default=8.0)

@@ -259,69 +259,70 @@ async def scenario_http(s: Settings, cores: tuple[list[int], list[int]]) -> dict
 
 async def _http_once(kind: str, s: Settings, cores: tuple[list[int], list[int]]) -> dict[str, Any]:
     server_cores, lg_cores = cores
+    with ServerProcess(kind, server_cores, s.uvloop) as server:
+        return await http_load(server, kind, s, lg_cores)
+
+
+async def http_load(server: ServerProcess, kind: str, s: Settings, lg_cores: list[int]) -> dict[str, Any]:
+    """wrk's ``POST`` of one candidate, 32 connections, against a running server."""
     wrk = shutil.which("wrk")
     assert wrk is not None
-    with ServerProcess(kind, server_cores, s.uvloop) as server:
-        http = HttpClient("127.0.0.1", server.port)
-        body: dict[str, Any]
-        if kind == "ours":
-            tokens = {}
-            for peer in ("a", "b"):
-                status, answer = await http.post(
-                    "/rtc/connect", json.dumps({"roomId": "http", "peerId": peer}).encode()
-                )
-                assert status == 200, answer
-                tokens[peer] = json.loads(answer)["token"]
-            receiver = await open_ws("127.0.0.1", server.port, "/rtc/ws?token=" + tokens["b"])
-            body = {
-                "roomId": "http",
-                "fromPeerId": "a",
-                "signal": {"type": "candidate", "to": "b", "payload": CANDIDATE},
-            }
-            headers = f'wrk.headers["Authorization"] = "Bearer {tokens["a"]}"'
-            path = "/rtc/signal"
-        else:
-            receiver = await open_ws("127.0.0.1", server.port, "/ws?id=b")
-            body = {"to": "b", "type": "candidate", "payload": CANDIDATE}
-            headers = ""
-            path = "/signal"
-        await http.close()
-        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-            f.write(LUA % (json.dumps(body, separators=(",", ":")), headers))
-            script = f.name
-        threads = max(1, len(lg_cores))
-        cmd = [
-            wrk,
-            f"-t{threads}",
-            "-c32",
-            f"-d{max(1, round(s.duration))}s",
-            "--latency",
-            "-s",
-            script,
-            f"http://127.0.0.1:{server.port}{path}",
-        ]
-        if lg_cores:
-            cmd = ["taskset", "-c", ",".join(map(str, lg_cores)), *cmd]
-        cpu0, t0 = server.cpu(), time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        text = (await asyncio.wait_for(proc.communicate(), s.duration + 60))[0].decode()
-        server_cpu = (server.cpu() - cpu0) / (time.monotonic() - t0)
-        os.unlink(script)
-        res = parse_wrk(text)
-        res.update(server_cpu=round(server_cpu, 3), delivered_to_ws=receiver.received)
-        await receiver.close()
-        if res["requests_per_s"] is None:
-            raise RuntimeError(f"wrk gave no result for {kind}:\n{text}")
-        log.info(
-            "http   %-6s %8.0f req/s  p99 %s ms  non-2xx %d",
-            kind,
-            res["requests_per_s"],
-            res["p99_ms"],
-            res["non_2xx"],
-        )
-        return res
+    http = HttpClient("127.0.0.1", server.port)
+    body: dict[str, Any]
+    if kind == "ours":
+        tokens = {}
+        for peer in ("a", "b"):
+            status, answer = await http.post("/rtc/connect", json.dumps({"roomId": "http", "peerId": peer}).encode())
+            assert status == 200, answer
+            tokens[peer] = json.loads(answer)["token"]
+        receiver = await open_ws("127.0.0.1", server.port, "/rtc/ws?token=" + tokens["b"])
+        body = {
+            "roomId": "http",
+            "fromPeerId": "a",
+            "signal": {"type": "candidate", "to": "b", "payload": CANDIDATE},
+        }
+        headers = f'wrk.headers["Authorization"] = "Bearer {tokens["a"]}"'
+        path = "/rtc/signal"
+    else:
+        receiver = await open_ws("127.0.0.1", server.port, "/ws?id=b")
+        body = {"to": "b", "type": "candidate", "payload": CANDIDATE}
+        headers = ""
+        path = "/signal"
+    await http.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(LUA % (json.dumps(body, separators=(",", ":")), headers))
+        script = f.name
+    threads = max(1, len(lg_cores))
+    cmd = [
+        wrk,
+        f"-t{threads}",
+        "-c32",
+        f"-d{max(1, round(s.duration))}s",
+        "--latency",
+        "-s",
+        script,
+        f"http://127.0.0.1:{server.port}{path}",
+    ]
+    if lg_cores:
+        cmd = ["taskset", "-c", ",".join(map(str, lg_cores)), *cmd]
+    cpu0, t0 = server.cpu(), time.monotonic()
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    text = (await asyncio.wait_for(proc.communicate(), s.duration + 60))[0].decode()
+    server_cpu = (server.cpu() - cpu0) / (time.monotonic() - t0)
+    os.unlink(script)
+    res = parse_wrk(text)
+    res.update(server_cpu=round(server_cpu, 3), delivered_to_ws=receiver.received)
+    await receiver.close()
+    if res["requests_per_s"] is None:
+        raise RuntimeError(f"wrk gave no result for {kind}:\n{text}")
+    log.info(
+        "http   %-6s %8.0f req/s  p99 %s ms  non-2xx %d",
+        kind,
+        res["requests_per_s"],
+        res["p99_ms"],
+        res["non_2xx"],
+    )
+    return res
 
 
 # -- scenario 3: idle peers ------------------------------------------------------------------------

@@ -102,3 +102,30 @@ def serve_client(aiohttp_client: Any, ws_way: str) -> Iterator[MakeClient]:
 async def ws_client(serve_client: MakeClient, config: RtcConfig) -> TestClient:  # type: ignore[type-arg]
     """:func:`client`, served each way a WebSocket comes in (``ws_way``)."""
     return await serve_client(create_app(config=config))
+
+
+@pytest.fixture(params=["route", "lean"])
+def http_way(request: pytest.FixtureRequest) -> str:
+    """How the JSON POSTs are served: aiohttp's routes, or the lean keep-alive connections of
+    ``fantasize-rtc serve`` (``web._lean_http``; other requests on those connections go to aiohttp)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def http_serve_client(aiohttp_client: Any, http_way: str) -> Iterator[MakeClient]:
+    """``await http_serve_client(app)``: a client for ``app`` served the ``http_way`` way (kept-alive
+    connections, as a browser's). Served the lean way, some request must have been answered there."""
+    apps: list[web.Application] = []
+
+    async def make(app: web.Application) -> TestClient:  # type: ignore[type-arg]
+        if http_way == "route":
+            made: TestClient = await aiohttp_client(app)  # type: ignore[type-arg]
+        else:
+            made = await aiohttp_client(ServedTestServer(app, app[RTC_KEY].config))
+            apps.append(app)
+        return made
+
+    yield make
+    for app in apps:
+        posts = app[LEAN_KEY].posts
+        assert posts is not None and posts.answered > 0, "no request went through the lean path"

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -349,6 +350,110 @@ async def test_fuzz_upgrade_heads(
     if status != 101:
         ctype = "application/json" if b"application/json" in head else ""
         check_answer(status, ctype, body.decode("utf-8", "replace"))
+    check_log(caplog.records)
+
+
+# -- JSON POSTs on kept-alive connections: the lean path answers as aiohttp's routes do -------------
+
+
+@pytest.fixture
+async def route_only(guarded: int, config: RtcConfig) -> AsyncIterator[int]:
+    """The same app on the guarded server, with every request through aiohttp's routes: a
+    middleware of its own (any, here one that passes) turns the lean path off."""
+
+    @web.middleware
+    async def passing(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app = create_app(config=config)
+    app.middlewares.append(passing)
+    runner, site, _ = await serving.start(app, "127.0.0.1", 0, config)
+    try:
+        yield site.port
+    finally:
+        await runner.cleanup()
+
+
+post_paths = st.sampled_from(["/rtc/connect", "/rtc/heartbeat", "/rtc/signal", "/rtc/disconnect"])
+post_bodies = st.one_of(
+    hostile_json(),
+    st.binary(max_size=200),
+    st.builds(
+        lambda room, peer, extra: json.dumps({"roomId": room, "peerId": peer, "fromPeerId": peer, **extra}).encode(),
+        st.sampled_from(["r", "s", "", "a b"]),
+        st.sampled_from(["alice", "bob", "@x", ""]),
+        st.dictionaries(st.sampled_from(["signal", "metadata", "authToken"]), json_values, max_size=2),
+    ),
+)
+post_headers = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [b"Content-Type", b"Authorization", b"Cookie", b"Origin", b"Connection", b"Content-Encoding", b"X-Any"]
+        ),
+        st.one_of(
+            st.sampled_from(
+                [
+                    b"application/json",
+                    b"application/json; charset=utf-8",
+                    b"Application/JSON",
+                    b"text/plain",
+                    b"application/problem+json",
+                    b"keep-alive",
+                    b"close",
+                    b"Bearer ZZSECRET",
+                    b"gzip",
+                ]
+            ),
+            st.binary(max_size=40),
+        ),
+    ),
+    max_size=4,
+)
+
+
+async def _exchange(port: int, requests: list[bytes]) -> list[tuple[int, str | None]]:
+    """Each request on one connection, in turn: (status, error code) of each answer, until the
+    server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out: list[tuple[int, str | None]] = []
+    try:
+        for request in requests:
+            writer.write(request)
+            try:
+                status, head, body = await _read_answer(reader)
+            except (asyncio.IncompleteReadError, ConnectionResetError):
+                break
+            assert b"ZZSECRET" not in head + body, (head + body)[:300]
+            ctype = "application/json" if b"application/json" in head else ""
+            check_answer(status, ctype, body.decode("utf-8", "replace"))
+            code = json.loads(body).get("error", {}).get("code") if status >= 400 else None
+            out.append((status, code))
+            if b"connection: close" in head.lower():
+                break
+    finally:
+        writer.transport.abort()
+    return out
+
+
+@given(path=post_paths, headers=post_headers, body=post_bodies)
+async def test_fuzz_lean_posts_answer_as_aiohttp(
+    guarded: int, route_only: int, path: str, headers: list[tuple[bytes, bytes]], body: bytes, caplog: Any
+) -> None:
+    """A JSON POST with any headers and body, then a plain one on the same connection: the guarded
+    server (which answers plain JSON POSTs itself, ``web._lean_http``) answers both as aiohttp's
+    routes do, status and error code; neither echoes a secret or logs an ERROR."""
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    lines = [f"POST {path} HTTP/1.1".encode(), b"Host: fuzz", b"Content-Length: " + str(len(body)).encode()]
+    lines += [name + b": " + value for name, value in headers]
+    first = b"\r\n".join(lines) + b"\r\n\r\n" + body
+    probe = (
+        b"POST /rtc/heartbeat HTTP/1.1\r\nHost: fuzz\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    lean = await _exchange(guarded, [first, probe])
+    plain = await _exchange(route_only, [first, probe])
+    assert lean == plain
     check_log(caplog.records)
 
 

@@ -15,58 +15,31 @@ import json
 import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from fantasize_rtc import RtcConfig, serving
-from fantasize_rtc.app import create_app
 from fantasize_rtc.protocol import CloseCode
-from fantasize_rtc.serving import ConnectionLimiter
 from fantasize_rtc.web import DRAIN_KEY, LEAN_KEY, RTC_KEY
 from fantasize_rtc.web import create_app as web_create_app
 from fantasize_rtc.web._channel import SOCKETS_KEY
 from fantasize_rtc.web._lean import parse_upgrade
 from tests.helpers import wait_for
-
-
-@dataclass
-class Served:
-    app: web.Application
-    port: int
-    limiter: ConnectionLimiter
-    runner: web.AppRunner
-
-    @property
-    def taken(self) -> int:
-        return self.app[LEAN_KEY].taken
+from tests.wire import Raw, Served, bound_port, serve_guarded
 
 
 @pytest.fixture
 async def served(config: RtcConfig) -> AsyncIterator[Served]:
-    config = config.replace(header_timeout_ms=500, max_connections_per_address=4)
-    app = create_app(config=config, media=False)
-    runner, site, limiter = await serving.start(app, "127.0.0.1", 0, config)
-    try:
-        yield Served(app, bound_port(site), limiter, runner)
-    finally:
-        await runner.cleanup()
+    async with serve_guarded(config.replace(header_timeout_ms=500, max_connections_per_address=4)) as served:
+        yield served
 
 
 @pytest.fixture(autouse=True)
 async def _close_raw_connections() -> AsyncIterator[None]:
     yield
-    for raw in Raw.opened:
-        raw.writer.transport.abort()
-    Raw.opened.clear()
-
-
-def bound_port(site: web.TCPSite) -> int:
-    port = site._bound_port
-    assert port is not None
-    return port
+    Raw.abort_all()
 
 
 def upgrade(target: str, *extra: str) -> bytes:
@@ -102,66 +75,6 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True)
 
 def text(obj: Any) -> bytes:
     return frame(0x1, json.dumps(obj).encode())
-
-
-class Raw:
-    """A WebSocket client on a bare TCP connection: what a test sends is exactly what goes out."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    opened: ClassVar[list[Raw]] = []  # closed after each test (autouse fixture below)
-
-    @classmethod
-    async def open(cls, port: int) -> Raw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        raw = cls(reader, writer)
-        cls.opened.append(raw)
-        return raw
-
-    def send(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def head(self) -> tuple[int, dict[str, str], bytes]:
-        """The HTTP answer: status, headers (lower-case names), and its body when it has one."""
-        raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
-        lines = raw.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        body = b""
-        if "content-length" in headers:
-            body = await asyncio.wait_for(self.reader.readexactly(int(headers["content-length"])), 5)
-        return int(lines[0].split()[1]), headers, body
-
-    async def frame(self) -> tuple[int, bytes]:
-        """The server's next frame: (opcode, payload); server frames are never masked."""
-        first, second = await asyncio.wait_for(self.reader.readexactly(2), 5)
-        assert not second & 0x80, "a server frame must not be masked"
-        n = second & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        return first & 0x0F, await asyncio.wait_for(self.reader.readexactly(n), 5)
-
-    async def json(self) -> Any:
-        opcode, payload = await self.frame()
-        assert opcode == 0x1, (opcode, payload)
-        return json.loads(payload)
-
-    async def closed_by_server(self) -> bool:
-        """True once the server closed the connection (EOF, or a reset when it cut it off)."""
-        try:
-            return await asyncio.wait_for(self.reader.read(), 5) == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 async def join(port: int, room: str, peer: str, *extra: str) -> tuple[Raw, dict[str, Any]]:

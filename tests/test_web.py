@@ -40,9 +40,9 @@ async def snapshot(client: TestClient, room: str = "r") -> dict[str, Any]:
     return data
 
 
-async def test_seed_fetch_snippet_bodies_work_unchanged(aiohttp_client: Any, config: RtcConfig) -> None:
+async def test_seed_fetch_snippet_bodies_work_unchanged(http_serve_client: MakeClient, config: RtcConfig) -> None:
     """The seed's React snippet: fetch with only Content-Type, no token (the connect cookie carries it)."""
-    client = await aiohttp_client(create_app(config=config))
+    client = await http_serve_client(create_app(config=config))
     alice = await connect(client, "demo-room", "alice")
     assert set(alice) >= {"roomId", "peerId", "token", "iceServers", "heartbeatIntervalMs", "peers", "room"}
     bob_client: TestClient = TestClient(client.server)  # same server, separate cookie jar
@@ -439,8 +439,8 @@ BAD_HTTP: list[tuple[str, str, str, dict[str, Any], int, str]] = [
 
 
 @pytest.fixture
-async def seeded(aiohttp_client: Any, config: RtcConfig) -> tuple[TestClient, dict[str, Any]]:
-    return await _seed(await aiohttp_client(create_app(config=config)))
+async def seeded(http_serve_client: MakeClient, config: RtcConfig) -> tuple[TestClient, dict[str, Any]]:
+    return await _seed(await http_serve_client(create_app(config=config)))
 
 
 @pytest.fixture
@@ -486,9 +486,12 @@ async def test_bad_input_table(
 ) -> None:
     client, alice = seeded
     before = await _state(client)
-    client.session.cookie_jar.clear()  # the table is about explicit tokens, not the connect cookie
-    resp = await client.request(method, _fill(path, alice["token"]), **_fill(kwargs, alice["token"]))
-    text = await resp.text()
+    # The table is about explicit tokens, not the connect cookie; and each request comes on a
+    # connection of its own, its first (served lean, that is where the lean path takes requests).
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        url = client.make_url(_fill(path, alice["token"]))
+        async with session.request(method, url, **_fill(kwargs, alice["token"])) as resp:
+            text = await resp.text()
     assert resp.status == status, text
     assert resp.content_type == "application/json"
     body = json.loads(text)

@@ -49,6 +49,7 @@ from typing import Any, Protocol, cast
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp import http_parser as _http_parser
 
 __all__ = [
     "FAST_FRAMES",
@@ -59,6 +60,7 @@ __all__ = [
     "GuardedRequestHandler",
     "GuardedSite",
     "MessageParser",
+    "SINGLETON_HEADERS",
     "Takeover",
     "handle_frame",
     "parse_cookies",
@@ -423,16 +425,35 @@ class GuardedSite(web.TCPSite):
 
 # -- connections taken over before aiohttp ---------------------------------------------------------
 
-#: ``takeover(transport, first_bytes, release)``: a hook of :class:`GuardedSite` that sees each new
-#: connection's first read when it starts with ``GET``. It returns True when it took the connection:
-#: it installed a protocol of its own on the transport (``transport.set_protocol``) and calls
-#: ``release()`` once when the connection ends (the connection limit per address). False (nothing
-#: touched) gives the bytes to aiohttp as if the hook were not there. It must not raise.
-Takeover = Callable[[asyncio.Transport, bytes, Callable[[], None]], bool]
+#: ``takeover(transport, first_bytes, release, hand_over)``: a hook of :class:`GuardedSite` that sees
+#: each new connection's first read when it starts with ``GET`` or ``POST``. It returns True when it
+#: took the connection: it installed a protocol of its own on the transport
+#: (``transport.set_protocol``) and, when the connection ends, calls ``release()`` once (the
+#: connection limit per address); or, later, gives the connection to aiohttp after all with
+#: ``hand_over(bytes_unread)`` (then not ``release()``: aiohttp's handler releases it; its header
+#: timeout runs from the hand-over). False (nothing touched) gives the bytes to aiohttp as if the
+#: hook were not there. It must not raise.
+Takeover = Callable[[asyncio.Transport, bytes, Callable[[], None], Callable[[bytes], None]], bool]
 
 
 def _nothing() -> None:
     pass
+
+
+def _hand_over(
+    site: GuardedSite, transport: asyncio.Transport, address: str, opened_at: float | None, data: bytes
+) -> None:
+    """Give an admitted connection to a :class:`GuardedRequestHandler` with the bytes read and not
+    parsed; its header timeout runs from ``opened_at`` (None: now)."""
+    handler = site._make_handler()
+    handler._address = address
+    assert site._loop_ is not None
+    handler._opened_at = site._loop_.time() if opened_at is None else opened_at
+    handler._preadmitted = True
+    transport.set_protocol(handler)
+    handler.connection_made(transport)
+    if data:
+        handler.data_received(data)
 
 
 class _FirstRead(asyncio.Protocol):
@@ -473,23 +494,18 @@ class _FirstRead(asyncio.Protocol):
         site = self._site
         address = self._address
         takeover = site._takeover
-        if takeover is not None and data.startswith(b"GET "):
+        if takeover is not None and (data.startswith(b"GET ") or data.startswith(b"POST ")):
             release = functools.partial(site._gate_.release, address) if address else _nothing
+            hand_over = functools.partial(_hand_over, site, transport, address, None)
             try:
-                if takeover(transport, data, release):
+                if takeover(transport, data, release, hand_over):
                     return
             except Exception:  # a bug in the hook: this connection is lost, the server goes on
                 log.exception("taking over a connection failed")
                 transport.abort()
                 release()
                 return
-        handler = site._make_handler()
-        handler._address = address
-        handler._opened_at = self._opened_at
-        handler._preadmitted = True
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        handler.data_received(data)
+        _hand_over(site, transport, address, self._opened_at, data)
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes itself; connection_lost follows
@@ -559,6 +575,22 @@ class MessageParser:
     def feed(self, data: bytes) -> None:
         self._reader.feed_data(data)
 
+
+#: Headers aiohttp's strict parser refuses twice (RFC 9110's singletons), lower-case; the lean
+#: paths leave a request that repeats one to aiohttp's answer. (aiohttp's own set, and the one
+#: 3.14 has, should a later one have none.)
+SINGLETON_HEADERS: frozenset[str] = frozenset(getattr(_http_parser, "SINGLETON_HEADERS", ())) | {
+    "content-length",
+    "content-location",
+    "content-range",
+    "content-type",
+    "etag",
+    "host",
+    "max-forwards",
+    "server",
+    "transfer-encoding",
+    "user-agent",
+}
 
 try:
     from aiohttp._cookie_helpers import parse_cookie_header as _parse_cookie_header

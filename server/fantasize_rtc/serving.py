@@ -184,7 +184,8 @@ async def start(
     )
     site: web.TCPSite
     if GUARDED_SERVER:
-        lean = app.get(LEAN_KEY)  # WebSocket upgrades without aiohttp's request machinery (web._lean)
+        # WebSocket upgrades and JSON POSTs without aiohttp's request machinery (web._lean)
+        lean = app.get(LEAN_KEY)
         site = GuardedSite(
             runner,
             host,
@@ -193,7 +194,7 @@ async def start(
             handler_args=args,
             ssl_context=ssl_context,
             backlog=LISTEN_BACKLOG,
-            takeover=lean.takeover() if lean is not None else None,
+            takeover=lean.takeover(config.header_timeout_ms / 1000) if lean is not None else None,
         )
     else:
         log.warning(

@@ -70,7 +70,8 @@ def create_app(
     app[WRITE_BATCH_KEY] = WriteBatch(counters)
     app[STARTED_KEY] = time.monotonic()
     app[DRAIN_KEY] = drain  # plugins add their steps
-    # WebSocket upgrades without aiohttp's request machinery, under `serve` (web._lean)
+    # WebSocket upgrades and keep-alive JSON POSTs without aiohttp's request machinery, under
+    # `serve` (web._lean, web._lean_http)
     app[LEAN_KEY] = lean = LeanUpgrades(app)
     lean.expect_middlewares(middlewares)
     if config.admin_key:
@@ -85,7 +86,7 @@ def create_app(
             await rtc.close()
 
     async def close_sockets(app: web.Application) -> None:
-        app[LEAN_KEY].abort_handshakes()
+        app[LEAN_KEY].shut()
         channels = app[SOCKETS_KEY]
         for channel in list(channels):
             channel.flush()

@@ -36,23 +36,22 @@ import collections
 import contextvars
 import functools
 import hashlib
-import http
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
-from yarl import URL
 
 from .. import logs
-from .._aiohttp_compat import FrameHandler, MessageParser, Takeover, handle_frame, parse_cookies, start_eagerly
+from .._aiohttp_compat import FrameHandler, MessageParser, Takeover, handle_frame, start_eagerly
 from ..errors import RtcError
 from ..protocol import CloseCode
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel, text_frame
 from ._drain import DRAIN_KEY
-from ._middleware import cors_allows, cors_headers
+from ._lean_http import HEADER_LINES, LeanPosts, LeanRequest, encode_answer, parse_head, peer_of
+from ._middleware import cors_allows
 from ._proxy import TrustedProxies
 from ._requests import COUNTERS_KEY, RTC_KEY, error_response, json_response
 from ._socket import BINARY_REFUSED, CLOSE_TIMEOUT, PeerFrames, admit, connected_frame
@@ -65,12 +64,8 @@ _ROUTE = "/rtc/ws"
 
 # -- the request head --------------------------------------------------------------------------
 
-#: The heads this path takes: its request line, then header lines (a token, a colon, printable
-#: ASCII: RFC 9110's field-value without obs-text). Anything else is aiohttp's to parse and answer.
-_HEAD = re.compile(r"GET (/rtc/ws(?:\?[!-~]*)?) HTTP/1\.1((?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~]*)*)")
-#: aiohttp's limits (its parser refuses longer heads; this path leaves them to it).
-_MAX_HEAD = 8190
-_MAX_HEADERS = 128
+#: The heads this path takes: its request line, then header lines; anything else is aiohttp's.
+_HEAD = re.compile(r"GET (/rtc/ws(?:\?[!-~]*)?) HTTP/1\.1" + HEADER_LINES)
 #: Headers an upgrade carries once; twice is aiohttp's to judge.
 _ONCE = ("host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version")
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -79,22 +74,10 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 def parse_upgrade(data: bytes) -> tuple[str, CIMultiDict[str], bytes] | None:
     """(target, headers, the bytes after the head) when ``data`` begins with a whole, plain
     WebSocket upgrade of ``GET /rtc/ws``; None for anything else (aiohttp's then)."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0 or end > _MAX_HEAD:
+    parsed = parse_head(data, _HEAD)
+    if parsed is None:
         return None
-    try:
-        head = _HEAD.fullmatch(data[:end].decode("ascii"))
-    except UnicodeDecodeError:
-        return None
-    if head is None:
-        return None
-    lines = head[2].split("\r\n")
-    if len(lines) > _MAX_HEADERS + 1:
-        return None
-    headers: CIMultiDict[str] = CIMultiDict()
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers.add(name, value.strip(" \t"))
+    head, headers, end = parsed
     for name in _ONCE:
         if len(headers.getall(name, ())) != 1:
             return None
@@ -109,39 +92,7 @@ def parse_upgrade(data: bytes) -> tuple[str, CIMultiDict[str], bytes] | None:
             return None
     except binascii.Error:
         return None
-    return head[1], headers, data[end + 4 :]
-
-
-class _Request:
-    """What :func:`~._socket.admit` reads of a request (``RequestLike``), from a parsed head."""
-
-    __slots__ = ("_cookies", "headers", "query", "remote", "secure")
-
-    def __init__(self, target: str, headers: CIMultiDict[str], remote: str, secure: bool) -> None:
-        path, _, query = target.partition("?")
-        self.query = URL.build(path=path, query_string=query, encoded=True).query
-        self.headers = headers
-        self.remote = remote
-        self.secure = secure
-        self._cookies: Mapping[str, str] | None = None
-
-    @property
-    def host(self) -> str:
-        return self.headers["Host"]
-
-    @property
-    def cookies(self) -> Mapping[str, str]:
-        if self._cookies is None:
-            self._cookies = parse_cookies(self.headers.get("Cookie", ""))
-        return self._cookies
-
-
-def _answer(status: int, body: bytes, headers: Mapping[str, str]) -> bytes:
-    """An HTTP/1.1 answer that closes the connection."""
-    lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
-    return "\r\n".join(lines).encode("latin-1") + body
+    return head[1], headers, data[end:]
 
 
 # -- the socket --------------------------------------------------------------------------------
@@ -453,16 +404,19 @@ class LeanUpgrades:
         self.handshaking: set[LeanSocket] = set()
         #: Connections taken (a WebSocket upgrade of this path, answered here either way).
         self.taken = 0
+        #: The keep-alive JSON POSTs (``web._lean_http``), once the site asked for the takeover.
+        self.posts: LeanPosts | None = None
 
     def expect_middlewares(self, middlewares: list[Any]) -> None:
         """The middlewares ``create_app`` installed: the lean path does what they do."""
         self._middlewares = tuple(middlewares)
 
-    def takeover(self) -> Takeover | None:
+    def takeover(self, idle_timeout: float) -> Takeover | None:
         """The hook for the site, or None when the app has middlewares this path would bypass
-        (a plugin's, or an embedder's). Call once the app is frozen (started)."""
+        (a plugin's, or an embedder's). Call once the app is frozen (started). Keep-alive
+        connections this path serves close after ``idle_timeout`` seconds without a request."""
         if tuple(self.app.middlewares) != self._middlewares:
-            log.info("a middleware was added to the app: WebSocket upgrades go through aiohttp")
+            log.info("a middleware was added to the app: WebSocket upgrades and JSON POSTs go through aiohttp")
             return None
         rtc = self.app[RTC_KEY]
         self._rtc = rtc
@@ -474,23 +428,32 @@ class LeanUpgrades:
         self._max_frame = config.max_frame_bytes
         self._cors = config.cors_origins
         self._proxies = TrustedProxies(config.trusted_proxies) if config.trusted_proxies else None
+        self.posts = LeanPosts(
+            rtc,
+            counters=self._counters,
+            drain=self._drain,
+            cors=self._cors,
+            proxies=self._proxies,
+            max_body=self.app._client_max_size,
+            idle_timeout=idle_timeout,
+        )
+        self._take_post = self.posts.take
         return self._take
 
-    def _take(self, transport: asyncio.Transport, data: bytes, release: Callable[[], None]) -> bool:
+    def _take(
+        self,
+        transport: asyncio.Transport,
+        data: bytes,
+        release: Callable[[], None],
+        hand_over: Callable[[bytes], None],
+    ) -> bool:
+        if data.startswith(b"POST "):
+            return self._take_post(transport, data, release, hand_over)
         parsed = parse_upgrade(data)
         if parsed is None:
             return False
         target, headers, rest = parsed
-        peer = transport.get_extra_info("peername")
-        remote = peer[0] if isinstance(peer, tuple) and peer else ""
-        secure = transport.get_extra_info("sslcontext") is not None
-        proxies = self._proxies
-        if proxies is not None and remote and proxies.trusts_peer(remote):
-            remote = proxies.client_address(headers.getall("X-Forwarded-For", ())) or remote
-            scheme = proxies.scheme(headers.getall("X-Forwarded-Proto", ()))
-            if scheme is not None:
-                secure = scheme == "https"
-        request = _Request(target, headers, remote, secure)
+        request = LeanRequest.on(peer_of(transport), target, headers, self._proxies)
         self.taken += 1
         sock = LeanSocket(transport, release, self._max_frame)
         transport.set_protocol(sock)
@@ -509,7 +472,7 @@ class LeanUpgrades:
             sock.abort()
         return True
 
-    async def _serve(self, sock: LeanSocket, request: _Request) -> None:
+    async def _serve(self, sock: LeanSocket, request: LeanRequest) -> None:
         """The upgrade (``admit``, the answer), then the socket's life in callbacks: attached to its
         peer, frames handled as they come, and :meth:`_done` when the connection is gone."""
         counting = self._drain.request_started()  # the drain lets a socket finish, as a request
@@ -569,25 +532,19 @@ class LeanUpgrades:
         if counting:
             self._drain.request_ended()
 
-    def _refuse(self, sock: LeanSocket, request: _Request, code: str, response: web.Response) -> None:
+    def _refuse(self, sock: LeanSocket, request: LeanRequest, code: str, response: web.Response) -> None:
         """Answer with ``response`` (the route's error answer) as HTTP/1.1, and close."""
-        status = response.status
-        self._counters.answered(_ROUTE, "GET", status, code)
-        headers = dict(response.headers)
-        headers["Content-Type"] = "application/json; charset=utf-8"
-        for morsel in response.cookies.values():  # a stale connect cookie is cleared
-            headers["Set-Cookie"] = morsel.OutputString()
+        self._counters.answered(_ROUTE, "GET", response.status, code)
         origin = request.headers.get("Origin")
-        if cors_allows(self._cors, origin):
-            assert origin is not None
-            headers.update(cors_headers(origin))
-        body = response.body if isinstance(response.body, bytes) else b""
-        sock.refuse(_answer(status, body, headers))
+        sock.refuse(encode_answer(response, origin if cors_allows(self._cors, origin) else None, close=True))
 
-    def abort_handshakes(self) -> None:
-        """Cut off the sockets whose join still waits (at shutdown)."""
+    def shut(self) -> None:
+        """At shutdown: cut off the sockets whose join still waits, close the keep-alive
+        connections (the busy ones after their answer)."""
         for sock in list(self.handshaking):
             sock.abort()
+        if self.posts is not None:
+            self.posts.close_all()
 
 
 LEAN_KEY = web.AppKey("lean_upgrades", LeanUpgrades)

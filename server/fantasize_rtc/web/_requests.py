@@ -31,6 +31,7 @@ __all__ = [
     "is_admin",
     "is_secure",
     "json_bytes_response",
+    "json_object",
     "json_response",
     "optional_id",
     "peer_from",
@@ -39,6 +40,7 @@ __all__ = [
     "read_json_fast",
     "refuse_admin_key_in_url",
     "require_admin_or_token",
+    "require_json_type",
     "signal_of",
     "token_from_request",
 ]
@@ -110,13 +112,24 @@ class UndecodableBody(InvalidRequest):
 
 
 async def read_json_fast(request: web.Request) -> tuple[dict[str, Any], bool]:
-    ctype = request.content_type
-    if request.body_exists and ctype not in _JSON_TYPES and not ctype.endswith("+json"):
+    """:func:`read_json`, and whether msgspec read it (:func:`json_object`)."""
+    if request.body_exists:
+        require_json_type(request.content_type)
+    return json_object(await read_body(request), request.app[RTC_KEY].config.max_json_depth)
+
+
+def require_json_type(ctype: str) -> None:
+    """415 unless ``ctype`` (a media type, lowercase, without parameters) is JSON."""
+    if ctype not in _JSON_TYPES and not ctype.endswith("+json"):
         raise UnsupportedMediaType("Send the body as application/json.")
-    data = await read_body(request)
+
+
+def json_object(data: bytes, max_depth: int) -> tuple[dict[str, Any], bool]:
+    """A body as a JSON object, and whether msgspec read it (its strings can be written back by
+    msgspec as they were); 400 when empty, malformed, too deep or not an object."""
     if not data:
         raise InvalidRequest("The body must be a JSON object.")
-    body, fast = _json.parse(data, max_depth=request.app[RTC_KEY].config.max_json_depth)
+    body, fast = _json.parse(data, max_depth=max_depth)
     return require_object(body), fast
 
 
@@ -146,6 +159,9 @@ class RequestLike(Protocol):
     @property
     def host(self) -> str: ...
 
+    @property
+    def secure(self) -> bool: ...
+
 
 def token_from_request(request: RequestLike, room_id: str | None = None, peer_id: str | None = None) -> str | None:
     """Bearer header, then ``?token=``, then the connect cookie for (room, peer)."""
@@ -158,7 +174,7 @@ def token_from_request(request: RequestLike, room_id: str | None = None, peer_id
     return peer_token(authorization, request.cookies, room_id, peer_id)
 
 
-def is_secure(request: web.Request) -> bool:
+def is_secure(request: RequestLike) -> bool:
     """HTTPS, here or at a proxy in front. ``request.secure`` is the client's scheme: TLS here, or
     the last ``X-Forwarded-Proto`` of a trusted proxy (``--trusted-proxy``: the proxy middleware
     hands the routes a request with that scheme). ``X-Forwarded-Proto: https`` from anyone else is
@@ -173,9 +189,8 @@ def optional_id(body: dict[str, Any], field: str) -> str | None:
     return None if value is None else validate_id(value, field)
 
 
-async def peer_from(request: web.Request, body: dict[str, Any], peer_field: str) -> tuple[str, str]:
+async def peer_from(rtc: RtcServer, request: RequestLike, body: dict[str, Any], peer_field: str) -> tuple[str, str]:
     """Authenticate the caller; the ids in the body, when present, must be the token's."""
-    rtc = request.app[RTC_KEY]
     room_id = optional_id(body, "roomId")
     peer_id = optional_id(body, peer_field)
     token = token_from_request(request, room_id, peer_id)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -23,32 +25,34 @@ from ..auth import (
 )
 from ..errors import Draining, Forbidden, InvalidRequest
 from ..protocol import LeaveReason, validate_id
+from ..server import RtcServer
 from ._requests import (
     RTC_KEY,
     STARTED_KEY,
+    RequestLike,
     is_secure,
     json_bytes_response,
     json_response,
     optional_id,
     peer_from,
-    read_json,
     read_json_fast,
     require_admin_or_token,
     signal_of,
     token_from_request,
 )
 
-__all__ = ["index", "routes"]
+__all__ = ["JSON_POSTS", "JsonPost", "index", "routes"]
 
 log = logging.getLogger("fantasize_rtc.web")
 
 routes = web.RouteTableDef()
 
 
-@routes.post("/rtc/connect")
-async def connect(request: web.Request) -> web.Response:
-    rtc = request.app[RTC_KEY]
-    body = await read_json(request)
+# -- the JSON POSTs: each an answer from the caller's request and body, served by aiohttp's routes
+# below and, under `fantasize-rtc serve`, by the lean path for keep-alive connections (web._lean_http)
+
+
+async def connect_answer(rtc: RtcServer, request: RequestLike, body: dict[str, Any], fast: bool) -> web.Response:
     room_id = validate_id(body.get("roomId"), "roomId")
     peer_id = optional_id(body, "peerId")
     bearer = token_from_request(request, room_id, peer_id) if peer_id else token_from_request(request)
@@ -74,32 +78,52 @@ async def connect(request: web.Request) -> web.Response:
     return response
 
 
-@routes.post("/rtc/heartbeat")
-async def heartbeat(request: web.Request) -> web.Response:
-    room_id, peer_id = await peer_from(request, await read_json(request), "peerId")
-    last_seen = await request.app[RTC_KEY].heartbeat(room_id, peer_id)
+async def heartbeat_answer(rtc: RtcServer, request: RequestLike, body: dict[str, Any], fast: bool) -> web.Response:
+    room_id, peer_id = await peer_from(rtc, request, body, "peerId")
+    last_seen = await rtc.heartbeat(room_id, peer_id)
     return json_response({"lastSeen": last_seen})
 
 
-@routes.post("/rtc/signal")
-async def signal(request: web.Request) -> web.Response:
-    body, fast = await read_json_fast(request)
-    room_id, peer_id = await peer_from(request, body, "fromPeerId")
+async def signal_answer(rtc: RtcServer, request: RequestLike, body: dict[str, Any], fast: bool) -> web.Response:
+    room_id, peer_id = await peer_from(rtc, request, body, "fromPeerId")
     if "signal" not in body:
         raise InvalidRequest("signal is required: {type, payload, to?}.")
-    rtc = request.app[RTC_KEY]
     result = await rtc.relay(room_id, peer_id, signal_of(body["signal"], fast, rtc.config.max_json_depth))
     return json_bytes_response(_json.encode_bytes(result.to_wire()))
 
 
-@routes.post("/rtc/disconnect")
-async def disconnect(request: web.Request) -> web.Response:
-    room_id, peer_id = await peer_from(request, await read_json(request), "peerId")
-    await request.app[RTC_KEY].disconnect_peer(room_id, peer_id, LeaveReason.LEFT)
+async def disconnect_answer(rtc: RtcServer, request: RequestLike, body: dict[str, Any], fast: bool) -> web.Response:
+    room_id, peer_id = await peer_from(rtc, request, body, "peerId")
+    await rtc.disconnect_peer(room_id, peer_id, LeaveReason.LEFT)
     response = json_response({"disconnected": True})
     if token_from_cookies(request.cookies, room_id, peer_id) is not None:
         response.del_cookie(connect_cookie_name(room_id), path=COOKIE_PATH)
     return response
+
+
+#: An answer to a JSON POST: ``(facade, request, body object, whether msgspec read it)``.
+JsonPost = Callable[[RtcServer, RequestLike, dict[str, Any], bool], Awaitable[web.Response]]
+
+#: The JSON POST routes by path.
+JSON_POSTS: dict[str, JsonPost] = {
+    "/rtc/connect": connect_answer,
+    "/rtc/heartbeat": heartbeat_answer,
+    "/rtc/signal": signal_answer,
+    "/rtc/disconnect": disconnect_answer,
+}
+
+
+def _json_post_route(answer: JsonPost) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def route(request: web.Request) -> web.Response:
+        body, fast = await read_json_fast(request)
+        return await answer(request.app[RTC_KEY], request, body, fast)
+
+    route.__name__ = route.__qualname__ = answer.__name__.removesuffix("_answer")
+    return route
+
+
+for _path, _answer in JSON_POSTS.items():
+    routes.post(_path)(_json_post_route(_answer))
 
 
 @routes.get("/rtc/rooms/{roomId}")
