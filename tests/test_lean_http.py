@@ -96,7 +96,6 @@ def test_the_requests_it_takes_and_the_ones_it_leaves_to_aiohttp() -> None:
         "a signed length": plain.replace(
             f"Content-Length: {len(body)}".encode(), f"Content-Length: +{len(body)}".encode()
         ),
-        "a body still coming": plain[:-1],
         "a head still coming": plain[:20],
         "too large": post("/rtc/signal", b"[" + b" " * 2000 + b"]"),
         "not ASCII": post("/rtc/signal", body, "X-Name: caf\u00e9".encode().decode("latin-1")).replace(
@@ -106,6 +105,8 @@ def test_the_requests_it_takes_and_the_ones_it_leaves_to_aiohttp() -> None:
     }
     for case, data in left.items():
         assert parse_post(data, 1024) is None, case
+    coming = parse_post(plain[:-1], 1024)  # taken: its body is on the way
+    assert coming is not None and coming.body is None and coming.end == len(plain)
 
 
 async def test_a_keep_alive_connection_is_served_here_throughout(served: Served) -> None:
@@ -164,9 +165,9 @@ async def test_other_requests_hand_the_connection_to_aiohttp(served: Served) -> 
     assert (await answer(split))[0] == 200
     assert len(posts.connections) == 1
     whole = post("/rtc/heartbeat", {}, token=token)
-    split.send(whole[:-3])  # the rest comes after aiohttp has it
-    await wait_for(lambda: not posts.connections, message="the split request went to aiohttp")
-    split.send(whole[-3:])
+    split.send(whole[:20])  # a head in pieces: the rest comes after aiohttp has it
+    await wait_for(lambda: not posts.connections, message="the split head went to aiohttp")
+    split.send(whole[20:])
     assert (await answer(split))[0] == 200
 
     chunked = await Raw.open(served.port)
@@ -176,6 +177,40 @@ async def test_other_requests_hand_the_connection_to_aiohttp(served: Served) -> 
     )
     assert (await answer(chunked))[0] == 200
     assert served.answered == 3
+
+
+async def test_a_body_in_pieces_is_waited_for(served: Served) -> None:
+    """A body that comes over several reads (a browser often sends the head first) is answered
+    here, on the connection's first request and later ones."""
+    token = await connect(served, "r", "alice")
+    posts = served.app[LEAN_KEY].posts
+    assert posts is not None
+    raw = await Raw.open(served.port)
+    first = post("/rtc/signal", {"signal": {**CANDIDATE, "to": "x"}}, token=token)
+    head = first.index(b"\r\n\r\n") + 4
+    raw.send(first[:head])
+    await wait_for(lambda: len(posts.connections) == 1, message="the head alone was taken")
+    raw.send(first[head : head + 5])
+    raw.send(first[head + 5 :])
+    assert (await answer(raw))[0] == 404  # (no peer x)
+    second = post("/rtc/heartbeat", {"roomId": "r"}, token=token)
+    raw.send(second[:-1])
+    raw.send(second[-1:] + post("/rtc/heartbeat", {}, token=token))
+    assert [(await answer(raw))[0] for _ in range(2)] == [200, 200]
+    assert served.answered == 4
+
+
+async def test_a_body_that_does_not_come_is_answered_408(config: RtcConfig) -> None:
+    async with serve_guarded(config.replace(body_timeout_ms=300)) as served:
+        raw = await Raw.open(served.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        raw.send(post("/rtc/connect", {"roomId": "r"})[:-2])
+        status, headers, body = await answer(raw)
+        assert status == 408 and body["error"]["code"] == "request_timeout"
+        assert headers["connection"] == "close" and loop.time() - started >= 0.25
+        assert await raw.closed_by_server()
+        await wait_for(lambda: served.limiter.open_from("127.0.0.1") == 0, message="the connection let go")
 
 
 async def test_connection_close_is_answered_and_closed(served: Served) -> None:

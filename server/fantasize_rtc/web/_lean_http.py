@@ -44,7 +44,7 @@ from yarl import URL
 
 from .. import logs
 from .._aiohttp_compat import SINGLETON_HEADERS, parse_cookies, start_eagerly
-from ..errors import RtcError
+from ..errors import RequestTimeout, RtcError
 from ..server import RtcServer
 from ._drain import Drain
 from ._middleware import cors_allows, cors_headers
@@ -108,19 +108,20 @@ def parse_head(data: bytes, pattern: re.Pattern[str]) -> tuple[re.Match[str], CI
 
 
 class Post(NamedTuple):
-    """A whole, plain JSON POST at the start of a read."""
+    """A plain JSON POST at the start of the bytes read."""
 
     path: str
     target: str  # the path and the query
     headers: CIMultiDict[str]
-    body: bytes
+    body: bytes | None  # None: its head is all there, not all of its body yet
     end: int  # where the next request begins
     close: bool  # the client asked to close after the answer
 
 
 def parse_post(data: bytes, max_body: int) -> Post | None:
-    """The request ``data`` begins with when it is a whole, plain JSON POST of
-    :data:`~._routes.JSON_POSTS`; None for anything else."""
+    """The request ``data`` begins with when it is a plain JSON POST of
+    :data:`~._routes.JSON_POSTS` whose head is all there (its body may still be coming: ``body``
+    is None then); None for anything else."""
     parsed = parse_head(data, _POST_HEAD)
     if parsed is None:
         return None
@@ -135,8 +136,8 @@ def parse_post(data: bytes, max_body: int) -> Post | None:
     if not (length.isascii() and length.isdigit()) or len(length) > _MAX_LENGTH_DIGITS:
         return None
     end = start + int(length)
-    if end - start > max_body or end > len(data):
-        return None  # too large (aiohttp answers 413), or not all here yet
+    if end - start > max_body:
+        return None  # aiohttp answers 413
     close = False
     connection = headers.getall("connection", ())
     if connection:
@@ -146,7 +147,8 @@ def parse_post(data: bytes, max_body: int) -> Post | None:
         if not tokens <= {"keep-alive", "close"}:
             return None
         close = "close" in tokens
-    return Post(head[1], head[1] + (head[2] or ""), headers, data[start:end], end, close)
+    body = data[start:end] if end <= len(data) else None
+    return Post(head[1], head[1] + (head[2] or ""), headers, body, end, close)
 
 
 class LeanRequest:
@@ -252,6 +254,7 @@ class LeanPosts:
         self._proxies = proxies
         self._max_body = max_body
         self.idle_timeout = idle_timeout
+        self.body_timeout = rtc.config.body_timeout_ms / 1000
         self._max_depth = rtc.config.max_json_depth
         self._immediate = rtc.backend.immediate
         #: Open connections this path serves (closed at shutdown).
@@ -281,14 +284,24 @@ class LeanPosts:
         connection.data_received(data)
         return True
 
+    def too_slow(self, connection: LeanConnection, post: Post) -> None:
+        """``post``'s body did not arrive within the body timeout: 408, and the connection closes
+        (what ``read_body`` answers on aiohttp's side)."""
+        log.warning(
+            "request body from %s on %s did not arrive within %.0f s", connection.peer[0], post.path, self.body_timeout
+        )
+        err = RequestTimeout(f"The request body did not arrive within {self.body_timeout:g} s.")
+        self.send(connection, post, error_response(err), err.code, close=True)
+
     def close_all(self) -> None:
-        """Close the idle connections now, the busy ones after their answer (at shutdown)."""
+        """Close the connections now, those with an answer on its way after it (at shutdown)."""
         for connection in list(self.connections):
             connection.close_when_idle()
 
     async def answer(self, connection: LeanConnection, post: Post) -> None:
-        """Answer ``post`` on ``connection`` (run in the connection's context)."""
+        """Answer ``post`` (all of it here) on ``connection`` (run in the connection's context)."""
         path, target, headers, body, _, close = post
+        assert body is not None
         request = LeanRequest.on(connection.peer, target, headers, self._proxies)
         logs.bind(address=request.remote)
         counting = self._drain.request_started()
@@ -306,9 +319,15 @@ class LeanPosts:
         finally:
             if counting:
                 self._drain.request_ended()
-        self._counters.answered(path, "POST", response.status, code)
+        self.send(connection, post, response, code, close=close)
+
+    def send(
+        self, connection: LeanConnection, post: Post, response: web.Response, code: str | None, *, close: bool
+    ) -> None:
+        """Count ``response`` (the answer to ``post``; ``code`` its error's) and send it."""
+        self._counters.answered(post.path, "POST", response.status, code)
         self.answered += 1
-        origin = headers.get("Origin")
+        origin = post.headers.get("Origin")
         allowed = origin if cors_allows(self._cors, origin) else None
         connection.write(encode_answer(response, allowed, close=close), close)
 
@@ -322,18 +341,23 @@ class LeanPosts:
 
 
 class LeanConnection(asyncio.Protocol):
-    """A keep-alive connection of whole, plain JSON POSTs (:class:`LeanPosts`), until it ends or
-    a request comes that is not (then aiohttp's, with the bytes unread)."""
+    """A keep-alive connection of plain JSON POSTs (:class:`LeanPosts`), until it ends or a
+    request comes that is not (then aiohttp's, with the bytes unread).
+
+    Its states: idle (closed after the idle timeout), a body coming (answered ``408`` and closed
+    when it is not all there within the body timeout, as ``read_body`` does), an answer waiting
+    (on a store: the requests after it wait too). One timer, re-armed lazily, serves both timeouts."""
 
     __slots__ = (
         "_close_after",
         "_context",
         "_hand_over",
-        "_idle_since",
+        "_partial",
         "_posts",
         "_read_paused",
         "_release",
         "_rest",
+        "_since",
         "_timer",
         "_waiting",
         "_write_paused",
@@ -358,10 +382,11 @@ class LeanConnection(asyncio.Protocol):
         self._context = contextvars.copy_context()
         self._waiting: asyncio.Future[Any] | None = None  # an answer that waits (on a store)
         self._rest = b""  # what came meanwhile
+        self._partial: Post | None = None  # a request whose body is still coming (its bytes: _rest)
         self._read_paused = False
         self._write_paused = False
         self._close_after = False
-        self._idle_since = 0.0
+        self._since = 0.0  # when the connection went idle, or the partial request began
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -369,8 +394,14 @@ class LeanConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._waiting is not None:
             self._rest += data
-            return
-        self._serve(data)
+        elif self._partial is not None:
+            self._rest += data
+            if len(self._rest) >= self._partial.end:
+                self._partial = None
+                rest, self._rest = self._rest, b""
+                self._serve(rest)
+        else:
+            self._serve(data)
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes; connection_lost follows
@@ -393,12 +424,18 @@ class LeanConnection(asyncio.Protocol):
     # -- requests --------------------------------------------------------------------------
 
     def _serve(self, data: bytes) -> None:
-        """Answer the whole requests ``data`` begins with, in order; hand the rest to aiohttp."""
+        """Answer the requests ``data`` begins with, in order; wait for the rest of a body; hand
+        anything else to aiohttp."""
         posts = self._posts
         while data:
             parsed = parse_post(data, posts._max_body)
             if parsed is None:
                 self._to_aiohttp(data)
+                return
+            if parsed.body is None:  # its body is on the way
+                self._partial = parsed
+                self._rest = data
+                self._arm(posts.body_timeout)
                 return
             waiting = self._context.run(posts.start, posts.answer(self, parsed))
             data = data[parsed.end :]
@@ -441,35 +478,50 @@ class LeanConnection(asyncio.Protocol):
         if close:
             transport.close()
 
-    # -- the connection's end ------------------------------------------------------------------
+    # -- timeouts and the connection's end ---------------------------------------------------------
 
     def _idle(self) -> None:
         """Nothing left to answer: close now if asked to, else after the idle timeout."""
-        transport = self.transport
-        if transport is None:
+        if self.transport is None:
             return
         if self._close_after:
-            transport.close()
+            self.transport.close()
             return
-        loop = asyncio.get_running_loop()
-        self._idle_since = loop.time()
-        if self._timer is None:  # re-armed lazily: one timer per timeout, not per request
-            self._timer = loop.call_at(self._idle_since + self._posts.idle_timeout, self._check_idle)
+        self._arm(self._posts.idle_timeout)
 
-    def _check_idle(self) -> None:
+    def _arm(self, timeout: float) -> None:
+        """Start the state's clock: the timer fires at ``timeout`` from now (or earlier, for an
+        earlier state, and then re-arms itself for the rest)."""
+        loop = asyncio.get_running_loop()
+        self._since = now = loop.time()
+        timer = self._timer
+        if timer is not None and timer.when() <= now + timeout:
+            return  # (one timer per timeout, not one per request)
+        if timer is not None:
+            timer.cancel()
+        self._timer = loop.call_at(now + timeout, self._tick)
+
+    def _tick(self) -> None:
         self._timer = None
         transport = self.transport
         if transport is None:
             return
-        if self._waiting is None:
-            deadline = self._idle_since + self._posts.idle_timeout
-            loop = asyncio.get_running_loop()
-            if loop.time() >= deadline:
-                transport.close()
-                return
-            self._timer = loop.call_at(deadline, self._check_idle)
+        loop = asyncio.get_running_loop()
+        if self._waiting is not None:  # busy: the next state starts the clock again
+            return
+        partial = self._partial
+        deadline = self._since + (self._posts.body_timeout if partial is not None else self._posts.idle_timeout)
+        if loop.time() < deadline:
+            self._timer = loop.call_at(deadline, self._tick)
+        elif partial is None:
+            transport.close()
+        else:
+            self._partial = None
+            self._rest = b""
+            self._posts.too_slow(self, partial)
 
     def close_when_idle(self) -> None:
+        """Close after the answer on its way, or now (a body still coming is not waited for)."""
         self._close_after = True
         if self._waiting is None and self.transport is not None:
             self.transport.close()
@@ -487,6 +539,8 @@ class LeanConnection(asyncio.Protocol):
         self._posts.connections.discard(self)
         self.transport = None
         self._hand_over = None
+        self._partial = None
+        self._rest = b""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
