@@ -233,6 +233,23 @@ async def test_a_join_in_the_upgrade_over_wss_takes_the_lean_path(served_tls: Se
     assert served_tls.app[LEAN_KEY].taken == 1
 
 
+async def test_posts_over_https_take_the_lean_path(served_tls: Served) -> None:
+    """A connection whose first request is a JSON POST is served by ``serve``'s lean path behind
+    the TLS layer too, and knows it is HTTPS (the connect cookie is Secure)."""
+    connector = aiohttp.TCPConnector(ssl=served_tls.trusting())
+    async with aiohttp.ClientSession(served_tls.url, connector=connector) as http:
+        async with http.post("/rtc/connect", json={"roomId": "r", "peerId": "dave"}) as resp:
+            assert resp.status == 200
+            cookie = resp.cookies["rtc!r"]
+            assert cookie["secure"] is True and "Secure" in cookie.OutputString()
+            token = (await resp.json())["token"]
+        headers = {"Authorization": f"Bearer {token}"}  # (on the same kept-alive connection)
+        async with http.post("/rtc/heartbeat", json={}, headers=headers) as resp:
+            assert resp.status == 200
+    posts = served_tls.app[LEAN_KEY].posts
+    assert posts is not None and posts.answered == 2
+
+
 async def test_the_certificate_verifies_for_every_name_and_address_of_the_host(served_tls: Served) -> None:
     context = served_tls.trusting()
     for name in [*tls.host_names(), *(str(a) for a in tls.host_addresses())]:
