@@ -143,6 +143,7 @@ async def test_a_burst_goes_out_in_slices_while_the_server_keeps_up_and_whole_wh
     channel = rtc_channel.WebSocketChannel(_Socket(), transport, batch)  # type: ignore[arg-type]
     hold = rtc_channel.MAX_HOLD
     t = 1000.0
+    batch.eager = False  # (the last pass was busy: see the test below)
     batch.received(t)
     channel.send("a")
     batch.received(t + hold / 2)  # still within the hold: queued
@@ -153,11 +154,40 @@ async def test_a_burst_goes_out_in_slices_while_the_server_keeps_up_and_whole_wh
     channel.send("c")
     await wait_for(lambda: len(transport.writes) == 2, message="the end of the pass")
     assert transport.writes[1].endswith(b"c")
-    # a long pass (the server is behind): one write at its end, however long it takes
+    # a long pass (the server is behind) after a busy one: one write at its end, however long it takes
     transport.writes.clear()
+    batch.eager = False
     batch.received(t)
     for i in range(rtc_channel.SHORT_PASS + 10):
         channel.send(str(i))
         batch.received(t + (i + 1) * hold * (2 if i >= rtc_channel.SHORT_PASS else 0.001))
     assert len(transport.writes) == 0
     await wait_for(lambda: len(transport.writes) == 1, message="the end of the pass")
+
+
+async def test_after_a_quiet_pass_frames_go_out_at_once_until_the_pass_turns_busy() -> None:
+    """After a pass that read few frames (``QUIET_PASS``) each frame is written as it is sent;
+    once a pass reads that many, the rest of it is batched, and so is the next pass."""
+    batch = rtc_channel.WriteBatch()
+    transport = _Transport()
+    channel = rtc_channel.WebSocketChannel(_Socket(), transport, batch)  # type: ignore[arg-type]
+    t = 1000.0
+    assert batch.eager  # a new server is quiet
+    batch.received(t)
+    channel.send("a")
+    assert len(transport.writes) == 1 and transport.writes[0].endswith(b"a")
+    assert batch.counters.frames_out == 1 and batch.counters.relay_latency.count == 1
+    for i in range(1, rtc_channel.QUIET_PASS + 3):
+        batch.received(t + i * 1e-6)
+        channel.send(str(i))
+    quiet = rtc_channel.QUIET_PASS  # frames 1 .. QUIET_PASS - 1 went out at once too, the rest waits
+    assert len(transport.writes) == quiet
+    await wait_for(lambda: len(transport.writes) == quiet + 1, message="the end of the pass")
+    assert not batch.eager  # that pass was busy: the next one batches
+    batch.received(t + 1)
+    channel.send("next")
+    assert len(transport.writes) == quiet + 1
+    await wait_for(lambda: len(transport.writes) == quiet + 2, message="the end of the pass")
+    assert batch.eager  # one frame in that pass: quiet again
+    assert batch.counters.frames_out == rtc_channel.QUIET_PASS + 4
+

@@ -56,6 +56,10 @@ def text_frame(text: str) -> bytes:
 #: what keeps a saturated relay fast (BENCHMARKS.md, issue 19).
 MAX_HOLD = 0.0001
 SHORT_PASS = 64
+#: After a pass of the loop that read at most QUIET_PASS frames (the server is far from busy), the
+#: next pass writes a socket's first frame at once instead of at the end of the pass: at low load
+#: a frame waits for nothing. A longer pass turns batching back on for the next one.
+QUIET_PASS = 4
 
 
 class WriteBatch:
@@ -67,7 +71,7 @@ class WriteBatch:
     frame read in that pass (``TransportCounters.relay_latency``): the relay latency as a peer sees
     it, less the network, at the cost of one clock read per pass."""
 
-    __slots__ = ("_dirty", "_in_pass", "_loop", "_received", "_scheduled", "counters")
+    __slots__ = ("_dirty", "_in_pass", "_loop", "_received", "_scheduled", "counters", "eager")
 
     def __init__(self, counters: TransportCounters | None = None) -> None:
         self.counters = counters or TransportCounters()
@@ -75,7 +79,9 @@ class WriteBatch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._received = 0.0
-        self._in_pass = 0  # frames read in this pass of the loop
+        self._in_pass = 0  # frames read in this pass of the loop, after its first
+        #: The last pass was quiet (QUIET_PASS): a socket's first frame goes out at once.
+        self.eager = True
 
     def add(self, channel: WebSocketChannel) -> None:
         self._dirty.append(channel)
@@ -92,6 +98,8 @@ class WriteBatch:
                 self._schedule()
             return
         self._in_pass = in_pass = self._in_pass + 1
+        if in_pass == QUIET_PASS:
+            self.eager = False  # a busy pass after all: batch the rest of it
         if in_pass <= SHORT_PASS and at - first > MAX_HOLD:
             # A burst, and the server keeps up: what the frames handled so far queued goes out
             # now, not after the rest. (A long pass means it is behind: then one write each.)
@@ -106,8 +114,20 @@ class WriteBatch:
 
     def _flush(self) -> None:
         self._scheduled = False
+        self.eager = self._in_pass < QUIET_PASS
         self._in_pass = 0
         self._write()
+
+    def wrote(self) -> None:
+        """A channel wrote a frame at once (:attr:`eager`): count it and its latency."""
+        counters = self.counters
+        counters.frames_out += 1
+        if self._received:
+            latency = time.monotonic() - self._received
+            histogram = counters.relay_latency
+            histogram.counts[bisect_left(histogram.bounds, latency)] += 1
+            histogram.sum += latency
+            histogram.count += 1
 
     def _write(self) -> None:
         dirty, self._dirty = self._dirty, []
@@ -178,7 +198,12 @@ class WebSocketChannel:
             return False
         queued = self._queued
         if not queued:
-            self.batch.add(self)
+            batch = self.batch
+            if batch.eager:  # the server is far from busy: this frame waits for nothing
+                self._transport.write(header + data)
+                batch.wrote()
+                return True
+            batch.add(self)
         queued.append(header + data)
         self._size = size
         return True
