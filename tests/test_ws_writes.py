@@ -190,4 +190,3 @@ async def test_after_a_quiet_pass_frames_go_out_at_once_until_the_pass_turns_bus
     await wait_for(lambda: len(transport.writes) == quiet + 2, message="the end of the pass")
     assert batch.eager  # one frame in that pass: quiet again
     assert batch.counters.frames_out == rtc_channel.QUIET_PASS + 4
-
