@@ -11,6 +11,7 @@ import gzip
 import itertools
 import json
 import logging
+import re
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -276,10 +277,11 @@ async def guarded(config: RtcConfig) -> AsyncIterator[int]:
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
-    """(status, head, body) of an HTTP answer; a 101's body is the WebSocket's, not read."""
+    """(status, head, body) of an HTTP answer; a 101's body is the WebSocket's, not read; a 204
+    has none."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     status = int(head.split(b" ", 2)[1])
-    if status == 101:
+    if status in (101, 204):
         return status, head, b""
     length = next(
         (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
@@ -357,23 +359,35 @@ async def test_fuzz_upgrade_heads(
 # -- JSON POSTs on kept-alive connections: the lean path answers as aiohttp's routes do -------------
 
 
+CORS_ORIGIN = "https://app.example"
+
+
 @pytest.fixture
-async def route_only(guarded: int, config: RtcConfig) -> AsyncIterator[int]:
-    """The same app on the guarded server, with every request through aiohttp's routes: a
-    middleware of its own (any, here one that passes) turns the lean path off."""
+async def lean_and_route(config: RtcConfig) -> AsyncIterator[tuple[int, int]]:
+    """(port, port): the app on the guarded server as ``serve`` runs it (the lean path on), and
+    the same app with every request through aiohttp's routes (a middleware of its own, any, here
+    one that passes, turns the lean path off); both allow CORS from one origin."""
+    if not GUARDED_SERVER:
+        if IN_CI:
+            pytest.fail("the guarded server needs the aiohttp version _aiohttp_compat was checked against")
+        pytest.skip("this aiohttp is newer than _aiohttp_compat knows")
+    config = config.replace(cors_origins=(CORS_ORIGIN,))
 
     @web.middleware
     async def passing(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
         return response
 
-    app = create_app(config=config)
-    app.middlewares.append(passing)
-    runner, site, _ = await serving.start(app, "127.0.0.1", 0, config)
+    lean_app = create_app(config=config)
+    route_app = create_app(config=config)
+    route_app.middlewares.append(passing)
+    lean_runner, lean_site, _ = await serving.start(lean_app, "127.0.0.1", 0, config)
+    route_runner, route_site, _ = await serving.start(route_app, "127.0.0.1", 0, config)
     try:
-        yield site.port
+        yield lean_site._bound_port, route_site._bound_port  # type: ignore[misc]
     finally:
-        await runner.cleanup()
+        await lean_runner.cleanup()
+        await route_runner.cleanup()
 
 
 post_paths = st.sampled_from(["/rtc/connect", "/rtc/heartbeat", "/rtc/signal", "/rtc/disconnect"])
@@ -390,7 +404,16 @@ post_bodies = st.one_of(
 post_headers = st.lists(
     st.tuples(
         st.sampled_from(
-            [b"Content-Type", b"Authorization", b"Cookie", b"Origin", b"Connection", b"Content-Encoding", b"X-Any"]
+            [
+                b"Content-Type",
+                b"Authorization",
+                b"Cookie",
+                b"Origin",
+                b"Connection",
+                b"Content-Encoding",
+                b"Access-Control-Request-Method",
+                b"X-Any",
+            ]
         ),
         st.one_of(
             st.sampled_from(
@@ -404,6 +427,9 @@ post_headers = st.lists(
                     b"close",
                     b"Bearer ZZSECRET",
                     b"gzip",
+                    CORS_ORIGIN.encode(),
+                    b"https://elsewhere.example",
+                    b"POST",
                 ]
             ),
             st.binary(max_size=40),
@@ -413,11 +439,13 @@ post_headers = st.lists(
 )
 
 
-async def _exchange(port: int, requests: list[bytes], cuts: Sequence[int] = ()) -> list[tuple[int, str | None]]:
-    """Each request on one connection, in turn: (status, error code) of each answer, until the
-    server closes. The first request goes out in pieces, cut at ``cuts``."""
+async def _exchange(
+    port: int, requests: list[bytes], cuts: Sequence[int] = ()
+) -> list[tuple[int, str | None, str | None]]:
+    """Each request on one connection, in turn: (status, error code, CORS origin allowed) of each
+    answer, until the server closes. The first request goes out in pieces, cut at ``cuts``."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    out: list[tuple[int, str | None]] = []
+    out: list[tuple[int, str | None, str | None]] = []
     try:
         for i, request in enumerate(requests):
             if i == 0:
@@ -434,8 +462,9 @@ async def _exchange(port: int, requests: list[bytes], cuts: Sequence[int] = ()) 
             assert b"ZZSECRET" not in head + body, (head + body)[:300]
             ctype = "application/json" if b"application/json" in head else ""
             check_answer(status, ctype, body.decode("utf-8", "replace"))
-            code = json.loads(body).get("error", {}).get("code") if status >= 400 else None
-            out.append((status, code))
+            code = json.loads(body)["error"]["code"] if status >= 400 else None
+            allowed = re.search(rb"(?im)^access-control-allow-origin: *(.*?)\r$", head)
+            out.append((status, code, allowed[1].decode("latin-1") if allowed else None))
             if b"connection: close" in head.lower():
                 break
     finally:
@@ -444,27 +473,29 @@ async def _exchange(port: int, requests: list[bytes], cuts: Sequence[int] = ()) 
 
 
 @given(
+    method=st.sampled_from(["POST", "POST", "POST", "OPTIONS"]),
     path=post_paths,
     headers=post_headers,
     body=post_bodies,
     cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=3),
 )
 async def test_fuzz_lean_posts_answer_as_aiohttp(
-    guarded: int,
-    route_only: int,
+    lean_and_route: tuple[int, int],
+    method: str,
     path: str,
     headers: list[tuple[bytes, bytes]],
     body: bytes,
     cuts: list[int],
     caplog: Any,
 ) -> None:
-    """A JSON POST with any headers and body, sent in pieces, then a plain one on the same
-    connection: the guarded server (which answers plain JSON POSTs itself, ``web._lean_http``)
-    answers both as aiohttp's routes do, status and error code; neither echoes a secret or logs
-    an ERROR."""
+    """A JSON POST (or a preflight) with any headers and body, sent in pieces, then a plain one on
+    the same connection: the guarded server (which answers plain JSON POSTs and their preflights
+    itself, ``web._lean_http``) answers both as aiohttp's routes do, status, error code and CORS
+    headers; neither echoes a secret or logs an ERROR."""
     caplog.set_level(logging.INFO)
     caplog.clear()
-    lines = [f"POST {path} HTTP/1.1".encode(), b"Host: fuzz", b"Content-Length: " + str(len(body)).encode()]
+    guarded, route_only = lean_and_route
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: fuzz", b"Content-Length: " + str(len(body)).encode()]
     lines += [name + b": " + value for name, value in headers]
     first = b"\r\n".join(lines) + b"\r\n\r\n" + body
     probe = (

@@ -11,12 +11,12 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from fantasize_rtc import RtcConfig
+from fantasize_rtc import RtcConfig, RtcServer
 from fantasize_rtc.app import create_app
 from fantasize_rtc.client import RtcClient
 from fantasize_rtc.errors import RoomFull
 from tests.conftest import MakeClient
-from tests.helpers import wait_for
+from tests.helpers import FakeClock, wait_for
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
@@ -145,3 +145,21 @@ async def test_a_refused_upgrade_falls_back_to_connect_which_says_why(
         with pytest.raises(RoomFull) as full:  # the upgrade said 409; POST /rtc/connect says what
             await bob.connect("full", "bob")
         assert "full" in full.value.message.lower()
+
+
+async def test_a_socket_opened_with_a_token_touches_its_peer_on_its_first_frame(
+    serve_client: MakeClient, config: RtcConfig, clock: FakeClock
+) -> None:
+    """The two-step join: the socket may open long after ``connect`` (the peer's last touch), so
+    its first frame is a sign of life; only a join in the upgrade itself counts as one."""
+    rtc = RtcServer(config, clock=clock)
+    client = await serve_client(create_app(rtc=rtc))
+    resp = await client.post("/rtc/connect", json={"roomId": "r", "peerId": "alice"})
+    token = (await resp.json())["token"]
+    connected_at = clock.now
+    clock.advance(60_000)
+    async with client.ws_connect("/rtc/ws", params={"token": token}) as ws:
+        await ws.send_json({"type": "heartbeat", "id": 1})
+        assert await ws.receive_json(timeout=5) == {"type": "ack", "id": 1}
+        peers = (await rtc.get_room_snapshot("r")).peers
+        assert [p.last_seen - connected_at for p in peers] == [60_000]

@@ -237,6 +237,25 @@ async def test_errors_keep_the_connection_and_carry_cors_headers(config: RtcConf
         assert status == 200 and headers["access-control-allow-origin"] == "https://app.example"
         assert served.answered == 3
 
+        # A cross-origin page's first request is the preflight: answered here too, the POSTs after it as well.
+        cross = await Raw.open(served.port)
+        preflight = (
+            "OPTIONS /rtc/signal HTTP/1.1\r\nHost: x\r\nOrigin: {}\r\n"
+            "Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization\r\n\r\n"
+        )
+        cross.send(preflight.format("https://app.example").encode())
+        status, headers, body = await cross.head()
+        assert status == 204 and body == b"" and "content-length" not in headers
+        assert headers["access-control-allow-origin"] == "https://app.example"
+        assert "Authorization" in headers["access-control-allow-headers"]
+        assert "POST" in headers["access-control-allow-methods"]
+        cross.send(post("/rtc/connect", {"roomId": "r"}, "Origin: https://app.example"))
+        assert (await answer(cross))[0] == 200
+        cross.send(preflight.format("https://evil.example").encode())
+        status, headers, body = await answer(cross)
+        assert status == 403 and body["error"]["code"] == "forbidden" and "access-control-allow-origin" not in headers
+        assert served.answered == 6
+
 
 async def test_an_idle_connection_is_closed_after_the_header_timeout(served: Served) -> None:
     token = await connect(served, "r", "alice")

@@ -426,7 +426,7 @@ class GuardedSite(web.TCPSite):
 # -- connections taken over before aiohttp ---------------------------------------------------------
 
 #: ``takeover(transport, first_bytes, release, hand_over)``: a hook of :class:`GuardedSite` that sees
-#: each new connection's first read when it starts with ``GET`` or ``POST``. It returns True when it
+#: each new connection's first read when it starts with ``GET``, ``POST`` or ``OPTIONS``. It returns True when it
 #: took the connection: it installed a protocol of its own on the transport
 #: (``transport.set_protocol``) and, when the connection ends, calls ``release()`` once (the
 #: connection limit per address); or, later, gives the connection to aiohttp after all with
@@ -494,7 +494,7 @@ class _FirstRead(asyncio.Protocol):
         site = self._site
         address = self._address
         takeover = site._takeover
-        if takeover is not None and (data.startswith(b"GET ") or data.startswith(b"POST ")):
+        if takeover is not None and data[:1] in b"GPO":  # GET, POST, OPTIONS
             release = functools.partial(site._gate_.release, address) if address else _nothing
             hand_over = functools.partial(_hand_over, site, transport, address, None)
             try:

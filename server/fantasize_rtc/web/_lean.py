@@ -447,7 +447,7 @@ class LeanUpgrades:
         release: Callable[[], None],
         hand_over: Callable[[bytes], None],
     ) -> bool:
-        if data.startswith(b"POST "):
+        if not data.startswith(b"GET "):  # (POST, OPTIONS)
             return self._take_post(transport, data, release, hand_over)
         parsed = parse_upgrade(data)
         if parsed is None:

@@ -47,7 +47,7 @@ from .._aiohttp_compat import SINGLETON_HEADERS, parse_cookies, start_eagerly
 from ..errors import RequestTimeout, RtcError
 from ..server import RtcServer
 from ._drain import Drain
-from ._middleware import cors_allows, cors_headers
+from ._middleware import cors_allows, cors_headers, preflight_answer
 from ._proxy import TrustedProxies
 from ._requests import error_response, json_object, json_response, require_json_type
 from ._routes import JSON_POSTS, JsonPost
@@ -75,7 +75,7 @@ _MAX_HEAD = 8190
 _MAX_HEADERS = 128
 
 _POST_HEAD = re.compile(
-    r"POST (" + "|".join(re.escape(path) for path in JSON_POSTS) + r")(\?[!-~]*)? HTTP/1\.1" + HEADER_LINES
+    r"(POST|OPTIONS) (" + "|".join(re.escape(path) for path in JSON_POSTS) + r")(\?[!-~]*)? HTTP/1\.1" + HEADER_LINES
 )
 #: Headers a plain POST carries once, and those it does not carry at all (aiohttp's to judge).
 _POST_ONCE = ("host", "content-length")  # (and no singleton twice: parse_head)
@@ -108,8 +108,9 @@ def parse_head(data: bytes, pattern: re.Pattern[str]) -> tuple[re.Match[str], CI
 
 
 class Post(NamedTuple):
-    """A plain JSON POST at the start of the bytes read."""
+    """A plain JSON POST (or its CORS preflight) at the start of the bytes read."""
 
+    preflight: bool  # an OPTIONS with Access-Control-Request-Method (no body)
     path: str
     target: str  # the path and the query
     headers: CIMultiDict[str]
@@ -118,14 +119,22 @@ class Post(NamedTuple):
     close: bool  # the client asked to close after the answer
 
 
-def parse_post(data: bytes, max_body: int) -> Post | None:
+def parse_post(data: bytes, max_body: int, *, preflights: bool = False) -> Post | None:
     """The request ``data`` begins with when it is a plain JSON POST of
     :data:`~._routes.JSON_POSTS` whose head is all there (its body may still be coming: ``body``
-    is None then); None for anything else."""
+    is None then), or with ``preflights`` its CORS preflight; None for anything else."""
     parsed = parse_head(data, _POST_HEAD)
     if parsed is None:
         return None
     head, headers, start = parsed
+    preflight = head[1] == "OPTIONS"
+    if preflight:
+        if not preflights or "access-control-request-method" not in headers:
+            return None
+        if "content-length" not in headers:
+            headers.add("Content-Length", "0")
+        elif headers.getone("content-length") != "0":
+            return None
     for name in _POST_ONCE:
         if len(headers.getall(name, ())) != 1:
             return None
@@ -148,7 +157,7 @@ def parse_post(data: bytes, max_body: int) -> Post | None:
             return None
         close = "close" in tokens
     body = data[start:end] if end <= len(data) else None
-    return Post(head[1], head[1] + (head[2] or ""), headers, body, end, close)
+    return Post(preflight, head[2], head[2] + (head[3] or ""), headers, body, end, close)
 
 
 class LeanRequest:
@@ -223,7 +232,9 @@ def encode_answer(response: web.Response, origin: str | None, *, close: bool) ->
     lines += [f"Set-Cookie: {morsel.OutputString()}" for morsel in response.cookies.values()]
     if origin is not None:
         lines += [f"{name}: {value}" for name, value in cors_headers(origin).items()]
-    lines += [f"Content-Length: {len(body)}", f"Date: {_http_date()}"]
+    if response.status != 204:  # (RFC 9110: a 204 has no Content-Length)
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append(f"Date: {_http_date()}")
     if close:
         lines.append("Connection: close")
     lines += ["", ""]
@@ -255,6 +266,7 @@ class LeanPosts:
         self._max_body = max_body
         self.idle_timeout = idle_timeout
         self.body_timeout = rtc.config.body_timeout_ms / 1000
+        self._preflights = bool(cors)  # (without CORS a preflight is aiohttp's: 405)
         self._max_depth = rtc.config.max_json_depth
         self._immediate = rtc.backend.immediate
         #: Open connections this path serves (closed at shutdown).
@@ -276,7 +288,7 @@ class LeanPosts:
         hand_over: Callable[[bytes], None],
     ) -> bool:
         """The takeover for a first read that starts with ``POST``: True when it took it."""
-        if parse_post(data, self._max_body) is None:
+        if parse_post(data, self._max_body, preflights=self._preflights) is None:
             return False
         connection = LeanConnection(self, transport, release, hand_over)
         transport.set_protocol(connection)
@@ -300,8 +312,15 @@ class LeanPosts:
 
     async def answer(self, connection: LeanConnection, post: Post) -> None:
         """Answer ``post`` (all of it here) on ``connection`` (run in the connection's context)."""
-        path, target, headers, body, _, close = post
+        preflight, path, target, headers, body, _, close = post
         assert body is not None
+        if preflight:  # (as the CORS middleware answers it: not counted, no drain count)
+            origin = headers.get("Origin")
+            allowed = cors_allows(self._cors, origin)
+            response = preflight_answer(allowed)
+            self.answered += 1
+            connection.write(encode_answer(response, origin if allowed else None, close=close), close)
+            return
         request = LeanRequest.on(connection.peer, target, headers, self._proxies)
         logs.bind(address=request.remote)
         counting = self._drain.request_started()
@@ -428,7 +447,7 @@ class LeanConnection(asyncio.Protocol):
         anything else to aiohttp."""
         posts = self._posts
         while data:
-            parsed = parse_post(data, posts._max_body)
+            parsed = parse_post(data, posts._max_body, preflights=posts._preflights)
             if parsed is None:
                 self._to_aiohttp(data)
                 return

@@ -26,7 +26,7 @@ from ..errors import (
 from ._drain import Drain
 from ._requests import COUNTERS_KEY, UndecodableBody, error_response, json_response
 
-__all__ = ["cors_allows", "cors_headers", "cors_middleware", "error_middleware"]
+__all__ = ["cors_allows", "cors_headers", "cors_middleware", "error_middleware", "preflight_answer"]
 
 log = logging.getLogger("fantasize_rtc.web")
 
@@ -144,12 +144,9 @@ def cors_middleware(origins: tuple[str, ...]) -> Any:
         origin = request.headers.get("Origin")
         ok = origin is not None and (allow_all or origin in allowed)
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = preflight_answer(ok)
             if not ok:
-                return json_response(Forbidden("Origin not allowed.").to_dict(), status=403)
-            response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-Match"
-            response.headers["Access-Control-Max-Age"] = "600"
+                return response
         else:
             response = await handler(request)
         if ok and origin is not None:
@@ -157,6 +154,18 @@ def cors_middleware(origins: tuple[str, ...]) -> Any:
         return response
 
     return middleware
+
+
+def preflight_answer(allowed: bool) -> web.Response:
+    """The answer to a CORS preflight from an origin ``--cors-origin`` allows (or not: 403), less
+    :func:`cors_headers`, which the caller adds."""
+    if not allowed:
+        return json_response(Forbidden("Origin not allowed.").to_dict(), status=403)
+    response = web.Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-Match"
+    response.headers["Access-Control-Max-Age"] = "600"
+    return response
 
 
 def cors_allows(origins: tuple[str, ...], origin: str | None) -> bool:
