@@ -472,6 +472,20 @@ async def _exchange(
     return out
 
 
+@example(  # a cross-origin page's preflight, then (the probe) its POST
+    method="OPTIONS",
+    path="/rtc/signal",
+    headers=[(b"Origin", CORS_ORIGIN.encode()), (b"Access-Control-Request-Method", b"POST")],
+    body=b"",
+    cuts=[],
+)
+@example(  # a join, its head and body in pieces
+    method="POST",
+    path="/rtc/connect",
+    headers=[(b"Content-Type", b"application/json"), (b"Origin", CORS_ORIGIN.encode())],
+    body=b'{"roomId": "r"}',
+    cuts=[10, 60],
+)
 @given(
     method=st.sampled_from(["POST", "POST", "POST", "OPTIONS"]),
     path=post_paths,
