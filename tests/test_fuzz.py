@@ -390,7 +390,15 @@ async def lean_and_route(config: RtcConfig) -> AsyncIterator[tuple[int, int]]:
         await route_runner.cleanup()
 
 
-post_paths = st.sampled_from(["/rtc/connect", "/rtc/heartbeat", "/rtc/signal", "/rtc/disconnect"])
+post_paths = st.builds(
+    lambda path, query: path + query,
+    st.sampled_from(["/rtc/connect", "/rtc/heartbeat", "/rtc/signal", "/rtc/disconnect"]),
+    st.one_of(
+        st.just(""),
+        st.builds(lambda q: "?" + urllib.parse.urlencode(q), query_parts),
+        st.sampled_from(["?", "?token=%zz", "?token=ZZSECRET&token=x", "?%00=%ff"]),
+    ),
+)
 post_bodies = st.one_of(
     hostile_json(),
     st.binary(max_size=200),

@@ -321,11 +321,11 @@ class LeanPosts:
             self.answered += 1
             connection.write(encode_answer(response, origin if allowed else None, close=close), close)
             return
-        request = LeanRequest.on(connection.peer, target, headers, self._proxies)
-        logs.bind(address=request.remote)
         counting = self._drain.request_started()
         code: str | None = None
         try:
+            request = LeanRequest.on(connection.peer, target, headers, self._proxies)
+            logs.bind(address=request.remote)
             response = await self._respond(JSON_POSTS[path], request, headers, body)
         except RtcError as err:
             response = error_response(err)
