@@ -21,6 +21,7 @@ from fantasize_rtc import RtcConfig, serving
 from fantasize_rtc.app import create_app
 from fantasize_rtc.cli import build_parser, config_from_args
 from fantasize_rtc.media import MEDIA_KEY
+from fantasize_rtc.web import LEAN_KEY
 from fantasize_rtc.web import create_app as create_transport_app
 from fantasize_rtc.web._proxy import TrustedProxies, parse_address
 from tests.helpers import accepts_tcp, free_port, nginx_config, start_nginx, stop_process, wait_for
@@ -353,7 +354,7 @@ def from_address(address: str, base_url: str) -> aiohttp.ClientSession:
 
 
 async def test_nginx_in_front_counts_the_client_it_forwards(proxied_server: tuple[str, web.Application]) -> None:
-    url, _app = proxied_server
+    url, app = proxied_server
     # nginx connects from 127.0.0.1 (trusted) and appends the address it got the request from
     async with from_address("127.0.0.5", url) as five, from_address("127.0.0.6", url) as six:
         assert await connect_status(five, "a") == 200
@@ -363,6 +364,9 @@ async def test_nginx_in_front_counts_the_client_it_forwards(proxied_server: tupl
         assert await connect_status(six, "b") == 200  # another client through the same proxy
         resp = await five.post("/rtc/connect", json={"roomId": "a"})
         assert resp.status == 200 and "Secure" not in connect_cookie(resp, "a")  # nginx said http
+    # nginx opens a connection per request: each was a POST first, answered by serve's lean path
+    posts = app[LEAN_KEY].posts
+    assert posts is not None and posts.answered == 5
 
 
 async def test_a_websocket_relays_through_nginx(
