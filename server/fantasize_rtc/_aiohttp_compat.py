@@ -430,10 +430,11 @@ class GuardedSite(web.TCPSite):
 #: took the connection: it installed a protocol of its own on the transport
 #: (``transport.set_protocol``) and, when the connection ends, calls ``release()`` once (the
 #: connection limit per address); or, later, gives the connection to aiohttp after all with
-#: ``hand_over(bytes_unread)`` (then not ``release()``: aiohttp's handler releases it; its header
-#: timeout runs from the hand-over). False (nothing touched) gives the bytes to aiohttp as if the
+#: ``hand_over(bytes_unread, since)`` (then not ``release()``: aiohttp's handler releases it; its
+#: header timeout runs from ``since``, the loop's time of the connection's last answer, or from now
+#: when None). False (nothing touched) gives the bytes to aiohttp as if the
 #: hook were not there. It must not raise.
-Takeover = Callable[[asyncio.Transport, bytes, Callable[[], None], Callable[[bytes], None]], bool]
+Takeover = Callable[[asyncio.Transport, bytes, Callable[[], None], Callable[[bytes, float | None], None]], bool]
 
 
 def _nothing() -> None:
@@ -441,7 +442,7 @@ def _nothing() -> None:
 
 
 def _hand_over(
-    site: GuardedSite, transport: asyncio.Transport, address: str, opened_at: float | None, data: bytes
+    site: GuardedSite, transport: asyncio.Transport, address: str, data: bytes, opened_at: float | None = None
 ) -> None:
     """Give an admitted connection to a :class:`GuardedRequestHandler` with the bytes read and not
     parsed; its header timeout runs from ``opened_at`` (None: now)."""
@@ -496,7 +497,7 @@ class _FirstRead(asyncio.Protocol):
         takeover = site._takeover
         if takeover is not None and data[:1] in b"GPO":  # GET, POST, OPTIONS
             release = functools.partial(site._gate_.release, address) if address else _nothing
-            hand_over = functools.partial(_hand_over, site, transport, address, None)
+            hand_over = functools.partial(_hand_over, site, transport, address)
             try:
                 if takeover(transport, data, release, hand_over):
                     return
@@ -505,7 +506,7 @@ class _FirstRead(asyncio.Protocol):
                 transport.abort()
                 release()
                 return
-        _hand_over(site, transport, address, self._opened_at, data)
+        _hand_over(site, transport, address, data, self._opened_at)
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes itself; connection_lost follows

@@ -445,7 +445,7 @@ class LeanUpgrades:
         transport: asyncio.Transport,
         data: bytes,
         release: Callable[[], None],
-        hand_over: Callable[[bytes], None],
+        hand_over: Callable[[bytes, float | None], None],
     ) -> bool:
         if not data.startswith(b"GET "):  # (POST, OPTIONS)
             return self._take_post(transport, data, release, hand_over)

@@ -285,7 +285,7 @@ class LeanPosts:
         transport: asyncio.Transport,
         data: bytes,
         release: Callable[[], None],
-        hand_over: Callable[[bytes], None],
+        hand_over: Callable[[bytes, float | None], None],
     ) -> bool:
         """The takeover for a first read that starts with ``POST``: True when it took it."""
         if parse_post(data, self._max_body, preflights=self._preflights) is None:
@@ -389,13 +389,13 @@ class LeanConnection(asyncio.Protocol):
         posts: LeanPosts,
         transport: asyncio.Transport,
         release: Callable[[], None],
-        hand_over: Callable[[bytes], None],
+        hand_over: Callable[[bytes, float | None], None],
     ) -> None:
         self._posts = posts
         self.transport: asyncio.Transport | None = transport
         self.peer = peer_of(transport)
         self._release: Callable[[], None] | None = release
-        self._hand_over: Callable[[bytes], None] | None = hand_over
+        self._hand_over: Callable[[bytes, float | None], None] | None = hand_over
         # One context for the connection's requests, as aiohttp's handler task has one: the log
         # fields each binds are its own, and tasks it starts inherit them.
         self._context = contextvars.copy_context()
@@ -405,7 +405,8 @@ class LeanConnection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._close_after = False
-        self._since = 0.0  # when the connection went idle, or the partial request began
+        # when the connection went idle (its last answer), or the partial request began
+        self._since = asyncio.get_running_loop().time()
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -419,8 +420,8 @@ class LeanConnection(asyncio.Protocol):
                 self._partial = None
                 rest, self._rest = self._rest, b""
                 self._serve(rest)
-        else:
-            self._serve(data)
+        else:  # idle since the last answer
+            self._serve(data, self._since)
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes; connection_lost follows
@@ -442,20 +443,22 @@ class LeanConnection(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------------
 
-    def _serve(self, data: bytes) -> None:
+    def _serve(self, data: bytes, since: float | None = None) -> None:
         """Answer the requests ``data`` begins with, in order; wait for the rest of a body; hand
-        anything else to aiohttp."""
+        anything else to aiohttp (its header timeout running from ``since``, the last answer's
+        time, when that was the last thing this connection did; else from now)."""
         posts = self._posts
         while data:
             parsed = parse_post(data, posts._max_body, preflights=posts._preflights)
             if parsed is None:
-                self._to_aiohttp(data)
+                self._to_aiohttp(data, since)
                 return
             if parsed.body is None:  # its body is on the way
                 self._partial = parsed
                 self._rest = data
                 self._arm(posts.body_timeout)
                 return
+            since = None  # an answer now: the next request's head is timed from here
             waiting = self._context.run(posts.start, posts.answer(self, parsed))
             data = data[parsed.end :]
             if self.transport is None or self.transport.is_closing():
@@ -545,14 +548,14 @@ class LeanConnection(asyncio.Protocol):
         if self._waiting is None and self.transport is not None:
             self.transport.close()
 
-    def _to_aiohttp(self, data: bytes) -> None:
+    def _to_aiohttp(self, data: bytes, since: float | None) -> None:
         """aiohttp takes the connection from here on, with ``data`` (not read by it yet)."""
         hand_over = self._hand_over
         self._release = None  # aiohttp's handler releases the connection now
         self._resume_reading()
         self._end()
         if hand_over is not None:
-            hand_over(data)
+            hand_over(data, since)
 
     def _end(self) -> None:
         self._posts.connections.discard(self)
