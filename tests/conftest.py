@@ -15,6 +15,9 @@ from fantasize_rtc.app import create_app
 from fantasize_rtc.web import LEAN_KEY, RTC_KEY
 from tests.helpers import FakeClock
 
+#: tests/wire.py's fixtures (a served app, raw connections cut after each test) for every test.
+pytest_plugins = ["tests.wire"]
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,18 +25,6 @@ from tests.redis_fixtures import RedisServer
 from tests.wire import Raw, Served, serve_guarded
 
 CANDIDATE = {"type": "candidate", "to": "bob", "payload": {"candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host"}}
-
-
-@pytest.fixture
-async def served(config: RtcConfig) -> AsyncIterator[Served]:
-    async with serve_guarded(config.replace(header_timeout_ms=500, max_connections_per_address=4)) as served:
-        yield served
-
-
-@pytest.fixture(autouse=True)
-async def _close_raw_connections() -> AsyncIterator[None]:
-    yield
-    Raw.abort_all()
 
 
 def post(path: str, body: Any, *extra: str, token: str | None = None) -> bytes:

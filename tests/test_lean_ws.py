@@ -14,7 +14,7 @@ import base64
 import json
 import os
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -27,19 +27,7 @@ from fantasize_rtc.web import create_app as web_create_app
 from fantasize_rtc.web._channel import SOCKETS_KEY
 from fantasize_rtc.web._lean import parse_upgrade
 from tests.helpers import wait_for
-from tests.wire import Raw, Served, bound_port, serve_guarded
-
-
-@pytest.fixture
-async def served(config: RtcConfig) -> AsyncIterator[Served]:
-    async with serve_guarded(config.replace(header_timeout_ms=500, max_connections_per_address=4)) as served:
-        yield served
-
-
-@pytest.fixture(autouse=True)
-async def _close_raw_connections() -> AsyncIterator[None]:
-    yield
-    Raw.abort_all()
+from tests.wire import Raw, Served, bound_port
 
 
 def upgrade(target: str, *extra: str) -> bytes:

@@ -1,5 +1,8 @@
 """A server as ``fantasize-rtc serve`` runs it, and a client on a bare TCP connection: for tests of
-what goes over the wire byte by byte (the lean paths of ``web._lean`` and ``web._lean_http``)."""
+what goes over the wire byte by byte (the lean paths of ``web._lean`` and ``web._lean_http``).
+
+Its fixtures are every test's (``conftest.py`` loads this module as a plugin): ``served`` (header
+timeout 500 ms, 4 connections per address), and the raw connections a test opened cut after it."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import pytest
 from aiohttp import web
 
 from fantasize_rtc import RtcConfig, serving
@@ -120,3 +124,16 @@ class Raw:
         for raw in cls.opened:
             raw.writer.transport.abort()
         cls.opened.clear()
+
+
+@pytest.fixture
+async def served(config: RtcConfig) -> AsyncIterator[Served]:
+    async with serve_guarded(config.replace(header_timeout_ms=500, max_connections_per_address=4)) as served:
+        yield served
+
+
+@pytest.fixture(autouse=True)
+async def close_raw_connections() -> AsyncIterator[None]:
+    """The raw connections a test opened are cut after it."""
+    yield
+    Raw.abort_all()
