@@ -59,6 +59,7 @@ __all__ = [
     "FrameWebSocketResponse",
     "GuardedRequestHandler",
     "GuardedSite",
+    "HandOver",
     "MessageParser",
     "SINGLETON_HEADERS",
     "Takeover",
@@ -425,6 +426,9 @@ class GuardedSite(web.TCPSite):
 
 # -- connections taken over before aiohttp ---------------------------------------------------------
 
+#: ``hand_over(bytes_unread, since)`` of a :data:`Takeover`.
+HandOver = Callable[[bytes, float | None], None]
+
 #: ``takeover(transport, first_bytes, release, hand_over)``: a hook of :class:`GuardedSite` that sees
 #: each new connection's first read when it starts with ``GET``, ``POST`` or ``OPTIONS``. It returns True when it
 #: took the connection: it installed a protocol of its own on the transport
@@ -434,7 +438,7 @@ class GuardedSite(web.TCPSite):
 #: header timeout runs from ``since``, the loop's time of the connection's last answer, or from now
 #: when None). False (nothing touched) gives the bytes to aiohttp as if the
 #: hook were not there. It must not raise.
-Takeover = Callable[[asyncio.Transport, bytes, Callable[[], None], Callable[[bytes, float | None], None]], bool]
+Takeover = Callable[[asyncio.Transport, bytes, Callable[[], None], HandOver], bool]
 
 
 def _nothing() -> None:

@@ -45,7 +45,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
 from .. import logs
-from .._aiohttp_compat import FrameHandler, MessageParser, Takeover, handle_frame, start_eagerly
+from .._aiohttp_compat import FrameHandler, HandOver, MessageParser, Takeover, handle_frame, start_eagerly
 from ..errors import RtcError
 from ..protocol import CloseCode
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel, text_frame
@@ -445,7 +445,7 @@ class LeanUpgrades:
         transport: asyncio.Transport,
         data: bytes,
         release: Callable[[], None],
-        hand_over: Callable[[bytes, float | None], None],
+        hand_over: HandOver,
     ) -> bool:
         if not data.startswith(b"GET "):  # (POST, OPTIONS)
             return self._take_post(transport, data, release, hand_over)

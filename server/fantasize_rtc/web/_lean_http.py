@@ -43,7 +43,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .. import logs
-from .._aiohttp_compat import SINGLETON_HEADERS, parse_cookies, start_eagerly
+from .._aiohttp_compat import SINGLETON_HEADERS, HandOver, parse_cookies, start_eagerly
 from ..errors import RequestTimeout, RtcError
 from ..server import RtcServer
 from ._drain import Drain
@@ -285,7 +285,7 @@ class LeanPosts:
         transport: asyncio.Transport,
         data: bytes,
         release: Callable[[], None],
-        hand_over: Callable[[bytes, float | None], None],
+        hand_over: HandOver,
     ) -> bool:
         """The takeover for a first read that starts with ``POST``: True when it took it."""
         if parse_post(data, self._max_body, preflights=self._preflights) is None:
@@ -389,13 +389,13 @@ class LeanConnection(asyncio.Protocol):
         posts: LeanPosts,
         transport: asyncio.Transport,
         release: Callable[[], None],
-        hand_over: Callable[[bytes, float | None], None],
+        hand_over: HandOver,
     ) -> None:
         self._posts = posts
         self.transport: asyncio.Transport | None = transport
         self.peer = peer_of(transport)
         self._release: Callable[[], None] | None = release
-        self._hand_over: Callable[[bytes, float | None], None] | None = hand_over
+        self._hand_over: HandOver | None = hand_over
         # One context for the connection's requests, as aiohttp's handler task has one: the log
         # fields each binds are its own, and tasks it starts inherit them.
         self._context = contextvars.copy_context()
