@@ -5,23 +5,25 @@ about seventy of aiohttp's: a request object, the middleware chain, a response w
 a handler task per request and a keep-alive task per connection (BENCHMARKS.md, "HTTP signal").
 The lean WebSocket upgrade (``web._lean``) showed the way; this is the same for plain requests:
 
-- :class:`LeanPosts` is offered each new connection whose first read starts with ``POST`` (by
-  :class:`~._lean.LeanUpgrades`, the guarded site's takeover). It takes it when the read begins
-  with a whole, plain JSON POST to one of :data:`~._routes.JSON_POSTS` (request line and headers
-  parsed strictly, a ``Content-Length`` body that is all there), and leaves anything else to
-  aiohttp untouched;
+- :class:`LeanPosts` is offered each new connection whose first read starts with ``POST`` or
+  ``OPTIONS`` (by :class:`~._lean.LeanUpgrades`, the guarded site's takeover). It takes it when
+  the read begins with the whole head of a plain JSON POST to one of :data:`~._routes.JSON_POSTS`
+  (request line and headers parsed strictly, a ``Content-Length`` body), or with ``--cors-origin``
+  its CORS preflight, and leaves anything else to aiohttp untouched;
 - :class:`LeanConnection` serves such requests, one after another as they come (pipelined ones in
-  order), for as long as they come whole and plain. The first that does not (another route, a
-  chunked or encoded body, ``Expect``, a request split over reads, HTTP/1.0, anything odd) gives
-  the connection to aiohttp with the bytes unread (``hand_over``): aiohttp parses and answers it
-  as if it had had the connection all along, and keeps it;
+  order, a body that comes over several reads waited for), for as long as they are plain. The
+  first that is not (another route, a chunked or encoded body, ``Expect``, a head split over
+  reads, HTTP/1.0, anything odd) gives the connection to aiohttp with the bytes unread
+  (``hand_over``): aiohttp parses and answers it as if it had had the connection all along, and
+  keeps it;
 - the answers are the routes' own (:data:`~._routes.JSON_POSTS`: same authentication, validation,
-  errors and cookies), with what the middlewares add (the JSON error shape, CORS headers, counts,
-  the drain's count, the client's address in log lines, the client's address and scheme from a
-  trusted proxy), written as HTTP/1.1 with ``Content-Length`` and ``Date``;
-- a connection idle (no whole request) for the header timeout after its last answer is closed, as
-  aiohttp's keep-alive timer does; at shutdown idle connections are closed, busy ones after their
-  answer.
+  errors and cookies), with what the middlewares add (the JSON error shape, CORS headers and
+  preflights, counts, the drain's count, the client's address in log lines, the client's address
+  and scheme from a trusted proxy), written as HTTP/1.1 with ``Content-Length`` and ``Date``;
+- a connection idle for the header timeout after its last answer is closed, as aiohttp's
+  keep-alive timer does; a body not all there within the body timeout is answered ``408`` and the
+  connection closed, as ``read_body`` does; at shutdown connections are closed, busy ones after
+  their answer.
 
 The helpers for the lean upgrade (the strict head parser, the request the routes read, the
 answer's bytes) live here too.
