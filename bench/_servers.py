@@ -105,10 +105,12 @@ def proc_rss_bytes(pid: int) -> int:
 class ServerProcess:
     """One server under test, started on a free loopback port and pinned to the server cores."""
 
-    def __init__(self, kind: str, cores: list[int], uvloop: bool = False) -> None:
+    def __init__(self, kind: str, cores: list[int], uvloop: bool = False, pythonpath: str | None = None) -> None:
         self.kind = kind
         self.cores = cores
         self.uvloop = uvloop
+        #: A folder put first on the server's PYTHONPATH: another build's ``server/`` (A/B runs).
+        self.pythonpath = pythonpath
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -162,6 +164,8 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        if self.pythonpath:
+            env["PYTHONPATH"] = self.pythonpath + os.pathsep + env["PYTHONPATH"]
         logs = WORK / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.log_path = logs / f"{self.kind}-{self.port}.log"

@@ -2,25 +2,32 @@
 
 ``python -m bench.quiet ours,peerjs`` runs, per server (one at a time, pinned as in
 ``bench.signaling``), 1 pair at 200 and 2,000 messages/s and 50 pairs at 5,000 messages/s, and
-prints p50/p99 in ms; ``python -m bench.quiet ours 1:28000,50:19600`` runs the given pairs:rates. ``bench signaling``'s fixed-load rows offer half of PeerJS's saturation
-rate, where queueing dominates; these rates are where a person clicking "call" is.
-To compare two builds of ours, run it twice with ``PYTHONPATH=<worktree>/server``.
+prints p50/p99 in ms; ``python -m bench.quiet ours 1:28000,50:19600`` runs the given pairs:rates.
+``bench signaling``'s fixed-load rows offer half of PeerJS's saturation rate, where queueing
+dominates; these rates are where a person clicking "call" is.
+
+Differences of 0.05 ms are within one run's noise on a shared VM: ``--rounds 5`` runs every server
+five times, interleaved, and prints each rate's median and every round. To compare builds of
+ours, name each ``ours@<its server/ folder>`` (a git worktree: ``git worktree add /tmp/a <rev>``):
+``python -m bench.quiet ours@/tmp/a/server,ours@/tmp/b/server 50:5000 --rounds 5``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
+import statistics
 
 from bench._servers import ServerProcess, plan_cores
 from bench.signaling import Settings, relay_once
 
 RATES = ((1, 200.0), (1, 2000.0), (50, 5000.0))
 
+Row = tuple[float | None, float | None]
 
-async def run(
-    kinds: list[str], rates: tuple[tuple[int, float], ...] = RATES
-) -> dict[str, tuple[float | None, float | None]]:
+
+async def run(kinds: list[str], rates: tuple[tuple[int, float], ...] = RATES, rounds: int = 1) -> dict[str, list[Row]]:
+    """``{"<kind>, <pairs> pair(s), <rate> msg/s": [(p50, p99) of each round]}``."""
     server_cores, lg_cores = plan_cores()
     s = Settings(
         pairs=[1],
@@ -31,27 +38,43 @@ async def run(
         heartbeat_s=30,
         churn_concurrency=1,
         workers=1,
-        kinds=kinds,
+        kinds=[kind.partition("@")[0] for kind in kinds],
         scenarios=[],
         uvloop=True,
         in_flight=2,
     )
-    out: dict[str, tuple[float | None, float | None]] = {}
-    for kind in kinds:
-        with ServerProcess(kind, server_cores, True) as server:
-            for pairs, rate in rates:
-                r = await relay_once(server, s, pairs, f"q{pairs}x{int(rate)}", lg_cores, "latency", rate)
-                out[f"{kind}, {pairs} pair(s), {int(rate)} msg/s"] = (r["p50_ms"], r["p99_ms"])
+    out: dict[str, list[Row]] = {}
+    for n in range(rounds):
+        for kind in kinds:
+            name, _, path = kind.partition("@")
+            with ServerProcess(name, server_cores, True, pythonpath=path or None) as server:
+                for pairs, rate in rates:
+                    r = await relay_once(server, s, pairs, f"q{n}p{pairs}x{int(rate)}", lg_cores, "latency", rate)
+                    out.setdefault(f"{kind}, {pairs} pair(s), {int(rate)} msg/s", []).append((r["p50_ms"], r["p99_ms"]))
     return out
 
 
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
 def main() -> None:
-    kinds = (sys.argv[1] if len(sys.argv) > 1 else "ours,peerjs").split(",")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kinds", nargs="?", default="ours,peerjs", help="ours, bare, peerjs, ours@<server/ folder>")
+    parser.add_argument("rates", nargs="?", default="", help="pairs:rate,... (default 1:200,1:2000,50:5000)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds through every server")
+    args = parser.parse_args()
     rates = RATES
-    if len(sys.argv) > 2:
-        rates = tuple((int(p), float(r)) for p, _, r in (x.partition(":") for x in sys.argv[2].split(",")))
-    for name, (p50, p99) in asyncio.run(run(kinds, rates)).items():
-        print(f"{name}: p50 {p50} ms, p99 {p99} ms")
+    if args.rates:
+        rates = tuple((int(p), float(r)) for p, _, r in (x.partition(":") for x in args.rates.split(",")))
+    results = asyncio.run(run(args.kinds.split(","), rates, args.rounds))
+    for name, rows in results.items():
+        p50s, p99s = [row[0] for row in rows], [row[1] for row in rows]
+        line = f"{name}: p50 {_median(p50s)} ms, p99 {_median(p99s)} ms"
+        if len(rows) > 1:
+            line += f" (medians of {len(rows)}; p50s {' / '.join(str(v) for v in p50s)})"
+        print(line)
 
 
 if __name__ == "__main__":
