@@ -24,6 +24,8 @@ from tests.helpers import wait_for
 from tests.redis_fixtures import RedisServer
 from tests.wire import Raw, Served, serve_guarded
 
+pytestmark = pytest.mark.usefixtures("close_raw_connections")
+
 CANDIDATE = {"type": "candidate", "to": "bob", "payload": {"candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host"}}
 
 

@@ -29,6 +29,8 @@ from fantasize_rtc.web._lean import parse_upgrade
 from tests.helpers import wait_for
 from tests.wire import Raw, Served, bound_port
 
+pytestmark = pytest.mark.usefixtures("close_raw_connections")
+
 
 def upgrade(target: str, *extra: str) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()

@@ -1,8 +1,8 @@
 """A server as ``fantasize-rtc serve`` runs it, and a client on a bare TCP connection: for tests of
 what goes over the wire byte by byte (the lean paths of ``web._lean`` and ``web._lean_http``).
 
-Its fixtures are every test's (``conftest.py`` loads this module as a plugin): ``served`` (header
-timeout 500 ms, 4 connections per address), and the raw connections a test opened cut after it."""
+Its fixtures are every test's to ask for (``conftest.py`` loads this module as a plugin): ``served``
+(header timeout 500 ms, 4 connections per address) and ``close_raw_connections``."""
 
 from __future__ import annotations
 
@@ -132,8 +132,10 @@ async def served(config: RtcConfig) -> AsyncIterator[Served]:
         yield served
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 async def close_raw_connections() -> AsyncIterator[None]:
-    """The raw connections a test opened are cut after it."""
+    """The raw connections a test opened are cut after it (a module that opens them says
+    ``pytestmark = pytest.mark.usefixtures("close_raw_connections")``; not autouse: an async
+    fixture around every test would put the browser tests' sync Playwright inside an event loop)."""
     yield
     Raw.abort_all()
