@@ -440,7 +440,10 @@ post_headers = st.lists(
                     b"POST",
                 ]
             ),
-            st.binary(max_size=40),
+            # (no line feed, which could end the head early: the rest would be a request of its own,
+            # and aiohttp drops a whole request that shares a read with a malformed one, where the
+            # lean path answers it; header injection is test_fuzz_header_sets's)
+            st.binary(max_size=40).filter(lambda value: b"\n" not in value),
         ),
     ),
     max_size=4,

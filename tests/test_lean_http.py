@@ -202,6 +202,18 @@ async def test_a_body_that_does_not_come_is_answered_408(config: RtcConfig) -> N
         await wait_for(lambda: served.limiter.open_from("127.0.0.1") == 0, message="the connection let go")
 
 
+async def test_a_request_before_a_malformed_one_in_the_same_read_is_answered(served: Served) -> None:
+    """aiohttp's parser drops a whole request that shares a read with a malformed one; this path
+    answers it, then aiohttp answers the malformed one (400, in the JSON error shape) and closes."""
+    token = await connect(served, "r", "alice")
+    raw = await Raw.open(served.port)
+    raw.send(post("/rtc/heartbeat", {}, token=token) + b"NOT HTTP\r\n\r\n")
+    assert (await answer(raw))[0] == 200
+    status, _, body = await answer(raw)
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+    assert await raw.closed_by_server()
+
+
 async def test_connection_close_is_answered_and_closed(served: Served) -> None:
     token = await connect(served, "r", "alice")
     raw = await Raw.open(served.port)

@@ -373,7 +373,9 @@ class LeanConnection(asyncio.Protocol):
         "_close_after",
         "_context",
         "_hand_over",
+        "_have",
         "_partial",
+        "_pieces",
         "_posts",
         "_read_paused",
         "_release",
@@ -402,8 +404,10 @@ class LeanConnection(asyncio.Protocol):
         # fields each binds are its own, and tasks it starts inherit them.
         self._context = contextvars.copy_context()
         self._waiting: asyncio.Future[Any] | None = None  # an answer that waits (on a store)
-        self._rest = b""  # what came meanwhile
-        self._partial: Post | None = None  # a request whose body is still coming (its bytes: _rest)
+        self._rest = b""  # what came while an answer waits
+        self._partial: Post | None = None  # a request whose body is still coming
+        self._pieces: list[bytes] = []  # its bytes so far (joined once, not on every read)
+        self._have = 0  # their length
         self._read_paused = False
         self._write_paused = False
         self._close_after = False
@@ -417,11 +421,12 @@ class LeanConnection(asyncio.Protocol):
         if self._waiting is not None:
             self._rest += data
         elif self._partial is not None:
-            self._rest += data
-            if len(self._rest) >= self._partial.end:
+            self._pieces.append(data)
+            self._have += len(data)
+            if self._have >= self._partial.end:
                 self._partial = None
-                rest, self._rest = self._rest, b""
-                self._serve(rest)
+                pieces, self._pieces, self._have = self._pieces, [], 0
+                self._serve(b"".join(pieces))
         else:  # idle since the last answer
             self._serve(data, self._since)
 
@@ -457,7 +462,8 @@ class LeanConnection(asyncio.Protocol):
                 return
             if parsed.body is None:  # its body is on the way
                 self._partial = parsed
-                self._rest = data
+                self._pieces = [data]
+                self._have = len(data)
                 self._arm(posts.body_timeout)
                 return
             since = None  # an answer now: the next request's head is timed from here
@@ -541,7 +547,7 @@ class LeanConnection(asyncio.Protocol):
             transport.close()
         else:
             self._partial = None
-            self._rest = b""
+            self._pieces, self._have = [], 0
             self._posts.too_slow(self, partial)
 
     def close_when_idle(self) -> None:
@@ -565,6 +571,7 @@ class LeanConnection(asyncio.Protocol):
         self._hand_over = None
         self._partial = None
         self._rest = b""
+        self._pieces, self._have = [], 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
