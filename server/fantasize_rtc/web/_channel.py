@@ -1,4 +1,5 @@
-"""A peer's WebSocket as a hub channel: frames queued without waiting, written once per loop pass."""
+"""A peer's WebSocket as a hub channel: frames queued without waiting, written once per loop pass
+while the server is busy, at once while it is quiet."""
 
 from __future__ import annotations
 
@@ -57,8 +58,9 @@ def text_frame(text: str) -> bytes:
 MAX_HOLD = 0.0001
 SHORT_PASS = 64
 #: After a pass of the loop that read at most QUIET_PASS frames (the server is far from busy), the
-#: next pass writes a socket's first frame at once instead of at the end of the pass: at low load
-#: a frame waits for nothing. A longer pass turns batching back on for the next one.
+#: next pass writes each frame as it is sent instead of at the end of the pass: at low load a frame
+#: waits for nothing. A pass that reads QUIET_PASS frames turns batching back on, for its rest and
+#: for the next pass.
 QUIET_PASS = 4
 
 
@@ -80,7 +82,7 @@ class WriteBatch:
         self._scheduled = False
         self._received = 0.0
         self._in_pass = 0  # frames read in this pass of the loop, after its first
-        #: The last pass was quiet (QUIET_PASS): a socket's first frame goes out at once.
+        #: The last pass was quiet (QUIET_PASS): frames go out as they are sent.
         self.eager = True
 
     def add(self, channel: WebSocketChannel) -> None:
@@ -120,27 +122,26 @@ class WriteBatch:
 
     def wrote(self) -> None:
         """A channel wrote a frame at once (:attr:`eager`): count it and its latency."""
-        counters = self.counters
-        counters.frames_out += 1
+        self.counters.frames_out += 1
+        self._observe(1)
+
+    def _observe(self, written: int) -> None:
+        """``written`` frames went out now: their latency since the pass's first frame was read
+        (Histogram.observe() for ``written`` samples at once, inlined)."""
         if self._received:
             latency = time.monotonic() - self._received
-            histogram = counters.relay_latency
-            histogram.counts[bisect_left(histogram.bounds, latency)] += 1
-            histogram.sum += latency
-            histogram.count += 1
+            histogram = self.counters.relay_latency
+            histogram.counts[bisect_left(histogram.bounds, latency)] += written
+            histogram.sum += latency * written
+            histogram.count += written
 
     def _write(self) -> None:
         dirty, self._dirty = self._dirty, []
         written = 0
         for channel in dirty:
             written += channel.flush()
-        if written and self._received:
-            # Histogram.observe(), inlined: this runs once per loop pass that wrote
-            latency = time.monotonic() - self._received
-            histogram = self.counters.relay_latency
-            histogram.counts[bisect_left(histogram.bounds, latency)] += written
-            histogram.sum += latency * written
-            histogram.count += written
+        if written:
+            self._observe(written)
         self._received = 0.0
 
 
