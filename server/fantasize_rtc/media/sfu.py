@@ -305,6 +305,10 @@ class Publication:
         for request in keyframe_requests(self._receiver):
             self.session.spawn(request, "pli")
 
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
     def end(self) -> None:
         """No more frames: every subscriber is detached (it idles; its member is told)."""
         if self._ended:
@@ -489,6 +493,16 @@ def _offered_codecs(sdp: str) -> dict[str, set[str]]:
     return out
 
 
+def _receive_only_mids(sdp: str) -> set[str]:
+    """The mids of an offer's audio and video sections that only receive: a joining member's
+    receive slots."""
+    return {
+        media.rtp.muxId
+        for media in SessionDescription.parse(sdp).media
+        if media.kind in ("audio", "video") and media.direction == "recvonly" and media.rtp.muxId
+    }
+
+
 class SfuMode(Mode):
     """Group calls through the server: what you send is forwarded, as it is, to the other members
     of the room's call, and you receive theirs on the same connection (the server renegotiates).
@@ -580,16 +594,39 @@ class SfuMode(Mode):
                 session.manager.forwarding.groups.pop(group.key, None)
             raise
         self.group = group
+        self._fill_slots(session, group)
         await self.start_recording(session)
+
+    def _fill_slots(self, session: MediaSession, group: ForwardingGroup) -> None:
+        """What the call publishes already goes out on the receive-only sections of the joining
+        member's offer (its *receive slots*: the clients add one per track the room's snapshot
+        lists), in the answer itself: a late joiner's pictures need no renegotiation, only the
+        publishers' next keyframes (asked for now; the senders start once the connection is up).
+        A slot with nothing to carry is answered inactive; a publication without a slot of its
+        kind and codec comes by renegotiation once connected, as before."""
+        pc = session.pc
+        if pc is None or pc.remoteDescription is None or session.notify is None:
+            return  # WHIP and POST /rtc/offer sessions only publish
+        mids = _receive_only_mids(pc.remoteDescription.sdp)
+        slots = [t for t in pc.getTransceivers() if t.mid in mids]
+        for publication in group.publications:
+            if publication.session is session:
+                continue
+            slot = next((t for t in slots if t.kind == publication.kind and send_first(t, publication.codec)), None)
+            if slot is not None and not publication.ended:
+                slots.remove(slot)
+                self._forward_on(session, slot, publication.subscribe(session))
 
     async def on_connected(self, session: MediaSession) -> None:
         group = self.group
         if group is None or session.closed:
             return
-        group.join(self)
+        # A publication that ended between the answer and now left its slot's track detached.
+        for transceiver, track in list(self.forwarded.values()):
+            if track.publication is None:
+                self._retire(transceiver, track)
+        group.join(self)  # the publications its slots did not take come by renegotiation
         self.start_publishing(session)
-        if self.forwarded:
-            session.renegotiate()
 
     # -- what this member receives ---------------------------------------------------------------
 
@@ -598,6 +635,8 @@ class SfuMode(Mode):
         pc = session.pc if session is not None else None
         if session is None or pc is None or session.closed or session.notify is None:
             return  # a session without signaling (WHIP, POST /rtc/offer) only publishes
+        if publication.id in self.forwarded or publication.ended:
+            return  # a receive slot of the member's offer carries it already, or it is ending
         reuse = next(
             (i for i, (_t, track) in enumerate(self.idle) if codecs_compatible(track.codec, publication.codec)), None
         )
@@ -605,29 +644,40 @@ class SfuMode(Mode):
             # An inactive section whose publisher left takes the new one: the SDP does not grow.
             transceiver, track = self.idle.pop(reuse)
             track.attach(publication)
-            transceiver.direction = "sendonly"
+            self._forward_on(session, transceiver, track)
         else:
             transceiver = pc.addTransceiver(publication.kind, direction="sendonly")
             preferred = _capability_of(publication.kind, publication.codec)
             if preferred:
                 transceiver.setCodecPreferences(preferred)
-            track = publication.subscribe(session)
-            transceiver.sender.replaceTrack(track)
-            forward_keyframe_requests(transceiver.sender, track.request_keyframe)
-        set_stream_id(transceiver.sender, publication.peer_id)  # a browser groups a publisher's tracks
-        self.forwarded[publication.id] = (transceiver, track)
+            self._forward_on(session, transceiver, publication.subscribe(session))
         if session.connected:
             session.renegotiate()
 
+    def _forward_on(self, session: MediaSession, transceiver: RTCRtpTransceiver, track: ForwardedTrack) -> None:
+        """``track`` (attached to its publication) is what ``transceiver`` sends from now on."""
+        publication = track.publication
+        assert publication is not None
+        if transceiver.sender.track is not track:
+            transceiver.sender.replaceTrack(track)
+            forward_keyframe_requests(transceiver.sender, track.request_keyframe)
+        transceiver.direction = "sendonly"
+        set_stream_id(transceiver.sender, publication.peer_id)  # a browser groups a publisher's tracks
+        self.forwarded[publication.id] = (transceiver, track)
+
     def remove_publication(self, publication: Publication) -> None:
-        entry = self.forwarded.pop(publication.id, None)
+        entry = self.forwarded.get(publication.id)
+        if entry is not None and self.session is not None:
+            self._retire(*entry)
+
+    def _retire(self, transceiver: RTCRtpTransceiver, track: ForwardedTrack) -> None:
+        """The section's publication ended: it idles, inactive, until one of its codec comes."""
         session = self.session
-        if entry is None or session is None:
-            return
-        transceiver, track = entry
+        assert session is not None
+        self.forwarded = {pid: entry for pid, entry in self.forwarded.items() if entry[1] is not track}
         track.detach()  # its sender idles, waiting for the next publication of this codec
         transceiver.direction = "inactive"
-        self.idle.append(entry)
+        self.idle.append((transceiver, track))
         if not session.closed:
             session.renegotiate()
 
