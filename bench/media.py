@@ -251,7 +251,14 @@ class PacketSource(MediaStreamTrack):
         self._rate, self._ticks = rate, clock // rate
         self._time_base = Fraction(1, clock)
         self._n = 0
+        self._shift = 0  # packets skipped to start a GOP early (request_keyframe)
+        self._keyframe_next = False
         self._start: float | None = None
+
+    def request_keyframe(self) -> None:
+        """Make the next video frame a keyframe, as an encoder does on a PLI: the loop skips to the
+        start of its next GOP (the test pattern has a keyframe every ``FPS`` packets)."""
+        self._keyframe_next = self.kind == "video"
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
@@ -264,7 +271,10 @@ class PacketSource(MediaStreamTrack):
             wait = self._start + self._n / self._rate - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-        packet = av.Packet(self._packets[self._n % len(self._packets)])
+        if self._keyframe_next:
+            self._keyframe_next = False
+            self._shift += -(self._n + self._shift) % FPS
+        packet = av.Packet(self._packets[(self._n + self._shift) % len(self._packets)])
         packet.pts, packet.time_base = self._n * self._ticks, self._time_base
         return packet
 

@@ -17,6 +17,11 @@ Workloads, interleaved, in the same run:
   publishing and receiving the other three: 4 streams in, 12 forwarded out.
 - ``--capacity``: 1, 2, 3 ... rooms of 4 until a subscriber's frame rate falls under 29 fps (or
   the client side, one core, runs out first: its CPU is reported too).
+- **late joiner** (``--late-joins N`` of each, alternating): three members publish; a fourth
+  joins, and the time from its join (the snapshot before the offer included) to a first frame
+  from each of the three is taken, with receive slots (the answer carries the three) and without
+  (the baseline: a renegotiation once connected). The sources answer keyframe requests as an
+  encoder does (they skip to their next GOP), so the time is the server's, not the GOP's.
 
     python -m bench sfu                     # 3 interleaved rounds, 10 s windows
     python -m bench sfu --capacity          # and the rooms-per-core sweep
@@ -45,7 +50,7 @@ from bench._servers import free_port, plan_cores
 from bench.media import PacketSource, Server, _CountingTap, encode_source, machine, serve_args, wait_until
 from fantasize_rtc.call import GroupCall
 from fantasize_rtc.client import RtcClient
-from fantasize_rtc.media._aiortc_compat import forward_promptly
+from fantasize_rtc.media._aiortc_compat import forward_keyframe_requests, forward_promptly
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STAMP = struct.Struct(">Id")  # frame number, time.perf_counter() when it was handed to the sender
@@ -68,6 +73,7 @@ class Receiver:
     def __init__(self, pc: RTCPeerConnection) -> None:
         self.frames = 0
         self.latencies: list[float] = []
+        self.firsts: dict[int, float] = {}  # id of a track -> when its first frame arrived
         self.sampling = False
         self._tasks: list[asyncio.Task[None]] = []
         self._pc = pc
@@ -75,7 +81,13 @@ class Receiver:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         receiver = next(t.receiver for t in self._pc.getTransceivers() if t.receiver.track is track)
-        receiver._RTCRtpReceiver__decoder_queue = _CountingTap(self.arrived)  # type: ignore[attr-defined]
+        key = id(track)
+
+        def arrived(data: bytes) -> None:
+            self.firsts.setdefault(key, time.perf_counter())
+            self.arrived(data)
+
+        receiver._RTCRtpReceiver__decoder_queue = _CountingTap(arrived)  # type: ignore[attr-defined]
         # The instrument must not add latency of its own: each frame counts when it is complete,
         # not when the next one starts (aiortc's jitter buffer, made for a decoder).
         forward_promptly(receiver, track.kind)
@@ -130,15 +142,16 @@ class Member:
     def __init__(self, url: str, packets: list[bytes]) -> None:
         self.client = RtcClient(url, transport="ws", auto_heartbeat=False)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTrack(StampedSource(packets))
+        source = StampedSource(packets)
+        forward_keyframe_requests(self.pc.addTrack(source), source.request_keyframe)
         self.receiver = Receiver(self.pc)
         self.call = GroupCall(self.client, self.pc)
         self._pump: asyncio.Task[None] | None = None
 
-    async def join(self, room: str, name: str) -> None:
+    async def join(self, room: str, name: str, receive_slots: bool = True) -> None:
         await self.client.connect(room, name)
         self._pump = asyncio.get_running_loop().create_task(self._handle())
-        await self.call.join()
+        await self.call.join(receive_slots=receive_slots)
 
     async def _handle(self) -> None:
         async for message in self.client.messages():
@@ -224,6 +237,49 @@ async def measure_rooms(
     }
 
 
+async def measure_late_join(server: Server, packets: list[bytes], slots: bool, room: str) -> dict[str, Any]:
+    """Three members publish; a fourth joins: ms from its join to a first frame from each."""
+    members = [Member(server.url, packets) for _ in range(3)]
+    late = Member(server.url, packets)
+    try:
+        for i, member in enumerate(members):
+            await member.join(room, f"m{i}")
+        # A second of video each way first: the publishers' last keyframe requests (from these
+        # joins) are then older than the server's rate limit, which would otherwise set the time.
+        if not await wait_until(lambda: all(len(m.receiver.firsts) == 2 and m.receiver.frames >= 60 for m in members), 30):
+            return {"slots": slots, "error": "the three did not receive each other in 30 s"}
+        started = time.perf_counter()
+        await late.join(room, "late", receive_slots=slots)
+        if not await wait_until(lambda: len(late.receiver.firsts) == 3, 30):
+            return {"slots": slots, "error": "the late joiner did not receive the three in 30 s"}
+        offers = late.call.offers
+        return {"slots": slots, "ms": round((max(late.receiver.firsts.values()) - started) * 1000, 1), "offers": offers}
+    finally:
+        await asyncio.gather(*(m.close() for m in [*members, late]), return_exceptions=True)
+
+
+def late_join_text(runs: list[dict[str, Any]]) -> str:
+    lines = [
+        "| late joiner, 3 publishers | first frame from each, ms (median) | all runs | server offers answered first |",
+        "|---|---|---|---|",
+    ]
+    medians: dict[bool, float] = {}
+    for slots, name in ((False, "join, then renegotiation (baseline)"), (True, "receive slots in the answer")):
+        mine = [r for r in runs if r["slots"] is slots and "error" not in r]
+        errors = [r["error"] for r in runs if r["slots"] is slots and "error" in r]
+        if not mine:
+            lines.append(f"| {name} | {'; '.join(errors) or 'no run'} | | |")
+            continue
+        medians[slots] = statistics.median(r["ms"] for r in mine)
+        all_runs = ", ".join(str(r["ms"]) for r in mine)
+        offers = ", ".join(str(r["offers"]) for r in mine)
+        lines.append(f"| {name} | {medians[slots]:.1f} | {all_runs} | {offers} |")
+    text = "\n".join(lines)
+    if len(medians) == 2:
+        text += f"\n\nLate joiner's first frames, receive slots / renegotiation: {medians[True] / medians[False]:.2f}x"
+    return text
+
+
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     good = sorted((r for r in runs if "error" not in r), key=lambda r: r["cpuMsPerStreamSecond"])
     chosen = dict(good[len(good) // 2]) if good else dict(runs[0])
@@ -264,6 +320,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     results: dict[str, list[dict[str, Any]]] = {"echo": [], "room": []}
     capacity: list[dict[str, Any]] = []
+    late_joins: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as http:
         await server.start(http)
         try:
@@ -277,6 +334,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     results[kind].append(row)
                     print(json.dumps(row), flush=True)
                     await asyncio.sleep(1.0)
+            for i in range(2 * args.late_joins):
+                row = await measure_late_join(server, packets, slots=i % 2 == 1, room=f"late-{i}")
+                late_joins.append(row)
+                print(json.dumps(row), flush=True)
             if args.capacity:
                 rooms = 1
                 while rooms <= args.max_rooms:
@@ -289,17 +350,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.sleep(1.0)
         finally:
             server.stop()
-    rows = [_median(results["echo"]), _median(results["room"])]
+    rows = [_median(results["echo"]), _median(results["room"])] if args.repeat else []
     text = table(rows)
-    echo, room = rows
-    if "error" not in echo and "error" not in room:
+    if rows and "error" not in rows[0] and "error" not in rows[1]:
+        echo, room = rows
         text += (
             f"\n\nCPU per forwarded stream / passthrough echo's per stream: "
             f"{room['cpuMsPerStreamSecond'] / echo['cpuMsPerStreamSecond']:.2f}x (target <= 1.5x)"
         )
+    if late_joins:
+        text += "\n\n" + late_join_text(late_joins)
     if capacity:
         text += "\n\nCapacity (rooms of 4 added until a stream falls under 29 fps):\n\n" + table(capacity)
-    return {"machine": machine(), "rows": rows, "capacity": capacity, "table": text}
+    return {"machine": machine(), "rows": rows, "lateJoins": late_joins, "capacity": capacity, "table": text}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--capacity", action="store_true", help="add rooms of 4 until frames drop")
     parser.add_argument("--max-rooms", type=int, default=12)
+    parser.add_argument("--late-joins", type=int, default=8, help="late joins of each kind (0: none)")
     parser.add_argument("--no-pin", dest="pin", action="store_false")
     parser.add_argument("--event-loop", default="auto")
     parser.add_argument("--json", default=str(RESULTS / "sfu.json"))
