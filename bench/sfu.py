@@ -246,7 +246,9 @@ async def measure_late_join(server: Server, packets: list[bytes], slots: bool, r
             await member.join(room, f"m{i}")
         # A second of video each way first: the publishers' last keyframe requests (from these
         # joins) are then older than the server's rate limit, which would otherwise set the time.
-        if not await wait_until(lambda: all(len(m.receiver.firsts) == 2 and m.receiver.frames >= 60 for m in members), 30):
+        if not await wait_until(
+            lambda: all(len(m.receiver.firsts) == 2 and m.receiver.frames >= 60 for m in members), 30
+        ):
             return {"slots": slots, "error": "the three did not receive each other in 30 s"}
         started = time.perf_counter()
         await late.join(room, "late", receive_slots=slots)
