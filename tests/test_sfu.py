@@ -485,35 +485,46 @@ async def test_a_hundred_join_leave_cycles_leave_nothing_behind(client: TestClie
     for churner in churners:
         await churner.connect()
 
-    async def cycles(member: CallMember, count: int) -> None:
-        def sees_alice() -> bool:
-            return member.frames_from("alice") >= 1
-
-        def gone() -> bool:
-            return session_of(client, member.name) is None
-
+    async def join(member: CallMember) -> None:
         def on_track(track: MediaStreamTrack) -> None:
             member.received.append(Received(track, member.call.who(track), None))
 
-        for _ in range(count):
-            member.pc = RTCPeerConnection()
-            member.call = GroupCall(member.client, member.pc)
-            member.received = []
-            member.pc.on("track", on_track)
-            member.pc.addTrack(Tone())
-            await member.call.join()
-            await wait_for(sees_alice, 20, message=f"{member.name} sees alice")
-            await member.call.leave()
-            await wait_for(gone, 10, message=f"{member.name} left")
-            for received in member.received:
-                received.task.cancel()
-            await member.pc.close()
+        member.pc = RTCPeerConnection()  # aiortc's default (balanced): GroupCall makes it max-bundle
+        member.call = GroupCall(member.client, member.pc)
+        member.received = []
+        member.pc.on("track", on_track)
+        member.pc.addTrack(Tone())
+        await member.call.join()
+        await wait_for(lambda: member.frames_from("alice") >= 1, 20, message=f"{member.name} sees alice")
 
-    # A first round gives alice's own (client) peer connection its receivers for five at once;
-    # the 95 joins after it must leave nothing behind, on the server or in alice's connection.
-    await asyncio.gather(*(cycles(m, 1) for m in churners))
+    async def leave(member: CallMember) -> None:
+        await member.call.leave()
+        await wait_for(lambda: session_of(client, member.name) is None, 10, message=f"{member.name} left")
+        for received in member.received:
+            received.task.cancel()
+        await member.pc.close()
+
+    async def cycles(member: CallMember, count: int) -> None:
+        for _ in range(count):
+            await join(member)
+            await leave(member)
+
+    # A first round gives alice's own (client) peer connection its receivers for five at once (all
+    # five heard together); the 95 joins after it must leave nothing behind, on the server or in
+    # alice's connection.
+    await asyncio.gather(*(join(m) for m in churners))
+    # (Each of alice's server offers adds several audio sections at once: on aiortc's default bundle
+    # policy the second of them was lost. GroupCall makes the connection max-bundle.)
+    await wait_for(lambda: all(alice.frames_from(m.name, "audio") for m in churners), 20, message="alice hears 5")
+    await asyncio.gather(*(leave(m) for m in churners))
     await wait_for(lambda: not alice.call.tracks, 10, message="the first round gone from alice's view")
-    baseline = (udp_sockets(), _threads(), other_fds())
+
+    # alice's connection keeps a receiver (and its decoder thread) per audio section; it may gain
+    # one more while churners overlap (see below), which is no leak: threads are counted without.
+    def audio_sections() -> int:
+        return int(alice.pc.remoteDescription.sdp.count("m=audio"))
+
+    baseline = (udp_sockets(), _threads() - audio_sections(), other_fds())
     await asyncio.gather(*(cycles(m, 19) for m in churners))
     assert len(manager) == 1 and publication.subscribers == []
     group = next(iter(manager.forwarding.groups.values()))
@@ -525,9 +536,9 @@ async def test_a_hundred_join_leave_cycles_leave_nothing_behind(client: TestClie
     assert sections <= 6, f"{sections} audio sections after 100 joins and leaves: they are not reused"
     await wait_for(lambda: udp_sockets() <= baseline[0], 20, message=f"UDP sockets back to {baseline[0]}")
     await wait_for(
-        lambda: _threads() <= baseline[1],
+        lambda: _threads() - audio_sections() <= baseline[1],
         20,
-        message=f"threads back to {baseline[1]}: {[t.name for t in threading.enumerate()]}",
+        message=f"threads back to {baseline[1]} + alice's sections: {[t.name for t in threading.enumerate()]}",
     )
     await wait_for(lambda: other_fds() <= baseline[2], 20, message=f"descriptors back to {baseline[2]}")
 

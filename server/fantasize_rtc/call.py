@@ -29,11 +29,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from yarl import URL
 
 from .client import RtcClient, error_from_response, split_candidates
 from .errors import RtcError
+from .media._aiortc_compat import bundle_everything
 
 __all__ = ["SFU", "GroupCall", "WhipSession", "publish_whip", "watch_whep"]
 
@@ -46,8 +54,17 @@ SFU = "@sfu"
 class GroupCall:
     """One member's side of a room's group call through the server (see the module's doc)."""
 
-    def __init__(self, client: RtcClient, pc: RTCPeerConnection, *, server_peer: str = SFU) -> None:
+    def __init__(self, client: RtcClient, pc: RTCPeerConnection | None = None, *, server_peer: str = SFU) -> None:
+        """``pc`` (a new one when None, with the client's ICE servers) sends what you add to it.
+        It is made ``max-bundle`` whatever it was made with: the server adds sections to it as
+        members come, and aiortc's default policy loses a section when an offer adds two of a kind
+        (``_aiortc_compat.bundle_everything``)."""
         self.client = client
+        if pc is None:
+            servers = [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in client.ice_servers]
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        elif not bundle_everything(pc):
+            log.warning("this aiortc is not the checked one: make the GroupCall's peer connection max-bundle yourself")
         self.pc = pc
         self.server_peer = server_peer
         self.session_id: str | None = None

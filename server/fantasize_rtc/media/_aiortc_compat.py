@@ -38,6 +38,10 @@ what                               inside                              fallback
 :func:`stun_round_trip_ms`         aioice's STUN requests              None: no round-trip sample
 :func:`gather_on`                  aioice's candidate gathering        False: the caller refuses the session
                                                                        (fixed UDP ports were asked for)
+:func:`bundle_everything`          ``RTCPeerConnection.__configuration``  False: a client connection that is not
+                                                                       ``max-bundle`` may put two sections a
+                                                                       server offer adds at once on a dead
+                                                                       transport (aiortc's ``balanced``)
 :func:`consent_interval`           ``aioice.ice.CONSENT_INTERVAL``     False: the test hook changes nothing
 :func:`use_dtls`                   ``RTCPeerConnection.__certificates``,  False: aiortc's own DTLS context (ECDSA
                                    ``RTCCertificate._create_ssl_context``  suites only, no handshake diagnosis)
@@ -70,7 +74,9 @@ from aioice import Candidate, Connection
 from aioice.candidate import candidate_foundation, candidate_priority
 from aiortc import (
     MediaStreamTrack,
+    RTCBundlePolicy,
     RTCCertificate,
+    RTCConfiguration,
     RTCDtlsTransport,
     RTCIceTransport,
     RTCPeerConnection,
@@ -409,6 +415,23 @@ def set_stream_id(sender: RTCRtpSender, stream_id: str) -> bool:
     if not AIORTC_CHECKED or not isinstance(getattr(sender, "_stream_id", None), str):
         return False
     setattr(sender, "_stream_id", stream_id)  # noqa: B010
+    return True
+
+
+def bundle_everything(pc: RTCPeerConnection) -> bool:
+    """Make the connection put every section it creates from now on on its first transport
+    (``max-bundle``), whatever it was made with. aiortc's default, ``balanced``, gives a section a
+    remote offer adds the transport of an earlier section of its kind; when one offer adds two of
+    a kind, the second gets the first one's own transport before BUNDLE moves the first onto the
+    shared one, and stays there: never connected, its receiver never starts, and its packets reach
+    the first section's receiver (a group call's server offers do this as members join). True when
+    the policy is ``max-bundle`` now; False, changing nothing, on an unchecked aiortc."""
+    if not AIORTC_CHECKED:
+        return False
+    configuration = getattr(pc, "_RTCPeerConnection__configuration", None)
+    if not isinstance(configuration, RTCConfiguration):
+        return False
+    configuration.bundlePolicy = RTCBundlePolicy.MAX_BUNDLE
     return True
 
 
