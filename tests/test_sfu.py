@@ -306,6 +306,44 @@ async def test_receive_slots_that_do_not_fit_are_left_and_their_tracks_come_by_r
     assert bob.frames_from("alice", "audio") > 0 or await _wait_audio(bob, "alice")
 
 
+async def test_a_slot_whose_publisher_leaves_before_the_joiner_connects_is_retired(
+    client: TestClient,
+    members: Any,  # type: ignore[type-arg]
+) -> None:
+    alice, bob, carol = members("alice"), members("bob"), members("carol")
+    await alice.join(SmallVideo())
+    await wait_for(lambda: _publications(client) == 1, 10, message="alice's video published")
+    # bob holds @sfu's answer (his connection cannot come up without it) until alice has left.
+    held: list[dict[str, Any]] = []
+    handle = bob.call.handle
+
+    async def holding(message: dict[str, Any]) -> bool:
+        signal = message.get("signal") or {}
+        if message.get("fromPeerId") == "@sfu" and signal.get("type") == "answer" and not held:
+            held.append(message)
+            return True
+        return bool(await handle(message))
+
+    bob.call.handle = holding  # type: ignore[method-assign]
+    await bob.join(Tone())
+    await wait_for(lambda: held, 10, message="@sfu's answer")
+    assert [t["peerId"] for t in held[0]["signal"]["payload"]["tracks"].values()] == ["alice"]
+    await alice.call.leave()
+    await wait_for(lambda: not client.app[MEDIA_KEY].forwarding.groups, 10, message="the call gone with alice")
+    await handle(held[0])
+    # Connected, bob gets an offer that makes alice's slot inactive, and he is the call now.
+    await wait_for(lambda: bob.call.offers >= 1 and not bob.call.tracks, 10, message="the slot retired")
+    mode = session_of(client, "bob").mode
+    assert mode.forwarded == {} and len(mode.idle) == 1
+    assert [m.session for m in client.app[MEDIA_KEY].forwarding.groups[GroupKey("room", ROOM)].members] == [
+        session_of(client, "bob")
+    ]
+    # carol joins that call: bob receives her, and she him (the idle section is reused for her).
+    await carol.join(SmallVideo())
+    await wait_for(lambda: bob.frames_from("carol") >= 3, 20, message="bob sees carol")
+    assert len(mode.idle) == 0
+
+
 def _pcmu_only(sdp: str) -> str:
     """The offer with PCMU as its only audio codec."""
     lines = []

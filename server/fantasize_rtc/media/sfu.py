@@ -610,10 +610,10 @@ class SfuMode(Mode):
         mids = _receive_only_mids(pc.remoteDescription.sdp)
         slots = [t for t in pc.getTransceivers() if t.mid in mids]
         for publication in group.publications:
-            if publication.session is session:
+            if publication.session is session or publication.ended:
                 continue
             slot = next((t for t in slots if t.kind == publication.kind and send_first(t, publication.codec)), None)
-            if slot is not None and not publication.ended:
+            if slot is not None:
                 slots.remove(slot)
                 self._forward_on(session, slot, publication.subscribe(session))
 
@@ -621,6 +621,11 @@ class SfuMode(Mode):
         group = self.group
         if group is None or session.closed:
             return
+        # Everyone left between the answer and now, and the group went with them: this member
+        # starts the room's call anew (a group of its own would be one nobody else joins).
+        current = session.manager.forwarding.group(group.key)
+        assert current is not None
+        self.group = group = current
         # A publication that ended between the answer and now left its slot's track detached.
         for transceiver, track in list(self.forwarded.values()):
             if track.publication is None:
