@@ -125,3 +125,20 @@ def test_redis_bench_runs_tiny(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "redis.json").read_text())
     assert [row["msgs_per_s"] > 0 for row in summary["rows"]] == [True] * len(summary["rows"])
     assert sum(row["lost"] for row in summary["rows"]) == 0
+
+
+def test_hotpath_and_late_join_benches_run_tiny(tmp_path: Path) -> None:
+    """The relay hot path a few hundred times; one late join of each kind through @sfu."""
+    hot = subprocess.run(
+        [sys.executable, "-m", "bench.hotpath", "-n", "300", "--repeat", "1"],
+        check=True, timeout=120, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "us/message" in hot.stdout
+    out = tmp_path / "sfu.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench", "sfu", "--repeat", "0", "--late-joins", "1", "--no-pin", "--json", str(out)],
+        check=True, timeout=240, capture_output=True,
+    )  # fmt: skip
+    runs = json.loads(out.read_text())["lateJoins"]
+    assert [(r["slots"], "error" in r) for r in runs] == [(False, False), (True, False)], runs
+    assert runs[0]["offers"] >= 1 and runs[1]["offers"] == 0, runs  # renegotiation vs receive slots
