@@ -104,6 +104,7 @@ __all__ = [
     "aioice_supported",
     "aiortc_supported",
     "backlog_skipper",
+    "bundle_everything",
     "codecs_compatible",
     "consent_interval",
     "end_received_track",
