@@ -9,13 +9,15 @@ dominates; these rates are where a person clicking "call" is.
 Differences of 0.05 ms are within one run's noise on a shared VM: ``--rounds 5`` runs every server
 five times, interleaved, and prints each rate's median and every round. To compare builds of
 ours, name each ``ours@<its server/ folder>`` (a git worktree: ``git worktree add /tmp/a <rev>``):
-``python -m bench.quiet ours@/tmp/a/server,ours@/tmp/b/server 50:5000 --rounds 5``.
+``python -m bench.quiet ours@/tmp/a/server,ours@/tmp/b/server 50:5000 --rounds 5``. Each rate
+runs 4 s; ``QUIET_SECONDS=20`` makes it longer (to attach ``py-spy record -p <server pid>``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 
 from bench._servers import ServerProcess, plan_cores
@@ -31,7 +33,7 @@ async def run(kinds: list[str], rates: tuple[tuple[int, float], ...] = RATES, ro
     server_cores, lg_cores = plan_cores()
     s = Settings(
         pairs=[1],
-        duration=4.0,
+        duration=float(os.environ.get("QUIET_SECONDS", "4")),
         warmup=1.0,
         idle_peers=0,
         idle_seconds=0,
