@@ -373,6 +373,30 @@ async def test_deliver_live_queued_dropped_and_in_order(backend: tuple[Backend, 
     assert await b.take_outbox("r", "carol") == []
 
 
+async def test_push_now_only_hands_a_members_signal_to_a_member_with_a_channel_here(
+    backend: tuple[Backend, Hub],
+) -> None:
+    """The synchronous relay (``push_now``): the memory backend delivers to a live channel of a
+    member from a member, and does nothing else (``submit`` then does it, and raises what is
+    wrong); a backend whose rooms live elsewhere (Redis) always leaves it to ``submit``."""
+    b, hub = backend
+    for peer in ("alice", "bob", "carol"):
+        await _join(b, "r", peer)
+    bob = ListChannel()
+    hub.attach("r", "bob", bob)
+    text = _envelope("now").text
+    local = isinstance(b, MemoryBackend)
+    assert b.push_now("r", "alice", "bob", text) is local
+    assert [m["signal"]["payload"] for m in bob.signals()] == (["now"] if local else [])
+    # Nothing done: no channel (carol), not a member (ghost, either way), no such room.
+    assert not b.push_now("r", "alice", "carol", text)
+    assert not b.push_now("r", "ghost", "bob", text)
+    assert not b.push_now("r", "alice", "ghost", text)
+    assert not b.push_now("nowhere", "alice", "bob", text)
+    assert len(bob.texts) == (1 if local else 0)
+    assert await b.take_outbox("r", "carol") == []
+
+
 async def test_outbox_expiry_notifies_once_and_leave_drops_outbox(backend: tuple[Backend, Hub]) -> None:
     b, _ = backend
     for peer in ("alice", "bob", "carol"):

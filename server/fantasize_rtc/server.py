@@ -521,8 +521,12 @@ class RtcServer:
                 )
             if len(text) > self.config.max_signal_bytes and len(text.encode()) > self.config.max_signal_bytes:
                 raise PayloadTooLarge(f"The signal is larger than {self.config.max_signal_bytes} bytes.")
-            envelope = Envelope(message, text, now, from_peer_id)
             to = sig.to
+            # Most relays: to a member with a socket here, on the memory backend: done now, without
+            # the envelope, the report or a coroutine of the backend's.
+            if to is not None and self.backend.push_now(room_id, from_peer_id, to, text):
+                return self._relayed_to(sig, now, to, room_id, from_peer_id)
+            envelope = Envelope(message, text, now, from_peer_id)
             if to is not None and is_server_peer(to):
                 await self.backend.recipients(room_id, from_peer_id, None)  # sender must be a member
                 if self.hub.server_peer(to) is None:
@@ -542,6 +546,23 @@ class RtcServer:
             counts[err.code] = counts.get(err.code, 0) + 1
             raise
 
+    def _relayed_to(
+        self, sig: Signal, now: int, to: str, room_id: str, from_peer_id: str, *, counted: bool = False
+    ) -> RelayResult:
+        """:meth:`_relayed` for a signal one peer took, and nobody else was to get."""
+        if not counted:
+            counts = self.counters.signals.get(sig.type) or self.counters.slot(sig.type)
+            counts[0] += 1
+        # Results are immutable, so each peer's is made once.
+        result = self._delivered_to.get(to)
+        if result is None:
+            if len(self._delivered_to) >= _RESULTS_KEPT:
+                self._delivered_to.clear()
+            result = self._delivered_to[to] = RelayResult((to,), ())
+        if self.has_listeners(ev.SIGNAL):
+            self.emit(ev.SIGNAL, ev.SignalRelayed(room_id, from_peer_id, sig, now, result.delivered, result.queued))
+        return result
+
     def _relayed(self, room_id: str, from_peer_id: str, sig: Signal, now: int, report: DeliveryReport) -> RelayResult:
         delivered = report.delivered
         # counters.relayed(), inlined: this runs for every message
@@ -551,22 +572,16 @@ class RtcServer:
             counts[1] += len(report.queued)
             counts[2] += len(report.dropped)
         if len(delivered) == 1 and not report.queued and not report.dropped:
-            # Most relays: one peer took it. Results are immutable, so each peer's is made once.
-            result = self._delivered_to.get(delivered[0])
-            if result is None:
-                if len(self._delivered_to) >= _RESULTS_KEPT:
-                    self._delivered_to.clear()
-                result = self._delivered_to[delivered[0]] = RelayResult(tuple(delivered), ())
-        else:
-            result = RelayResult(tuple(delivered), tuple(report.queued), tuple(report.dropped))
-            if report.dropped:
-                self.dropped_messages += len(report.dropped)
-                log.debug(
-                    "signal from %s in room %s not kept for %s: outbox full",
-                    from_peer_id,
-                    room_id,
-                    ", ".join(report.dropped),
-                )
+            return self._relayed_to(sig, now, delivered[0], room_id, from_peer_id, counted=True)
+        result = RelayResult(tuple(delivered), tuple(report.queued), tuple(report.dropped))
+        if report.dropped:
+            self.dropped_messages += len(report.dropped)
+            log.debug(
+                "signal from %s in room %s not kept for %s: outbox full",
+                from_peer_id,
+                room_id,
+                ", ".join(report.dropped),
+            )
         if self.has_listeners(ev.SIGNAL):
             self.emit(ev.SIGNAL, ev.SignalRelayed(room_id, from_peer_id, sig, now, result.delivered, result.queued))
         return result

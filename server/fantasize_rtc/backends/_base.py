@@ -230,6 +230,13 @@ class Backend(abc.ABC):
         self, room_id: str, peer_ids: list[str], envelope: Envelope, *, outbox_max: int, now: int
     ) -> DeliveryReport: ...
 
+    def push_now(self, room_id: str, from_peer_id: str, to: str, text: str) -> bool:
+        """The most common relay, done now when this backend can: a member's signal to another
+        member whose channel is on this process goes to that channel (True). False when nothing
+        was done, for :meth:`submit` to do (and to raise what is wrong): this default, and a
+        backend whose membership lives elsewhere."""
+        return False
+
     async def submit(
         self,
         room_id: str,

@@ -151,6 +151,17 @@ class MemoryBackend(Backend):
     async def recipients(self, room_id: str, from_peer_id: str, to: str | None) -> list[str]:
         return self._room(room_id).recipients(from_peer_id, to)
 
+    def push_now(self, room_id: str, from_peer_id: str, to: str, text: str) -> bool:
+        room = self._rooms.get(room_id)
+        sink = self._sink
+        return (
+            room is not None
+            and sink is not None
+            and from_peer_id in room
+            and to in room
+            and sink.push_channel(room_id, to, text)
+        )
+
     async def submit(
         self,
         room_id: str,
