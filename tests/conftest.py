@@ -15,7 +15,8 @@ from fantasize_rtc.app import create_app
 from fantasize_rtc.web import LEAN_KEY, RTC_KEY
 from tests.helpers import FakeClock
 
-#: tests/wire.py's fixtures (a served app, raw connections cut after each test) for every test.
+#: tests/wire.py's fixtures (``served``; ``close_raw_connections``, which the raw-socket modules
+#: ask for with ``pytestmark``: it is async, and must not wrap the browser tests' sync Playwright).
 pytest_plugins = ["tests.wire"]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -43,12 +43,17 @@ from .client import RtcClient, error_from_response, split_candidates
 from .errors import RtcError
 from .media._aiortc_compat import bundle_everything
 
-__all__ = ["SFU", "GroupCall", "WhipSession", "publish_whip", "watch_whep"]
+__all__ = ["SFU", "GroupCall", "WhipSession", "ice_servers", "publish_whip", "watch_whep"]
 
 log = logging.getLogger(__name__)
 
 #: The server peer that forwards a room's media.
 SFU = "@sfu"
+
+
+def ice_servers(client: RtcClient) -> list[RTCIceServer]:
+    """The ICE servers the server handed ``client`` (its connect answer), for aiortc."""
+    return [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in client.ice_servers]
 
 
 class GroupCall:
@@ -61,8 +66,8 @@ class GroupCall:
         (``_aiortc_compat.bundle_everything``)."""
         self.client = client
         if pc is None:
-            servers = [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in client.ice_servers]
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+            configuration = RTCConfiguration(iceServers=ice_servers(client), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+            pc = RTCPeerConnection(configuration)
         elif not bundle_everything(pc):
             log.warning("this aiortc is not the checked one: make the GroupCall's peer connection max-bundle yourself")
         self.pc = pc

@@ -203,11 +203,12 @@ class SelfTest:
 
     def _pc(self, client: RtcClient) -> RTCPeerConnection:
         """A peer connection with the ICE servers the server handed out, closed when the check ends."""
-        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+        from aiortc import RTCConfiguration, RTCPeerConnection
+
+        from .call import ice_servers
 
         assert self._stack is not None
-        servers = [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in client.ice_servers]
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))  # explicit list: no public STUN wait
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(client)))  # explicit list: no public STUN wait
         self._stack.push_async_callback(pc.close)
         return pc
 

@@ -525,7 +525,7 @@ class RtcServer:
             # Most relays: to a member with a socket here, on the memory backend: done now, without
             # the envelope, the report or a coroutine of the backend's.
             if to is not None and self.backend.push_now(room_id, from_peer_id, to, text):
-                return self._relayed_to(sig, now, to, room_id, from_peer_id)
+                return self._relayed_to(room_id, from_peer_id, sig, now, to)
             envelope = Envelope(message, text, now, from_peer_id)
             if to is not None and is_server_peer(to):
                 await self.backend.recipients(room_id, from_peer_id, None)  # sender must be a member
@@ -546,13 +546,11 @@ class RtcServer:
             counts[err.code] = counts.get(err.code, 0) + 1
             raise
 
-    def _relayed_to(
-        self, sig: Signal, now: int, to: str, room_id: str, from_peer_id: str, *, counted: bool = False
-    ) -> RelayResult:
-        """:meth:`_relayed` for a signal one peer took, and nobody else was to get."""
-        if not counted:
-            counts = self.counters.signals.get(sig.type) or self.counters.slot(sig.type)
-            counts[0] += 1
+    def _relayed_to(self, room_id: str, from_peer_id: str, sig: Signal, now: int, to: str) -> RelayResult:
+        """:meth:`_relayed` for a signal one peer took, and nobody else was to get (most relays)."""
+        # counters.relayed(), inlined: this runs for every message
+        counts = self.counters.signals.get(sig.type) or self.counters.slot(sig.type)
+        counts[0] += 1
         # Results are immutable, so each peer's is made once.
         result = self._delivered_to.get(to)
         if result is None:
@@ -565,14 +563,12 @@ class RtcServer:
 
     def _relayed(self, room_id: str, from_peer_id: str, sig: Signal, now: int, report: DeliveryReport) -> RelayResult:
         delivered = report.delivered
-        # counters.relayed(), inlined: this runs for every message
+        if len(delivered) == 1 and not report.queued and not report.dropped:
+            return self._relayed_to(room_id, from_peer_id, sig, now, delivered[0])
         counts = self.counters.signals.get(sig.type) or self.counters.slot(sig.type)
         counts[0] += len(delivered)
-        if report.queued or report.dropped:
-            counts[1] += len(report.queued)
-            counts[2] += len(report.dropped)
-        if len(delivered) == 1 and not report.queued and not report.dropped:
-            return self._relayed_to(sig, now, delivered[0], room_id, from_peer_id, counted=True)
+        counts[1] += len(report.queued)
+        counts[2] += len(report.dropped)
         result = RelayResult(tuple(delivered), tuple(report.queued), tuple(report.dropped))
         if report.dropped:
             self.dropped_messages += len(report.dropped)
