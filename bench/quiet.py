@@ -7,7 +7,11 @@ prints p50/p99 in ms; ``python -m bench.quiet ours 1:28000,50:19600`` runs the g
 dominates; these rates are where a person clicking "call" is.
 
 Differences of 0.05 ms are within one run's noise on a shared VM: ``--rounds 5`` runs every server
-five times, interleaved, and prints each rate's median and every round. To compare builds of
+five times, interleaved, and prints each rate's median and every round. ``--together`` starts every
+server once, all at the same time (pinned to the same core: the idle ones cost nothing), and
+alternates them measurement by measurement, so that two servers' samples of a round are seconds
+apart instead of minutes: the VM's slow phases then fall on both. It also prints, for each server
+after the first, the median over rounds of its p50 minus the first server's in the same round. To compare builds of
 ours, name each ``ours@<its server/ folder>`` (a git worktree: ``git worktree add /tmp/a <rev>``):
 ``python -m bench.quiet ours@/tmp/a/server,ours@/tmp/b/server 50:5000 --rounds 5``. Each rate
 runs 4 s; ``QUIET_SECONDS=20`` makes it longer (to attach ``py-spy record -p <server pid>``).
@@ -17,19 +21,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 
 from bench._servers import ServerProcess, plan_cores
 from bench.signaling import Settings, relay_once
 
-RATES = ((1, 200.0), (1, 2000.0), (50, 5000.0))
+RATES: tuple[tuple[int, float], ...] = ((1, 200.0), (1, 2000.0), (50, 5000.0))
 
-Row = tuple[float | None, float | None]
+Row = tuple[float | None, float | None, float]
 
 
-async def run(kinds: list[str], rates: tuple[tuple[int, float], ...] = RATES, rounds: int = 1) -> dict[str, list[Row]]:
-    """``{"<kind>, <pairs> pair(s), <rate> msg/s": [(p50, p99) of each round]}``."""
+async def run(
+    kinds: list[str], rates: tuple[tuple[int, float], ...] = RATES, rounds: int = 1, together: bool = False
+) -> dict[str, list[Row]]:
+    """``{"<kind>, <pairs> pair(s), <rate> msg/s": [(p50, p99, the server's CPU share) of each round]}``."""
     server_cores, lg_cores = plan_cores()
     s = Settings(
         pairs=[1],
@@ -46,13 +53,32 @@ async def run(kinds: list[str], rates: tuple[tuple[int, float], ...] = RATES, ro
         in_flight=2,
     )
     out: dict[str, list[Row]] = {}
+    if together:
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for kind in kinds:
+                name, _, path = kind.partition("@")
+                servers[kind] = stack.enter_context(ServerProcess(name, server_cores, True, pythonpath=path or None))
+            for n in range(rounds):
+                for pairs, rate in rates:
+                    # every other round in the other order: no server always goes first
+                    for kind in kinds if n % 2 == 0 else kinds[::-1]:
+                        r = await relay_once(
+                            servers[kind], s, pairs, f"q{n}p{pairs}x{int(rate)}", lg_cores, "latency", rate
+                        )
+                        out.setdefault(f"{kind}, {pairs} pair(s), {int(rate)} msg/s", []).append(
+                            (r["p50_ms"], r["p99_ms"], r["server_cpu"])
+                        )
+        return out
     for n in range(rounds):
         for kind in kinds:
             name, _, path = kind.partition("@")
             with ServerProcess(name, server_cores, True, pythonpath=path or None) as server:
                 for pairs, rate in rates:
                     r = await relay_once(server, s, pairs, f"q{n}p{pairs}x{int(rate)}", lg_cores, "latency", rate)
-                    out.setdefault(f"{kind}, {pairs} pair(s), {int(rate)} msg/s", []).append((r["p50_ms"], r["p99_ms"]))
+                    out.setdefault(f"{kind}, {pairs} pair(s), {int(rate)} msg/s", []).append(
+                        (r["p50_ms"], r["p99_ms"], r["server_cpu"])
+                    )
     return out
 
 
@@ -66,17 +92,35 @@ def main() -> None:
     parser.add_argument("kinds", nargs="?", default="ours,peerjs", help="ours, bare, peerjs, ours@<server/ folder>")
     parser.add_argument("rates", nargs="?", default="", help="pairs:rate,... (default 1:200,1:2000,50:5000)")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds through every server")
+    parser.add_argument("--together", action="store_true", help="all servers up at once, alternated per measurement")
     args = parser.parse_args()
     rates = RATES
     if args.rates:
         rates = tuple((int(p), float(r)) for p, _, r in (x.partition(":") for x in args.rates.split(",")))
-    results = asyncio.run(run(args.kinds.split(","), rates, args.rounds))
+    kinds = args.kinds.split(",")
+    results = asyncio.run(run(kinds, rates, args.rounds, args.together))
     for name, rows in results.items():
         p50s, p99s = [row[0] for row in rows], [row[1] for row in rows]
-        line = f"{name}: p50 {_median(p50s)} ms, p99 {_median(p99s)} ms"
+        cpu = _median([row[2] for row in rows])
+        line = f"{name}: p50 {_median(p50s)} ms, p99 {_median(p99s)} ms, server CPU {cpu}"
         if len(rows) > 1:
             line += f" (medians of {len(rows)}; p50s {' / '.join(str(v) for v in p50s)})"
         print(line)
+    if args.together and len(kinds) > 1:
+        for pairs, rate in rates:
+            base = results[f"{kinds[0]}, {pairs} pair(s), {int(rate)} msg/s"]
+            for kind in kinds[1:]:
+                rows = results[f"{kind}, {pairs} pair(s), {int(rate)} msg/s"]
+                diffs = [
+                    round(b[0] - a[0], 3)
+                    for a, b in zip(base, rows, strict=True)
+                    if a[0] is not None and b[0] is not None
+                ]
+                lower = sum(d > 0 for d in diffs)
+                print(
+                    f"{pairs} pair(s), {int(rate)} msg/s: p50 of {kind} - {kinds[0]}, median of rounds "
+                    f"{_median(list(diffs))} ms ({kinds[0]} lower in {lower} of {len(diffs)}; {' / '.join(map(str, diffs))})"
+                )
 
 
 if __name__ == "__main__":

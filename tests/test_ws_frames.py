@@ -6,6 +6,7 @@ the fast path and without it (an aiohttp the fast path does not know)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from fantasize_rtc import _aiohttp_compat as compat
 from fantasize_rtc import events as ev
 from fantasize_rtc._aiohttp_compat import FrameWebSocketResponse, start_eagerly
 from fantasize_rtc.app import create_app
+from fantasize_rtc.protocol import CloseCode
 from fantasize_rtc.web import RTC_KEY
 from tests.helpers import IN_CI, wait_for
 from tests.test_web import bearer, connect
@@ -280,6 +282,56 @@ async def test_the_signaling_socket_relays_in_the_read_callback(aiohttp_client: 
     await ws_b.close()
 
 
+async def test_a_relayed_frame_is_handled_without_a_coroutine(config: RtcConfig) -> None:
+    """The signaling socket's handler answers a relay to a member with a socket here (memory
+    backend) itself; only a frame that has to wait (the peer's once-a-second touch, a
+    disconnect) gets a coroutine, which handle_frame carries on."""
+    from fantasize_rtc import create_rtc_server
+    from fantasize_rtc.web._channel import WriteBatch
+    from fantasize_rtc.web._socket import PeerFrames
+
+    class Channel:
+        kind = "ws"
+        closing = None
+        batch = WriteBatch()
+
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def send(self, text: str) -> bool:
+            self.sent.append(text)
+            return True
+
+        def begin_close(self, code: int, reason: str) -> None:
+            self.sent.append(f"close {code}")
+
+    class Socket:
+        closed = False
+
+    async with create_rtc_server(config) as rtc:
+        await rtc.connect_peer("r", "alice")
+        await rtc.connect_peer("r", "bob")
+        to_bob, to_alice = Channel(), Channel()
+        await rtc.attach_channel("r", "bob", to_bob)  # type: ignore[arg-type]
+        frames = PeerFrames(rtc, Socket(), to_alice, "r", "alice", joined=True)  # type: ignore[arg-type]
+        signal = '{"type":"signal","signal":{"type":"n","payload":1,"to":"bob"},"id":1}'
+        assert frames.handle(signal) is True
+        assert [json.loads(t)["type"] for t in to_alice.sent] == ["ack"]
+        assert json.loads(to_bob.sent[-1])["signal"]["payload"] == 1
+        assert frames.handle('{"type":"nonsense"}') is True  # refused at once: an error frame
+        assert json.loads(to_alice.sent[-1])["error"]["code"] == "invalid_request"
+        frames.last_touch = 0.0  # a second went by: this frame touches the peer first
+        touching = frames.handle(signal)
+        assert asyncio.iscoroutine(touching)
+        assert compat.start_frame(touching) is True
+        assert len(to_bob.sent) == 2
+        leaving = frames.handle('{"type":"disconnect"}')
+        assert asyncio.iscoroutine(leaving)
+        assert compat.start_frame(leaving) is False
+        assert to_alice.sent[-1] == f"close {CloseCode.LEFT}"
+        assert "alice" not in {p.peer_id for p in (await rtc.get_room_snapshot("r")).peers}
+
+
 async def test_a_bug_while_handling_a_frame_closes_1011_without_a_traceback(
     aiohttp_client: Any, config: RtcConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -290,10 +342,10 @@ async def test_a_bug_while_handling_a_frame_closes_1011_without_a_traceback(
     ws = await client.ws_connect("/rtc/ws", headers=bearer(alice))
     assert (await ws.receive_json(timeout=5))["type"] == "peer:connected"
 
-    async def broken(*args: Any) -> Any:
+    def broken(*args: Any) -> Any:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(rtc, "submit_relay", broken)
+    monkeypatch.setattr(rtc, "relay_now", broken)
     await ws.send_json({"type": "signal", "signal": {"type": "n", "payload": 1, "to": "bob"}, "id": 7})
     error = await ws.receive_json(timeout=5)
     assert error == {"type": "error", "error": {"code": "internal_error", "message": "Internal server error."}}

@@ -21,8 +21,8 @@ busy sockets each read carries one frame, and that wake-up costs as much as our 
 (BENCHMARKS.md, issue 6). :class:`FrameWebSocketResponse` keeps aiohttp's parser (compiled, strict)
 and its queue, and adds a frame handler that the queue calls as soon as a text frame is parsed:
 
-- the handler is a coroutine function; it runs at once, in the read callback, and with the memory
-  backend it always finishes there (nothing it awaits suspends);
+- the handler runs at once, in the read callback; it returns its answer there when it handled
+  the frame without waiting (with the memory backend: always), or a coroutine that carries on;
 - when it does suspend (a Redis round trip), the rest runs as a task, and later frames wait in
   aiohttp's queue until it is done: frames are handled one at a time, in order, as before;
 - control frames (close, ping, pong), binary frames and errors go through the queue untouched, so
@@ -66,14 +66,18 @@ __all__ = [
     "Takeover",
     "handle_frame",
     "parse_cookies",
+    "run_handler",
     "start_eagerly",
+    "start_frame",
     "supported",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Handles one text frame; returns False to stop reading the socket (it is closing).
-FrameHandler = Callable[[str], Coroutine[Any, Any, bool]]
+#: Handles one text frame; returns False to stop reading the socket (it is closing). It returns
+#: the bool itself when it handled the frame at once (most frames: no coroutine made), or a
+#: coroutine of it that carries on where it has to wait.
+FrameHandler = Callable[[str], "bool | Coroutine[Any, Any, bool]"]
 
 _TEXT = WSMsgType.TEXT
 
@@ -143,7 +147,19 @@ def handle_frame(handler: FrameHandler, text: str) -> bool | asyncio.Task[Any] |
     """Run ``handler(text)`` now (:func:`start_eagerly` for a frame handler): its result when it
     finished, the task that carries it on when it waits, None when it failed (logged: a bug in
     the handler must not end the socket)."""
-    coro = handler(text)
+    try:
+        outcome = handler(text)
+    except Exception:
+        log.exception("frame handler failed")
+        return None
+    if outcome is True or outcome is False:  # handled at once
+        return outcome
+    return start_frame(outcome)
+
+
+def start_frame(coro: Coroutine[Any, Any, bool]) -> bool | asyncio.Task[Any] | None:
+    """The coroutine a frame handler returned, run now up to its first suspension: as
+    :func:`handle_frame` answers."""
     try:
         yielded = coro.send(None)
     except StopIteration as stop:
@@ -152,6 +168,12 @@ def handle_frame(handler: FrameHandler, text: str) -> bool | asyncio.Task[Any] |
         log.exception("frame handler failed")
         return None
     return _carry_on_in_task(coro, yielded)
+
+
+async def run_handler(handler: FrameHandler, text: str) -> bool:
+    """``handler(text)``, awaited when it has to wait."""
+    outcome = handler(text)
+    return outcome if outcome is True or outcome is False else await outcome
 
 
 class _FrameQueue(WebSocketDataQueue):  # type: ignore[misc, valid-type]
@@ -243,14 +265,14 @@ class FrameWebSocketResponse(web.WebSocketResponse):
         running, or there is no fast path): after the running one, like the others."""
         frames = self._frames
         if frames is None:
-            return await handler(text)
+            return await run_handler(handler, text)
         while frames.running is not None:
             await asyncio.wait([frames.running])
         if frames.stopped:
             return False
         frames.running = asyncio.get_running_loop().create_future()  # hold the fast path back
         try:
-            if not await handler(text):
+            if not await run_handler(handler, text):
                 frames.stopped = True
             return not frames.stopped
         finally:

@@ -19,7 +19,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -501,6 +501,16 @@ class RtcServer:
         and on its way, in order after the sender's earlier ones. That is the result itself when
         delivery is done (always with the memory backend), else a future of it (recipients on
         other processes, through Redis). Raises what ``relay`` raises before delivery."""
+        outcome = self.relay_now(room_id, from_peer_id, signal)
+        return outcome if isinstance(outcome, RelayResult) else await outcome
+
+    def relay_now(
+        self, room_id: str, from_peer_id: str, signal: Signal | dict[str, Any]
+    ) -> RelayResult | Coroutine[Any, Any, RelayResult | asyncio.Future[RelayResult]]:
+        """:meth:`submit_relay` without a coroutine where none is needed: the result when the
+        signal was delivered at once (most relays: to a member with a socket here, on the memory
+        backend), else a coroutine of ``submit_relay``'s answer, which the caller must await.
+        Raises what ``submit_relay`` raises before delivery, at once."""
         try:  # free when nothing is raised (Python 3.11); counts the relays refused, by error code
             sig = validate_signal(signal, max_depth=self.config.max_json_depth)
             now = self.clock()
@@ -526,7 +536,17 @@ class RtcServer:
             # the envelope, the report or a coroutine of the backend's.
             if to is not None and self.backend.push_now(room_id, from_peer_id, to, text):
                 return self._relayed_to(room_id, from_peer_id, sig, now, to)
-            envelope = Envelope(message, text, now, from_peer_id)
+        except RtcError as err:
+            self._refused(err)
+            raise
+        return self._submit(room_id, from_peer_id, sig, now, Envelope(message, text, now, from_peer_id))
+
+    async def _submit(
+        self, room_id: str, from_peer_id: str, sig: Signal, now: int, envelope: Envelope
+    ) -> RelayResult | asyncio.Future[RelayResult]:
+        """The rest of :meth:`relay_now`: through the backend (or to a server peer)."""
+        try:
+            to = sig.to
             if to is not None and is_server_peer(to):
                 await self.backend.recipients(room_id, from_peer_id, None)  # sender must be a member
                 if self.hub.server_peer(to) is None:
@@ -542,9 +562,12 @@ class RtcServer:
             later.result = asyncio.get_running_loop().create_future()
             return later.result
         except RtcError as err:
-            counts = self.counters.refused
-            counts[err.code] = counts.get(err.code, 0) + 1
+            self._refused(err)
             raise
+
+    def _refused(self, err: RtcError) -> None:
+        counts = self.counters.refused
+        counts[err.code] = counts.get(err.code, 0) + 1
 
     def _relayed_to(self, room_id: str, from_peer_id: str, sig: Signal, now: int, to: str) -> RelayResult:
         """:meth:`_relayed` for a signal one peer took, and nobody else was to get (most relays)."""

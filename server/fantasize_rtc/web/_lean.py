@@ -45,7 +45,15 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
 from .. import logs
-from .._aiohttp_compat import FrameHandler, HandOver, MessageParser, Takeover, handle_frame, start_eagerly
+from .._aiohttp_compat import (
+    FrameHandler,
+    HandOver,
+    MessageParser,
+    Takeover,
+    handle_frame,
+    start_eagerly,
+    start_frame,
+)
 from ..errors import RtcError
 from ..protocol import CloseCode
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, WebSocketChannel, text_frame
@@ -300,8 +308,20 @@ class LeanSocket(asyncio.Protocol):
     # -- messages ------------------------------------------------------------------------------
 
     def _on_message(self, msg: Any) -> None:
+        handler = self._handler
+        if handler is not None and msg[0] is _TEXT and self._running is None and not self._backlog:
+            # Most messages: a text frame, nothing ahead of it. (_handle, inlined: per frame.)
+            if self._stopped:
+                return
+            try:
+                outcome = handler(msg[1])
+            except Exception:
+                log.exception("frame handler failed")
+                return
+            if outcome is not True:
+                self._handled(outcome if outcome is False else start_frame(outcome))
         # Held while a handler waits, and until serving begins (or the socket stops reading)
-        if self._running is not None or self._backlog or (self._handler is None and not self._stopped):
+        elif self._running is not None or self._backlog or (handler is None and not self._stopped):
             self._hold(msg)
         else:
             self._handle(msg)
@@ -323,12 +343,7 @@ class LeanSocket(asyncio.Protocol):
         if kind is _TEXT:
             if self._stopped or self._handler is None:
                 return
-            outcome = handle_frame(self._handler, msg[1])
-            if outcome is False:
-                self._stop_reading()
-            elif isinstance(outcome, asyncio.Task):
-                self._running = outcome
-                outcome.add_done_callback(self._handler_done)
+            self._handled(handle_frame(self._handler, msg[1]))
         elif kind is _PING:
             if not self.closed:
                 if self.flush is not None:  # after the frames queued before it
@@ -351,6 +366,14 @@ class LeanSocket(asyncio.Protocol):
             self._begin_close(code, b"")
         else:  # binary
             self._begin_close(1003, BINARY_REFUSED)
+
+    def _handled(self, outcome: bool | asyncio.Task[Any] | None) -> None:
+        """What the handler said of a text frame (:func:`handle_frame`): stop, wait, or go on."""
+        if outcome is False:
+            self._stop_reading()
+        elif isinstance(outcome, asyncio.Task):
+            self._running = outcome
+            outcome.add_done_callback(self._handler_done)
 
     def _begin_close(self, code: int, message: bytes) -> None:
         self._stop()

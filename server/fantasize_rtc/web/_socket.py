@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -167,58 +168,99 @@ class PeerFrames:
         # the next frame is read meanwhile and the ack (or error) follows when the report comes.
         self.in_flight: asyncio.Future[RelayResult] | None = None
 
-    async def handle(self, data: str) -> bool:
-        """Handle one frame; False when the socket is closing and reading should stop."""
+    def handle(self, data: str) -> bool | Coroutine[Any, Any, bool]:
+        """Handle one frame; False when the socket is closing and reading should stop.
+
+        Most frames are handled here and now, without a coroutine (a frame handler of
+        ``_aiohttp_compat``: about a microsecond per frame less, BENCHMARKS.md). A frame that has
+        to wait (the once-a-second touch of the peer, a relay through Redis, a disconnect) gets a
+        coroutine that carries on, which the socket runs before it handles the next frame."""
         channel = self.channel
         if channel.closing is not None or self.ws.closed:
             return False
-        rtc = self.rtc
         now = time.monotonic()
         channel.batch.received(now)
+        if now - self.last_touch >= 1.0:  # any frame is liveness; touch at most once a second
+            self.last_touch = now
+            return self._touched_then(data)
         try:
-            if now - self.last_touch >= 1.0:  # any frame is liveness; touch at most once a second
-                self.last_touch = now
-                await rtc.heartbeat(self.room_id, self.peer_id)
-            frame, fast = _json.parse(data, max_depth=self.max_depth)
-            if type(frame) is not dict:
-                raise InvalidRequest("The body must be a JSON object.")
-            kind = frame.get("type")
-            if kind == "signal":
-                if "signal" not in frame:
-                    raise InvalidRequest("A signal frame needs a signal: {type, payload, to?}.")
-                signal = signal_of(frame["signal"], fast, self.max_depth)
-                outcome = await rtc.submit_relay(self.room_id, self.peer_id, signal)
-                if isinstance(outcome, RelayResult):
-                    if "id" in frame:
-                        channel.send(dumps({"type": "ack", "id": frame["id"], **outcome.to_wire()}))
-                else:
-                    frame_id = frame.get("id", _NO_ID)
-                    outcome.add_done_callback(functools.partial(_answer_relay, channel, frame_id))
-                    self.in_flight = outcome
-            elif kind == "heartbeat":
+            return self._frame(data)
+        except Exception as err:
+            return self._refused(err, data)
+
+    async def _touched_then(self, data: str) -> bool:
+        try:
+            await self.rtc.heartbeat(self.room_id, self.peer_id)
+            outcome = self._frame(data)
+            return outcome if outcome is True or outcome is False else await outcome
+        except Exception as err:
+            return self._refused(err, data)
+
+    def _frame(self, data: str) -> bool | Coroutine[Any, Any, bool]:
+        frame, fast = _json.parse(data, max_depth=self.max_depth)
+        if type(frame) is not dict:
+            raise InvalidRequest("The body must be a JSON object.")
+        kind = frame.get("type")
+        if kind == "signal":
+            if "signal" not in frame:
+                raise InvalidRequest("A signal frame needs a signal: {type, payload, to?}.")
+            signal = signal_of(frame["signal"], fast, self.max_depth)
+            outcome = self.rtc.relay_now(self.room_id, self.peer_id, signal)
+            if isinstance(outcome, RelayResult):
                 if "id" in frame:
-                    channel.send(dumps({"type": "ack", "id": frame["id"]}))
-            elif kind == "disconnect":
-                if self.in_flight is not None:  # the peer's last signals go out before its departure
-                    await asyncio.wait([self.in_flight])
-                await rtc.disconnect_peer(self.room_id, self.peer_id, LeaveReason.LEFT)
-                channel.begin_close(CloseCode.LEFT, "")
-                return False
-            else:
-                raise InvalidRequest("Unknown frame type: expected signal, heartbeat or disconnect.")
-        except RateLimited as err:
+                    self.channel.send(dumps({"type": "ack", "id": frame["id"], **outcome.to_wire()}))
+                return True
+            return self._guarded(self._relaying(outcome, frame.get("id", _NO_ID)), data)
+        if kind == "heartbeat":
+            if "id" in frame:
+                self.channel.send(dumps({"type": "ack", "id": frame["id"]}))
+            return True
+        if kind == "disconnect":
+            return self._guarded(self._disconnect(), data)
+        raise InvalidRequest("Unknown frame type: expected signal, heartbeat or disconnect.")
+
+    async def _relaying(
+        self, submitted: Coroutine[Any, Any, RelayResult | asyncio.Future[RelayResult]], frame_id: Any
+    ) -> bool:
+        """A relay through the backend's coroutine: the ack (or error) when it is done, or, when it
+        is on its way to Redis, when its report comes (the next frames are read meanwhile)."""
+        outcome = await submitted
+        if isinstance(outcome, RelayResult):
+            if frame_id is not _NO_ID:
+                self.channel.send(dumps({"type": "ack", "id": frame_id, **outcome.to_wire()}))
+        else:
+            outcome.add_done_callback(functools.partial(_answer_relay, self.channel, frame_id))
+            self.in_flight = outcome
+        return True
+
+    async def _disconnect(self) -> bool:
+        if self.in_flight is not None:  # the peer's last signals go out before its departure
+            await asyncio.wait([self.in_flight])
+        await self.rtc.disconnect_peer(self.room_id, self.peer_id, LeaveReason.LEFT)
+        self.channel.begin_close(CloseCode.LEFT, "")
+        return False
+
+    async def _guarded(self, pending: Coroutine[Any, Any, bool], data: str) -> bool:
+        try:
+            return await pending
+        except Exception as err:
+            return self._refused(err, data)
+
+    def _refused(self, err: Exception, data: str) -> bool:
+        """Answer a frame that raised ``err``; False when the socket closes for it."""
+        channel = self.channel
+        if isinstance(err, RateLimited):
             channel.batch.counters.error(err.code, "ws")
             channel.send(dumps(error_message(err.code, err.message)))
             channel.begin_close(CloseCode.POLICY_VIOLATION, "rate limited")
             return False
-        except RtcError as err:
+        if isinstance(err, RtcError):
             channel.send(_error_frame(channel, err, _frame_id(data)))
-        except Exception:
-            log.exception("unhandled error on a frame from peer %s in room %s", self.peer_id, self.room_id)
-            channel.send(_INTERNAL_ERROR_FRAME)
-            channel.begin_close(CloseCode.INTERNAL_ERROR, "internal error")
-            return False
-        return True
+            return True
+        log.error("unhandled error on a frame from peer %s in room %s", self.peer_id, self.room_id, exc_info=err)
+        channel.send(_INTERNAL_ERROR_FRAME)
+        channel.begin_close(CloseCode.INTERNAL_ERROR, "internal error")
+        return False
 
 
 _NO_ID = object()  # a frame without "id" (distinct from "id": null)
