@@ -148,3 +148,55 @@ async def test_relay_of_the_written_back_payload_sends_the_same_message(text: st
         fast_msg.pop("ts")
         plain_msg.pop("ts")
         assert repr(fast_msg) == repr(plain_msg)
+
+
+# -- the typed path of the commonest signal frames (_json.signal_frame) ----------------------------
+
+BROWSER_FRAMES = [
+    '{"type":"signal","signal":{"type":"offer","to":"b","payload":{"type":"offer","sdp":"v=0\\r\\na=x\\r\\n"}},"id":3}',
+    '{"type": "signal", "signal": {"type": "answer", "payload": {"sdp": "v=0\\r\\n", "type": "answer"}, "to": "b"}}',
+    '{"type":"signal","signal":{"type":"candidate","to":"b","payload":{"candidate":"candidate:1 1 udp 1 '
+    '192.0.2.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"Xk3b"}},"id":"c1"}',
+]
+
+
+@pytest.mark.parametrize("text", BROWSER_FRAMES)
+def test_the_typed_path_takes_what_browsers_send_and_cuts_the_payload_out(text: str) -> None:
+    typed = _json.signal_frame(text)
+    assert typed is not None
+    kind, to, payload_json, frame_id = typed
+    frame = _plain(text)
+    assert (kind, to, frame_id) == (frame["signal"]["type"], "b", frame.get("id"))
+    assert payload_json in text  # the client's own text, not written again
+    assert repr(json.loads(payload_json)) == repr(frame["signal"]["payload"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type":"signal","signal":{"type":"candidate","payload":null}}',  # end of candidates
+        '{"type":"signal","signal":{"type":"x","payload":{"a":1}}}',  # an app's own type
+        '{"type":"signal","signal":{"type":"offer","payload":{"sdp":"v=0"},"extra":1}}',
+        '{"type":"signal","signal":{"type":"offer","payload":{"sdp":"v=0"}},"id":null}',
+        '{"type":"signal","signal":{"type":"offer","payload":{"sdp":"v=0","x":[1e400]}}}',
+        '{"type":"signal","signal":{"type":"candidate","payload":{"candidate":"c","sdpMLineIndex":-1}}}',
+        '{"type":"heartbeat","signal":{"type":"offer","payload":{"sdp":"v=0"}}}',
+    ],
+)
+def test_the_typed_path_leaves_everything_else_to_the_general_one(text: str) -> None:
+    assert _json.signal_frame(text) is None
+
+
+def test_a_payload_kept_as_text_is_parsed_when_read() -> None:
+    from fantasize_rtc.protocol import Signal, signal_from_json
+
+    signal = signal_from_json("offer", "b", '{"type":"offer","sdp":"v=0"}')
+    assert signal.payload_json == '{"type":"offer","sdp":"v=0"}'
+    plain = Signal("offer", {"type": "offer", "sdp": "v=0"}, "b")
+    assert signal == plain and plain == signal and repr(signal) == repr(plain)
+    assert signal != Signal("offer", {"type": "offer", "sdp": "v=1"}, "b")
+    assert signal.to_wire() == {"type": "offer", "payload": {"type": "offer", "sdp": "v=0"}, "to": "b"}
+    signal.payload = {"changed": True}
+    assert signal.payload == {"changed": True}
+    with pytest.raises(InvalidRequest, match=r"signal\.to"):
+        signal_from_json("offer", "../x", "{}")
