@@ -91,64 +91,6 @@ def hostile_json(draw: Any, value: Any = None) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _mostly(usual: Any, odd: Any) -> Any:
-    """``usual`` nine times in ten, else ``odd``."""
-    return st.integers(0, 9).flatmap(lambda n: odd if n == 0 else usual)
-
-
-@st.composite
-def signal_frame_texts(draw: Any) -> str:
-    """Signal frames close to what browsers send (an offer, answer or candidate, maybe an id),
-    drawn a little off: extra or missing fields, other types, ids of every kind, a key twice,
-    hostile tokens spliced in. For the typed path of ``_json.signal_frame``."""
-    kind = draw(_mostly(st.sampled_from(["offer", "answer", "candidate"]), st.sampled_from(["renegotiate", 7])))
-    payload: Any
-    if kind in ("offer", "answer"):
-        payload = {
-            "type": draw(st.sampled_from([kind, kind, None, 1])),
-            "sdp": draw(_mostly(st.text(max_size=30), leaves)),
-        }
-    else:
-        payload = {
-            "candidate": draw(_mostly(st.text(max_size=30), leaves)),
-            "sdpMid": draw(_mostly(st.sampled_from(["0", "audio", None]), st.sampled_from([0, []]))),
-            "sdpMLineIndex": draw(_mostly(st.sampled_from([0, 1, None]), st.sampled_from([-1, True, 1.0, 2**64, "0"]))),
-            "usernameFragment": draw(_mostly(st.sampled_from(["abcd", None]), st.just(5))),
-        }
-        payload = {k: v for k, v in payload.items() if k == "candidate" or draw(st.booleans())}
-    if draw(st.integers(0, 6)) == 0:
-        payload[draw(st.text(max_size=8))] = draw(json_values)
-    if draw(st.integers(0, 9)) == 0:
-        payload = draw(json_values)
-    signal: dict[str, Any] = {"type": kind, "payload": payload}
-    if draw(st.booleans()):
-        signal["to"] = draw(_mostly(ids, st.one_of(st.none(), st.integers())))
-    frame: dict[str, Any] = {
-        "type": draw(_mostly(st.just("signal"), st.just("heartbeat"))),
-        "signal": signal,
-    }
-    if draw(st.booleans()):
-        frame["id"] = draw(_mostly(st.integers(min_value=-(2**70), max_value=2**70) | st.text(max_size=8), leaves))
-    if draw(st.integers(0, 9)) == 0:
-        frame[draw(st.sampled_from(["x", "metadata", "id"]))] = draw(json_values)
-    text = json.dumps(
-        frame, ensure_ascii=draw(st.booleans()), separators=draw(st.sampled_from([(",", ":"), (", ", ": ")]))
-    )
-    if draw(st.integers(0, 9)) == 0:  # a key twice: the second wins, the first must still be checked
-        at = text.index('"payload"')
-        text = (
-            text[:at]
-            + '"payload": '
-            + draw(st.sampled_from(["1e400", "1", "NaN", '"x"', "[1e999]"]))
-            + ", "
-            + text[at:]
-        )
-    for _ in range(draw(st.integers(0, 2)) if draw(st.integers(0, 9)) == 0 else 0):
-        at = draw(st.integers(0, len(text)))
-        text = text[:at] + draw(st.sampled_from(HOSTILE_TOKENS)) + text[at:]
-    return text
-
-
 def body_of(draw: Any, fields: dict[str, Any]) -> bytes:
     """A request body: mostly a plausible object with some fields drawn hostile, sometimes raw."""
     shape = draw(st.sampled_from(["object", "object", "object", "hostile-object", "raw"]))

@@ -38,7 +38,6 @@ __all__ = [
     "signal_message",
     "validate_id",
     "validate_metadata",
-    "signal_from_json",
     "validate_signal",
 ]
 
@@ -305,52 +304,6 @@ def validate_signal(value: Any, *, max_depth: int = 32, payload_json: str | None
     if to is not None:
         to = validate_id(to, "signal.to", allow_server=True)
     return Signal(kind, payload, to, payload_json)
-
-
-_UNPARSED: Any = object()
-_SIGNAL_PAYLOAD = Signal.__dict__["payload"]  # the dataclass's slot
-
-
-class _PayloadFromText(Signal):
-    """A Signal whose payload is kept as the JSON text the client sent, and parsed from it only
-    when something reads ``payload`` (an event's handler, a server peer): a relay to a peer
-    never does."""
-
-    __slots__ = ()
-
-    @property  # type: ignore[override]
-    def payload(self) -> Any:
-        value = _SIGNAL_PAYLOAD.__get__(self)
-        if value is _UNPARSED:
-            value = json.loads(self.payload_json)  # type: ignore[arg-type]  # checked JSON (signal_frame)
-            _SIGNAL_PAYLOAD.__set__(self, value)
-        return value
-
-    @payload.setter
-    def payload(self, value: Any) -> None:
-        _SIGNAL_PAYLOAD.__set__(self, value)
-
-    # A Signal as any other to whoever looks: equal to one with the same fields, and shown alike.
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Signal):
-            return NotImplemented
-        return (self.type, self.payload, self.to) == (other.type, other.payload, other.to)
-
-    def __repr__(self) -> str:
-        return f"Signal(type={self.type!r}, payload={self.payload!r}, to={self.to!r})"
-
-    __hash__ = None  # type: ignore[assignment]  # as Signal's (a dataclass with eq: unhashable)
-
-
-def signal_from_json(kind: str, to: str | None, payload_json: str) -> Signal:
-    """The Signal of a frame whose payload the transport checked as JSON text (an offer's,
-    answer's or candidate's, ``_json.signal_frame``); its type and ``to`` are checked here as
-    :func:`validate_signal` checks them, and its payload is parsed on first use."""
-    if kind not in KNOWN_SIGNAL_TYPES and not _TYPE_RE.fullmatch(kind):
-        raise InvalidRequest("signal.type must be a string of 1 to 64 characters of A-Z a-z 0-9 : . _ -.")
-    if to is not None:
-        to = validate_id(to, "signal.to", allow_server=True)
-    return _PayloadFromText(kind, _UNPARSED, to, payload_json)
 
 
 # -- messages from the server -------------------------------------------------------------------

@@ -16,7 +16,7 @@ from .. import _json, logs
 from .._aiohttp_compat import FrameWebSocketResponse
 from ..auth import looks_like_jwt
 from ..errors import Draining, Forbidden, InvalidRequest, RateLimited, RtcError
-from ..protocol import CloseCode, LeaveReason, Signal, dumps, error_message, signal_from_json, validate_id
+from ..protocol import CloseCode, LeaveReason, dumps, error_message, validate_id
 from ..server import Connect, RelayResult, RtcServer
 from ._channel import SOCKETS_KEY, WRITE_BATCH_KEY, SocketLike, WebSocketChannel
 from ._requests import RTC_KEY, RequestLike, signal_of, token_from_request
@@ -197,11 +197,6 @@ class PeerFrames:
             return self._refused(err, data)
 
     def _frame(self, data: str) -> bool | Coroutine[Any, Any, bool]:
-        common = _json.signal_frame(data)  # most frames: an offer, answer or candidate, checked typed
-        if common is not None:
-            sig_type, to, payload_json, frame_id = common
-            signal = signal_from_json(sig_type, to, payload_json)
-            return self._relay(signal, _NO_ID if frame_id is None else frame_id, data)
         frame, fast = _json.parse(data, max_depth=self.max_depth)
         if type(frame) is not dict:
             raise InvalidRequest("The body must be a JSON object.")
@@ -209,7 +204,13 @@ class PeerFrames:
         if kind == "signal":
             if "signal" not in frame:
                 raise InvalidRequest("A signal frame needs a signal: {type, payload, to?}.")
-            return self._relay(signal_of(frame["signal"], fast, self.max_depth), frame.get("id", _NO_ID), data)
+            signal = signal_of(frame["signal"], fast, self.max_depth)
+            outcome = self.rtc.relay_now(self.room_id, self.peer_id, signal)
+            if isinstance(outcome, RelayResult):
+                if "id" in frame:
+                    self.channel.send(dumps({"type": "ack", "id": frame["id"], **outcome.to_wire()}))
+                return True
+            return self._guarded(self._relaying(outcome, frame.get("id", _NO_ID)), data)
         if kind == "heartbeat":
             if "id" in frame:
                 self.channel.send(dumps({"type": "ack", "id": frame["id"]}))
@@ -217,14 +218,6 @@ class PeerFrames:
         if kind == "disconnect":
             return self._guarded(self._disconnect(), data)
         raise InvalidRequest("Unknown frame type: expected signal, heartbeat or disconnect.")
-
-    def _relay(self, signal: Signal, frame_id: Any, data: str) -> bool | Coroutine[Any, Any, bool]:
-        outcome = self.rtc.relay_now(self.room_id, self.peer_id, signal)
-        if isinstance(outcome, RelayResult):
-            if frame_id is not _NO_ID:
-                self.channel.send(dumps({"type": "ack", "id": frame_id, **outcome.to_wire()}))
-            return True
-        return self._guarded(self._relaying(outcome, frame_id), data)
 
     async def _relaying(
         self, submitted: Coroutine[Any, Any, RelayResult | asyncio.Future[RelayResult]], frame_id: Any
