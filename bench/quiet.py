@@ -53,33 +53,34 @@ async def run(
         in_flight=2,
     )
     out: dict[str, list[Row]] = {}
+
+    def server_of(kind: str) -> ServerProcess:
+        name, _, path = kind.partition("@")
+        return ServerProcess(name, server_cores, True, pythonpath=path or None)
+
+    async def measure(server: ServerProcess, kind: str, n: int, pairs: int, rate: float) -> None:
+        r = await relay_once(server, s, pairs, f"q{n}p{pairs}x{int(rate)}", lg_cores, "latency", rate)
+        out.setdefault(_name(kind, pairs, rate), []).append((r["p50_ms"], r["p99_ms"], r["server_cpu"]))
+
     if together:
         with contextlib.ExitStack() as stack:
-            servers = {}
-            for kind in kinds:
-                name, _, path = kind.partition("@")
-                servers[kind] = stack.enter_context(ServerProcess(name, server_cores, True, pythonpath=path or None))
+            servers = {kind: stack.enter_context(server_of(kind)) for kind in kinds}
             for n in range(rounds):
                 for pairs, rate in rates:
                     # every other round in the other order: no server always goes first
                     for kind in kinds if n % 2 == 0 else kinds[::-1]:
-                        r = await relay_once(
-                            servers[kind], s, pairs, f"q{n}p{pairs}x{int(rate)}", lg_cores, "latency", rate
-                        )
-                        out.setdefault(f"{kind}, {pairs} pair(s), {int(rate)} msg/s", []).append(
-                            (r["p50_ms"], r["p99_ms"], r["server_cpu"])
-                        )
+                        await measure(servers[kind], kind, n, pairs, rate)
         return out
     for n in range(rounds):
         for kind in kinds:
-            name, _, path = kind.partition("@")
-            with ServerProcess(name, server_cores, True, pythonpath=path or None) as server:
+            with server_of(kind) as server:
                 for pairs, rate in rates:
-                    r = await relay_once(server, s, pairs, f"q{n}p{pairs}x{int(rate)}", lg_cores, "latency", rate)
-                    out.setdefault(f"{kind}, {pairs} pair(s), {int(rate)} msg/s", []).append(
-                        (r["p50_ms"], r["p99_ms"], r["server_cpu"])
-                    )
+                    await measure(server, kind, n, pairs, rate)
     return out
+
+
+def _name(kind: str, pairs: int, rate: float) -> str:
+    return f"{kind}, {pairs} pair(s), {int(rate)} msg/s"
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -108,9 +109,9 @@ def main() -> None:
         print(line)
     if args.together and len(kinds) > 1:
         for pairs, rate in rates:
-            base = results[f"{kinds[0]}, {pairs} pair(s), {int(rate)} msg/s"]
+            base = results[_name(kinds[0], pairs, rate)]
             for kind in kinds[1:]:
-                rows = results[f"{kind}, {pairs} pair(s), {int(rate)} msg/s"]
+                rows = results[_name(kind, pairs, rate)]
                 diffs = [
                     round(b[0] - a[0], 3)
                     for a, b in zip(base, rows, strict=True)

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from .. import _json, logs
-from .._aiohttp_compat import FrameWebSocketResponse
+from .._aiohttp_compat import FrameWebSocketResponse, run_handler
 from ..auth import looks_like_jwt
 from ..errors import Draining, Forbidden, InvalidRequest, RateLimited, RtcError
 from ..protocol import CloseCode, LeaveReason, dumps, error_message, validate_id
@@ -191,8 +191,7 @@ class PeerFrames:
     async def _touched_then(self, data: str) -> bool:
         try:
             await self.rtc.heartbeat(self.room_id, self.peer_id)
-            outcome = self._frame(data)
-            return outcome if outcome is True or outcome is False else await outcome
+            return await run_handler(self._frame, data)
         except Exception as err:
             return self._refused(err, data)
 
