@@ -264,45 +264,52 @@ class Signal:
         return out
 
 
-def _require_sdp(payload: Any, kind: str) -> None:
-    if not isinstance(payload, dict) or not isinstance(payload.get("sdp"), str):
-        raise InvalidRequest(f"An {kind} signal's payload must be an object with an 'sdp' string.")
-
-
-def _require_candidate(payload: Any) -> None:
-    if payload is None:
-        return  # end of candidates
-    if not isinstance(payload, dict) or not isinstance(payload.get("candidate"), str):
-        raise InvalidRequest("A candidate signal's payload must be {candidate, sdpMid, sdpMLineIndex} or null.")
-    mid = payload.get("sdpMid")
-    index = payload.get("sdpMLineIndex")
-    if mid is not None and not isinstance(mid, str):
-        raise InvalidRequest("candidate.sdpMid must be a string or null.")
-    if index is not None and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
-        raise InvalidRequest("candidate.sdpMLineIndex must be a non-negative integer or null.")
+#: Recipient ids a signal named that passed :func:`validate_id` (the same few, message after
+#: message): a set lookup instead of the regular expression on the relay's hot path.
+_CHECKED_TO: set[str] = set()
+_CHECKED_TO_MAX = 4096
 
 
 def validate_signal(value: Any, *, max_depth: int = 32, payload_json: str | None = None) -> Signal:
     """Check a ``Signal`` object from a client. Size is checked once, when it is encoded.
 
-    ``payload_json``: the JSON text of ``value["payload"]``, when the transport has it."""
-    if isinstance(value, Signal):
-        return value
-    if not isinstance(value, dict):
-        raise InvalidRequest("signal must be an object {type, payload, to?}.")
+    ``payload_json``: the JSON text of ``value["payload"]``, when the transport has it.
+
+    This runs for every relayed message: the common kinds' checks are inline and cheap types are
+    tested before ``isinstance`` (each Python call here is a few percent of a relay,
+    BENCHMARKS.md); what it accepts and refuses is the same either way."""
+    if type(value) is not dict:
+        if isinstance(value, Signal):
+            return value
+        if not isinstance(value, dict):
+            raise InvalidRequest("signal must be an object {type, payload, to?}.")
     kind = value.get("type")
-    if not isinstance(kind, str) or (kind not in KNOWN_SIGNAL_TYPES and not _TYPE_RE.fullmatch(kind)):
-        raise InvalidRequest("signal.type must be a string of 1 to 64 characters of A-Z a-z 0-9 : . _ -.")
+    if type(kind) is not str or kind not in KNOWN_SIGNAL_TYPES:
+        if not isinstance(kind, str) or (kind not in KNOWN_SIGNAL_TYPES and not _TYPE_RE.fullmatch(kind)):
+            raise InvalidRequest("signal.type must be a string of 1 to 64 characters of A-Z a-z 0-9 : . _ -.")
     payload = value.get("payload")
-    if kind in {"offer", "answer"}:
-        _require_sdp(payload, kind)
-    elif kind == "candidate":
-        _require_candidate(payload)
+    if kind == "candidate":
+        if payload is not None:  # None: the end of candidates
+            if not isinstance(payload, dict) or not isinstance(payload.get("candidate"), str):
+                raise InvalidRequest("A candidate signal's payload must be {candidate, sdpMid, sdpMLineIndex} or null.")
+            mid = payload.get("sdpMid")
+            if mid is not None and not isinstance(mid, str):
+                raise InvalidRequest("candidate.sdpMid must be a string or null.")
+            index = payload.get("sdpMLineIndex")
+            if index is not None and (type(index) is not int or index < 0):
+                if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                    raise InvalidRequest("candidate.sdpMLineIndex must be a non-negative integer or null.")
+    elif kind == "offer" or kind == "answer":
+        if not isinstance(payload, dict) or not isinstance(payload.get("sdp"), str):
+            raise InvalidRequest(f"An {kind} signal's payload must be an object with an 'sdp' string.")
     elif payload is not None:
         check_json_depth(payload, max_depth, "signal.payload")
     to = value.get("to")
-    if to is not None:
+    if to is not None and (type(to) is not str or to not in _CHECKED_TO):
         to = validate_id(to, "signal.to", allow_server=True)
+        if len(_CHECKED_TO) >= _CHECKED_TO_MAX:
+            _CHECKED_TO.clear()
+        _CHECKED_TO.add(to)
     return Signal(kind, payload, to, payload_json)
 
 
@@ -374,25 +381,22 @@ def parse_json(data: bytes | str, *, max_depth: int) -> Any:
 def check_parsed_depth(data: bytes | str, value: Any, max_depth: int) -> None:
     """Refuse ``value`` (parsed from ``data``) when nested deeper than ``max_depth`` + 4 (the
     envelope around a client's object)."""
-    limit = max_depth + 4
-    if _more_brackets_than(data, limit):
-        check_json_depth(value, limit, "body")
-
-
-def _more_brackets_than(data: bytes | str, limit: int) -> bool:
     # Nesting cannot be deeper than the number of opening brackets, and signals (SDP text,
-    # candidates) have a handful, so this spares the walk on the relay hot path. A short frame
-    # (a candidate) is counted; in a long one (an SDP) finding the few brackets (memchr) is 3x
-    # faster than str.count, which looks at every character.
+    # candidates) have a handful, so counting them spares the walk on the relay hot path (inline:
+    # this runs for every frame). A short frame (a candidate) is counted; in a long one (an SDP)
+    # finding the few brackets (memchr) is 3x faster than str.count, which looks at every character.
+    limit = max_depth + 4
     brackets = ("{", "[") if isinstance(data, str) else (b"{", b"[")
     if len(data) <= 1024:
-        return data.count(brackets[0]) + data.count(brackets[1]) > limit  # type: ignore[arg-type]
+        if data.count(brackets[0]) + data.count(brackets[1]) > limit:  # type: ignore[arg-type]
+            check_json_depth(value, limit, "body")
+        return
     n = 0
     for bracket in brackets:
         i = data.find(bracket)  # type: ignore[arg-type]
         while i >= 0:
             n += 1
             if n > limit:
-                return True
+                check_json_depth(value, limit, "body")
+                return
             i = data.find(bracket, i + 1)  # type: ignore[arg-type]
-    return False

@@ -103,6 +103,11 @@ class Room:
     def __contains__(self, peer_id: object) -> bool:
         return peer_id in self._peers
 
+    def has_both(self, first: str, second: str) -> bool:
+        """Whether both peers are members (one call on the relay's hot path instead of two)."""
+        peers = self._peers
+        return first in peers and second in peers
+
     @property
     def empty(self) -> bool:
         return not self._peers

@@ -512,7 +512,8 @@ class RtcServer:
         backend), else a coroutine of ``submit_relay``'s answer, which the caller must await.
         Raises what ``submit_relay`` raises before delivery, at once."""
         try:  # free when nothing is raised (Python 3.11); counts the relays refused, by error code
-            sig = validate_signal(signal, max_depth=self.config.max_json_depth)
+            # (a transport's Signal is checked already: no call for it)
+            sig = signal if type(signal) is Signal else validate_signal(signal, max_depth=self.config.max_json_depth)
             now = self.clock()
             if self.config.rate_limit_per_sec > 0 and not self._take_token(room_id, from_peer_id, now):
                 limit = self.config.rate_limit_per_sec
@@ -580,7 +581,7 @@ class RtcServer:
             if len(self._delivered_to) >= _RESULTS_KEPT:
                 self._delivered_to.clear()
             result = self._delivered_to[to] = RelayResult((to,), ())
-        if self.has_listeners(ev.SIGNAL):
+        if self._handlers.get(ev.SIGNAL):  # has_listeners(), inlined
             self.emit(ev.SIGNAL, ev.SignalRelayed(room_id, from_peer_id, sig, now, result.delivered, result.queued))
         return result
 

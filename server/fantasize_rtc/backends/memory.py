@@ -157,8 +157,7 @@ class MemoryBackend(Backend):
         return (
             room is not None
             and sink is not None
-            and from_peer_id in room
-            and to in room
+            and room.has_both(from_peer_id, to)
             and sink.push_channel(room_id, to, text)
         )
 
