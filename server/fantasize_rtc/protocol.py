@@ -270,6 +270,17 @@ _CHECKED_TO: set[str] = set()
 _CHECKED_TO_MAX = 4096
 
 
+_SDP_KINDS: Final = frozenset({"offer", "answer"})
+
+
+def _is_signal_type(kind: Any) -> bool:
+    return isinstance(kind, str) and (kind in KNOWN_SIGNAL_TYPES or _TYPE_RE.fullmatch(kind) is not None)
+
+
+def _is_line_index(index: Any) -> bool:
+    return isinstance(index, int) and not isinstance(index, bool) and index >= 0
+
+
 def validate_signal(value: Any, *, max_depth: int = 32, payload_json: str | None = None) -> Signal:
     """Check a ``Signal`` object from a client. Size is checked once, when it is encoded.
 
@@ -284,9 +295,8 @@ def validate_signal(value: Any, *, max_depth: int = 32, payload_json: str | None
         if not isinstance(value, dict):
             raise InvalidRequest("signal must be an object {type, payload, to?}.")
     kind = value.get("type")
-    if type(kind) is not str or kind not in KNOWN_SIGNAL_TYPES:
-        if not isinstance(kind, str) or (kind not in KNOWN_SIGNAL_TYPES and not _TYPE_RE.fullmatch(kind)):
-            raise InvalidRequest("signal.type must be a string of 1 to 64 characters of A-Z a-z 0-9 : . _ -.")
+    if not (type(kind) is str and kind in KNOWN_SIGNAL_TYPES) and not _is_signal_type(kind):
+        raise InvalidRequest("signal.type must be a string of 1 to 64 characters of A-Z a-z 0-9 : . _ -.")
     payload = value.get("payload")
     if kind == "candidate":
         if payload is not None:  # None: the end of candidates
@@ -296,10 +306,9 @@ def validate_signal(value: Any, *, max_depth: int = 32, payload_json: str | None
             if mid is not None and not isinstance(mid, str):
                 raise InvalidRequest("candidate.sdpMid must be a string or null.")
             index = payload.get("sdpMLineIndex")
-            if index is not None and (type(index) is not int or index < 0):
-                if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-                    raise InvalidRequest("candidate.sdpMLineIndex must be a non-negative integer or null.")
-    elif kind == "offer" or kind == "answer":
+            if index is not None and not (type(index) is int and index >= 0) and not _is_line_index(index):
+                raise InvalidRequest("candidate.sdpMLineIndex must be a non-negative integer or null.")
+    elif kind in _SDP_KINDS:
         if not isinstance(payload, dict) or not isinstance(payload.get("sdp"), str):
             raise InvalidRequest(f"An {kind} signal's payload must be an object with an 'sdp' string.")
     elif payload is not None:
@@ -310,7 +319,7 @@ def validate_signal(value: Any, *, max_depth: int = 32, payload_json: str | None
         if len(_CHECKED_TO) >= _CHECKED_TO_MAX:
             _CHECKED_TO.clear()
         _CHECKED_TO.add(to)
-    return Signal(kind, payload, to, payload_json)
+    return Signal(kind, payload, to, payload_json)  # type: ignore[arg-type]  # (kind: a str, checked above)
 
 
 # -- messages from the server -------------------------------------------------------------------
