@@ -53,11 +53,36 @@ def test_signal_shapes() -> None:
         {"type": "candidate", "payload": {"candidate": "c", "sdpMLineIndex": True}},
         {"type": "bye", "to": "@@"},
         {"type": "bye", "to": 7},
+        # what the fast checks pass on to the full ones (validate_signal)
+        {"type": ["offer"]},
+        {"type": "candidate", "payload": {"candidate": "c", "sdpMLineIndex": 1.0}},
+        {"type": "candidate", "payload": {"candidate": "c", "sdpMid": 0}},
+        {"type": "offer", "payload": [{"sdp": "v=0"}]},
+        {"type": "bye", "to": ["bob"]},
+        {"type": "bye", "to": "bob!"},
+        {"type": "bye", "to": "bob!"},  # refused again: only good ids are remembered
     ],
 )
 def test_invalid_signals(signal: object) -> None:
     with pytest.raises(InvalidRequest):
         validate_signal(signal)
+
+
+def test_signals_of_subclasses_are_checked_as_their_base_types() -> None:
+    class Kind(str):
+        pass
+
+    class Payload(dict):  # type: ignore[type-arg]
+        pass
+
+    class Index(int):
+        pass
+
+    cand = Payload(candidate="c", sdpMid=Kind("0"), sdpMLineIndex=Index(2))
+    signal = validate_signal(Payload(type=Kind("candidate"), payload=cand, to=Kind("bob")))
+    assert (signal.type, signal.payload, signal.to) == ("candidate", cand, "bob")
+    assert validate_signal({"type": Kind("app:x"), "payload": None}).type == "app:x"
+    assert validate_signal(signal) is signal
 
 
 def test_depth_is_checked_without_recursion() -> None:
