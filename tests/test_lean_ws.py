@@ -193,6 +193,11 @@ async def test_pings_fragments_and_the_clients_close(served: Served) -> None:
     [
         ("binary", frame(0x2, b"\x00\x01"), 1003),
         ("invalid UTF-8", frame(0x1, b"\xff\xfe"), 1007),
+        # the lean socket reads text frames as bytes, their UTF-8 checked by the parse
+        ("invalid UTF-8 in a string", frame(0x1, b'{"type":"heartbeat","id":"\xff"}'), 1007),
+        ("a surrogate in UTF-8", frame(0x1, b'{"type":"heartbeat","id":"\xed\xa0\x80"}'), 1007),
+        ("an overlong encoding", frame(0x1, b'{"type":"heartbeat","id":"\xc0\xaf"}'), 1007),
+        ("invalid UTF-8 after the JSON", frame(0x1, b'{"type":"heartbeat"}\xe2\x82'), 1007),
         ("reserved opcode", frame(0x3, b""), 1002),
         ("too large", frame(0x1, b"x" * (64 * 1024 + 1)), 1009),
     ],
@@ -206,6 +211,31 @@ async def test_a_bad_frame_closes_with_its_code(served: Served, case: str, data:
     assert await raw.closed_by_server()
     # the peer is still in the room (its socket went, not the peer), and may come back
     assert [p.peer_id for p in (await served.app[RTC_KEY].get_room_snapshot("r")).peers] == ["alice"]
+
+
+async def test_text_beyond_ascii_is_read_as_text(served: Served) -> None:
+    raw, _ = await join(served.port, "r", "alice")
+    bob, _ = await join(served.port, "r", "bob")
+    assert (await raw.json())["type"] == "peer:connected"  # bob's
+    name = "Zoë \U0001f600 \u00e9t\u00e9"
+    raw.send(text({"type": "heartbeat", "id": name}))
+    assert await raw.json() == {"type": "ack", "id": name}
+    # split inside a character, over fragments
+    data = json.dumps(
+        {"type": "signal", "id": 1, "signal": {"type": "chat", "to": "bob", "payload": name}}, ensure_ascii=False
+    ).encode()
+    cut = data.index("\U0001f600".encode()) + 2
+    raw.send(frame(0x1, data[:cut], fin=False) + frame(0x0, data[cut:]))
+    assert (await raw.json())["id"] == 1
+    message = await bob.json()
+    assert message["type"] == "signal" and message["signal"]["payload"] == name
+    # valid UTF-8, not JSON: an error frame, and the socket stays open
+    raw.send(frame(0x1, '{"type":"heartbeat","id":"é"'.encode()))
+    assert (await raw.json())["error"]["code"] == "invalid_json"
+    raw.send(text({"type": "heartbeat", "id": 2}))
+    assert await raw.json() == {"type": "ack", "id": 2}
+    raw.close()
+    bob.close()
 
 
 async def test_frames_sent_with_the_upgrade_are_handled_after_the_join_in_order(served: Served) -> None:

@@ -58,6 +58,8 @@ class CloseCode(enum.IntEnum):
     GOING_AWAY = 1001
     #: A binary frame: only text frames are spoken.
     UNSUPPORTED_DATA = 1003
+    #: A text frame that is not UTF-8 (RFC 6455 8.1).
+    INVALID_TEXT = 1007
     #: The peer sent faster than its rate limit.
     POLICY_VIOLATION = 1008
     #: A frame over the frame limit (aiohttp closes with it).

@@ -162,7 +162,10 @@ class LeanSocket(asyncio.Protocol):
     def __init__(self, transport: asyncio.Transport, release: Callable[[], None], max_msg_size: int) -> None:
         self.transport = transport
         self._release: Callable[[], None] | None = release
-        self._parser: MessageParser | None = MessageParser(self, max_msg_size, self._on_message, self._on_error)
+        # Text frames reach the handler as bytes: its parse checks the UTF-8 (PeerFrames, _json.parse_text)
+        self._parser: MessageParser | None = MessageParser(
+            self, max_msg_size, self._on_message, self._on_error, decode_text=False
+        )
         self.open = False  # the upgrade is answered
         self.closed = False  # a close frame went out, or the connection is gone
         self.close_code: int | None = None

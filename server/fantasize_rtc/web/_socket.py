@@ -168,13 +168,17 @@ class PeerFrames:
         # the next frame is read meanwhile and the ack (or error) follows when the report comes.
         self.in_flight: asyncio.Future[RelayResult] | None = None
 
-    def handle(self, data: str) -> bool | Coroutine[Any, Any, bool]:
+    def handle(self, data: str | bytes) -> bool | Coroutine[Any, Any, bool]:
         """Handle one frame; False when the socket is closing and reading should stop.
 
         Most frames are handled here and now, without a coroutine (a frame handler of
         ``_aiohttp_compat``: about a microsecond per frame less, BENCHMARKS.md). A frame that has
         to wait (the once-a-second touch of the peer, a relay through Redis, a disconnect) gets a
-        coroutine that carries on, which the socket runs before it handles the next frame."""
+        coroutine that carries on, which the socket runs before it handles the next frame.
+
+        ``data`` is the frame's text, or its bytes as the lean socket reads them: their UTF-8 is
+        checked as they are parsed (``_json.parse_text``); a frame that is not UTF-8 closes the
+        socket with 1007, as aiohttp's reader does."""
         channel = self.channel
         if channel.closing is not None or self.ws.closed:
             return False
@@ -188,15 +192,15 @@ class PeerFrames:
         except Exception as err:
             return self._refused(err, data)
 
-    async def _touched_then(self, data: str) -> bool:
+    async def _touched_then(self, data: str | bytes) -> bool:
         try:
             await self.rtc.heartbeat(self.room_id, self.peer_id)
             return await run_handler(self._frame, data)
         except Exception as err:
             return self._refused(err, data)
 
-    def _frame(self, data: str) -> bool | Coroutine[Any, Any, bool]:
-        frame, fast = _json.parse(data, max_depth=self.max_depth)
+    def _frame(self, data: str | bytes) -> bool | Coroutine[Any, Any, bool]:
+        frame, fast = _json.parse_text(data, max_depth=self.max_depth)
         if type(frame) is not dict:
             raise InvalidRequest("The body must be a JSON object.")
         kind = frame.get("type")
@@ -239,15 +243,18 @@ class PeerFrames:
         self.channel.begin_close(CloseCode.LEFT, "")
         return False
 
-    async def _guarded(self, pending: Coroutine[Any, Any, bool], data: str) -> bool:
+    async def _guarded(self, pending: Coroutine[Any, Any, bool], data: str | bytes) -> bool:
         try:
             return await pending
         except Exception as err:
             return self._refused(err, data)
 
-    def _refused(self, err: Exception, data: str) -> bool:
+    def _refused(self, err: Exception, data: str | bytes) -> bool:
         """Answer a frame that raised ``err``; False when the socket closes for it."""
         channel = self.channel
+        if isinstance(err, UnicodeDecodeError):  # the frame's bytes are not UTF-8: not a text frame
+            channel.begin_close(CloseCode.INVALID_TEXT, "")
+            return False
         if isinstance(err, RateLimited):
             channel.batch.counters.error(err.code, "ws")
             channel.send(dumps(error_message(err.code, err.message)))
@@ -292,11 +299,11 @@ def _error_frame(channel: WebSocketChannel, err: RtcError, frame_id: Any) -> str
     return dumps(error)
 
 
-def _frame_id(data: str) -> Any:
+def _frame_id(data: str | bytes) -> Any:
     """The ``id`` of a refused frame, to put on its error, read leniently: a frame refused for a
     NaN or a lone surrogate in its payload still gets its id back."""
-    try:
-        frame = json.loads(data)
+    try:  # (bytes: UTF-8, checked by the parse that refused the frame)
+        frame = json.loads(data.decode() if isinstance(data, bytes) else data)
     except (ValueError, RecursionError):
         return None
     return frame.get("id") if isinstance(frame, dict) else None
