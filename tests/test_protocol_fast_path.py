@@ -71,6 +71,39 @@ def test_msgspec_is_installed() -> None:
     assert _json.HAVE_MSGSPEC  # a dependency: the fast path is what the benchmarks measure
 
 
+def test_orjson_is_installed() -> None:
+    assert _json.orjson is not None  # a dependency: it writes the payloads back (_json.encode)
+
+
+@pytest.mark.parametrize("text", FRAMES + FALLBACK + BAD)
+def test_a_text_frames_bytes_parse_as_its_text(text: str) -> None:
+    """The lean socket hands over a text frame's bytes (``_json.parse_text``)."""
+    try:
+        expected: Any = _json.parse(text, max_depth=32)
+    except InvalidRequest as err:
+        with pytest.raises(InvalidRequest) as fast:
+            _json.parse_text(text.encode(), max_depth=32)
+        assert str(fast.value) == str(err) and fast.value.code == err.code
+    else:
+        value, fast_flag = _json.parse_text(text.encode(), max_depth=32)
+        assert (repr(value), fast_flag) == (repr(expected[0]), expected[1])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"a":"\xff"}', b'{"a":"\xed\xa0\x80"}', b'{"a":"\xc0\xaf"}', b'{"a":1}\xe2\x82', b"\xfe\xff{}", b'{"a":1'],
+)
+def test_a_text_frames_bytes_that_are_not_utf8_are_not_text(data: bytes) -> None:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        with pytest.raises(UnicodeDecodeError):
+            _json.parse_text(data, max_depth=32)
+    else:  # valid UTF-8, not JSON: refused as JSON
+        with pytest.raises(InvalidJson):
+            _json.parse_text(data, max_depth=32)
+
+
 @pytest.mark.parametrize("text", FRAMES + FALLBACK)
 def test_fast_parse_gives_the_same_object(text: str) -> None:
     for data in (text, text.encode("utf-8", "surrogatepass")):
