@@ -22,7 +22,7 @@ from typing import Any
 
 from .protocol import check_parsed_depth, dumps, parse_json
 
-__all__ = ["HAVE_MSGSPEC", "encode", "encode_bytes", "parse", "parse_text"]
+__all__ = ["HAVE_MSGSPEC", "HAVE_ORJSON", "encode", "encode_bytes", "parse", "parse_text"]
 
 try:
     import msgspec
@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover - orjson is a dependency; msgspec writes
     orjson = None  # type: ignore[assignment]
 
 HAVE_MSGSPEC = msgspec is not None
+HAVE_ORJSON = orjson is not None
 if orjson is not None:
     _dumps = orjson.dumps
     _DumpError = orjson.JSONEncodeError
