@@ -133,6 +133,16 @@ class _Socket:
     closed = False
 
 
+def _frames(data: bytes) -> list[bytes]:
+    """The short server frames (header, payload under 126 bytes) one write carries."""
+    out = []
+    while data:
+        n = data[1]
+        out.append(data[: 2 + n])
+        data = data[2 + n :]
+    return out
+
+
 async def test_a_burst_goes_out_in_slices_while_the_server_keeps_up_and_whole_when_it_is_behind() -> None:
     """The write batching's two regimes (``WriteBatch.received``), with the clock given: frames
     read within MAX_HOLD of the pass's first go out together at the end of the pass; a frame read
@@ -165,28 +175,50 @@ async def test_a_burst_goes_out_in_slices_while_the_server_keeps_up_and_whole_wh
     await wait_for(lambda: len(transport.writes) == 1, message="the end of the pass")
 
 
-async def test_after_a_quiet_pass_frames_go_out_at_once_until_the_pass_turns_busy() -> None:
-    """After a pass that read few frames (``QUIET_PASS``) each frame is written as it is sent;
-    once a pass reads that many, the rest of it is batched, and so is the next pass."""
+async def test_frames_go_out_at_once_unless_a_socket_gets_several_in_a_pass() -> None:
+    """Each socket's first frame of a pass is written as it is sent; what follows it to the same
+    socket in that pass waits for the pass's end, and the next pass batches whole. A batched pass
+    in which no socket took two frames in one write (batching saved nothing) lets the next pass
+    write at once again; one in which a socket did keeps batching."""
     batch = rtc_channel.WriteBatch()
-    transport = _Transport()
-    channel = rtc_channel.WebSocketChannel(_Socket(), transport, batch)  # type: ignore[arg-type]
+    transport_a, transport_b = _Transport(), _Transport()
+    a = rtc_channel.WebSocketChannel(_Socket(), transport_a, batch)  # type: ignore[arg-type]
+    b = rtc_channel.WebSocketChannel(_Socket(), transport_b, batch)  # type: ignore[arg-type]
+
+    def sent(transport: _Transport) -> list[bytes]:
+        return [frame[2:] for write in transport.writes for frame in _frames(write)]
+
     t = 1000.0
-    assert batch.eager  # a new server is quiet
+    assert batch.eager  # a new server writes at once
     batch.received(t)
-    channel.send("a")
-    assert len(transport.writes) == 1 and transport.writes[0].endswith(b"a")
-    assert batch.counters.frames_out == 1 and batch.counters.relay_latency.count == 1
-    for i in range(1, rtc_channel.QUIET_PASS + 3):
-        batch.received(t + i * 1e-6)
-        channel.send(str(i))
-    quiet = rtc_channel.QUIET_PASS  # frames 1 .. QUIET_PASS - 1 went out at once too, the rest waits
-    assert len(transport.writes) == quiet
-    await wait_for(lambda: len(transport.writes) == quiet + 1, message="the end of the pass")
-    assert not batch.eager  # that pass was busy: the next one batches
+    a.send("a1")
+    b.send("b1")
+    assert (sent(transport_a), sent(transport_b)) == ([b"a1"], [b"b1"])  # at once, each
+    assert batch.counters.frames_out == 2 and batch.counters.relay_latency.count == 2
+    batch.received(t + 1e-6)
+    a.send("a2")  # a's second frame in this pass waits
+    b.send("b2")
+    assert (len(transport_a.writes), len(transport_b.writes)) == (1, 1)
+    await wait_for(lambda: len(transport_a.writes) == 2 and len(transport_b.writes) == 2, message="the pass's end")
+    assert (sent(transport_a), sent(transport_b)) == ([b"a1", b"a2"], [b"b1", b"b2"])
+    assert not batch.eager  # sockets got two frames in that pass: the next one batches
+    # a batched pass in which each socket got one frame: batching saved nothing
     batch.received(t + 1)
-    channel.send("next")
-    assert len(transport.writes) == quiet + 1
-    await wait_for(lambda: len(transport.writes) == quiet + 2, message="the end of the pass")
-    assert batch.eager  # one frame in that pass: quiet again
-    assert batch.counters.frames_out == rtc_channel.QUIET_PASS + 4
+    a.send("a3")
+    b.send("b3")
+    assert (len(transport_a.writes), len(transport_b.writes)) == (2, 2)
+    await wait_for(lambda: len(transport_a.writes) == 3 and len(transport_b.writes) == 3, message="the pass's end")
+    assert batch.eager  # so the next pass writes at once again
+    batch.received(t + 2)
+    a.send("a4")
+    assert len(transport_a.writes) == 4
+    await wait_for(lambda: batch.passes == 3, message="the pass's end")
+    # a batched pass in which a socket took two frames in one write keeps batching
+    batch.eager = False
+    batch.received(t + 3)
+    a.send("a5")
+    a.send("a6")
+    await wait_for(lambda: len(transport_a.writes) == 5, message="the pass's end")
+    assert transport_a.writes[-1].endswith(b"a6") and sent(transport_a)[-2:] == [b"a5", b"a6"]
+    assert not batch.eager
+    assert batch.counters.frames_out == 9

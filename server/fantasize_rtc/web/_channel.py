@@ -1,5 +1,5 @@
-"""A peer's WebSocket as a hub channel: frames queued without waiting, written once per loop pass
-while the server is busy, at once while it is quiet."""
+"""A peer's WebSocket as a hub channel: frames written at once, or queued without waiting and
+written once per loop pass where that saves writes (a socket sent several frames in one pass)."""
 
 from __future__ import annotations
 
@@ -57,23 +57,24 @@ def text_frame(text: str) -> bytes:
 #: what keeps a saturated relay fast (BENCHMARKS.md, issue 19).
 MAX_HOLD = 0.0001
 SHORT_PASS = 64
-#: After a pass of the loop that read at most QUIET_PASS frames (the server is far from busy), the
-#: next pass writes each frame as it is sent instead of at the end of the pass: at low load a frame
-#: waits for nothing. A pass that reads QUIET_PASS frames turns batching back on, for its rest and
-#: for the next pass.
-QUIET_PASS = 4
 
 
 class WriteBatch:
     """Flushes, once per pass of the event loop, every socket that queued frames in that pass:
     one callback for all of them instead of one per socket and message.
 
+    Batching pays where a socket is sent several frames in one pass (one write instead of several);
+    where every socket gets one, it saves no write and only delays (many pairs, each signalling a
+    little). So a pass writes each socket's first frame at once (:attr:`eager`) and queues only what
+    follows it to the same socket; a pass where that happened batches the next one whole, and a
+    batched pass where no socket took two frames in one write lets the next write at once again.
+
     It also counts what the sockets write and times it: :meth:`received` notes when a frame was
     read, and the flush after it counts, for every frame it writes, the time since the oldest
     frame read in that pass (``TransportCounters.relay_latency``): the relay latency as a peer sees
     it, less the network, at the cost of one clock read per pass."""
 
-    __slots__ = ("_dirty", "_in_pass", "_loop", "_received", "_scheduled", "counters", "eager")
+    __slots__ = ("_dirty", "_in_pass", "_loop", "_received", "_scheduled", "coalesced", "counters", "eager", "passes")
 
     def __init__(self, counters: TransportCounters | None = None) -> None:
         self.counters = counters or TransportCounters()
@@ -82,8 +83,13 @@ class WriteBatch:
         self._scheduled = False
         self._received = 0.0
         self._in_pass = 0  # frames read in this pass of the loop, after its first
-        #: The last pass was quiet (QUIET_PASS): frames go out as they are sent.
+        #: Write each socket's first frame of the pass as it is sent (the last pass's batching
+        #: saved no write, or there was none).
         self.eager = True
+        #: A socket took several frames in one write in this pass (or would have, eagerly).
+        self.coalesced = False
+        #: Passes of the loop so far: a channel notes the one it last wrote at once in.
+        self.passes = 0
 
     def add(self, channel: WebSocketChannel) -> None:
         self._dirty.append(channel)
@@ -100,8 +106,6 @@ class WriteBatch:
                 self._schedule()
             return
         self._in_pass = in_pass = self._in_pass + 1
-        if in_pass == QUIET_PASS:
-            self.eager = False  # a busy pass after all: batch the rest of it
         if in_pass <= SHORT_PASS and at - first > MAX_HOLD:
             # A burst, and the server keeps up: what the frames handled so far queued goes out
             # now, not after the rest. (A long pass means it is behind: then one write each.)
@@ -116,9 +120,11 @@ class WriteBatch:
 
     def _flush(self) -> None:
         self._scheduled = False
-        self.eager = self._in_pass < QUIET_PASS
         self._in_pass = 0
         self._write()
+        self.eager = not self.coalesced  # the next pass batches only if this one saved writes
+        self.coalesced = False
+        self.passes += 1
 
     def wrote(self) -> None:
         """A channel wrote a frame at once (:attr:`eager`): count it and its latency."""
@@ -140,6 +146,8 @@ class WriteBatch:
         written = 0
         for channel in dirty:
             written += channel.flush()
+        if written > len(dirty):
+            self.coalesced = True  # a socket took several frames in one write
         if written:
             self._observe(written)
         self._received = 0.0
@@ -170,7 +178,7 @@ class WebSocketChannel:
     """
 
     kind = "ws"
-    __slots__ = ("__weakref__", "_queued", "_size", "_transport", "batch", "closing", "ws")
+    __slots__ = ("__weakref__", "_queued", "_size", "_transport", "_wrote_in", "batch", "closing", "ws")
 
     def __init__(self, ws: SocketLike, transport: asyncio.Transport, batch: WriteBatch) -> None:
         self.ws = ws
@@ -179,6 +187,7 @@ class WebSocketChannel:
         self.batch = batch
         self._queued: list[bytes] = []
         self._size = 0
+        self._wrote_in = -1  # the batch's pass this socket last wrote a frame at once in
 
     def send(self, text: str) -> bool:
         if self.closing is not None or self.ws.closed or self._transport.is_closing():
@@ -200,10 +209,13 @@ class WebSocketChannel:
         queued = self._queued
         if not queued:
             batch = self.batch
-            if batch.eager:  # the server is far from busy: this frame waits for nothing
-                self._transport.write(header + data)
-                batch.wrote()
-                return True
+            if batch.eager:
+                if self._wrote_in != batch.passes:  # its first frame in this pass: it waits for nothing
+                    self._wrote_in = batch.passes
+                    self._transport.write(header + data)
+                    batch.wrote()
+                    return True
+                batch.coalesced = True  # a second one: it waits for the pass's end, and so does the next pass
             batch.add(self)
         queued.append(header + data)
         self._size = size
