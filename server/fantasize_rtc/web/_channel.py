@@ -54,8 +54,9 @@ def text_frame(text: str) -> bytes:
 #: relay waits at most MAX_HOLD seconds for the rest of its pass: a read that brings a burst goes
 #: out in slices instead of after its last frame. A longer pass means the server is behind: then
 #: everything queued waits for the end of the pass and goes out in one write per socket, which is
-#: what keeps a saturated relay fast (BENCHMARKS.md, issue 19).
-MAX_HOLD = 0.0001
+#: what keeps a saturated relay fast (BENCHMARKS.md, issue 19). 50 us is two or three frames' work
+#: (0.1 ms was four when a frame cost more; the shorter hold measured a little lower at one pair).
+MAX_HOLD = 0.00005
 SHORT_PASS = 64
 
 
