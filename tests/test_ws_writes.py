@@ -175,6 +175,19 @@ async def test_a_burst_goes_out_in_slices_while_the_server_keeps_up_and_whole_wh
     await wait_for(lambda: len(transport.writes) == 1, message="the end of the pass")
 
 
+async def test_messages_the_server_sends_of_its_own_go_out_at_once_pass_after_pass() -> None:
+    """No frame read (a peer:connected, an ack of an HTTP call): each write at once, and the next
+    one, in a later pass, too."""
+    batch = rtc_channel.WriteBatch()
+    transport = _Transport()
+    channel = rtc_channel.WebSocketChannel(_Socket(), transport, batch)  # type: ignore[arg-type]
+    for i in range(3):
+        channel.send(f"m{i}")
+        assert len(transport.writes) == i + 1
+        await wait_for(lambda i=i: batch.passes == i + 1, message="the pass's end")  # type: ignore[misc]
+    assert batch.eager
+
+
 async def test_frames_go_out_at_once_unless_a_socket_gets_several_in_a_pass() -> None:
     """Each socket's first frame of a pass is written as it is sent; what follows it to the same
     socket in that pass waits for the pass's end, and the next pass batches whole. A batched pass

@@ -128,9 +128,13 @@ class WriteBatch:
         self.passes += 1
 
     def wrote(self) -> None:
-        """A channel wrote a frame at once (:attr:`eager`): count it and its latency."""
+        """A channel wrote a frame at once (:attr:`eager`): count it and its latency. The pass
+        ends with a flush even when no frame was read in it (a message the server sent of its
+        own), so that the socket's next frame, later, is a first one again."""
         self.counters.frames_out += 1
         self._observe(1)
+        if not self._scheduled:
+            self._schedule()
 
     def _observe(self, written: int) -> None:
         """``written`` frames went out now: their latency since the pass's first frame was read
