@@ -349,6 +349,9 @@ async def test_every_error_answer_is_strict_json_without_a_traceback(client: Tes
         ("POST", "/rtc/connect", '{"roomId":"r","metadata":{"x":NaN}}'),
         ("POST", "/rtc/signal", '{"signal":{"type":"x","payload":"\\ud800"}}'),
         ("POST", "/rtc/heartbeat", "\xff\xfe"),
+        # not UTF-8: a surrogate encoded as UTF-8 (json.loads of bytes let it through), UTF-16
+        ("POST", "/rtc/signal", '{"signal":{"type":"x","to":"alice","payload":"\udced\udca0\udc80"}}'),
+        ("POST", "/rtc/heartbeat", "\udcff\udcfe{\x00}\x00"),
         ("POST", "/rtc/disconnect", '{"roomId":' * 40),
         ("POST", "/rtc/offer", '{"sdp":"\\udc00","type":"offer"}'),
     ]

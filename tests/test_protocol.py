@@ -95,7 +95,8 @@ def test_depth_is_checked_without_recursion() -> None:
 
 
 def test_parse_json_refuses_garbage_and_deep_nesting() -> None:
-    for text in ("{", "", "\xff", "[" * 100_000 + "]" * 100_000, b"\xff\xfe"):
+    # (bytes are UTF-8 only: not a surrogate encoded as UTF-8, not UTF-16 with its mark)
+    for text in ("{", "", "\xff", "[" * 100_000 + "]" * 100_000, b"\xff\xfe", b'"\xed\xa0\x80"', b"\xff\xfe{\x00}\x00"):
         with pytest.raises(InvalidRequest):
             parse_json(text, max_depth=32)
     assert parse_json('{"a": 1}', max_depth=32) == {"a": 1}

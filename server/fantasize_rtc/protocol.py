@@ -364,7 +364,6 @@ def _finite_float(text: str) -> float:
 
 #: A ``\uD800``-``\uDFFF`` escape: a UTF-16 surrogate, which is only text as half of a pair.
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-_SURROGATE_ESCAPE_BYTES: Final = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def parse_json(data: bytes | str, *, max_depth: int) -> Any:
@@ -373,13 +372,15 @@ def parse_json(data: bytes | str, *, max_depth: int) -> Any:
     text, but no UTF-8 can carry it, so the message could never be sent on) and text that is not
     UTF-8. :class:`InvalidRequest` for input nested deeper than ``max_depth``."""
     try:
-        value = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+        # Bytes are UTF-8, strictly: json.loads would guess UTF-16 or 32 and let a surrogate
+        # encoded as UTF-8 through (a lone surrogate that could never be sent on).
+        text = data if isinstance(data, str) else data.decode()
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError as exc:
         raise InvalidRequest(f"The body is nested deeper than {max_depth} levels.") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, our refusals
         raise InvalidJson("The body is not valid JSON.") from exc
-    pattern = _SURROGATE_ESCAPE if isinstance(data, str) else _SURROGATE_ESCAPE_BYTES
-    if pattern.search(data):  # type: ignore[arg-type]
+    if _SURROGATE_ESCAPE.search(text):
         # Pairs decode to one character; a lone half stays a surrogate, which UTF-8 refuses.
         try:
             dumps(value).encode()
