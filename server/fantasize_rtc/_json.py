@@ -22,7 +22,7 @@ from typing import Any
 
 from .protocol import check_parsed_depth, dumps, parse_json
 
-__all__ = ["HAVE_MSGSPEC", "HAVE_ORJSON", "encode", "encode_bytes", "parse", "parse_text"]
+__all__ = ["HAVE_MSGSPEC", "HAVE_ORJSON", "encode", "encode_bytes", "parse"]
 
 try:
     import msgspec
@@ -56,26 +56,6 @@ def parse(data: str | bytes, *, max_depth: int) -> tuple[Any, bool]:
         return parse_json(data, max_depth=max_depth), False
     check_parsed_depth(data, value, max_depth)
     return value, True
-
-
-def parse_text(data: str | bytes, *, max_depth: int) -> tuple[Any, bool]:
-    """:func:`parse` for a WebSocket text frame, given as text or as its UTF-8 bytes unchecked
-    (RFC 6455 says they are UTF-8; a frame that is not must close the socket with 1007). msgspec
-    reads the bytes as they are: it refuses bytes that are not UTF-8, in strings and out (JSON
-    outside strings is ASCII). What it refuses is decoded strictly before the standard library's
-    parse (:class:`UnicodeDecodeError` when it is not UTF-8), so a frame's bytes are read exactly
-    as its text would be. The reader's decode of every frame is spared (BENCHMARKS.md)."""
-    if type(data) is not bytes:
-        return parse(data, max_depth=max_depth)
-    if msgspec is not None:
-        try:
-            value = _decode(data)
-        except (_Error, RecursionError):
-            pass
-        else:
-            check_parsed_depth(data, value, max_depth)
-            return value, True
-    return parse_json(data.decode(), max_depth=max_depth), False
 
 
 def encode_bytes(value: Any) -> bytes:

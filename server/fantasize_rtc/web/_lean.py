@@ -162,7 +162,7 @@ class LeanSocket(asyncio.Protocol):
     def __init__(self, transport: asyncio.Transport, release: Callable[[], None], max_msg_size: int) -> None:
         self.transport = transport
         self._release: Callable[[], None] | None = release
-        # Text frames reach the handler as bytes: its parse checks the UTF-8 (PeerFrames, _json.parse_text)
+        # Text frames reach the handler as bytes: their UTF-8 is checked as they are parsed (PeerFrames)
         self._parser: MessageParser | None = MessageParser(
             self, max_msg_size, self._on_message, self._on_error, decode_text=False
         )
